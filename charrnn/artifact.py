@@ -1,0 +1,189 @@
+"""The model artifact: the only contract between training and serving.
+
+An artifact is a directory holding ``model.onnx`` and ``manifest.json``. This module
+defines the manifest's schema, writes it, reads it back and verifies it against the
+ONNX file. It imports neither torch nor onnxruntime, so both sides can use it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+FORMAT_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+ONNX_FILE = "model.onnx"
+
+CELLS = ("rnn", "lstm", "gru")
+UNKNOWN_POLICIES = ("refuse", "replace")
+
+
+class ArtifactError(Exception):
+    """The artifact is missing, malformed, or does not match its manifest."""
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output. Symbolic dimensions are strings ("batch", "time")."""
+
+    name: str
+    dtype: str  # "int64" or "float32"
+    shape: list[int | str]
+
+
+@dataclass(frozen=True)
+class StateSpec:
+    """One recurrent state tensor, fed back from output to input between calls."""
+
+    kind: str  # "h" or "c"
+    input: str  # graph input name
+    output: str  # graph output name
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    version: str
+    cell: str  # one of CELLS
+    layers: int
+    hidden_size: int
+    embedding_size: int  # 0 means one-hot input
+    vocab_size: int
+    parameters: int
+
+
+@dataclass(frozen=True)
+class VocabularySpec:
+    """Ordered characters (token id = index) and what to do with characters outside them."""
+
+    chars: list[str]
+    unknown_policy: str  # "refuse": reject; "replace": map to `unknown_char`
+    unknown_char: str | None  # a member of `chars` when the policy is "replace"
+
+
+@dataclass(frozen=True)
+class OnnxSpec:
+    file: str
+    sha256: str
+    opset: int
+    tokens: TensorSpec  # [batch, time] int64
+    logits: TensorSpec  # [batch, time, vocab] float32
+    states: list[StateSpec]  # each [layers, batch, hidden] float32
+
+
+@dataclass(frozen=True)
+class Manifest:
+    format_version: int
+    model: ModelSpec
+    vocabulary: VocabularySpec
+    onnx: OnnxSpec
+    # Free-form facts for people and dashboards; the server reads none of them.
+    training: dict[str, Any] = field(default_factory=dict)
+    export: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def state_shape(self) -> tuple[int, int]:
+        """(layers, hidden): a state tensor is [layers, batch, hidden]."""
+        return self.model.layers, self.model.hidden_size
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n"
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> Manifest:
+        try:
+            version = int(data["format_version"])
+            if version != FORMAT_VERSION:
+                raise ArtifactError(
+                    f"manifest format_version {version} is not supported (this build reads {FORMAT_VERSION})"
+                )
+            onnx = data["onnx"]
+            manifest = Manifest(
+                format_version=version,
+                model=ModelSpec(**data["model"]),
+                vocabulary=VocabularySpec(**data["vocabulary"]),
+                onnx=OnnxSpec(
+                    file=onnx["file"],
+                    sha256=onnx["sha256"],
+                    opset=int(onnx["opset"]),
+                    tokens=TensorSpec(**onnx["tokens"]),
+                    logits=TensorSpec(**onnx["logits"]),
+                    states=[StateSpec(**s) for s in onnx["states"]],
+                ),
+                training=dict(data.get("training", {})),
+                export=dict(data.get("export", {})),
+            )
+        except ArtifactError:
+            raise
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ArtifactError(f"manifest is malformed: {exc!r}") from exc
+        manifest.validate()
+        return manifest
+
+    def validate(self) -> None:
+        """Check internal consistency; raise ArtifactError with a message a person can act on."""
+        m, v = self.model, self.vocabulary
+        if m.cell not in CELLS:
+            raise ArtifactError(f"manifest cell {m.cell!r} is not one of {CELLS}")
+        if len(v.chars) != m.vocab_size:
+            raise ArtifactError(f"vocabulary has {len(v.chars)} characters but vocab_size is {m.vocab_size}")
+        if len(set(v.chars)) != len(v.chars) or any(len(c) != 1 for c in v.chars):
+            raise ArtifactError("vocabulary must be distinct single characters")
+        if v.unknown_policy not in UNKNOWN_POLICIES:
+            raise ArtifactError(f"unknown_policy {v.unknown_policy!r} is not one of {UNKNOWN_POLICIES}")
+        if v.unknown_policy == "replace" and v.unknown_char not in v.chars:
+            raise ArtifactError("unknown_policy 'replace' needs an unknown_char that is in the vocabulary")
+        expected_states = ["h", "c"] if m.cell == "lstm" else ["h"]
+        if [s.kind for s in self.onnx.states] != expected_states:
+            raise ArtifactError(f"a {m.cell} graph carries states {expected_states}")
+        if self.onnx.logits.shape[-1] != m.vocab_size:
+            raise ArtifactError("logits' last dimension does not match the vocabulary size")
+
+
+def write_manifest(directory: Path, manifest: Manifest) -> Path:
+    manifest.validate()
+    path = directory / MANIFEST_FILE
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(manifest.to_json(), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def load_manifest(directory: Path | str, *, verify_hash: bool = True) -> Manifest:
+    """Read and check an artifact directory. Refuses a missing file or a hash mismatch."""
+    directory = Path(directory)
+    path = directory / MANIFEST_FILE
+    if not directory.is_dir():
+        raise ArtifactError(f"model directory {directory} does not exist")
+    if not path.is_file():
+        raise ArtifactError(f"{path} is missing: is {directory} a model artifact (run `charrnn export`)?")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ArtifactError(f"{path} must hold a JSON object")
+    manifest = Manifest.from_dict(data)
+    onnx_path = directory / manifest.onnx.file
+    if not onnx_path.is_file():
+        raise ArtifactError(f"{onnx_path} is missing")
+    if verify_hash:
+        actual = sha256_file(onnx_path)
+        if actual != manifest.onnx.sha256:
+            raise ArtifactError(
+                f"{onnx_path} has sha256 {actual} but the manifest says {manifest.onnx.sha256}: "
+                "the model file was changed or corrupted; re-export the artifact"
+            )
+    return manifest
