@@ -1,0 +1,238 @@
+"""Service subcommands: serve, generate, score, info, session-less helpers, and `bench serve`.
+
+Imported by charrnn/cli.py at startup, so it imports nothing heavy: each handler imports
+grpc / onnxruntime / numpy modules when it runs. Every flag also reads a `CHARRNN_*`
+environment variable (flag name upper-cased, dashes to underscores), shown in --help.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+
+
+def _env_name(flag: str) -> str:
+    return "CHARRNN_" + flag.lstrip("-").upper().replace("-", "_")
+
+
+def _add(
+    parser: argparse.ArgumentParser, flag: str, *, type: Callable[[str], Any] = str, default: Any = None, help: str
+) -> None:
+    """A flag whose default comes from CHARRNN_<FLAG> when set."""
+    env = _env_name(flag)
+    raw = os.environ.get(env)
+    value = type(raw) if raw is not None else default
+    parser.add_argument(flag, type=type, default=value, help=f"{help} [env {env}; default {default}]")
+
+
+def _add_switch(parser: argparse.ArgumentParser, flag: str, *, help: str) -> None:
+    env = _env_name(flag)
+    on = os.environ.get(env, "").lower() in ("1", "true", "yes", "on")
+    parser.add_argument(flag, action="store_true", default=on, help=f"{help} [env {env}=1]")
+
+
+def _add_target(parser: argparse.ArgumentParser) -> None:
+    _add(parser, "--target", default=DEFAULT_TARGET, help="server address HOST:PORT")
+    _add(parser, "--timeout", type=float, default=None, help="deadline per call, seconds")
+
+
+def _add_sampling(parser: argparse.ArgumentParser) -> None:
+    _add(parser, "--max-chars", type=int, default=0, help="characters to generate (0: the server's default)")
+    _add(parser, "--temperature", type=float, default=None, help="0 = greedy; unset = 1.0")
+    _add(parser, "--top-k", type=int, default=0, help="keep the k most likely characters (0 = off)")
+    _add(parser, "--top-p", type=float, default=None, help="nucleus mass in (0, 1] (unset = off)")
+    _add(parser, "--seed", type=int, default=None, help="random seed (unset: continue the state's, or random)")
+    parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+
+
+def register(sub: Any, bench_sub: Any) -> None:
+    """Add serve/generate/score/info to `charrnn`, and `serve` to `charrnn bench`."""
+    p = sub.add_parser("serve", help="serve the model over gRPC (continuous batching)")
+    _add(p, "--model", type=Path, default=Path("models/default"), help="model artifact directory")
+    _add(p, "--host", default="127.0.0.1", help="address to bind (0.0.0.0 in containers)")
+    _add(p, "--port", type=int, default=50051, help="port (0 = any free port)")
+    _add(p, "--port-file", type=Path, default=None, help="write the bound port here once SERVING")
+    _add(p, "--hmac-key", default=None, help="secret that signs resume tokens (required unless --dev)")
+    _add_switch(p, "--dev", help="allow a published development HMAC key (logs a warning)")
+    _add(p, "--max-batch", type=int, default=64, help="max live streams advanced per step (1 = no batching)")
+    _add(p, "--max-queue", type=int, default=256, help="max streams waiting for a slot")
+    _add(p, "--max-prompt-chars", type=int, default=8192, help="longest prompt / fed text")
+    _add(p, "--max-chars-limit", type=int, default=20000, help="largest max_chars a request may ask for")
+    _add(p, "--default-max-chars", type=int, default=256, help="max_chars when a request leaves it 0")
+    _add(p, "--max-stop-strings", type=int, default=8, help="stop strings per request")
+    _add(p, "--max-stop-chars", type=int, default=64, help="longest stop string")
+    _add(p, "--max-score-chars", type=int, default=65536, help="longest text for Score")
+    _add(p, "--max-sessions", type=int, default=1024, help="server-side sessions kept (LRU)")
+    _add(p, "--session-ttl", type=float, default=600.0, help="idle seconds before a session expires")
+    _add(p, "--session-memory-mb", type=float, default=64.0, help="memory bound on sessions' state (LRU)")
+    _add(p, "--flush-interval-ms", type=float, default=50.0, help="coalescing: send a stream's text at most this often")
+    _add(p, "--max-chunk-chars", type=int, default=256, help="coalescing: or once this many characters wait")
+    _add(p, "--grace", type=float, default=20.0, help="seconds live streams may drain after SIGTERM")
+    _add(p, "--intra-op-threads", type=int, default=1, help="ONNX Runtime intra-op threads")
+    _add_switch(p, "--spinning", help="let ONNX Runtime threads spin between calls")
+    p.set_defaults(handler=_serve)
+
+    g = sub.add_parser("generate", help="stream generated text from a server to stdout")
+    g.add_argument("prompt", nargs="?", default="", help="text to continue")
+    _add_target(g)
+    _add_sampling(g)
+    g.add_argument("--resume", type=Path, help="continue from a resume token saved with --save-state")
+    g.add_argument("--session", help="continue from (and update) a server-side session id")
+    g.add_argument("--create-session", action="store_true", help="keep the final state in a new session (id to stderr)")
+    g.add_argument("--save-state", type=Path, help="write the final resume token to this file")
+    g.set_defaults(handler=_generate)
+
+    s = sub.add_parser("score", help="bits per character of a text under the served model")
+    s.add_argument("text", nargs="?", help="text to score (or --file)")
+    s.add_argument("--file", type=Path, help="read the text from a file")
+    _add_target(s)
+    s.add_argument("--resume", type=Path, help="score as a continuation of a saved state")
+    s.add_argument("--per-char", action="store_true", help="also print each character's log-probability")
+    s.set_defaults(handler=_score)
+
+    i = sub.add_parser("info", help="what the served model is (JSON)")
+    _add_target(i)
+    i.set_defaults(handler=_info)
+
+    b = bench_sub.add_parser("serve", help="streams/s through gRPC vs the in-process ONNX Runtime ceiling")
+    _add(b, "--model", type=Path, default=Path("models/default"), help="model artifact directory")
+    _add(b, "--duration", type=float, default=10.0, help="seconds per measurement")
+    b.add_argument("--streams", type=int, nargs="+", default=[1, 16, 64], help="concurrent streams to measure")
+    _add(b, "--max-chars", type=int, default=2000, help="characters per request")
+    _add(b, "--out", type=Path, default=Path("bench-results/serve"), help="directory for JSON and PNG")
+    _add(b, "--intra-op-threads", type=int, default=1, help="ONNX Runtime intra-op threads (server and ceiling)")
+    _add(b, "--flush-interval-ms", type=float, default=50.0, help="server coalescing interval")
+    b.set_defaults(handler=_bench)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    from charrnn.artifact import ArtifactError
+    from service.config import ConfigError, EngineOptions, Limits, ServerConfig
+    from service.server import serve
+
+    config = ServerConfig(
+        model_dir=args.model,
+        host=args.host,
+        port=args.port,
+        port_file=args.port_file,
+        limits=Limits(
+            max_live_streams=args.max_batch,
+            max_queued_streams=args.max_queue,
+            max_prompt_chars=args.max_prompt_chars,
+            max_chars=args.max_chars_limit,
+            default_max_chars=args.default_max_chars,
+            max_stop_strings=args.max_stop_strings,
+            max_stop_chars=args.max_stop_chars,
+            max_score_chars=args.max_score_chars,
+            max_sessions=args.max_sessions,
+            session_ttl_s=args.session_ttl,
+            session_memory_bytes=int(args.session_memory_mb * (1 << 20)),
+        ),
+        engine=EngineOptions(intra_op_threads=args.intra_op_threads, allow_spinning=args.spinning),
+        flush_interval_s=args.flush_interval_ms / 1000.0,
+        max_chunk_chars=args.max_chunk_chars,
+        grace_s=args.grace,
+        hmac_key=args.hmac_key,
+        dev=args.dev,
+    )
+    try:
+        return asyncio.run(serve(config))
+    except (ArtifactError, ConfigError) as exc:
+        logging.getLogger("charrnn.serve").error("cannot start: %s", exc)
+        print(f"charrnn serve: cannot start: {exc}", file=sys.stderr)
+        return 2
+
+
+def _fail(exc: Exception) -> int:
+    print(f"charrnn: {exc}", file=sys.stderr)
+    return 1
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from service.client import CharRNNError, Client
+
+    token = args.resume.read_bytes() if args.resume else None
+    with Client(args.target, timeout=args.timeout) as client:
+        gen = client.generate(
+            args.prompt,
+            max_chars=args.max_chars,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            seed=args.seed,
+            stop=args.stop,
+            resume_token=token,
+            session_id=args.session,
+            create_session=args.create_session,
+        )
+        try:
+            for chunk in gen:
+                sys.stdout.write(chunk)
+                sys.stdout.flush()
+        except CharRNNError as exc:
+            return _fail(exc)
+    if sys.stdout.isatty():
+        sys.stdout.write("\n")
+    result = gen.result
+    assert result is not None
+    if args.save_state:
+        args.save_state.write_bytes(result.resume_token)
+    if result.session_id:
+        print(f"session: {result.session_id}", file=sys.stderr)
+    return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    from service.client import CharRNNError, Client
+
+    if (args.text is None) == (args.file is None):
+        return _fail(ValueError("give the text or --file, not both"))
+    text = args.text if args.text is not None else args.file.read_text(encoding="utf-8")
+    token = args.resume.read_bytes() if args.resume else None
+    with Client(args.target, timeout=args.timeout) as client:
+        try:
+            r = client.score(text, resume_token=token)
+        except CharRNNError as exc:
+            return _fail(exc)
+    out: dict[str, Any] = {
+        "chars": len(text),
+        "scored_chars": len(r.logprobs),
+        "total_nats": r.total_nats,
+        "bits_per_char": r.bits_per_char,
+    }
+    if args.per_char:
+        out["per_char"] = [[text[r.first_scored + i], lp] for i, lp in enumerate(r.logprobs)]
+    print(json.dumps(out, ensure_ascii=False, indent=1))
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from service.client import CharRNNError, Client
+
+    with Client(args.target, timeout=args.timeout) as client:
+        try:
+            info = client.info()
+        except CharRNNError as exc:
+            return _fail(exc)
+    data = asdict(info)
+    data["vocabulary"] = "".join(info.vocabulary)
+    print(json.dumps(data, ensure_ascii=False, indent=1))
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from service.bench import main as bench_main
+
+    return bench_main(args)

@@ -1,0 +1,315 @@
+"""A small typed, synchronous client that hides the protobuf.
+
+    with Client("localhost:50051") as client:
+        gen = client.generate("def ", max_chars=200, temperature=0.8, seed=1)
+        for chunk in gen:
+            print(chunk, end="")
+        token = gen.result.resume_token
+
+gRPC failures surface as `CharRNNError` with the status code and the server's message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from charrnn.v1 import charrnn_pb2 as pb
+from charrnn.v1 import charrnn_pb2_grpc as pb_grpc
+
+_FINISH_NAMES = {
+    pb.FINISH_REASON_LENGTH: "length",
+    pb.FINISH_REASON_STOP: "stop",
+    pb.FINISH_REASON_CANCELLED: "cancelled",
+}
+
+
+class CharRNNError(Exception):
+    """A failed call: `code` is the gRPC status code, `details` the server's message."""
+
+    def __init__(self, code: grpc.StatusCode, details: str):
+        self.code = code
+        self.details = details
+        super().__init__(f"{code.name}: {details}")
+
+    @classmethod
+    def wrap(cls, exc: grpc.RpcError) -> CharRNNError:
+        call: Any = exc
+        return cls(call.code(), call.details() or "")
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    finish_reason: str  # "length", "stop" or "cancelled"
+    prompt_chars: int
+    generated_chars: int
+    resume_token: bytes
+    session_id: str
+    seed: int
+    stop: str
+
+    @classmethod
+    def from_proto(cls, done: pb.GenerateDone) -> GenerationResult:
+        return cls(
+            _FINISH_NAMES.get(done.finish_reason, "unspecified"),
+            done.usage.prompt_chars,
+            done.usage.generated_chars,
+            done.resume_token,
+            done.session_id,
+            done.seed,
+            done.stop,
+        )
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    logprobs: list[float]
+    first_scored: int
+    total_nats: float
+    bits_per_char: float
+    resume_token: bytes
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    version: str
+    cell: str
+    layers: int
+    hidden_size: int
+    embedding_size: int
+    vocab_size: int
+    parameters: int
+    vocabulary: list[str]
+    unknown_policy: str
+    unknown_char: str
+    val_bits_per_char: float | None
+    sha256: str
+    limits: dict[str, float]
+
+
+def _sampling(temperature: float | None, top_k: int, top_p: float | None, seed: int | None) -> pb.SamplingParams:
+    params = pb.SamplingParams(top_k=top_k)
+    if temperature is not None:
+        params.temperature = temperature
+    if top_p is not None:
+        params.top_p = top_p
+    if seed is not None:
+        params.seed = seed
+    return params
+
+
+class Generation(Iterator[str]):
+    """Iterate for text chunks; `result` is set once the stream ends. `cancel()` stops it."""
+
+    def __init__(self, responses: Iterator[Any], call: grpc.Call | None = None):
+        self._responses = responses
+        self._call = call
+        self.result: GenerationResult | None = None
+
+    def __next__(self) -> str:
+        while True:
+            try:
+                response = next(self._responses)
+            except grpc.RpcError as exc:
+                raise CharRNNError.wrap(exc) from None
+            if response.HasField("done"):
+                self.result = GenerationResult.from_proto(response.done)
+                if response.text:
+                    return str(response.text)
+                raise StopIteration
+            if response.text:
+                return str(response.text)
+
+    def text(self) -> str:
+        """Consume the rest of the stream and return it joined."""
+        return "".join(self)
+
+    def cancel(self) -> None:
+        if self._call is not None:
+            self._call.cancel()
+
+
+class Client:
+    """Synchronous client for charrnn.v1.CharRNN (thread-safe: one channel, many calls)."""
+
+    def __init__(self, target: str, *, timeout: float | None = None):
+        self.target = target
+        self.timeout = timeout
+        self._channel = grpc.insecure_channel(target)
+        self._stub = pb_grpc.CharRNNStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def generate(
+        self,
+        prompt: str = "",
+        *,
+        max_chars: int = 0,
+        temperature: float | None = None,
+        top_k: int = 0,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: Sequence[str] = (),
+        resume_token: bytes | None = None,
+        session_id: str | None = None,
+        create_session: bool = False,
+        timeout: float | None = None,
+    ) -> Generation:
+        request = pb.GenerateRequest(
+            prompt=prompt,
+            max_chars=max_chars,
+            sampling=_sampling(temperature, top_k, top_p, seed),
+            stop=list(stop),
+            create_session=create_session,
+        )
+        if resume_token is not None:
+            request.resume_token = resume_token
+        elif session_id is not None:
+            request.session_id = session_id
+        call = self._stub.Generate(request, timeout=timeout if timeout is not None else self.timeout)
+        return Generation(call, call)
+
+    def score(self, text: str, *, resume_token: bytes | None = None, session_id: str | None = None) -> ScoreResult:
+        request = pb.ScoreRequest(text=text)
+        if resume_token is not None:
+            request.resume_token = resume_token
+        elif session_id is not None:
+            request.session_id = session_id
+        try:
+            r = self._stub.Score(request, timeout=self.timeout)
+        except grpc.RpcError as exc:
+            raise CharRNNError.wrap(exc) from None
+        return ScoreResult(list(r.logprobs), r.first_scored, r.total_nats, r.bits_per_char, r.resume_token)
+
+    def info(self) -> ModelInfo:
+        try:
+            r = self._stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=self.timeout)
+        except grpc.RpcError as exc:
+            raise CharRNNError.wrap(exc) from None
+        lim = r.limits
+        return ModelInfo(
+            name=r.name,
+            version=r.version,
+            cell=pb.CellType.Name(r.cell).removeprefix("CELL_TYPE_").lower(),
+            layers=r.layers,
+            hidden_size=r.hidden_size,
+            embedding_size=r.embedding_size,
+            vocab_size=r.vocab_size,
+            parameters=r.parameters,
+            vocabulary=list(r.vocabulary),
+            unknown_policy=pb.UnknownPolicy.Name(r.unknown_policy).removeprefix("UNKNOWN_POLICY_").lower(),
+            unknown_char=r.unknown_char,
+            val_bits_per_char=r.val_bits_per_char if r.HasField("val_bits_per_char") else None,
+            sha256=r.sha256,
+            limits={f.name: v for f, v in lim.ListFields()},
+        )
+
+    def health(self, service: str = "") -> str:
+        """The health status name ("SERVING", "NOT_SERVING", ...) of `service` ("" = the server)."""
+        stub = health_pb2_grpc.HealthStub(self._channel)
+        try:
+            r = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=self.timeout or 5.0)
+        except grpc.RpcError as exc:
+            raise CharRNNError.wrap(exc) from None
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(r.status))
+
+    def session(self) -> SessionClient:
+        """Open a bidirectional Session: the server keeps the state while it is open."""
+        return SessionClient(self._stub)
+
+
+class SessionClient:
+    """A Session stream driven synchronously: each method sends one action and reads its answer."""
+
+    def __init__(self, stub: pb_grpc.CharRNNStub):
+        self._requests: queue.Queue[pb.SessionRequest | None] = queue.Queue()
+        self._responses: Iterator[pb.SessionResponse] = stub.Session(iter(self._requests.get, None))
+
+    def _send(self, request: pb.SessionRequest) -> None:
+        self._requests.put(request)
+
+    def _receive(self) -> pb.SessionResponse:
+        try:
+            return next(self._responses)
+        except grpc.RpcError as exc:
+            raise CharRNNError.wrap(exc) from None
+
+    def feed(self, text: str) -> int:
+        self._send(pb.SessionRequest(feed=pb.FeedAction(text=text)))
+        return int(self._receive().fed.chars)
+
+    def generate(
+        self,
+        prompt: str = "",
+        *,
+        max_chars: int = 0,
+        temperature: float | None = None,
+        top_k: int = 0,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: Sequence[str] = (),
+    ) -> Generation:
+        action = pb.GenerateAction(
+            prompt=prompt, max_chars=max_chars, sampling=_sampling(temperature, top_k, top_p, seed), stop=list(stop)
+        )
+        self._send(pb.SessionRequest(generate=action))
+        return Generation(self._generation_events())
+
+    def _generation_events(self) -> Iterator[Any]:
+        """Session events of one generation, shaped like GenerateResponse (text, then done)."""
+        while True:
+            event = self._receive()
+            kind = event.WhichOneof("event")
+            if kind == "text":
+                yield pb.GenerateResponse(text=event.text)
+            elif kind == "done":
+                yield pb.GenerateResponse(done=event.done)
+                return
+
+    def cancel(self) -> None:
+        """Stop the running generation; it ends with finish reason "cancelled"."""
+        self._send(pb.SessionRequest(cancel=pb.CancelAction()))
+
+    def token(self) -> bytes:
+        self._send(pb.SessionRequest(token=pb.TokenAction()))
+        return bytes(self._receive().token.resume_token)
+
+    def load(self, *, resume_token: bytes | None = None, session_id: str | None = None) -> None:
+        action = (
+            pb.LoadAction(resume_token=resume_token)
+            if resume_token is not None
+            else pb.LoadAction(session_id=session_id or "")
+        )
+        self._send(pb.SessionRequest(load=action))
+        self._receive()
+
+    def reset(self) -> None:
+        self._send(pb.SessionRequest(reset=pb.ResetAction()))
+        self._receive()
+
+    def close(self) -> None:
+        self._requests.put(None)
+        with contextlib.suppress(grpc.RpcError):
+            for _ in self._responses:  # drain until the server ends the stream
+                pass
+
+    def __enter__(self) -> SessionClient:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()

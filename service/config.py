@@ -1,0 +1,88 @@
+"""Server configuration: every knob with its default in one place (docs/api.md lists them).
+
+Light on purpose (no grpc, no onnxruntime): the CLI builds these from flags and `CHARRNN_*`
+environment variables before anything heavy is imported.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# Used only with --dev: anyone can forge tokens signed with a published key.
+DEV_HMAC_KEY = b"charrnn-development-key-do-not-use-in-production"
+
+
+class ConfigError(Exception):
+    """The configuration cannot work; the message says which setting to fix."""
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """ONNX Runtime session options. Defaults measured on the 2-vCPU box (docs/api.md)."""
+
+    intra_op_threads: int = 1
+    inter_op_threads: int = 1
+    # Spinning keeps a core busy between calls; on 2 shared vCPUs it steals time from gRPC.
+    allow_spinning: bool = False
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Admission and request-size limits; beyond them requests fail with a status naming the limit."""
+
+    max_live_streams: int = 64  # rows advanced together per step; 1 turns batching off
+    max_queued_streams: int = 256  # waiting for a slot; beyond: RESOURCE_EXHAUSTED
+    max_prompt_chars: int = 8192  # prompt / fed text
+    max_chars: int = 20000  # largest max_chars a request may ask for
+    default_max_chars: int = 256  # when a request leaves max_chars 0
+    max_stop_strings: int = 8
+    max_stop_chars: int = 64
+    max_score_chars: int = 65536
+    max_sessions: int = 1024  # least recently used evicted beyond it
+    session_ttl_s: float = 600.0  # idle time before a session expires
+    session_memory_bytes: int = 64 << 20  # total state bytes held by sessions (LRU eviction)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    model_dir: Path = Path("models/default")
+    host: str = "127.0.0.1"
+    port: int = 50051
+    port_file: Path | None = None  # written once SERVING (useful with --port 0)
+    limits: Limits = field(default_factory=Limits)
+    engine: EngineOptions = field(default_factory=EngineOptions)
+    flush_interval_s: float = 0.05  # coalescing: wake a stream's sender at most this often
+    max_chunk_chars: int = 256  # ... or once this many characters wait
+    grace_s: float = 20.0  # SIGTERM: how long live streams may drain
+    hmac_key: str | None = None
+    dev: bool = False  # allow the published development key when no key is set
+
+    def resume_key(self) -> bytes:
+        """The HMAC key for resume tokens; refuses to invent one unless --dev."""
+        if self.hmac_key:
+            return self.hmac_key.encode("utf-8")
+        if self.dev:
+            log.warning("using the development HMAC key (--dev): anyone can forge resume tokens; not for production")
+            return DEV_HMAC_KEY
+        raise ConfigError(
+            "no resume-token key: set --hmac-key or CHARRNN_HMAC_KEY (or pass --dev for a development default)"
+        )
+
+    def validate(self) -> None:
+        lim = self.limits
+        checks = {
+            "max_live_streams": lim.max_live_streams >= 1,
+            "max_queued_streams": lim.max_queued_streams >= 0,
+            "default_max_chars": 1 <= lim.default_max_chars <= lim.max_chars,
+            "flush_interval": self.flush_interval_s >= 0,
+            "max_chunk_chars": self.max_chunk_chars >= 1,
+            "grace": self.grace_s >= 0,
+            "intra_op_threads": self.engine.intra_op_threads >= 0,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ConfigError(f"invalid settings: {', '.join(bad)}")

@@ -1,0 +1,70 @@
+"""Domain errors and the one table that maps them to gRPC status codes.
+
+Service modules raise these (or the vocabulary's UnknownCharactersError); only the servicer
+turns them into statuses, through `status_for`. Anything not in the table is a bug: it
+becomes INTERNAL with a generic message, and the traceback is logged.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+
+from charrnn.vocab import UnknownCharactersError
+
+log = logging.getLogger(__name__)
+
+
+class ServiceError(Exception):
+    """A request the service refuses; the message is shown to the client."""
+
+
+class InvalidRequest(ServiceError):
+    """A parameter is missing, malformed or out of range."""
+
+
+class InvalidToken(ServiceError):
+    """A resume token is malformed, from another format version, or its signature does not match."""
+
+
+class ForeignToken(ServiceError):
+    """A correctly signed resume token that belongs to a different model."""
+
+
+class SessionNotFound(ServiceError):
+    """No live session has this id (never created, expired or evicted)."""
+
+
+class SessionBusy(ServiceError):
+    """Another call is using this session right now."""
+
+
+class LimitExceeded(ServiceError):
+    """A capacity limit (live streams, queue) is full; the message names it."""
+
+
+class ShuttingDown(ServiceError):
+    """The server is draining and takes no new streams."""
+
+
+STATUS_CODES: dict[type[Exception], grpc.StatusCode] = {
+    InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
+    UnknownCharactersError: grpc.StatusCode.INVALID_ARGUMENT,
+    InvalidToken: grpc.StatusCode.INVALID_ARGUMENT,
+    ForeignToken: grpc.StatusCode.FAILED_PRECONDITION,
+    SessionNotFound: grpc.StatusCode.NOT_FOUND,
+    SessionBusy: grpc.StatusCode.FAILED_PRECONDITION,
+    LimitExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ShuttingDown: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The status code and client-facing message for `exc` (INTERNAL for anything unexpected)."""
+    for cls in type(exc).__mro__:
+        code = STATUS_CODES.get(cls)
+        if code is not None:
+            return code, str(exc)
+    log.error("internal error", exc_info=exc)
+    return grpc.StatusCode.INTERNAL, "internal error (logged on the server)"

@@ -1,0 +1,82 @@
+"""Vectorised per-row sampling with a counter-based random generator.
+
+Every row has its own temperature, top-k, top-p, seed and position. The uniform draw for a
+row is a hash of (seed, position) alone, so a row's character never depends on which other
+rows share the batch, and the generator's whole state is two integers that fit in a resume
+token. All arithmetic is row-wise (sorts, sequential cumulative sums) so a row's result is the
+same bits at batch 1 or 64.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_TWO_POW_MINUS_53 = 2.0**-53
+
+MAX_SEED = 2**64 - 1
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """One stream's sampling parameters (validated at the API edge)."""
+
+    temperature: float = 1.0  # 0 = greedy
+    top_k: int = 0  # 0 = no limit
+    top_p: float = 1.0  # 1 = off
+
+
+def _mix64(z: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser: a bijective avalanche on uint64 (wrapping arithmetic)."""
+    z = (z ^ (z >> np.uint64(30))) * _M1
+    z = (z ^ (z >> np.uint64(27))) * _M2
+    return z ^ (z >> np.uint64(31))
+
+
+def uniforms(seeds: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """Uniform float64 in [0, 1) for each (seed, position) pair: a pure function of the pair."""
+    with np.errstate(over="ignore"):
+        s = np.asarray(seeds, dtype=np.uint64)
+        p = np.asarray(positions, dtype=np.uint64)
+        z = _mix64(_mix64(s) + (p + np.uint64(1)) * _GOLDEN)
+    return (z >> np.uint64(11)).astype(np.float64) * _TWO_POW_MINUS_53
+
+
+def sample(
+    logits: np.ndarray,
+    temperature: np.ndarray,
+    top_k: np.ndarray,
+    top_p: np.ndarray,
+    seeds: np.ndarray,
+    positions: np.ndarray,
+) -> np.ndarray:
+    """Pick one token id per row of `logits` [batch, vocab]; returns int64 [batch].
+
+    Inverse-CDF sampling over the candidates sorted by probability (stable, so ties resolve to
+    the lower id, as argmax does): top-k and top-p cut a prefix of that order, the kept
+    probabilities are renormalised, and the row's uniform picks one. Temperature 0 takes the
+    first candidate (greedy). The same path runs for every row whatever its parameters, so
+    a row's result cannot depend on its neighbours' parameters.
+    """
+    batch, vocab = logits.shape
+    x = logits.astype(np.float64)
+    greedy = temperature <= 0
+    t = np.where(greedy, 1.0, temperature)
+    order = np.argsort(-x, axis=1, kind="stable")
+    xs = np.take_along_axis(x, order, axis=1) / t[:, None]
+    e = np.exp(xs - xs[:, :1])
+    ce = np.cumsum(e, axis=1)
+    mass_before = (ce - e) / ce[:, -1:]
+    ranks = np.arange(vocab)[None, :]
+    k = np.where(top_k > 0, np.minimum(top_k, vocab), vocab)
+    keep = (ranks < k[:, None]) & ((mass_before < top_p[:, None]) | (top_p[:, None] >= 1.0))
+    ck = np.cumsum(np.where(keep, e, 0.0), axis=1)
+    target = uniforms(seeds, positions) * ck[:, -1]
+    pick = (ck <= target[:, None]).sum(axis=1)
+    pick = np.minimum(pick, keep.sum(axis=1) - 1)
+    pick = np.where(greedy, 0, pick)
+    return order[np.arange(batch), pick].astype(np.int64)

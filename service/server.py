@@ -1,0 +1,133 @@
+"""Wiring: load the artifact, build the runtime, serve gRPC with health and reflection, drain on SIGTERM.
+
+Health is NOT_SERVING until the model is loaded and warmed up. On SIGTERM/SIGINT health goes
+NOT_SERVING, new streams are refused with UNAVAILABLE, live ones get `grace_s` to finish, then
+whatever is left fails with UNAVAILABLE and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from charrnn.artifact import ArtifactError, load_manifest
+from charrnn.v1 import charrnn_pb2, charrnn_pb2_grpc
+from charrnn.vocab import Vocabulary
+from service.config import ServerConfig
+from service.engine import Engine
+from service.scheduler import Scheduler, SchedulerConfig, SchedulerObserver
+from service.servicer import CharRNNServicer, Runtime
+from service.state import SessionStore, TokenCodec
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = charrnn_pb2.DESCRIPTOR.services_by_name["CharRNN"].full_name
+
+
+def build_runtime(config: ServerConfig, observer: SchedulerObserver | None = None) -> Runtime:
+    """Load and check everything a request needs; ArtifactError/ConfigError if it cannot work."""
+    config.validate()
+    key = config.resume_key()
+    manifest = load_manifest(config.model_dir)
+    try:
+        engine = Engine(config.model_dir, config.engine, manifest=manifest)
+    except Exception as exc:  # onnxruntime raises its own types for unreadable graphs
+        raise ArtifactError(f"{Path(config.model_dir) / manifest.onnx.file} could not be loaded: {exc}") from exc
+    lim = config.limits
+    scheduler = Scheduler(
+        engine,
+        SchedulerConfig(lim.max_live_streams, lim.max_queued_streams, config.flush_interval_s, config.max_chunk_chars),
+        observer,
+    )
+    return Runtime(
+        manifest=manifest,
+        vocab=Vocabulary.from_spec(manifest.vocabulary),
+        scheduler=scheduler,
+        codec=TokenCodec(key, manifest.onnx.sha256, engine.num_states, engine.layers, engine.hidden, engine.vocab_size),
+        sessions=SessionStore(lim.max_sessions, lim.session_ttl_s, lim.session_memory_bytes),
+        limits=lim,
+    )
+
+
+class CharRNNServer:
+    """A started-and-stoppable server; `serve` adds signal handling for the CLI."""
+
+    def __init__(self, config: ServerConfig, runtime: Runtime | None = None):
+        self.config = config
+        self.runtime = runtime or build_runtime(config)
+        self.health = HealthServicer()
+        self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        charrnn_pb2_grpc.add_CharRNNServicer_to_server(CharRNNServicer(self.runtime), self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            self.server,
+        )
+        self.port = 0
+
+    @property
+    def scheduler(self) -> Scheduler:
+        return self.runtime.scheduler
+
+    async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, status)
+
+    async def start(self) -> int:
+        """Bind, answer health NOT_SERVING, warm the model up, then SERVING. Returns the bound port."""
+        address = f"{self.config.host}:{self.config.port}"
+        self.port = self.server.add_insecure_port(address)
+        if self.port == 0:
+            raise OSError(f"could not bind {address}")
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.start()
+        engine = self.scheduler.engine
+        await self.scheduler.call(lambda: engine.warm_up(self.config.limits.max_live_streams))
+        self.scheduler.start()
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        if self.config.port_file is not None:
+            tmp = self.config.port_file.with_suffix(".tmp")
+            tmp.write_text(f"{self.port}\n")
+            tmp.replace(self.config.port_file)
+        m = self.runtime.manifest
+        log.info(
+            "serving %s %s (%s %dx%d, sha256 %s…) on %s:%d",
+            m.model.name, m.model.version, m.model.cell, m.model.layers, m.model.hidden_size,
+            m.onnx.sha256[:12], self.config.host, self.port,
+        )  # fmt: skip
+        return self.port
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Drain: NOT_SERVING, refuse new streams, let live ones finish within the grace, then stop."""
+        grace = self.config.grace_s if grace_s is None else grace_s
+        await self.health.enter_graceful_shutdown()
+        self.scheduler.stop_accepting()
+        sched = self.scheduler
+        log.info("draining: %d live, %d queued streams; grace %.1f s", sched.live, sched.queued, grace)
+        drained = await self.scheduler.drain(grace)
+        if not drained:
+            log.warning("grace period over: failing %d streams", self.scheduler.live + self.scheduler.queued)
+        await self.scheduler.close()
+        await self.server.stop(1.0)
+        log.info("stopped")
+
+
+async def serve(config: ServerConfig) -> int:
+    """Run until SIGTERM/SIGINT, then drain. Returns the process exit code."""
+    server = CharRNNServer(config)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("signal received")
+    await server.stop()
+    return 0

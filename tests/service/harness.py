@@ -1,0 +1,152 @@
+"""Run a real CharRNNServer (grpc.aio on 127.0.0.1, port 0, real ONNX Runtime) in a background thread."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import replace
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+from service.config import Limits, ServerConfig
+from service.server import CharRNNServer
+
+T = TypeVar("T")
+REPO = Path(__file__).resolve().parents[2]
+TEST_KEY = "test-hmac-key"
+
+
+def make_config(model_dir: Path, **overrides: Any) -> ServerConfig:
+    limit_fields = set(Limits.__dataclass_fields__)
+    limits = replace(Limits(), **{k: v for k, v in overrides.items() if k in limit_fields})
+    rest = {k: v for k, v in overrides.items() if k not in limit_fields}
+    rest.setdefault("flush_interval_s", 0.01)
+    return ServerConfig(model_dir=model_dir, host="127.0.0.1", port=0, hmac_key=TEST_KEY, limits=limits, **rest)
+
+
+class ServerThread:
+    """`with ServerThread(config) as srv:` → srv.target is "127.0.0.1:PORT"; srv.call(coro) runs on its loop."""
+
+    def __init__(self, config: ServerConfig):
+        self.config = config
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.server: CharRNNServer | None = None
+        self.port = 0
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._error: BaseException | None = None
+        self.thread = threading.Thread(target=self._main, daemon=True)
+
+    def _main(self) -> None:
+        async def main() -> None:
+            self.loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+            try:
+                self.server = CharRNNServer(self.config)
+                self.port = await self.server.start()
+            except BaseException as exc:
+                self._error = exc
+                raise
+            finally:
+                self._ready.set()
+            await self._stop.wait()
+            if self.server is not None:
+                await self.server.stop(0.0)
+
+        with contextlib.suppress(Exception):
+            asyncio.run(main())
+
+    def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        assert self.loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=60)
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        self._ready.wait(60)
+        if self._error is not None:
+            raise self._error
+        return self
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def live(self) -> int:
+        assert self.server is not None
+        return self.server.scheduler.live
+
+    @property
+    def queued(self) -> int:
+        assert self.server is not None
+        return self.server.scheduler.queued
+
+    def stop(self, grace_s: float = 0.0) -> None:
+        """Drain and stop the server now (the thread then ends)."""
+        if self.server is not None:
+            server, self.server = self.server, None
+            self.call(server.stop(grace_s))
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        if self.loop is not None and self._stop is not None:
+            self.loop.call_soon_threadsafe(self._stop.set)
+        self.thread.join(timeout=30)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()
+
+
+def charrnn_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "charrnn.cli", *args]
+
+
+class ServerProcess:
+    """`charrnn serve` in a subprocess on port 0; the port comes back through --port-file."""
+
+    def __init__(self, model_dir: Path, tmp: Path, *extra: str, env: dict[str, str] | None = None):
+        self.port_file = tmp / f"port-{time.monotonic_ns()}"
+        self.log = tmp / f"server-{time.monotonic_ns()}.log"
+        args = ["serve", "--model", str(model_dir), "--host", "127.0.0.1", "--port", "0"]
+        args += ["--port-file", str(self.port_file), "--hmac-key", TEST_KEY, *extra]
+        full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+        self._log_file = open(self.log, "wb")  # noqa: SIM115 (closed in stop)
+        self.proc = subprocess.Popen(
+            charrnn_cmd(*args), cwd=REPO, stdout=self._log_file, stderr=subprocess.STDOUT, env=full_env
+        )
+        self.port = 0
+
+    def wait_ready(self, timeout: float = 60.0) -> ServerProcess:
+        ok = wait_until(lambda: self.port_file.exists() or self.proc.poll() is not None, timeout)
+        if not ok or self.proc.poll() is not None:
+            raise RuntimeError(f"server did not start:\n{self.output()}")
+        self.port = int(self.port_file.read_text())
+        return self
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def output(self) -> str:
+        self._log_file.flush()
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            return self.proc.wait(timeout=30)
+        finally:
+            self._log_file.close()
