@@ -1,0 +1,53 @@
+# Every target creates the virtual environment it needs; nothing is assumed installed.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# Serving runs from its own environment with only the `serve` extra: no torch.
+SERVE_VENV ?= .venv-serve
+
+.DEFAULT_GOAL := help
+.PHONY: help install serve sample test lint typecheck unit model proto bench-quality clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[serve,train,load,dev]'
+	touch $@
+
+$(SERVE_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(SERVE_VENV)
+	$(SERVE_VENV)/bin/pip install -q --upgrade pip
+	$(SERVE_VENV)/bin/pip install -q -e '.[serve]'
+	touch $@
+
+install: $(VENV)/.installed  ## the development environment (all extras) in .venv
+
+sample: $(SERVE_VENV)/.installed  ## sample from the shipped default model (no torch)
+	$(SERVE_VENV)/bin/charrnn sample --model models/default --prompt 'def ' --chars 400
+
+lint: install  ## ruff
+	$(BIN)/ruff check .
+
+typecheck: install  ## mypy
+	$(BIN)/mypy
+
+unit: install  ## pytest only
+	$(BIN)/pytest -q
+
+test: lint typecheck unit  ## the whole suite: ruff, mypy, pytest
+
+model: install  ## retrain and export the shipped default model (about 20 minutes on 2 cores)
+	rm -rf runs/default
+	$(BIN)/charrnn train --out runs/default --export models/default optim.max_minutes=19
+
+bench-quality: install  ## 30-minute quality benchmark on tiny shakespeare (see docs/benchmarks.md)
+	$(BIN)/charrnn bench quality --corpus ../shared/data/tinyshakespeare.txt --minutes 30 \
+		--out runs/bench-quality $(QUALITY_ARGS)
+
+clean:  ## remove environments and run outputs
+	rm -rf $(VENV) $(SERVE_VENV) runs .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from charrnn.vocab import UnknownCharactersError, Vocabulary
+from training.config import DataConfig
+from training.data import BpttBatches, eval_streams, load_corpus, prepare, split_text, stdlib_files
+
+
+def test_split_is_contiguous_first_part_train() -> None:
+    text = "".join(chr(ord("a") + i % 26) for i in range(1000))
+    train, val = split_text(text, 0.9)
+    assert train + val == text
+    assert len(train) == 900 and len(val) == 100
+
+
+def test_split_refuses_empty_parts() -> None:
+    with pytest.raises(ValueError, match="empty split"):
+        split_text("ab", 0.1)
+
+
+def test_vocabulary_is_built_from_train_split_only(tmp_path: Path) -> None:
+    path = tmp_path / "c.txt"
+    path.write_text("a" * 90 + "b" * 9 + "Z", encoding="utf-8")
+    data = prepare(DataConfig(corpus=str(path), train_fraction=0.9))
+    assert "Z" not in data.vocab and "b" not in data.vocab  # only the first 90 chars train
+    assert data.unknown_in_val == 10
+    assert data.vocab.unknown_char == "\ufffd"
+    assert data.vocab.decode(data.val_ids[-1:]) == "\ufffd"
+
+
+def test_vocabulary_refuse_policy_names_the_characters() -> None:
+    vocab = Vocabulary.build("hello", policy="refuse")
+    with pytest.raises(UnknownCharactersError, match="'x'"):
+        vocab.encode("hex")
+    ids, dropped = vocab.encode_lossy("hex")
+    assert vocab.decode(ids) == "he" and dropped == 1
+
+
+def test_vocabulary_round_trips_through_json(tmp_path: Path) -> None:
+    vocab = Vocabulary.build('ab"c\n\t ü')
+    vocab.save(tmp_path / "v.json")
+    again = Vocabulary.load(tmp_path / "v.json")
+    assert again == vocab
+    assert again.decode(again.encode("cab\n")) == "cab\n"
+
+
+def test_min_count_folds_rare_characters_into_unknown() -> None:
+    vocab = Vocabulary.build("aaab", min_count=2)
+    assert "b" not in vocab
+    assert vocab.decode(vocab.encode("ab")) == "a\ufffd"
+
+
+def test_corpus_from_directory_glob_and_list(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "b.txt").write_text("bbb", encoding="utf-8")
+    (tmp_path / "d" / "a.txt").write_text("aaa", encoding="utf-8")
+    by_dir = load_corpus(str(tmp_path / "d"))
+    by_glob = load_corpus(str(tmp_path / "d" / "*.txt"))
+    by_list = load_corpus(f"{tmp_path / 'd' / 'a.txt'},{tmp_path / 'd' / 'b.txt'}")
+    assert by_dir.text == by_glob.text == by_list.text == "aaa\nbbb"
+    assert by_dir.sha256 == by_list.sha256 and by_dir.files == 2
+
+
+def test_corpus_refuses_missing_and_non_utf8(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        load_corpus(str(tmp_path / "nope.txt"))
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"ok \xff\xfe")
+    with pytest.raises(ValueError, match="not UTF-8"):
+        load_corpus(str(bad))
+
+
+def test_builtin_corpus_is_deterministic_stdlib_source() -> None:
+    files = stdlib_files()
+    assert len(files) > 50
+    assert [f.name for f in files] == sorted(f.name for f in files)
+    assert all(f.suffix == ".py" for f in files)
+
+
+def test_bptt_windows_continue_each_stream() -> None:
+    ids = np.arange(1001, dtype=np.int64)
+    batches = BpttBatches(ids, batch_size=4, seq_len=10)
+    x0, y0, first = batches.window(0)
+    x1, _, second = batches.window(1)
+    assert first and not second
+    assert x0.shape == (4, 10)
+    np.testing.assert_array_equal(y0, x0 + 1)  # targets are the next character
+    np.testing.assert_array_equal(x1[:, 0], x0[:, -1] + 1)  # row b of window k+1 continues row b of window k
+    assert batches.window(batches.windows_per_epoch)[2]  # wraps to a new epoch
+
+
+def test_eval_streams_score_every_character_once() -> None:
+    ids = np.arange(103, dtype=np.int64)
+    targets = np.concatenate([y.reshape(-1) for _, y in eval_streams(ids, streams=4, seq_len=7, min_stream_len=10)])
+    assert targets.size == ((ids.size - 1) // 4) * 4
+    assert len(set(targets.tolist())) == targets.size

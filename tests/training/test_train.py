@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from training.config import TrainingConfig, apply_overrides
+from training.train import Trainer, load_checkpoint, lr_at
+
+ConfigFactory = Callable[..., TrainingConfig]
+
+
+def test_overrides_refuse_unknown_keys_and_bad_values() -> None:
+    with pytest.raises(ValueError, match=r"unknown setting 'model\.hiden_size'"):
+        apply_overrides(TrainingConfig(), ["model.hiden_size=3"])
+    with pytest.raises(ValueError, match=r"unknown setting 'modl\.layers'"):
+        apply_overrides(TrainingConfig(), ["modl.layers=3"])
+    with pytest.raises(ValueError, match="expects int"):
+        apply_overrides(TrainingConfig(), ["model.layers=two"])
+    with pytest.raises(ValueError, match=r"model\.cell"):
+        apply_overrides(TrainingConfig(), ["model.cell=transformer"])
+    config = apply_overrides(TrainingConfig(), ["model.cell=gru", "optim.lr=0.01", "run.progress=no"])
+    assert (config.model.cell, config.optim.lr, config.run.progress) == ("gru", 0.01, False)
+
+
+def test_config_round_trips_through_dict() -> None:
+    config = apply_overrides(TrainingConfig(), ["model.hidden_size=77", "data.vocab_policy=refuse"])
+    assert TrainingConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+def test_schedule_warms_up_then_decays() -> None:
+    config = apply_overrides(TrainingConfig(), ["optim.warmup_steps=10", "optim.max_steps=110", "optim.lr=1.0"])
+    assert lr_at(0, config) == pytest.approx(0.1)
+    assert lr_at(9, config) == pytest.approx(1.0)
+    assert lr_at(60, config) < lr_at(20, config)
+    assert lr_at(110, config) == pytest.approx(config.optim.min_lr_ratio)
+
+
+def test_tiny_model_overfits_a_short_text(tmp_path: Path) -> None:
+    corpus = tmp_path / "hello.txt"
+    corpus.write_text("hello world, hello RNN!\n" * 60, encoding="utf-8")
+    config = apply_overrides(
+        TrainingConfig(),
+        [
+            f"data.corpus={corpus}", f"run.out_dir={tmp_path / 'run'}", "model.hidden_size=48", "model.layers=1",
+            "model.embedding_size=16", "optim.batch_size=4", "optim.seq_len=48", "optim.max_steps=600",
+            "optim.lr=0.01", "optim.warmup_steps=10", "run.eval_interval=100", "run.sample_interval=0",
+            "run.progress=false", "run.threads=1",
+        ],
+    )  # fmt: skip
+    result = Trainer(config).train()
+    assert result.best_val_loss < 0.15, f"validation loss {result.best_val_loss:.3f} nats: it did not memorise"
+
+
+def test_run_writes_logs_samples_curves_and_checkpoints(tiny_config: ConfigFactory) -> None:
+    config = tiny_config()
+    result = Trainer(config).train()
+    out = Path(config.run.out_dir)
+    for name in ("best.pt", "last.pt", "metrics.jsonl", "samples.jsonl", "loss.png", "config.json", "vocab.json"):
+        assert (out / name).is_file(), name
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert any("val_bpc" in r for r in rows) and any("grad_norm" in r and "clipped_fraction" in r for r in rows)
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in samples] == [0, 20, 40]
+    assert all(len(s["text"]) == config.run.sample_chars for s in samples)
+    data = load_checkpoint(result.best_checkpoint)
+    assert data["config"] == config.to_dict() and data["vocab"]["chars"]
+    assert data["corpus"]["sha256"] and data["split"]["train_fraction"] == 0.9
+
+
+def test_same_seed_same_result(tiny_config: ConfigFactory, tmp_path: Path) -> None:
+    a = Trainer(tiny_config("optim.max_steps=15", f"run.out_dir={tmp_path / 'a'}")).train()
+    b = Trainer(tiny_config("optim.max_steps=15", f"run.out_dir={tmp_path / 'b'}")).train()
+    assert a.best_val_loss == b.best_val_loss
+
+
+def test_resume_continues_exactly(tiny_config: ConfigFactory, tmp_path: Path) -> None:
+    """40 steps straight == 20 steps, stop, resume from last.pt, 20 more (dropout RNG included)."""
+    extra = ["model.layers=2", "model.dropout=0.1", "optim.max_steps=40"]
+    straight = Trainer(tiny_config(*extra, f"run.out_dir={tmp_path / 'straight'}"))
+    straight.train()
+    paused_config = tiny_config(*extra, f"run.out_dir={tmp_path / 'paused'}")
+    Trainer(paused_config).train(stop_at=20)
+    assert load_checkpoint(tmp_path / "paused" / "last.pt")["step"] == 20
+    resumed = Trainer(paused_config, resume=tmp_path / "paused" / "last.pt")
+    resumed.train()
+    assert resumed.step == 40
+    for (name, p), q in zip(straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
+        assert torch.equal(p, q), name
+
+
+def test_value_clipping_and_early_stop(tiny_config: ConfigFactory) -> None:
+    config = tiny_config(
+        "optim.clip_mode=value", "optim.clip=0.001", "optim.lr=0.5", "optim.max_steps=200",
+        "run.eval_interval=5", "run.early_stop_patience=2", "run.sample_interval=0",
+    )  # fmt: skip
+    result = Trainer(config).train()
+    assert result.steps < 200  # a huge learning rate stops improving long before the end
+    rows = [json.loads(line) for line in (Path(config.run.out_dir) / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1].get("clipped_fraction", 1.0) > 0.9 or any(r.get("clipped_fraction", 0) > 0.9 for r in rows)

@@ -1,0 +1,168 @@
+"""Subcommands of the offline side: train, export, sample, bench quality.
+
+Nothing heavy is imported here; each handler imports torch (or onnxruntime) when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL_DIR = "models/default"
+
+
+def register(sub: Any, bench_sub: Any) -> None:
+    from training.config import describe_settings
+
+    settings_help = "settings (section.key=value), with their defaults:\n" + describe_settings()
+
+    train = sub.add_parser(
+        "train",
+        help="train a char-RNN on a text corpus",
+        epilog=settings_help,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    train.add_argument("overrides", nargs="*", metavar="section.key=value", help="override a setting")
+    train.add_argument("--corpus", help="file, directory, glob or comma list (default: builtin:python-stdlib)")
+    train.add_argument("--out", help="run directory (run.out_dir)")
+    train.add_argument("--config", type=Path, help="JSON config file (as saved in a run's config.json)")
+    train.add_argument("--resume", type=Path, help="continue from a checkpoint (e.g. RUN/last.pt)")
+    train.add_argument("--export", type=Path, metavar="DIR", help="export the best checkpoint to DIR afterwards")
+    train.set_defaults(handler=_train)
+
+    export = sub.add_parser("export", help="export a checkpoint to an ONNX model artifact")
+    export.add_argument("checkpoint", type=Path, help="checkpoint file (RUN/best.pt)")
+    export.add_argument("--out", type=Path, required=True, help="artifact directory to write")
+    export.add_argument("--name", default="charrnn", help="model name for the manifest")
+    export.add_argument("--version", default="1", help="model version for the manifest")
+    export.set_defaults(handler=_export)
+
+    sample = sub.add_parser("sample", help="sample text locally from an artifact or a checkpoint")
+    source = sample.add_mutually_exclusive_group()
+    source.add_argument("--model", type=Path, help=f"artifact directory (default {DEFAULT_MODEL_DIR})")
+    source.add_argument("--checkpoint", type=Path, help="a training checkpoint instead of an artifact")
+    sample.add_argument("--prompt", default="def ", help="text to start from")
+    sample.add_argument("--chars", type=int, default=500, help="characters to generate")
+    sample.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    sample.add_argument("--top-k", type=int, default=0)
+    sample.add_argument("--top-p", type=float, default=1.0)
+    sample.add_argument("--seed", type=int, default=0)
+    sample.set_defaults(handler=_sample)
+
+    quality = bench_sub.add_parser("quality", help="train for a wall-clock budget and report validation loss")
+    quality.add_argument("--corpus", required=True, help="corpus (e.g. ../shared/data/tinyshakespeare.txt)")
+    quality.add_argument("--minutes", type=float, required=True, help="training wall-clock budget")
+    quality.add_argument("--out", default="runs/bench-quality", help="run directory")
+    quality.add_argument("overrides", nargs="*", metavar="section.key=value", help="override a setting")
+    quality.set_defaults(handler=_bench_quality)
+
+
+def _load_config(args: argparse.Namespace) -> Any:
+    from training.config import TrainingConfig, apply_overrides
+
+    config = TrainingConfig()
+    if getattr(args, "config", None):
+        config = TrainingConfig.from_dict(json.loads(args.config.read_text(encoding="utf-8")))
+    if args.corpus:
+        config.data.corpus = args.corpus
+    if args.out:
+        config.run.out_dir = str(args.out)
+    return apply_overrides(config, list(args.overrides))
+
+
+def _train(args: argparse.Namespace) -> int:
+    try:
+        config = _load_config(args)
+    except ValueError as exc:
+        print(f"charrnn train: {exc}", file=sys.stderr)
+        return 2
+    from training.train import Trainer
+
+    result = Trainer(config, resume=args.resume).train()
+    print(
+        f"best validation loss {result.best_val_loss:.4f} nats ({result.best_val_bpc:.4f} bits/char) "
+        f"after {result.steps} steps, {result.wall_time_s / 60:.1f} min; checkpoint {result.best_checkpoint}"
+    )
+    if args.export:
+        return _export(
+            argparse.Namespace(checkpoint=result.best_checkpoint, out=args.export, name="charrnn", version="1")
+        )
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from training.export import ExportError, export_checkpoint
+
+    try:
+        manifest = export_checkpoint(args.checkpoint, args.out, name=args.name, version=args.version)
+    except ExportError as exc:
+        print(f"charrnn export: {exc}", file=sys.stderr)
+        return 1
+    parity = manifest.export["parity"]
+    print(
+        f"wrote {args.out}: {manifest.model.cell} {manifest.model.layers}x{manifest.model.hidden_size}, "
+        f"vocab {manifest.model.vocab_size}, val {manifest.training['val_bits_per_char']:.4f} bits/char, "
+        f"parity max |Δ| {max(parity['max_abs_error_logits'], parity['max_abs_error_state']):.1e}"
+    )
+    return 0
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from training.sample import OnnxStepper, SamplingParams, Stepper, TorchStepper, generate
+
+    params = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    stepper: Stepper
+    if args.checkpoint:
+        from training.train import load_checkpoint, model_from_checkpoint
+
+        model, vocab, _ = model_from_checkpoint(load_checkpoint(args.checkpoint))
+        stepper = TorchStepper(model)
+    else:
+        from charrnn.artifact import ArtifactError
+
+        try:
+            onnx_stepper = OnnxStepper(args.model or DEFAULT_MODEL_DIR)
+        except ArtifactError as exc:
+            print(f"charrnn sample: {exc}", file=sys.stderr)
+            return 1
+        stepper, vocab = onnx_stepper, onnx_stepper.vocab
+    sys.stdout.write(args.prompt + generate(stepper, vocab, args.prompt, args.chars, params) + "\n")
+    return 0
+
+
+def _bench_quality(args: argparse.Namespace) -> int:
+    from training.config import TrainingConfig, apply_overrides
+    from training.train import Trainer
+
+    config = TrainingConfig()
+    config.data.corpus = args.corpus
+    config.run.out_dir = args.out
+    config.optim.max_minutes = args.minutes
+    try:
+        apply_overrides(config, list(args.overrides))
+    except ValueError as exc:
+        print(f"charrnn bench quality: {exc}", file=sys.stderr)
+        return 2
+    result = Trainer(config).train()
+    row = {
+        "corpus": config.data.corpus,
+        "minutes": args.minutes,
+        "cell": config.model.cell,
+        "layers": config.model.layers,
+        "hidden": config.model.hidden_size,
+        "steps": result.steps,
+        "val_nats": round(result.best_val_loss, 4),
+        "val_bpc": round(result.best_val_bpc, 4),
+        "wall_min": round(result.wall_time_s / 60, 1),
+    }
+    print("| " + " | ".join(row) + " |")
+    print("|" + "---|" * len(row))
+    print("| " + " | ".join(str(v) for v in row.values()) + " |")
+    (Path(args.out) / "bench-quality.json").write_text(json.dumps(row, indent=2) + "\n", encoding="utf-8")
+    return 0

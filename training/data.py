@@ -1,0 +1,184 @@
+"""Corpus loading, vocabulary, the train/validation split and truncated-BPTT batches.
+
+No torch here: batches are numpy arrays, so the pipeline is testable on its own.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import logging
+import sysconfig
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from charrnn.vocab import Vocabulary
+from training.config import BUILTIN_CORPUS, DataConfig
+
+log = logging.getLogger(__name__)
+
+# The builtin corpus' name carries the Python version: its text (and sha256) differ between versions.
+_STDLIB_PREFIX = "python-stdlib"
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """A text with the facts that identify it (recorded in checkpoints and manifests)."""
+
+    name: str
+    text: str
+    sha256: str
+    files: int
+
+    @property
+    def size_bytes(self) -> int:
+        return len(self.text.encode("utf-8"))
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "sha256": self.sha256,
+            "bytes": self.size_bytes,
+            "chars": len(self.text),
+            "files": self.files,
+        }
+
+
+def stdlib_files() -> list[Path]:
+    """The builtin corpus: every top-level ``*.py`` module of the running Python's standard library,
+    sorted by file name. A few MB of real code: strings, brackets and indentation."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    return sorted((p for p in root.glob("*.py") if p.is_file()), key=lambda p: p.name)
+
+
+def _resolve(spec: str) -> tuple[str, list[Path]]:
+    if spec == BUILTIN_CORPUS:
+        return f"{_STDLIB_PREFIX}-{sysconfig.get_python_version()}", stdlib_files()
+    paths: list[Path] = []
+    for part in (p.strip() for p in spec.split(",") if p.strip()):
+        path = Path(part)
+        if path.is_dir():
+            paths.extend(sorted(p for p in path.rglob("*") if p.is_file()))
+        elif any(ch in part for ch in "*?["):
+            paths.extend(sorted(Path(p) for p in glob.glob(part, recursive=True) if Path(p).is_file()))
+        elif path.is_file():
+            paths.append(path)
+        else:
+            raise FileNotFoundError(f"corpus path {part!r} does not exist")
+    if not paths:
+        raise FileNotFoundError(f"corpus {spec!r} matched no files")
+    name = paths[0].stem if len(paths) == 1 else f"{paths[0].parent.name or 'corpus'}-{len(paths)}-files"
+    return name, paths
+
+
+def load_corpus(spec: str) -> Corpus:
+    """Read one or more UTF-8 files (a path, directory, glob, comma list, or the builtin corpus).
+
+    Files are joined in sorted order with a newline between them. Files that are not valid
+    UTF-8 are refused with their name, rather than silently mangled.
+    """
+    name, paths = _resolve(spec)
+    parts = []
+    for path in paths:
+        try:
+            parts.append(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"corpus file {path} is not UTF-8 ({exc.reason} at byte {exc.start})") from exc
+    text = "\n".join(parts)
+    if len(text) < 2:
+        raise ValueError(f"corpus {spec!r} is too short to train on")
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return Corpus(name=name, text=text, sha256=digest, files=len(paths))
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """The encoded split and the vocabulary built from its training part."""
+
+    corpus: Corpus
+    vocab: Vocabulary
+    train_ids: np.ndarray
+    val_ids: np.ndarray
+    train_fraction: float
+    unknown_in_val: int  # validation characters replaced/dropped as unknown
+
+    def describe_split(self) -> dict[str, object]:
+        return {
+            "train_fraction": self.train_fraction,
+            "train_chars": int(self.train_ids.size),
+            "val_chars": int(self.val_ids.size),
+            "val_unknown_chars": self.unknown_in_val,
+        }
+
+
+def split_text(text: str, train_fraction: float) -> tuple[str, str]:
+    """Contiguous split: the first `train_fraction` of characters trains, the rest validates."""
+    cut = int(len(text) * train_fraction)
+    if cut < 1 or cut >= len(text):
+        raise ValueError(f"train_fraction {train_fraction} leaves an empty split of {len(text)} characters")
+    return text[:cut], text[cut:]
+
+
+def prepare(config: DataConfig, corpus: Corpus | None = None) -> Dataset:
+    corpus = corpus or load_corpus(config.corpus)
+    train_text, val_text = split_text(corpus.text, config.train_fraction)
+    vocab = Vocabulary.build(train_text, policy=config.vocab_policy, min_count=config.vocab_min_count)
+    train_ids, folded = vocab.encode_lossy(train_text)
+    val_ids, unknown = vocab.encode_lossy(val_text)
+    if folded:
+        log.info("%d rare training characters folded into the unknown character", folded)
+    if unknown:
+        log.info("%d validation characters are outside the vocabulary (%s)", unknown, vocab.unknown_policy)
+    return Dataset(corpus, vocab, train_ids, val_ids, config.train_fraction, unknown)
+
+
+class BpttBatches:
+    """Truncated-BPTT windows over B parallel contiguous streams, as in char-rnn.
+
+    The token sequence is cut into `batch_size` equal streams laid side by side; window k
+    holds characters [k*T, (k+1)*T) of every stream, so row b of window k+1 continues row b
+    of window k and the hidden state can be carried across windows (detached, not reset).
+    `window(i)` is a pure function of i: resuming a run at step i yields the same batches.
+    """
+
+    def __init__(self, ids: np.ndarray, batch_size: int, seq_len: int):
+        stream_len = (ids.size - 1) // batch_size
+        if stream_len < 1:
+            raise ValueError(f"{ids.size} tokens cannot fill {batch_size} streams; lower optim.batch_size")
+        self.seq_len = min(seq_len, stream_len)
+        self.windows_per_epoch = max(1, stream_len // self.seq_len)
+        usable = stream_len * batch_size
+        self.inputs = ids[:usable].reshape(batch_size, stream_len)
+        self.targets = ids[1 : usable + 1].reshape(batch_size, stream_len)
+
+    def window(self, index: int) -> tuple[np.ndarray, np.ndarray, bool]:
+        """(inputs [B, T], targets [B, T], starts_epoch). The state must be reset when starts_epoch."""
+        k = index % self.windows_per_epoch
+        cols = slice(k * self.seq_len, (k + 1) * self.seq_len)
+        return self.inputs[:, cols], self.targets[:, cols], k == 0
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray, bool]]:
+        for k in range(self.windows_per_epoch):
+            yield self.window(k)
+
+
+def eval_streams(
+    ids: np.ndarray, streams: int, seq_len: int, min_stream_len: int = 1000
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Windows covering the whole validation split once, state to be carried throughout.
+
+    Unlike training batches, the tail that does not fill a full window is still yielded, so
+    every character but the first of each stream is scored exactly once. Streams are kept
+    at least `min_stream_len` long (fewer streams for a short split), since each one starts
+    from a zero state and its first characters are scored without context.
+    """
+    streams = max(1, min(streams, (ids.size - 1) // min_stream_len))
+    stream_len = (ids.size - 1) // streams
+    usable = stream_len * streams
+    inputs = ids[:usable].reshape(streams, stream_len)
+    targets = ids[1 : usable + 1].reshape(streams, stream_len)
+    for start in range(0, stream_len, seq_len):
+        yield inputs[:, start : start + seq_len], targets[:, start : start + seq_len]

@@ -1,0 +1,81 @@
+"""The char-RNN: input encoding, a recurrent stack (tanh RNN, LSTM or GRU) and a linear head.
+
+No I/O here. The recurrent state is a tuple of tensors shaped [layers, batch, hidden]:
+``(h,)`` for rnn and gru, ``(h, c)`` for lstm.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from training.config import ModelConfig
+
+State = tuple[Tensor, ...]
+
+_CELLS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+
+
+def state_kinds(cell: str) -> tuple[str, ...]:
+    return ("h", "c") if cell == "lstm" else ("h",)
+
+
+class CharRNN(nn.Module):
+    def __init__(self, config: ModelConfig, vocab_size: int):
+        super().__init__()
+        self.config = config
+        self.vocab_size = vocab_size
+        if config.embedding_size > 0:
+            self.embedding: nn.Embedding | None = nn.Embedding(vocab_size, config.embedding_size)
+            input_size = config.embedding_size
+        else:  # one-hot input: a fixed identity lookup, exported as a Gather like any embedding
+            self.embedding = None
+            self.register_buffer("onehot", torch.eye(vocab_size), persistent=False)
+            input_size = vocab_size
+        rnn_cls: Any = _CELLS[config.cell]  # nn.RNN's nonlinearity defaults to tanh, the lecture's cell
+        self.rnn: nn.RNNBase = rnn_cls(
+            input_size,
+            config.hidden_size,
+            num_layers=config.layers,
+            batch_first=True,
+            dropout=config.dropout if config.layers > 1 else 0.0,
+        )
+        self.dropout = nn.Dropout(config.dropout)
+        self.head = nn.Linear(config.hidden_size, vocab_size)
+        if config.tie_weights:
+            if self.embedding is None or config.embedding_size != config.hidden_size:
+                raise ValueError("tie_weights needs embedding_size == hidden_size")
+            self.head.weight = self.embedding.weight
+
+    def encode(self, tokens: Tensor) -> Tensor:
+        if self.embedding is not None:
+            return self.embedding(tokens)
+        onehot = self.get_buffer("onehot")
+        return F.embedding(tokens, onehot)
+
+    def initial_state(self, batch_size: int, device: torch.device | None = None) -> State:
+        shape = (self.config.layers, batch_size, self.config.hidden_size)
+        return tuple(torch.zeros(shape, device=device) for _ in state_kinds(self.config.cell))
+
+    def forward(self, tokens: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        """tokens [B, T] int64 -> logits [B, T, V] and the state after the last step."""
+        x = self.encode(tokens)
+        if state is None:
+            state = self.initial_state(tokens.shape[0], tokens.device)
+        rnn_state = (state[0], state[1]) if self.config.cell == "lstm" else state[0]
+        out, new_state = self.rnn(x, rnn_state)
+        logits = self.head(self.dropout(out))
+        if isinstance(new_state, tuple):
+            return logits, tuple(new_state)
+        return logits, (new_state,)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def detach_state(state: State) -> State:
+    """Cut the graph between truncated-BPTT windows while keeping the values."""
+    return tuple(s.detach() for s in state)
