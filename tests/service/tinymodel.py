@@ -9,6 +9,7 @@ has the same hash.
 from __future__ import annotations
 
 import string
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +72,26 @@ class TinyCharModel(nn.Module):
         return self.head(out), h
 
 
+def _export(
+    model: nn.Module,
+    example: tuple[torch.Tensor, ...],
+    path: Path,
+    state_in: list[str],
+    state_out: list[str],
+    dynamic: dict[str, dict[int, str]],
+) -> None:
+    torch.onnx.export(
+        model,
+        example,
+        str(path),
+        input_names=["tokens", *state_in],
+        output_names=["logits", *state_out],
+        dynamic_axes=dynamic,
+        opset_version=17,
+        dynamo=False,
+    )
+
+
 def vocabulary_chars(policy: str) -> list[str]:
     return BASE_CHARS + ([DEFAULT_UNKNOWN_CHAR] if policy == "replace" else [])
 
@@ -88,7 +109,7 @@ def export(spec: TinySpec, directory: Path) -> Path:
     model = build_model(spec)
     chars = vocabulary_chars(spec.policy)
     kinds = ["h", "c"] if spec.cell == "lstm" else ["h"]
-    state_in = [k for k in kinds]
+    state_in = list(kinds)
     state_out = [f"{k}_out" for k in kinds]
     batch = 2
     example = (
@@ -98,16 +119,9 @@ def export(spec: TinySpec, directory: Path) -> Path:
     dynamic = {"tokens": {0: "batch", 1: "time"}, "logits": {0: "batch", 1: "time"}}
     dynamic.update({name: {1: "batch"} for name in state_in + state_out})
     onnx_path = directory / "model.onnx"
-    torch.onnx.export(
-        model,
-        example,
-        str(onnx_path),
-        input_names=["tokens", *state_in],
-        output_names=["logits", *state_out],
-        dynamic_axes=dynamic,
-        opset_version=17,
-        dynamo=False,
-    )
+    with warnings.catch_warnings():  # "batch_size other than 1": moot, the states are graph inputs
+        warnings.simplefilter("ignore")  # and the legacy-exporter deprecation notes
+        _export(model, example, onnx_path, state_in, state_out, dynamic)
     manifest = Manifest(
         format_version=FORMAT_VERSION,
         model=ModelSpec(
