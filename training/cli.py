@@ -62,6 +62,14 @@ def register(sub: Any, bench_sub: Any) -> None:
     quality.add_argument("overrides", nargs="*", metavar="section.key=value", help="override a setting")
     quality.set_defaults(handler=_bench_quality)
 
+    kernels = bench_sub.add_parser("train-kernels", help="training step time with oneDNN kernels on and off")
+    kernels.add_argument("--layers", type=int, default=2)
+    kernels.add_argument("--hidden", type=int, default=256)
+    kernels.add_argument("--batch", type=int, action="append", help="batch sizes (repeatable; default 16, 64)")
+    kernels.add_argument("--seq-len", type=int, default=128)
+    kernels.add_argument("--repeats", type=int, default=5)
+    kernels.set_defaults(handler=_bench_kernels)
+
 
 def _load_config(args: argparse.Namespace) -> Any:
     from training.config import TrainingConfig, apply_overrides
@@ -136,6 +144,21 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_table(rows: list[dict[str, Any]]) -> None:
+    print("| " + " | ".join(rows[0]) + " |")
+    print("|" + "---|" * len(rows[0]))
+    for row in rows:
+        print("| " + " | ".join(str(v) for v in row.values()) + " |")
+
+
+def _bench_kernels(args: argparse.Namespace) -> int:
+    from training.bench_kernels import run
+
+    print(f"LSTM/GRU/RNN {args.layers}x{args.hidden}, T={args.seq_len}, median of {args.repeats} steps")
+    _print_table(run(args.layers, args.hidden, args.batch or [16, 64], args.seq_len, args.repeats))
+    return 0
+
+
 def _bench_quality(args: argparse.Namespace) -> int:
     from training.config import TrainingConfig, apply_overrides
     from training.train import Trainer
@@ -161,8 +184,6 @@ def _bench_quality(args: argparse.Namespace) -> int:
         "val_bpc": round(result.best_val_bpc, 4),
         "wall_min": round(result.wall_time_s / 60, 1),
     }
-    print("| " + " | ".join(row) + " |")
-    print("|" + "---|" * len(row))
-    print("| " + " | ".join(str(v) for v in row.values()) + " |")
+    _print_table([row])
     (Path(args.out) / "bench-quality.json").write_text(json.dumps(row, indent=2) + "\n", encoding="utf-8")
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -14,6 +15,7 @@ class Progress:
 
     def __init__(self, total: int, initial: int = 0, enabled: bool = True, every: int = 100, unit: str = "step"):
         self.total, self.every = total, every
+        self._start, self._initial = time.perf_counter(), initial
         self._bar: Any = None
         self._last: dict[str, float] = {}
         if enabled:
@@ -35,7 +37,15 @@ class Progress:
             self._bar.refresh()
         elif position % self.every == 0:
             shown = " ".join(f"{k}={v:.4g}" for k, v in values.items())
-            log.info("%d/%d %s", position, self.total, shown)
+            log.info("%d/%d %s eta=%s", position, self.total, shown, self.eta(position))
+
+    def eta(self, position: int) -> str:
+        """Time left at the average pace so far, as m:ss."""
+        done = position - self._initial
+        if done <= 0:
+            return "?"
+        left = (self.total - position) * (time.perf_counter() - self._start) / done
+        return f"{int(left // 60)}:{int(left % 60):02d}"
 
     def note(self, message: str) -> None:
         if self._bar is not None and not self._bar.disable:

@@ -32,13 +32,17 @@ EVAL_STREAMS = 32
 EVAL_SEQ_LEN = 256
 
 
-def lr_at(step: int, config: TrainingConfig) -> float:
-    """Linear warm-up to the peak, then cosine decay to lr * min_lr_ratio at max_steps."""
+def lr_at(step: int, config: TrainingConfig, time_fraction: float = 0.0) -> float:
+    """Linear warm-up to the peak, then cosine decay to lr * min_lr_ratio at the end of the run.
+
+    The end is max_steps, or the wall-clock budget when that comes first: `time_fraction`
+    (elapsed / budget) advances the decay too, so a budget-bound run still anneals.
+    """
     o = config.optim
     if step < o.warmup_steps:
         return o.lr * (step + 1) / o.warmup_steps
     span = max(1, o.max_steps - o.warmup_steps)
-    progress = min(1.0, (step - o.warmup_steps) / span)
+    progress = min(1.0, max((step - o.warmup_steps) / span, time_fraction))
     floor = o.lr * o.min_lr_ratio
     return floor + 0.5 * (o.lr - floor) * (1.0 + math.cos(math.pi * progress))
 
@@ -242,8 +246,10 @@ class Trainer:
         x, y, starts_epoch = self.batches.window(self.step)
         if starts_epoch:
             self.state = self.model.initial_state(self.config.optim.batch_size)
+        budget_s = self.config.optim.max_minutes * 60.0
+        lr = lr_at(self.step, self.config, self.elapsed / budget_s if budget_s else 0.0)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr_at(self.step, self.config)
+            group["lr"] = lr
         logits, state = self.model(torch.from_numpy(x), self.state)
         self.state = detach_state(state)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), torch.from_numpy(y).reshape(-1))
@@ -289,7 +295,7 @@ class Trainer:
                 record: dict[str, Any] = {}
                 if self.step % c.run.log_interval == 0:
                     record.update(
-                        train_loss=loss_sum / window_steps, grad_norm=norm, lr=lr_at(self.step - 1, c),
+                        train_loss=loss_sum / window_steps, grad_norm=norm, lr=self.optimizer.param_groups[0]["lr"],
                         chars_per_s=chars_per_s, clipped_fraction=self.clipped_steps / self.step,
                     )  # fmt: skip
                     window_start, window_steps, loss_sum = now, 0, 0.0

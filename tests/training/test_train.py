@@ -37,6 +37,9 @@ def test_schedule_warms_up_then_decays() -> None:
     assert lr_at(9, config) == pytest.approx(1.0)
     assert lr_at(60, config) < lr_at(20, config)
     assert lr_at(110, config) == pytest.approx(config.optim.min_lr_ratio)
+    # a wall-clock budget that binds first anneals the rate by elapsed time instead
+    assert lr_at(20, config, time_fraction=1.0) == pytest.approx(config.optim.min_lr_ratio)
+    assert lr_at(20, config, time_fraction=0.5) < lr_at(20, config)
 
 
 def test_tiny_model_overfits_a_short_text(tmp_path: Path) -> None:
