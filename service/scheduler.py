@@ -249,7 +249,7 @@ class Scheduler:
             self.observer.on_reject("shutting_down")
             raise ShuttingDown("server is shutting down; retry on another replica")
         c = self.config
-        if len(self._waiting) >= c.max_queued_streams and (self._waiting or self.live >= c.max_live_streams):
+        if self.live + len(self._waiting) >= c.max_live_streams + c.max_queued_streams:
             self.observer.on_reject("queue_full")
             raise LimitExceeded(
                 f"all {c.max_live_streams} stream slots (max_live_streams) are busy and the queue of "

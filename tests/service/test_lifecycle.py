@@ -1,0 +1,174 @@
+"""Process lifecycle: health, reflection, warm-up gating, SIGTERM drain, refusal to start, no torch,
+and resume across two server processes through the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import grpc
+import pytest
+from google.protobuf.descriptor_pool import DescriptorPool
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+from service.client import CharRNNError, Client
+from service.server import CharRNNServer
+from tests.service.harness import REPO, ServerProcess, ServerThread, charrnn_cmd, make_config, wait_until
+
+ENV = {**os.environ, "PYTHONPATH": str(REPO)}
+
+
+def test_health_and_reflection(lstm_dir: Path) -> None:
+    with ServerThread(make_config(lstm_dir)) as srv, Client(srv.target) as c:
+        assert c.health() == "SERVING" and c.health("charrnn.v1.CharRNN") == "SERVING"
+        with grpc.insecure_channel(srv.target) as channel:
+            db = ProtoReflectionDescriptorDatabase(channel)
+            services = set(db.get_services())
+            assert {"charrnn.v1.CharRNN", "grpc.health.v1.Health"} <= services
+            method = DescriptorPool(db).FindServiceByName("charrnn.v1.CharRNN").FindMethodByName("Generate")
+            assert method.output_type.full_name == "charrnn.v1.GenerateResponse"
+
+
+def test_not_serving_until_warmed_up(lstm_dir: Path) -> None:
+    async def scenario() -> list[int]:
+        server = CharRNNServer(make_config(lstm_dir))
+        gate = threading.Event()
+        engine = server.scheduler.engine
+        real = engine.warm_up
+        engine.warm_up = lambda max_batch, steps=3: gate.wait(10) and real(max_batch, steps)  # type: ignore[method-assign]
+        starting = asyncio.create_task(server.start())
+        while server.port == 0:
+            await asyncio.sleep(0.01)
+        seen = []
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            request = health_pb2.HealthCheckRequest(service="")
+            for _ in range(200):
+                try:
+                    seen.append((await stub.Check(request, timeout=1)).status)
+                    break
+                except grpc.aio.AioRpcError:
+                    await asyncio.sleep(0.02)
+            gate.set()
+            await starting
+            seen.append((await stub.Check(request, timeout=1)).status)
+        await server.stop(0)
+        return seen
+
+    assert asyncio.run(scenario()) == [
+        health_pb2.HealthCheckResponse.NOT_SERVING,
+        health_pb2.HealthCheckResponse.SERVING,
+    ]
+
+
+def test_sigterm_drains_live_streams_then_exits(lstm_dir: Path, tmp_path: Path) -> None:
+    proc = ServerProcess(lstm_dir, tmp_path, "--grace", "3", "--max-chars-limit", "1000000").wait_ready()
+    try:
+        with Client(proc.target, timeout=30) as c:
+            endless = c.generate("a", max_chars=1_000_000)
+            short = c.generate("b", max_chars=4000, seed=1)
+            next(endless)
+            head = next(short)
+            proc.proc.send_signal(signal.SIGTERM)
+            assert wait_until(lambda: _health(c) == "NOT_SERVING", 5)
+            with pytest.raises(CharRNNError) as err:
+                c.generate("c", max_chars=5).text()
+            assert err.value.code == grpc.StatusCode.UNAVAILABLE
+            text = head + short.text()  # finishes normally during the grace period
+            assert short.result is not None and short.result.finish_reason == "length" and len(text) == 4000
+            with pytest.raises(CharRNNError) as err:
+                endless.text()  # still running when the grace ran out
+            assert err.value.code == grpc.StatusCode.UNAVAILABLE
+        assert proc.proc.wait(timeout=30) == 0, proc.output()
+        assert "draining" in proc.output()
+    finally:
+        proc.stop()
+
+
+def _health(c: Client) -> str:
+    try:
+        return c.health()
+    except CharRNNError:
+        return "UNREACHABLE"
+
+
+def _serve_fails(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    cmd = charrnn_cmd("serve", "--port", "0", *args)
+    result = subprocess.run(cmd, cwd=REPO, env=env or ENV, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    return result
+
+
+def test_refuses_to_start_on_a_missing_or_corrupt_artifact_or_without_a_key(lstm_dir: Path, tmp_path: Path) -> None:
+    missing = _serve_fails(["--model", str(tmp_path / "nope"), "--dev"])
+    assert "does not exist" in missing.stderr
+    broken = tmp_path / "broken"
+    shutil.copytree(lstm_dir, broken)
+    with open(broken / "model.onnx", "r+b") as f:
+        f.seek(100)
+        f.write(b"\x00\x01\x02")
+    corrupt = _serve_fails(["--model", str(broken), "--dev"])
+    assert "sha256" in corrupt.stderr and "re-export" in corrupt.stderr
+    env = {k: v for k, v in ENV.items() if k != "CHARRNN_HMAC_KEY"}
+    nokey = _serve_fails(["--model", str(lstm_dir)], env)
+    assert "--hmac-key" in nokey.stderr and "CHARRNN_HMAC_KEY" in nokey.stderr
+
+
+NO_TORCH = """
+import asyncio, sys
+from charrnn.cli import main
+try:
+    main(["serve", "--help"])
+except SystemExit:
+    pass
+assert "torch" not in sys.modules, "charrnn serve --help imported torch"
+from service.config import ServerConfig
+from service.server import CharRNNServer
+async def run():
+    server = CharRNNServer(ServerConfig(model_dir=sys.argv[1], port=0, hmac_key="k"))
+    await server.start()
+    await server.stop(0)
+asyncio.run(run())
+print("torch" in sys.modules, "grpc" in sys.modules)
+"""
+
+
+def test_serving_never_imports_torch(lstm_dir: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", NO_TORCH, str(lstm_dir)], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[-2:] == ["False", "True"], "torch was imported while serving"
+    assert "--hmac-key" in result.stdout  # the help really printed
+
+
+def test_resume_on_a_second_server_process_through_the_cli(lstm_dir: Path, tmp_path: Path) -> None:
+    a = ServerProcess(lstm_dir, tmp_path).wait_ready()
+    b = ServerProcess(lstm_dir, tmp_path, env={"CHARRNN_MAX_BATCH": "8"}).wait_ready()
+    try:
+
+        def generate(*args: str) -> str:
+            out = subprocess.run(
+                charrnn_cmd("generate", *args), cwd=REPO, env=ENV, capture_output=True, text=True, timeout=60
+            )
+            assert out.returncode == 0, out.stderr
+            return out.stdout
+
+        sampling = ["--temperature", "0.8", "--top-k", "40"]
+        full = generate("import sys\n", "--target", a.target, "--max-chars", "240", "--seed", "9", *sampling)
+        assert len(full) == 240
+        state = tmp_path / "state.bin"
+        head = generate("import sys\n", "--target", a.target, "--max-chars", "120", "--seed", "9", *sampling,
+                        "--save-state", str(state))  # fmt: skip
+        tail = generate("--target", b.target, "--max-chars", "120", "--resume", str(state), *sampling)
+        assert head + tail == full
+    finally:
+        assert a.stop() == 0
+        assert b.stop() == 0
