@@ -56,27 +56,49 @@ def sample(
 ) -> np.ndarray:
     """Pick one token id per row of `logits` [batch, vocab]; returns int64 [batch].
 
-    Inverse-CDF sampling over the candidates sorted by probability (stable, so ties resolve to
-    the lower id, as argmax does): top-k and top-p cut a prefix of that order, the kept
-    probabilities are renormalised, and the row's uniform picks one. Temperature 0 takes the
-    first candidate (greedy). The same path runs for every row whatever its parameters, so
-    a row's result cannot depend on its neighbours' parameters.
+    Each row takes one of three paths chosen by its own parameters only (so neighbours never
+    change its result): temperature 0 → argmax; no top-k/top-p → inverse-CDF over the
+    softmax in vocabulary order; otherwise inverse-CDF over the candidates sorted by
+    probability (stable: ties resolve to the lower id), cut by top-k and top-p and renormalised.
     """
-    batch, vocab = logits.shape
-    x = logits.astype(np.float64)
+    batch = logits.shape[0]
+    out = np.empty(batch, np.int64)
     greedy = temperature <= 0
-    t = np.where(greedy, 1.0, temperature)
+    filtered = ~greedy & ((top_k > 0) | (top_p < 1.0))
+    plain = ~greedy & ~filtered
+    if greedy.any():
+        out[greedy] = logits[greedy].argmax(axis=1)
+    if plain.any():
+        x = logits[plain].astype(np.float64) / temperature[plain, None]
+        e = np.exp(x - x.max(axis=1, keepdims=True))
+        out[plain] = _inverse_cdf(np.cumsum(e, axis=1), uniforms(seeds[plain], positions[plain]))
+    if filtered.any():
+        out[filtered] = _sample_filtered(
+            logits[filtered], temperature[filtered], top_k[filtered], top_p[filtered],
+            uniforms(seeds[filtered], positions[filtered]),
+        )  # fmt: skip
+    return out
+
+
+def _inverse_cdf(cumulative: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Index of the first column whose cumulative mass exceeds u * total, per row."""
+    target = u * cumulative[:, -1]
+    pick = (cumulative <= target[:, None]).sum(axis=1)
+    return np.minimum(pick, cumulative.shape[1] - 1)
+
+
+def _sample_filtered(
+    logits: np.ndarray, temperature: np.ndarray, top_k: np.ndarray, top_p: np.ndarray, u: np.ndarray
+) -> np.ndarray:
+    vocab = logits.shape[1]
+    x = logits.astype(np.float64)
     order = np.argsort(-x, axis=1, kind="stable")
-    xs = np.take_along_axis(x, order, axis=1) / t[:, None]
+    xs = np.take_along_axis(x, order, axis=1) / temperature[:, None]
     e = np.exp(xs - xs[:, :1])
     ce = np.cumsum(e, axis=1)
     mass_before = (ce - e) / ce[:, -1:]
-    ranks = np.arange(vocab)[None, :]
     k = np.where(top_k > 0, np.minimum(top_k, vocab), vocab)
-    keep = (ranks < k[:, None]) & ((mass_before < top_p[:, None]) | (top_p[:, None] >= 1.0))
-    ck = np.cumsum(np.where(keep, e, 0.0), axis=1)
-    target = uniforms(seeds, positions) * ck[:, -1]
-    pick = (ck <= target[:, None]).sum(axis=1)
-    pick = np.minimum(pick, keep.sum(axis=1) - 1)
-    pick = np.where(greedy, 0, pick)
-    return order[np.arange(batch), pick].astype(np.int64)
+    keep = (np.arange(vocab)[None, :] < k[:, None]) & ((mass_before < top_p[:, None]) | (top_p[:, None] >= 1.0))
+    pick = _inverse_cdf(np.cumsum(np.where(keep, e, 0.0), axis=1), u)
+    pick = np.minimum(pick, keep.sum(axis=1) - 1)  # kept candidates are a prefix of the order
+    return order[np.arange(len(order)), pick]
