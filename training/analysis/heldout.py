@@ -1,0 +1,70 @@
+"""Text the model did not train on: the validation tail of its own corpus, or files given by the user.
+
+For the builtin Python corpus the held-out text is every standard-library file that lies
+wholly in the validation split, so each one can be lexed by `tokenize` on its own. The
+corpus is rebuilt and its sha256 checked against the one recorded at training time: a
+different Python version has different files, and then the split would not be held out.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from training.analysis.weights import LoadedModel
+from training.config import BUILTIN_CORPUS
+from training.data import load_corpus, split_text, stdlib_files
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_CHARS = 30_000
+
+
+class HeldoutError(ValueError):
+    """No held-out text can be found for this model; pass --text."""
+
+
+def validation_documents(loaded: LoadedModel) -> list[str]:
+    """The validation split of the model's training corpus, as whole documents where possible."""
+    config = loaded.training.get("config", {}).get("data", {})
+    spec, fraction = config.get("corpus"), config.get("train_fraction")
+    recorded = loaded.training.get("corpus", {}).get("sha256")
+    if not spec or fraction is None:
+        raise HeldoutError(f"{loaded.source} does not record its training corpus; pass --text FILE")
+    try:
+        corpus = load_corpus(spec)
+    except (FileNotFoundError, ValueError) as exc:
+        raise HeldoutError(f"the training corpus {spec!r} is not available here ({exc}); pass --text FILE") from exc
+    if recorded and corpus.sha256 != recorded:
+        raise HeldoutError(f"the corpus {spec!r} here differs from the one trained on (sha256); pass --text FILE")
+    if spec != BUILTIN_CORPUS:
+        return [split_text(corpus.text, fraction)[1]]
+    cut = int(len(corpus.text) * fraction)
+    documents, offset = [], 0
+    for path in stdlib_files():
+        doc = path.read_text(encoding="utf-8")
+        if offset >= cut:
+            documents.append(doc)
+        offset += len(doc) + 1  # files are joined with one newline
+    return documents
+
+
+def heldout_documents(
+    loaded: LoadedModel,
+    texts: list[Path] | None = None,
+    max_chars: int = DEFAULT_MAX_CHARS,
+    accept: Callable[[str], bool] | None = None,
+) -> list[str]:
+    """Whole documents, in order, that fit in `max_chars` together (and pass `accept`, e.g. lexable)."""
+    documents = [p.read_text(encoding="utf-8") for p in texts] if texts else validation_documents(loaded)
+    chosen: list[str] = []
+    total = 0
+    for doc in documents:
+        if total + len(doc) <= max_chars and (accept is None or accept(doc)):
+            chosen.append(doc)
+            total += len(doc) + 1
+    if not chosen:
+        raise HeldoutError(f"no held-out document of at most {max_chars} characters is usable; raise --chars")
+    log.info("held-out text: %d of %d documents, %d characters", len(chosen), len(documents), total)
+    return chosen

@@ -1,0 +1,124 @@
+"""`charrnn analyze units`: which hidden units track strings, brackets, indentation, line position.
+
+Karpathy, Johnson & Fei-Fei (2015) found single LSTM cells that switch on inside quotes
+and count indentation. This records every unit of the model over held-out Python, scores
+each against character features, and draws the chosen unit over the text.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from training.analysis.features import Feature, document_features, lexable
+from training.analysis.heldout import DEFAULT_MAX_CHARS, heldout_documents
+from training.analysis.record import Recording, record
+from training.analysis.render import heatmap_html, heatmap_png
+from training.analysis.scoring import FeatureScore, UnitScorer
+from training.analysis.weights import LoadedModel
+
+log = logging.getLogger(__name__)
+
+QUOTE_FEATURE = "in_string"
+SHOWN_CHARS = 2500  # characters on the HTML page
+
+
+@dataclass
+class UnitsReport:
+    model: str
+    chars: int
+    units: int
+    scores: list[FeatureScore]
+    shown_unit: str
+    shown_sign: int
+
+    def score(self, feature: str) -> FeatureScore:
+        return next(s for s in self.scores if s.feature == feature)
+
+
+def markdown(report: UnitsReport) -> str:
+    lines = [
+        f"Model {report.model}; {report.units} units over {report.chars} held-out characters. The unit is chosen on "
+        "the first half and scored on the second; the controls repeat that with shuffled / shifted labels.",
+        "",
+        "| feature | metric | best unit | sign | held-out | control (shuffled) | control (shifted) | runners-up |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for s in report.scores:
+        runners = ", ".join([f"{u} {v:.3f}" for u, v in s.top if u != s.unit][:3])
+        lines.append(
+            f"| {s.feature} | {s.metric} | {s.unit} | {'+' if s.sign > 0 else '-'} | {s.heldout:.3f} "
+            f"| {s.control_shuffled:.3f} | {s.control_shifted:.3f} | {runners} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def busiest_window(flags: np.ndarray, start: int, length: int) -> int:
+    """Start of the `length`-character window after `start` with the most feature on/off switches."""
+    switches = np.r_[0, np.abs(np.diff(flags.astype(np.int64)))]
+    if flags.size - start <= length:
+        return start
+    sums = np.convolve(switches[start:], np.ones(length), mode="valid")
+    return start + int(np.argmax(sums))
+
+
+def analyze_units(
+    loaded: LoadedModel,
+    out: Path,
+    texts: list[Path] | None = None,
+    max_chars: int = DEFAULT_MAX_CHARS,
+    unit: str | None = None,
+    seed: int = 0,
+) -> UnitsReport:
+    documents = heldout_documents(loaded, texts, max_chars, accept=lexable)
+    text, features = document_features(documents)
+    ids, unknown = loaded.vocab.encode_lossy(text)
+    if unknown:
+        log.warning("%d held-out characters are outside the vocabulary (read as the unknown character)", unknown)
+    recording = record(loaded.model, ids)
+    acts, unit_ids = recording.matrix()
+    log.info("recorded %d units over %d characters", len(unit_ids), len(text))
+    scorer = UnitScorer(acts, unit_ids, seed=seed)
+    scores = [scorer.score(f) for f in features]
+    quote = next(s for s in scores if s.feature == QUOTE_FEATURE)
+    shown_unit, sign = (unit, 1) if unit else (quote.unit, quote.sign)
+    report = UnitsReport(loaded.describe(), len(text), len(unit_ids), scores, shown_unit, sign)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "units.json").write_text(json.dumps(asdict(report), indent=2) + "\n", encoding="utf-8")
+    (out / "units.md").write_text(markdown(report), encoding="utf-8")
+    draw_unit(recording, text, features, shown_unit, scorer.split, out, quote if not unit else None)
+    return report
+
+
+def draw_unit(
+    recording: Recording,
+    text: str,
+    features: list[Feature],
+    unit: str,
+    split: int,
+    out: Path,
+    quote: FeatureScore | None,
+) -> None:
+    """HTML page and PNG of `unit` over the held-out half, where strings open and close most."""
+    values = recording.unit(unit)
+    strings = next(f.values for f in features if f.name == QUOTE_FEATURE)
+    note = (
+        f"held-out AUC {quote.heldout:.3f} for 'inside a string' ({'+' if quote.sign > 0 else '-'} sign)"
+        if quote
+        else ""
+    )
+    start = busiest_window(strings, split, SHOWN_CHARS)
+    end = start + SHOWN_CHARS
+    page = heatmap_html(text[start:end], values[start:end], f"unit {unit}", note)
+    (out / "unit.html").write_text(page, encoding="utf-8")
+    png_start = busiest_window(strings, start, 1200)
+    heatmap_png(
+        text[png_start : png_start + 1200],
+        values[png_start : png_start + 1200],
+        out / "unit.png",
+        f"unit {unit} {note}",
+    )
