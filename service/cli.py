@@ -72,7 +72,7 @@ def register(sub: Any, bench_sub: Any) -> None:
     _add(p, "--max-sessions", type=int, default=1024, help="server-side sessions kept (LRU)")
     _add(p, "--session-ttl", type=float, default=600.0, help="idle seconds before a session expires")
     _add(p, "--session-memory-mb", type=float, default=64.0, help="memory bound on sessions' state (LRU)")
-    _add(p, "--flush-interval-ms", type=float, default=50.0, help="coalescing: send a stream's text at most this often")
+    _add(p, "--flush-interval-ms", type=float, default=100.0, help="coalescing: send a stream's text this often")
     _add(p, "--max-chunk-chars", type=int, default=256, help="coalescing: or once this many characters wait")
     _add(p, "--grace", type=float, default=20.0, help="seconds live streams may drain after SIGTERM")
     _add(p, "--intra-op-threads", type=int, default=1, help="ONNX Runtime intra-op threads")
@@ -108,7 +108,7 @@ def register(sub: Any, bench_sub: Any) -> None:
     _add(b, "--max-chars", type=int, default=2000, help="characters per request")
     _add(b, "--out", type=Path, default=Path("bench-results/serve"), help="directory for JSON and PNG")
     _add(b, "--intra-op-threads", type=int, default=1, help="ONNX Runtime intra-op threads (server and ceiling)")
-    _add(b, "--flush-interval-ms", type=float, default=50.0, help="server coalescing interval")
+    _add(b, "--flush-interval-ms", type=float, default=100.0, help="server coalescing interval")
     b.set_defaults(handler=_bench)
 
 

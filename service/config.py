@@ -55,7 +55,7 @@ class ServerConfig:
     port_file: Path | None = None  # written once SERVING (useful with --port 0)
     limits: Limits = field(default_factory=Limits)
     engine: EngineOptions = field(default_factory=EngineOptions)
-    flush_interval_s: float = 0.05  # coalescing: wake a stream's sender at most this often
+    flush_interval_s: float = 0.1  # coalescing: wake a stream's sender at most this often
     max_chunk_chars: int = 256  # ... or once this many characters wait
     grace_s: float = 20.0  # SIGTERM: how long live streams may drain
     hmac_key: str | None = None

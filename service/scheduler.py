@@ -47,7 +47,7 @@ class FinishReason(enum.Enum):
 class SchedulerConfig:
     max_live_streams: int = 64  # rows per step (the batch size); 1 turns batching off
     max_queued_streams: int = 256
-    flush_interval_s: float = 0.05
+    flush_interval_s: float = 0.1
     max_chunk_chars: int = 256
 
 
