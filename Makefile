@@ -27,7 +27,10 @@ $(SERVE_VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed  ## the development environment (all extras) in .venv
 
-sample: $(SERVE_VENV)/.installed  ## sample from the shipped default model (no torch)
+serve: $(SERVE_VENV)/.installed  ## serve models/default on 127.0.0.1:50051 (no torch; --dev unless CHARRNN_HMAC_KEY is set)
+	$(SERVE_VENV)/bin/charrnn serve --model models/default $(if $(CHARRNN_HMAC_KEY),,--dev)
+
+sample: $(SERVE_VENV)/.installed  ## sample locally from the shipped default model (no server, no torch)
 	$(SERVE_VENV)/bin/charrnn sample --model models/default --prompt 'def ' --chars 400
 
 lint: install  ## ruff
@@ -48,6 +51,9 @@ model: install  ## retrain and export the shipped default model (about 20 minute
 bench-quality: install  ## 30-minute quality benchmark on tiny shakespeare (see docs/benchmarks.md)
 	$(BIN)/charrnn bench quality --corpus ../shared/data/tinyshakespeare.txt --minutes 30 \
 		--out runs/bench-quality $(QUALITY_ARGS)
+
+proto: install  ## regenerate charrnn/v1 from proto/ (a test fails when the committed code is stale)
+	PYTHON=$(BIN)/python scripts/gen_proto.sh
 
 clean:  ## remove environments and run outputs
 	rm -rf $(VENV) $(SERVE_VENV) runs .mypy_cache .ruff_cache .pytest_cache

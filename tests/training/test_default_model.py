@@ -1,0 +1,39 @@
+"""The shipped default model: its manifest matches its file, and ONNX Runtime runs it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from charrnn.artifact import load_manifest, sha256_file
+from tests.conftest import REPO_ROOT
+from training.sample import OnnxStepper, SamplingParams, generate
+
+DEFAULT = REPO_ROOT / "models" / "default"
+
+
+def test_shipped_manifest_matches_the_file() -> None:
+    manifest = load_manifest(DEFAULT)  # verifies the sha256
+    assert sha256_file(DEFAULT / manifest.onnx.file) == manifest.onnx.sha256
+    total = sum(p.stat().st_size for p in DEFAULT.iterdir())
+    assert total <= 10 * 1024 * 1024, f"default artifact is {total} bytes (limit 10 MB)"
+    assert manifest.training["val_bits_per_char"] > 0
+    assert manifest.training["corpus"]["name"].startswith("python-stdlib")
+
+
+@pytest.mark.parametrize(("batch", "length"), [(1, 1), (3, 17)])
+def test_onnx_runtime_runs_it_with_declared_shapes(batch: int, length: int) -> None:
+    stepper = OnnxStepper(DEFAULT)
+    manifest = stepper.manifest
+    tokens = np.zeros((batch, length), dtype=np.int64)
+    logits, state = stepper.step(tokens, None)
+    assert logits.shape == (batch, length, manifest.model.vocab_size)
+    layers, hidden = manifest.state_shape
+    assert [s.shape for s in state] == [(layers, batch, hidden)] * len(manifest.onnx.states)
+    assert np.isfinite(logits).all()
+
+
+def test_it_writes_python_like_text() -> None:
+    stepper = OnnxStepper(DEFAULT)
+    text = generate(stepper, stepper.vocab, "def ", 300, SamplingParams(temperature=0.5, seed=0))
+    assert "(" in text and ":" in text and "\n" in text
