@@ -131,7 +131,8 @@ class _Server:
         port_file = workdir / f"port-{max_batch}"
         cmd = [
             sys.executable, "-m", "charrnn.cli", "serve", "--model", str(model), "--host", "127.0.0.1",
-            "--port", "0", "--port-file", str(port_file), "--dev", "--max-batch", str(max_batch),
+            "--port", "0", "--port-file", str(port_file), "--metrics-port", "-1", "--dev",
+            "--max-batch", str(max_batch),
             "--max-queue", "4096", "--max-chars-limit", str(max(args.max_chars, 1)),
             "--intra-op-threads", str(args.intra_op_threads), "--flush-interval-ms", str(args.flush_interval_ms),
         ]  # fmt: skip

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from service.config import DEFAULT_METRICS_PORT
+
 DEFAULT_TARGET = "127.0.0.1:50051"
 
 
@@ -59,6 +61,10 @@ def register(sub: Any, bench_sub: Any) -> None:
     _add(p, "--host", default="127.0.0.1", help="address to bind (0.0.0.0 in containers)")
     _add(p, "--port", type=int, default=50051, help="port (0 = any free port)")
     _add(p, "--port-file", type=Path, default=None, help="write the bound port here once SERVING")
+    _add(
+        p, "--metrics-port", type=int, default=DEFAULT_METRICS_PORT, help="/metrics HTTP port (0 = any free, -1 = off)"
+    )
+    _add(p, "--metrics-port-file", type=Path, default=None, help="write the bound metrics port here once SERVING")
     _add(p, "--hmac-key", default=None, help="secret that signs resume tokens (required unless --dev)")
     _add_switch(p, "--dev", help="allow a published development HMAC key (logs a warning)")
     _add(p, "--max-batch", type=int, default=64, help="max live streams advanced per step (1 = no batching)")
@@ -125,6 +131,8 @@ def _serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         port_file=args.port_file,
+        metrics_port=args.metrics_port if args.metrics_port >= 0 else None,
+        metrics_port_file=args.metrics_port_file,
         limits=Limits(
             max_live_streams=args.max_batch,
             max_queued_streams=args.max_queue,

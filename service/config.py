@@ -14,6 +14,8 @@ log = logging.getLogger(__name__)
 
 # Used only with --dev: anyone can forge tokens signed with a published key.
 DEV_HMAC_KEY = b"charrnn-development-key-do-not-use-in-production"
+# `charrnn serve`'s /metrics port: the one OpenTelemetry's Prometheus exporter uses by convention.
+DEFAULT_METRICS_PORT = 9464
 
 
 class ConfigError(Exception):
@@ -53,6 +55,8 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 50051
     port_file: Path | None = None  # written once SERVING (useful with --port 0)
+    metrics_port: int | None = None  # /metrics over HTTP on `host`; 0 = any free port; None = not served
+    metrics_port_file: Path | None = None  # the bound metrics port, written once SERVING
     limits: Limits = field(default_factory=Limits)
     engine: EngineOptions = field(default_factory=EngineOptions)
     flush_interval_s: float = 0.1  # coalescing: wake a stream's sender at most this often
@@ -81,6 +85,7 @@ class ServerConfig:
             "flush_interval": self.flush_interval_s >= 0,
             "max_chunk_chars": self.max_chunk_chars >= 1,
             "grace": self.grace_s >= 0,
+            "metrics_port": self.metrics_port is None or 0 <= self.metrics_port <= 65535,
             "intra_op_threads": self.engine.intra_op_threads >= 0,
         }
         bad = [name for name, ok in checks.items() if not ok]

@@ -93,6 +93,9 @@ class SchedulerObserver:
     def on_first_char(self, seconds: float) -> None:
         """A stream's first character was handed to its consumer, `seconds` after submission."""
 
+    def on_chunk(self, gap_s: float) -> None:
+        """A stream's accumulated text was flushed to its consumer, `gap_s` after its previous flush."""
+
     def on_finish(self, finished: Finished, seconds: float) -> None:
         """A stream left with this result."""
 
@@ -417,6 +420,7 @@ class Scheduler:
                     stream.wake()
                     self.observer.on_first_char(now - stream.submitted)
             elif stream.emitted - stream.sent >= max_chunk or now - stream.last_flush >= interval:
+                self.observer.on_chunk(now - stream.last_flush)
                 stream.last_flush = now
                 stream.wake()
         return done

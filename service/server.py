@@ -16,13 +16,15 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import REGISTRY
 
 from charrnn.artifact import ArtifactError, load_manifest
 from charrnn.v1 import charrnn_pb2, charrnn_pb2_grpc
 from charrnn.vocab import Vocabulary
 from service.config import ServerConfig
 from service.engine import Engine
-from service.scheduler import Scheduler, SchedulerConfig, SchedulerObserver
+from service.metrics import Metrics, MetricsHTTPServer
+from service.scheduler import Scheduler, SchedulerConfig
 from service.servicer import CharRNNServicer, Runtime
 from service.state import SessionStore, TokenCodec
 
@@ -31,8 +33,11 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = charrnn_pb2.DESCRIPTOR.services_by_name["CharRNN"].full_name
 
 
-def build_runtime(config: ServerConfig, observer: SchedulerObserver | None = None) -> Runtime:
-    """Load and check everything a request needs; ArtifactError/ConfigError if it cannot work."""
+def build_runtime(config: ServerConfig, metrics: Metrics | None = None) -> Runtime:
+    """Load and check everything a request needs; ArtifactError/ConfigError if it cannot work.
+
+    `metrics` observes the scheduler, session evictions and refused resume tokens.
+    """
     config.validate()
     key = config.resume_key()
     manifest = load_manifest(config.model_dir)
@@ -44,26 +49,37 @@ def build_runtime(config: ServerConfig, observer: SchedulerObserver | None = Non
     scheduler = Scheduler(
         engine,
         SchedulerConfig(lim.max_live_streams, lim.max_queued_streams, config.flush_interval_s, config.max_chunk_chars),
-        observer,
+        metrics,
     )
+    on_evict = metrics.on_evict if metrics is not None else None
+    on_refuse = metrics.on_token_refused if metrics is not None else None
     return Runtime(
         manifest=manifest,
         vocab=Vocabulary.from_spec(manifest.vocabulary),
         scheduler=scheduler,
-        codec=TokenCodec(key, manifest.onnx.sha256, engine.num_states, engine.layers, engine.hidden, engine.vocab_size),
-        sessions=SessionStore(lim.max_sessions, lim.session_ttl_s, lim.session_memory_bytes),
+        codec=TokenCodec(
+            key, manifest.onnx.sha256, engine.num_states, engine.layers, engine.hidden, engine.vocab_size, on_refuse
+        ),
+        sessions=SessionStore(lim.max_sessions, lim.session_ttl_s, lim.session_memory_bytes, on_evict=on_evict),
         limits=lim,
     )
 
 
 class CharRNNServer:
-    """A started-and-stoppable server; `serve` adds signal handling for the CLI."""
+    """A started-and-stoppable server; `serve` adds signal handling for the CLI.
 
-    def __init__(self, config: ServerConfig, runtime: Runtime | None = None):
+    Metrics are always collected (into `metrics.registry`, a fresh one unless given); they are
+    served over HTTP only when `config.metrics_port` is set.
+    """
+
+    def __init__(self, config: ServerConfig, runtime: Runtime | None = None, metrics: Metrics | None = None):
         self.config = config
-        self.runtime = runtime or build_runtime(config)
+        self.metrics = metrics or Metrics()
+        self.runtime = runtime or build_runtime(config, self.metrics)
+        self.metrics.bind(self.runtime)
         self.health = HealthServicer()
-        self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        self.server = grpc.aio.server(interceptors=[self.metrics.interceptor()], options=[("grpc.so_reuseport", 0)])
+        self.metrics_http: MetricsHTTPServer | None = None
         charrnn_pb2_grpc.add_CharRNNServicer_to_server(CharRNNServicer(self.runtime), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
@@ -86,16 +102,20 @@ class CharRNNServer:
         self.port = self.server.add_insecure_port(address)
         if self.port == 0:
             raise OSError(f"could not bind {address}")
+        if self.config.metrics_port is not None:
+            self.metrics_http = MetricsHTTPServer(self.metrics.registry, self.config.host, self.config.metrics_port)
+            log.info("metrics on http://%s:%d/metrics", self.config.host, self.metrics_http.port)
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
         engine = self.scheduler.engine
         await self.scheduler.call(lambda: engine.warm_up(self.config.limits.max_live_streams))
         self.scheduler.start()
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        self.metrics.serving.set(1)
+        if self.metrics_http is not None and self.config.metrics_port_file is not None:
+            _write_port(self.config.metrics_port_file, self.metrics_http.port)
         if self.config.port_file is not None:
-            tmp = self.config.port_file.with_suffix(".tmp")
-            tmp.write_text(f"{self.port}\n")
-            tmp.replace(self.config.port_file)
+            _write_port(self.config.port_file, self.port)
         m = self.runtime.manifest
         log.info(
             "serving %s %s (%s %dx%d, sha256 %s…) on %s:%d",
@@ -108,6 +128,7 @@ class CharRNNServer:
         """Drain: NOT_SERVING, refuse new streams, let live ones finish within the grace, then stop."""
         grace = self.config.grace_s if grace_s is None else grace_s
         await self.health.enter_graceful_shutdown()
+        self.metrics.serving.set(0)
         self.scheduler.stop_accepting()
         sched = self.scheduler
         log.info("draining: %d live, %d queued streams; grace %.1f s", sched.live, sched.queued, grace)
@@ -116,12 +137,21 @@ class CharRNNServer:
             log.warning("grace period over: failing %d streams", self.scheduler.live + self.scheduler.queued)
         await self.scheduler.close()
         await self.server.stop(1.0)
+        if self.metrics_http is not None:
+            self.metrics_http.close()
         log.info("stopped")
+
+
+def _write_port(path: Path, port: int) -> None:
+    """Atomically, so a watcher never reads a half-written file."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(f"{port}\n")
+    tmp.replace(path)
 
 
 async def serve(config: ServerConfig) -> int:
     """Run until SIGTERM/SIGINT, then drain. Returns the process exit code."""
-    server = CharRNNServer(config)
+    server = CharRNNServer(config, metrics=Metrics(REGISTRY))  # the default registry adds process metrics
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -18,6 +18,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
@@ -28,6 +29,7 @@ TOKEN_VERSION = 1
 _MAC_SIZE = 32
 # magic, version, model sha256, has_seed, seed, position, n_logits, n_states, layers, hidden
 _HEADER = struct.Struct("<3sB32sBQQIBHI")
+E = TypeVar("E", bound=Exception)
 
 
 @dataclass(frozen=True)
@@ -48,10 +50,20 @@ class Context:
 class TokenCodec:
     """Serialises contexts into HMAC-SHA256-signed tokens bound to one model file's sha256."""
 
-    def __init__(self, key: bytes, model_sha256: str, num_states: int, layers: int, hidden: int, vocab: int):
+    def __init__(
+        self,
+        key: bytes,
+        model_sha256: str,
+        num_states: int,
+        layers: int,
+        hidden: int,
+        vocab: int,
+        on_refuse: Callable[[str], None] | None = None,
+    ):
         if not key:
             raise ValueError("resume-token HMAC key must not be empty")
         self._key = key
+        self._on_refuse = on_refuse  # called with the reason of every refused token (metrics)
         self._model = bytes.fromhex(model_sha256)
         self._shape = (num_states, layers, hidden)
         self._vocab = vocab
@@ -79,27 +91,41 @@ class TokenCodec:
         payload = header + body
         return payload + self._mac(payload)
 
+    def _refuse(self, reason: str, exc: E) -> E:
+        if self._on_refuse is not None:
+            self._on_refuse(reason)
+        return exc
+
     def decode(self, token: bytes) -> Context:
         """Verify and parse; InvalidToken when malformed or tampered, ForeignToken for another model."""
         if len(token) < _HEADER.size + _MAC_SIZE or not token.startswith(TOKEN_MAGIC):
-            raise InvalidToken("resume token is malformed (not a charrnn resume token)")
+            raise self._refuse("malformed", InvalidToken("resume token is malformed (not a charrnn resume token)"))
         payload, mac = token[:-_MAC_SIZE], token[-_MAC_SIZE:]
         if not hmac.compare_digest(mac, self._mac(payload)):
-            raise InvalidToken("resume token signature is invalid: it was altered or signed with another key")
+            raise self._refuse(
+                "signature",
+                InvalidToken("resume token signature is invalid: it was altered or signed with another key"),
+            )
         _, version, model, has_seed, seed, position, n_logits, n_states, layers, hidden = _HEADER.unpack_from(payload)
         if version != TOKEN_VERSION:
-            raise InvalidToken(f"resume token format version {version} is not supported (expected {TOKEN_VERSION})")
+            raise self._refuse(
+                "version",
+                InvalidToken(f"resume token format version {version} is not supported (expected {TOKEN_VERSION})"),
+            )
         if model != self._model:
-            raise ForeignToken(
-                f"resume token belongs to model {model.hex()[:12]}…, this server serves {self._model.hex()[:12]}…"
+            raise self._refuse(
+                "foreign_model",
+                ForeignToken(
+                    f"resume token belongs to model {model.hex()[:12]}…, this server serves {self._model.hex()[:12]}…"
+                ),
             )
         n, want_layers, want_hidden = self._shape
         if n_states not in (0, n) or (layers, hidden) != (want_layers, want_hidden) or n_logits not in (0, self._vocab):
-            raise InvalidToken("resume token state shape does not match the model")
+            raise self._refuse("shape", InvalidToken("resume token state shape does not match the model"))
         offset = _HEADER.size
         size = layers * hidden
         if len(payload) != offset + 4 * (n_logits + n_states * size):
-            raise InvalidToken("resume token is truncated or has trailing bytes")
+            raise self._refuse("malformed", InvalidToken("resume token is truncated or has trailing bytes"))
         data = np.frombuffer(payload, "<f4", offset=offset).astype(np.float32)
         logits = data[:n_logits] if n_logits else None
         flat = data[n_logits:]

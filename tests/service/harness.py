@@ -120,7 +120,7 @@ class ServerProcess:
         self.port_file = tmp / f"port-{time.monotonic_ns()}"
         self.log = tmp / f"server-{time.monotonic_ns()}.log"
         args = ["serve", "--model", str(model_dir), "--host", "127.0.0.1", "--port", "0"]
-        args += ["--port-file", str(self.port_file), "--hmac-key", TEST_KEY, *extra]
+        args += ["--port-file", str(self.port_file), "--hmac-key", TEST_KEY, "--metrics-port", "0", *extra]
         full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
         self._log_file = open(self.log, "wb")  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen(

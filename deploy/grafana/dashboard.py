@@ -1,0 +1,213 @@
+"""Generates dashboards/charrnn.json: `python deploy/grafana/dashboard.py` (a test checks it is fresh).
+
+Written as code so every quantile panel is built the same way; Grafana loads the JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+OUT = Path(__file__).resolve().parent / "dashboards" / "charrnn.json"
+SEL = 'job=~"$job"'
+RATE = "[$__rate_interval]"
+QUANTILES = (0.5, 0.9, 0.99)
+
+
+def rate(metric: str, by: str = "", extra: str = "") -> str:
+    selector = f"{{{SEL}{',' + extra if extra else ''}}}"
+    grouping = f" by ({by})" if by else ""
+    return f"sum{grouping} (rate({metric}{selector}{RATE}))"
+
+
+def quantile(q: float, histogram: str, by: str = "") -> str:
+    return f"histogram_quantile({q}, {rate(histogram + '_bucket', ', '.join(filter(None, [by, 'le'])))})"
+
+
+def target(expr: str, legend: str, ref: int, **extra: Any) -> dict[str, Any]:
+    return {
+        "datasource": {"type": "prometheus", "uid": "${datasource}"},
+        "expr": expr,
+        "legendFormat": legend,
+        "refId": chr(ord("A") + ref),
+        **extra,
+    }
+
+
+def panel(
+    title: str,
+    targets: list[tuple[str, str]],
+    unit: str,
+    description: str,
+    kind: str = "timeseries",
+    **target_extra: Any,
+) -> dict[str, Any]:
+    return {
+        "type": kind,
+        "title": title,
+        "description": description,
+        "datasource": {"type": "prometheus", "uid": "${datasource}"},
+        "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
+        "options": {"legend": {"displayMode": "list", "placement": "bottom"}, "tooltip": {"mode": "multi"}},
+        "targets": [target(expr, legend, i, **target_extra) for i, (expr, legend) in enumerate(targets)],
+    }
+
+
+def quantile_panel(title: str, histogram: str, description: str, by: str = "") -> dict[str, Any]:
+    label = f"{{{{{by}}}}} " if by else ""
+    return panel(
+        title,
+        [(quantile(q, histogram, by), f"{label}p{round(q * 100)}") for q in QUANTILES],
+        "s",
+        description,
+    )
+
+
+def panels() -> list[dict[str, Any]]:
+    service = 'grpc_service="charrnn.v1.CharRNN"'
+    rows = [
+        [
+            panel(
+                "Requests/s by method",
+                [(rate("grpc_server_started_total", "grpc_method", service), "{{grpc_method}}")],
+                "reqps",
+                "RPCs started per second.",
+            ),
+            panel(
+                "Errors/s by code",
+                [(rate("grpc_server_handled_total", "grpc_code", 'grpc_code!="OK"'), "{{grpc_code}}")],
+                "reqps",
+                "RPCs that ended with a status other than OK.",
+            ),
+            panel(
+                "Characters/s",
+                [
+                    (rate("charrnn_generated_chars_total"), "generated"),
+                    (rate("charrnn_prefilled_chars_total"), "prefilled"),
+                ],
+                "short",
+                "Throughput: characters sampled, and prompt characters run through the model.",
+            ),
+        ],
+        [
+            quantile_panel(
+                "Time to first character",
+                "charrnn_time_to_first_char_seconds",
+                "Submission to first character, queueing and prefill included.",
+            ),
+            quantile_panel(
+                "Inter-chunk gap",
+                "charrnn_inter_chunk_gap_seconds",
+                "Between a stream's flushes; about --flush-interval-ms when healthy.",
+            ),
+            quantile_panel("Stream duration", "charrnn_stream_duration_seconds", "Submission to end of stream."),
+        ],
+        [
+            panel(
+                "Live and queued streams",
+                [
+                    ("sum(charrnn_live_streams{" + SEL + "})", "live"),
+                    ("sum(charrnn_queued_streams{" + SEL + "})", "queued"),
+                ],
+                "short",
+                "Queued > 0 for long means every slot is busy (CharRNNSaturated).",
+            ),
+            panel(
+                "Batch size per step",
+                [
+                    (quantile(0.5, "charrnn_batch_size"), "p50"),
+                    (rate("charrnn_batch_size_sum") + " / " + rate("charrnn_batch_size_count"), "mean"),
+                    (quantile(0.99, "charrnn_batch_size"), "p99"),
+                ],
+                "short",
+                "Rows advanced together by one decode step.",
+            ),
+            quantile_panel(
+                "Step time by phase",
+                "charrnn_step_duration_seconds",
+                "One decode step: the ONNX Runtime call and vectorised sampling.",
+                by="phase",
+            ),
+        ],
+        [
+            panel(
+                "Rejections/s by reason",
+                [(rate("charrnn_rejections_total", "reason"), "{{reason}}")],
+                "reqps",
+                "Streams refused at admission.",
+            ),
+            panel(
+                "Sessions",
+                [
+                    ("sum(charrnn_sessions{" + SEL + "})", "open"),
+                    (rate("charrnn_session_evictions_total", "reason"), "evicted/s {{reason}}"),
+                    (rate("charrnn_resume_tokens_refused_total", "reason"), "tokens refused/s {{reason}}"),
+                ],
+                "short",
+                "Server-side sessions, evictions and refused resume tokens.",
+            ),
+            quantile_panel(
+                "gRPC handling time by method",
+                "grpc_server_handling_seconds",
+                "Start to status; whole stream for streaming RPCs.",
+                by="grpc_method",
+            ),
+        ],
+        [
+            panel(
+                "Model",
+                [("charrnn_model_info{" + SEL + "}", "")],
+                "none",
+                "The served model on each replica.",
+                kind="table",
+                instant=True,
+                format="table",
+            ),
+        ],
+    ]
+    out: list[dict[str, Any]] = []
+    for y, row in enumerate(rows):
+        width = 24 // len(row)
+        for x, p in enumerate(row):
+            out.append({**p, "id": len(out) + 1, "gridPos": {"h": 8, "w": width, "x": x * width, "y": y * 8}})
+    return out
+
+
+def dashboard() -> dict[str, Any]:
+    return {
+        "uid": "charrnn",
+        "title": "charrnn",
+        "tags": ["charrnn", "grpc"],
+        "timezone": "",
+        "schemaVersion": 39,
+        "version": 1,
+        "refresh": "10s",
+        "time": {"from": "now-30m", "to": "now"},
+        "templating": {
+            "list": [
+                {"name": "datasource", "label": "Data source", "type": "datasource", "query": "prometheus"},
+                {
+                    "name": "job",
+                    "label": "Job",
+                    "type": "query",
+                    "datasource": {"type": "prometheus", "uid": "${datasource}"},
+                    "query": {"query": "label_values(charrnn_model_info, job)", "refId": "job"},
+                    "definition": "label_values(charrnn_model_info, job)",
+                    "includeAll": True,
+                    "multi": True,
+                    "current": {"text": "All", "value": "$__all"},
+                    "refresh": 2,
+                },
+            ]
+        },
+        "panels": panels(),
+    }
+
+
+def render() -> str:
+    return json.dumps(dashboard(), indent=2) + "\n"
+
+
+if __name__ == "__main__":
+    OUT.write_text(render())
