@@ -1,0 +1,216 @@
+"""deploy/k8s: every overlay built with `kubectl kustomize`, every object validated in strict mode with
+kubernetes-validate (unknown fields are errors) against the oldest and the newest Kubernetes versions the
+manifests target, and the deployment's promises read from the rendered objects."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from tests.deploy.tools import K8S, REPO
+
+KUBECTL = shutil.which("kubectl")
+pytestmark = pytest.mark.skipif(KUBECTL is None, reason="kubectl not on PATH: cannot run kustomize")
+
+OVERLAYS = sorted(p.name for p in (K8S / "overlays").iterdir() if (p / "kustomization.yaml").exists())
+COMPONENTS = sorted(p.name for p in (K8S / "components").iterdir() if (p / "kustomization.yaml").exists())
+# Native gRPC probes are GA since 1.27 and the preStop sleep action is on by default since 1.30.
+MIN_VERSION = "1.30.0"
+VERSIONS = (MIN_VERSION, kubernetes_validate.latest_version() + ".0")
+# Custom resources kubernetes-validate has no schema for, with the fields this repo relies on.
+CRDS = {("monitoring.coreos.com/v1", "ServiceMonitor"): ("selector", "endpoints")}
+
+
+def kustomize(directory: Path) -> list[dict[str, Any]]:
+    assert KUBECTL is not None
+    result = subprocess.run(
+        [KUBECTL, "kustomize", "--load-restrictor", "LoadRestrictionsNone", str(directory)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return [d for d in yaml.safe_load_all(result.stdout) if d]
+
+
+def validate_all(objects: list[dict[str, Any]]) -> list[str]:
+    """Validate every object strictly for every version; returns 'Kind/name: vX.Y' lines."""
+    lines = []
+    for obj in objects:
+        ident = f"{obj['kind']}/{obj['metadata']['name']}"
+        crd = CRDS.get((obj["apiVersion"], obj["kind"]))
+        if crd is not None:
+            assert all(field in obj["spec"] for field in crd), f"{ident}: missing one of {crd}"
+            lines.append(f"{ident}: custom resource, fields {', '.join(crd)} present")
+            continue
+        checked = [kubernetes_validate.validate(obj, version, strict=True) for version in VERSIONS]
+        lines.append(f"{ident}: valid (strict) for {', '.join(checked)}")
+    return lines
+
+
+def find(objects: list[dict[str, Any]], kind: str, name_prefix: str = "charrnn") -> list[dict[str, Any]]:
+    return [o for o in objects if o["kind"] == kind and o["metadata"]["name"].startswith(name_prefix)]
+
+
+def one(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    matches = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
+    assert len(matches) == 1, f"{kind}/{name}: {len(matches)} found"
+    return matches[0]
+
+
+def cpu_cores(quantity: str) -> float:
+    return float(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+
+
+def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+@pytest.fixture(scope="module", params=OVERLAYS)
+def overlay(request: pytest.FixtureRequest) -> tuple[str, list[dict[str, Any]]]:
+    return request.param, kustomize(K8S / "overlays" / request.param)
+
+
+def test_there_are_dev_and_prod_overlays() -> None:
+    assert {"dev", "prod"} <= set(OVERLAYS)
+
+
+def test_every_overlay_validates_strictly(overlay: tuple[str, list[dict[str, Any]]]) -> None:
+    name, objects = overlay
+    lines = validate_all(objects)
+    kinds = {o["kind"] for o in objects}
+    expected = {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "ConfigMap",
+                "NetworkPolicy", "Job", "PersistentVolumeClaim", "ServiceAccount", "Namespace"}  # fmt: skip
+    assert expected <= kinds, expected - kinds
+    assert len(lines) == len(objects)
+    assert all(o["metadata"].get("namespace") for o in objects if o["kind"] != "Namespace"), name
+
+
+def test_all_components_together_validate(tmp_path: Path) -> None:
+    kustomization = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": [os.path.relpath(K8S / "base", tmp_path)],  # kustomize wants relative roots
+        "components": [os.path.relpath(K8S / "components" / c, tmp_path) for c in COMPONENTS],
+    }
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(kustomization), encoding="utf-8")
+    objects = kustomize(tmp_path)
+    validate_all(objects)
+    assert find(objects, "ServiceMonitor")
+    volumes = one(objects, "Deployment", "charrnn")["spec"]["template"]["spec"]["volumes"]
+    (artifacts,) = [v for v in volumes if v["name"] == "artifacts"]
+    assert artifacts["persistentVolumeClaim"] == {"claimName": "charrnn-artifacts", "readOnly": True}
+
+
+def test_strict_validation_catches_a_bad_manifest() -> None:
+    deployment = one(kustomize(K8S / "overlays" / "dev"), "Deployment", "charrnn")
+    deployment["spec"]["template"]["spec"]["terminationGracePeriod"] = 30  # misspelt field
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, VERSIONS[-1], strict=True)
+    monitor = {"apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor", "metadata": {"name": "x"}}
+    with pytest.raises(kubernetes_validate.SchemaNotFoundError):
+        kubernetes_validate.validate(monitor, VERSIONS[-1], strict=True)
+
+
+def _config(objects: list[dict[str, Any]]) -> dict[str, str]:
+    (config,) = find(objects, "ConfigMap", "charrnn-config")
+    return dict(config["data"])
+
+
+def test_deployment_promises(overlay: tuple[str, list[dict[str, Any]]]) -> None:
+    name, objects = overlay
+    deployment = one(objects, "Deployment", "charrnn")
+    pod = deployment["spec"]["template"]["spec"]
+    (server,) = [c for c in pod["containers"] if c["name"] == "server"]
+    ports = {p["name"]: p["containerPort"] for p in server["ports"]}
+    config = _config(objects)
+    assert int(config["CHARRNN_PORT"]) == ports["grpc"] and int(config["CHARRNN_METRICS_PORT"]) == ports["metrics"]
+    assert config["CHARRNN_HOST"] == "0.0.0.0"
+    # Native gRPC probes on the health service's port.
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert server[probe]["grpc"]["port"] == ports["grpc"], probe
+    # Requests and limits; ORT threads are the CPU limit (rounded up) and the limit is whole cores.
+    resources = server["resources"]
+    assert {"cpu", "memory"} <= set(resources["requests"]) and {"cpu", "memory"} <= set(resources["limits"])
+    limit = cpu_cores(str(resources["limits"]["cpu"]))
+    assert limit == math.ceil(limit), f"{name}: CPU limit {limit} is not whole cores; ORT threads would round up"
+    env = {e["name"]: e for e in server["env"]}
+    threads = env["CHARRNN_INTRA_OP_THREADS"]["valueFrom"]["resourceFieldRef"]
+    assert threads == {"containerName": "server", "resource": "limits.cpu", "divisor": "1"}
+    assert "CHARRNN_INTRA_OP_THREADS" not in config
+    # Hardened: non-root, read-only root, no capabilities, RuntimeDefault seccomp, writable /tmp only.
+    sc = server["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"]["drop"] == ["ALL"] and "add" not in sc["capabilities"]
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
+    assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    assert [m["mountPath"] for m in server["volumeMounts"]] == ["/tmp"]
+    # Graceful termination: preStop sleep, then the drain, inside the grace period.
+    pre_stop = server["lifecycle"]["preStop"]["sleep"]["seconds"]
+    drain = float(config["CHARRNN_GRACE"])
+    assert pre_stop > 0 and pod["terminationGracePeriodSeconds"] > pre_stop + drain
+    # The HMAC key is a Secret reference, never a literal.
+    secret_ref = env["CHARRNN_HMAC_KEY"]["valueFrom"]["secretKeyRef"]
+    assert secret_ref["key"] == "hmac-key" and "value" not in env["CHARRNN_HMAC_KEY"]
+    secrets = find(objects, "Secret", "charrnn-hmac")
+    if name == "prod":
+        assert not secrets and secret_ref["name"] == "charrnn-hmac", "prod must use an out-of-band Secret"
+    else:
+        assert [s["metadata"]["name"] for s in secrets] == [secret_ref["name"]]
+
+
+def test_services_hpa_pdb_and_policy_select_the_server(overlay: tuple[str, list[dict[str, Any]]]) -> None:
+    name, objects = overlay
+    deployment = one(objects, "Deployment", "charrnn")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert selects(deployment["spec"]["selector"]["matchLabels"], labels)
+    cluster_ip, headless = one(objects, "Service", "charrnn"), one(objects, "Service", "charrnn-headless")
+    assert cluster_ip["spec"].get("type", "ClusterIP") == "ClusterIP" and headless["spec"]["clusterIP"] == "None"
+    ports = {p["name"]: p for p in cluster_ip["spec"]["ports"]}
+    assert ports["grpc"]["appProtocol"] == "kubernetes.io/h2c" and ports["metrics"]["appProtocol"] == "http"
+    assert [p["name"] for p in headless["spec"]["ports"]] == ["grpc"]
+    for service in (cluster_ip, headless):
+        assert selects(service["spec"]["selector"], labels)
+    pdb = one(objects, "PodDisruptionBudget", "charrnn")
+    assert selects(pdb["spec"]["selector"]["matchLabels"], labels)
+    policy = one(objects, "NetworkPolicy", "charrnn")
+    assert selects(policy["spec"]["podSelector"]["matchLabels"], labels)
+    allowed = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
+    assert allowed == {"grpc", "metrics"} and policy["spec"]["egress"] == []
+    hpa = one(objects, "HorizontalPodAutoscaler", "charrnn")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "charrnn"}
+    assert hpa["spec"]["minReplicas"] <= deployment["spec"]["replicas"] <= hpa["spec"]["maxReplicas"]
+    metrics = {m["type"]: m for m in hpa["spec"]["metrics"]}
+    assert metrics["Resource"]["resource"]["name"] == "cpu"
+    if name == "prod":
+        pods_metric = metrics["Pods"]["pods"]["metric"]["name"]
+        # The metric the server really exports (service/metrics.py), and what the adapter rule serves.
+        assert re.search(rf'Gauge\(\s*"{pods_metric}"', (REPO / "service" / "metrics.py").read_text(encoding="utf-8"))
+        rules = yaml.safe_load((K8S / "components" / "live-streams-hpa" / "prometheus-adapter-rules.yaml").read_text())
+        assert [r["name"]["as"] for r in rules["rules"]] == [pods_metric]
+        assert find(objects, "ServiceMonitor")[0]["spec"]["endpoints"][0]["port"] == "metrics"
+
+
+def test_training_job_writes_to_the_claim_and_waits_to_be_started(overlay: tuple[str, list[dict[str, Any]]]) -> None:
+    _, objects = overlay
+    job = one(objects, "Job", "charrnn-train")
+    assert job["spec"]["suspend"] is True, "applying the kustomization must not start a training run"
+    pod = job["spec"]["template"]["spec"]
+    (trainer,) = pod["containers"]
+    claims = {
+        v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v
+    }
+    one(objects, "PersistentVolumeClaim", claims["artifacts"])
+    mounts = {m["name"]: m["mountPath"] for m in trainer["volumeMounts"]}
+    export = trainer["args"][trainer["args"].index("--export") + 1]
+    assert trainer["args"][0] == "train" and export.startswith(mounts["artifacts"] + "/")
+    assert trainer["securityContext"]["readOnlyRootFilesystem"] is True and mounts["tmp"] == "/tmp"
+    assert trainer["image"].split("/")[-1].startswith("charrnn-train:")
