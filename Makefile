@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 SERVE_VENV ?= .venv-serve
 
 .DEFAULT_GOAL := help
-.PHONY: help install serve sample test lint typecheck unit model proto bench-quality clean
+.PHONY: help install serve sample test lint typecheck unit model proto bench-quality load clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
@@ -51,6 +51,9 @@ model: install  ## retrain and export the shipped default model (about 20 minute
 bench-quality: install  ## 30-minute quality benchmark on tiny shakespeare (see docs/benchmarks.md)
 	$(BIN)/charrnn bench quality --corpus ../shared/data/tinyshakespeare.txt --minutes 30 \
 		--out runs/bench-quality $(QUALITY_ARGS)
+
+load: install  ## Locust load test: starts a server unless LOAD_ARGS has --target; reports in load-results/
+	$(BIN)/python tests/load/run.py $(LOAD_ARGS)
 
 proto: install  ## regenerate charrnn/v1 from proto/ (a test fails when the committed code is stale)
 	PYTHON=$(BIN)/python scripts/gen_proto.sh
