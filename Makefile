@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 SERVE_VENV ?= .venv-serve
 
 .DEFAULT_GOAL := help
-.PHONY: help install serve sample test lint typecheck unit model proto bench-quality load clean
+.PHONY: help install serve sample test lint typecheck unit model proto bench-quality load deploy-check clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
@@ -54,6 +54,9 @@ bench-quality: install  ## 30-minute quality benchmark on tiny shakespeare (see 
 
 load: install  ## Locust load test: starts a server unless LOAD_ARGS has --target; reports in load-results/
 	$(BIN)/python tests/load/run.py $(LOAD_ARGS)
+
+deploy-check: install  ## Dockerfile, compose, kustomize and serve-only checks (tests/deploy)
+	$(BIN)/pytest -q tests/deploy
 
 proto: install  ## regenerate charrnn/v1 from proto/ (a test fails when the committed code is stale)
 	PYTHON=$(BIN)/python scripts/gen_proto.sh
