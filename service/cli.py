@@ -75,6 +75,7 @@ def register(sub: Any, bench_sub: Any) -> None:
     _add(p, "--max-stop-strings", type=int, default=8, help="stop strings per request")
     _add(p, "--max-stop-chars", type=int, default=64, help="longest stop string")
     _add(p, "--max-score-chars", type=int, default=65536, help="longest text for Score")
+    _add(p, "--max-watched-units", type=int, default=16, help="hidden units one Generate may watch")
     _add(p, "--max-sessions", type=int, default=1024, help="server-side sessions kept (LRU)")
     _add(p, "--session-ttl", type=float, default=600.0, help="idle seconds before a session expires")
     _add(p, "--session-memory-mb", type=float, default=64.0, help="memory bound on sessions' state (LRU)")
@@ -93,6 +94,15 @@ def register(sub: Any, bench_sub: Any) -> None:
     g.add_argument("--session", help="continue from (and update) a server-side session id")
     g.add_argument("--create-session", action="store_true", help="keep the final state in a new session (id to stderr)")
     g.add_argument("--save-state", type=Path, help="write the final resume token to this file")
+    g.add_argument("--watch", help="hidden units to stream, KIND:LAYER:INDEX,... (KIND h, or c for LSTM)")
+    g.add_argument(
+        "--watch-format",
+        choices=["color", "tsv"],
+        default="color",
+        help="color: text on the first unit's colour (negative blue, positive red); tsv: values per character",
+    )
+    g.add_argument("--watch-scale", type=float, default=1.0, help="value at which the colour saturates")
+    g.add_argument("--color", choices=["auto", "always", "never"], default="auto", help="auto: only on a terminal")
     g.set_defaults(handler=_generate)
 
     s = sub.add_parser("score", help="bits per character of a text under the served model")
@@ -142,6 +152,7 @@ def _serve(args: argparse.Namespace) -> int:
             max_stop_strings=args.max_stop_strings,
             max_stop_chars=args.max_stop_chars,
             max_score_chars=args.max_score_chars,
+            max_watched_units=args.max_watched_units,
             max_sessions=args.max_sessions,
             session_ttl_s=args.session_ttl,
             session_memory_bytes=int(args.session_memory_mb * (1 << 20)),
@@ -167,9 +178,16 @@ def _fail(exc: Exception) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from service.client import CharRNNError, Client
+    from service import heatmap
+    from service.client import CharRNNError, Client, parse_units
 
     token = args.resume.read_bytes() if args.resume else None
+    try:
+        watch = parse_units(args.watch or "")
+    except ValueError as exc:
+        return _fail(exc)
+    tsv = bool(watch) and args.watch_format == "tsv"
+    colour = bool(watch) and not tsv and (args.color == "always" or (args.color == "auto" and sys.stdout.isatty()))
     with Client(args.target, timeout=args.timeout) as client:
         gen = client.generate(
             args.prompt,
@@ -182,14 +200,21 @@ def _generate(args: argparse.Namespace) -> int:
             resume_token=token,
             session_id=args.session,
             create_session=args.create_session,
+            watch=watch,
         )
+        if tsv:
+            sys.stdout.write(heatmap.tsv_header(watch))
         try:
-            for chunk in gen:
+            for chunk, values in gen.chunks():
+                if tsv:
+                    chunk = heatmap.tsv_rows(chunk, values)
+                elif colour:
+                    chunk = heatmap.colour_text(chunk, [v[0] for v in values], args.watch_scale)
                 sys.stdout.write(chunk)
                 sys.stdout.flush()
         except CharRNNError as exc:
             return _fail(exc)
-    if sys.stdout.isatty():
+    if sys.stdout.isatty() and not tsv:
         sys.stdout.write("\n")
     result = gen.result
     assert result is not None

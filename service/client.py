@@ -6,6 +6,9 @@
             print(chunk, end="")
         token = gen.result.resume_token
 
+With `watch=[("h", 1, 17)]` the server also streams each generated character's value of that
+hidden unit: `gen.chunks()` yields (text, values per character) and `gen.activations` collects them.
+
 gRPC failures surface as `CharRNNError` with the status code and the server's message.
 """
 
@@ -24,6 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from charrnn.v1 import charrnn_pb2 as pb
 from charrnn.v1 import charrnn_pb2_grpc as pb_grpc
 
+_STATE_KINDS = {"h": pb.STATE_KIND_H, "c": pb.STATE_KIND_C}
 _FINISH_NAMES = {
     pb.FINISH_REASON_LENGTH: "length",
     pb.FINISH_REASON_STOP: "stop",
@@ -106,15 +110,45 @@ def _sampling(temperature: float | None, top_k: int, top_p: float | None, seed: 
     return params
 
 
-class Generation(Iterator[str]):
-    """Iterate for text chunks; `result` is set once the stream ends. `cancel()` stops it."""
+Unit = tuple[str, int, int]  # a hidden unit: ("h" or "c", layer, index)
 
-    def __init__(self, responses: Iterator[Any], call: grpc.Call | None = None):
+
+def parse_units(spec: str) -> list[Unit]:
+    """ "h:1:17,c:0:5" → [("h", 1, 17), ("c", 0, 5)]; ValueError naming the bad item."""
+    units = []
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        kind, _, rest = item.partition(":")
+        layer, _, index = rest.partition(":")
+        if kind not in _STATE_KINDS or not layer.isdigit() or not index.isdigit():
+            raise ValueError(f"bad hidden unit {item!r}: expected KIND:LAYER:INDEX with KIND h or c, e.g. h:1:17")
+        units.append((kind, int(layer), int(index)))
+    return units
+
+
+class Generation(Iterator[str]):
+    """Iterate for text chunks (or `chunks()` for text with watched values); `result` is set once the
+    stream ends. `cancel()` stops it."""
+
+    def __init__(self, responses: Iterator[Any], call: grpc.Call | None = None, units: int = 0):
         self._responses = responses
         self._call = call
+        self.units = units
         self.result: GenerationResult | None = None
+        # One tuple per character received so far: the watched units' values after the model read it.
+        self.activations: list[tuple[float, ...]] = []
 
     def __next__(self) -> str:
+        return self._next()[0]
+
+    def chunks(self) -> Iterator[tuple[str, list[tuple[float, ...]]]]:
+        """The rest of the stream as (text, one tuple of watched values per character of text)."""
+        while True:
+            try:
+                yield self._next()
+            except StopIteration:
+                return
+
+    def _next(self) -> tuple[str, list[tuple[float, ...]]]:
         while True:
             try:
                 response = next(self._responses)
@@ -122,11 +156,16 @@ class Generation(Iterator[str]):
                 raise CharRNNError.wrap(exc) from None
             if response.HasField("done"):
                 self.result = GenerationResult.from_proto(response.done)
-                if response.text:
-                    return str(response.text)
-                raise StopIteration
+                if not response.text:
+                    raise StopIteration
             if response.text:
-                return str(response.text)
+                return str(response.text), self._rows(response.activations)
+
+    def _rows(self, flat: Sequence[float]) -> list[tuple[float, ...]]:
+        n = self.units
+        rows = [tuple(flat[i : i + n]) for i in range(0, len(flat), n)] if n else []
+        self.activations.extend(rows)
+        return rows
 
     def text(self) -> str:
         """Consume the rest of the stream and return it joined."""
@@ -168,8 +207,10 @@ class Client:
         resume_token: bytes | None = None,
         session_id: str | None = None,
         create_session: bool = False,
+        watch: Sequence[Unit] = (),
         timeout: float | None = None,
     ) -> Generation:
+        """Stream a generation; `watch` names hidden units whose per-character values to stream too."""
         request = pb.GenerateRequest(
             prompt=prompt,
             max_chars=max_chars,
@@ -177,12 +218,14 @@ class Client:
             stop=list(stop),
             create_session=create_session,
         )
+        for kind, layer, index in watch:
+            request.activations.units.add(kind=_STATE_KINDS[kind], layer=layer, index=index)
         if resume_token is not None:
             request.resume_token = resume_token
         elif session_id is not None:
             request.session_id = session_id
         call = self._stub.Generate(request, timeout=timeout if timeout is not None else self.timeout)
-        return Generation(call, call)
+        return Generation(call, call, len(watch))
 
     def score(self, text: str, *, resume_token: bytes | None = None, session_id: str | None = None) -> ScoreResult:
         request = pb.ScoreRequest(text=text)

@@ -47,6 +47,7 @@ class Limits:
     max_sessions: int = 1024  # least recently used evicted beyond it
     session_ttl_s: float = 600.0  # idle time before a session expires
     session_memory_bytes: int = 64 << 20  # total state bytes held by sessions (LRU eviction)
+    max_watched_units: int = 16  # hidden units one Generate may stream values of
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,7 @@ class ServerConfig:
         lim = self.limits
         checks = {
             "max_live_streams": lim.max_live_streams >= 1,
+            "max_watched_units": lim.max_watched_units >= 0,
             "max_queued_streams": lim.max_queued_streams >= 0,
             "default_max_chars": 1 <= lim.default_max_chars <= lim.max_chars,
             "flush_interval": self.flush_interval_s >= 0,

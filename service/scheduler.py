@@ -9,6 +9,10 @@ thread so the event loop keeps serving gRPC while the model computes.
 Streams coalesce output: the consumer is woken for the first character at once, then when
 `flush_interval_s` has passed since the last wake-up or `max_chunk_chars` are waiting, so one
 gRPC message carries many characters (a message costs more CPU than a model step).
+
+Streams that watch hidden units get, per generated character, the watched units' values in the
+state after the model read that character (gathered in one vectorised call per state kind for
+just the watching rows); a batch without watchers does no extra work.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 
@@ -52,6 +56,15 @@ class SchedulerConfig:
 
 
 @dataclass(frozen=True)
+class Unit:
+    """A watched hidden unit: `state` indexes the engine's states (manifest order: h, then c)."""
+
+    state: int
+    layer: int
+    index: int
+
+
+@dataclass(frozen=True)
 class Job:
     """One generation, already validated and encoded."""
 
@@ -61,6 +74,7 @@ class Job:
     sampling: SamplingParams
     stops: tuple[str, ...] = ()
     seed: int | None = None  # None: continue the context's generator, else pick one
+    watch: tuple[Unit, ...] = ()  # hidden units whose values go with each generated character
 
     def resolved_rng(self) -> tuple[int, int]:
         """(seed, position): an explicit seed restarts the generator; else continue the context's."""
@@ -126,6 +140,14 @@ class _StopMatcher:
         return None, hold
 
 
+class Chunk(NamedTuple):
+    """What one wake-up hands the consumer."""
+
+    text: str
+    finished: Finished | None
+    values: list[float]  # watched units' values, [len(text) x units] row-major; empty without a watch
+
+
 class Stream:
     """A generation's handle: the scheduler appends characters; one consumer reads chunks."""
 
@@ -143,6 +165,8 @@ class Stream:
         self.cancelled = False
         self.stop = ""  # the stop string that matched
         self.matcher = _StopMatcher(job.stops) if job.stops else None
+        self.units = len(job.watch)
+        self.values: list[float] = []  # per generated char, `units` values (appended after the model step)
         self._event = asyncio.Event()
 
     def wake(self) -> None:
@@ -154,15 +178,48 @@ class Stream:
         if self._on_cancel is not None:
             self._on_cancel()
 
-    async def next_chunk(self) -> tuple[str, Finished | None]:
-        """Wait for the next flush: (new text, the result if the stream ended)."""
+    async def next_chunk(self) -> Chunk:
+        """Wait for the next flush: the new text, the result if the stream ended, and watched values."""
         await self._event.wait()
         self._event.clear()
         if self.error is not None:
             raise self.error
-        text = "".join(self.chars[self.sent : self.emitted])
-        self.sent = self.emitted
-        return text, self.finished
+        start, end, n = self.sent, self.emitted, self.units
+        if n:  # a char appended in this step gets its values after the model call; it waits for them
+            end = min(end, len(self.values) // n)
+        self.sent = end
+        values = self.values[start * n : end * n] if n else []
+        return Chunk("".join(self.chars[start:end]), self.finished, values)
+
+
+class _Gather:
+    """Picks every watched unit of every watching row out of the states: one `np.take` per state kind."""
+
+    def __init__(self, streams: Sequence[Stream], layers: int, hidden: int):
+        batch = len(streams)
+        picks: dict[int, tuple[list[int], list[int]]] = {}  # state -> (flat indices, output positions)
+        self.spans: list[tuple[Stream, int, int]] = []
+        pos = 0
+        for row, stream in enumerate(streams):
+            if not stream.units:
+                continue
+            self.spans.append((stream, pos, pos + stream.units))
+            for unit in stream.job.watch:
+                flat, out = picks.setdefault(unit.state, ([], []))
+                flat.append((unit.layer * batch + row) * hidden + unit.index)
+                out.append(pos)
+                pos += 1
+        self.size = pos
+        self.picks = [(k, np.array(flat, np.int64), np.array(out, np.int64)) for k, (flat, out) in picks.items()]
+
+    def __call__(self, states: States) -> None:
+        """Append each watching row's values in `states` (the state after this step's character)."""
+        values = np.empty(self.size, np.float32)
+        for state, flat, out in self.picks:
+            values[out] = np.take(states[state], flat)
+        listed = values.tolist()
+        for stream, a, b in self.spans:
+            stream.values.extend(listed[a:b])
 
 
 class _Batch:
@@ -171,6 +228,8 @@ class _Batch:
     _COLUMNS = ("logits", "temperature", "top_k", "top_p", "seeds", "positions", "generated", "max_chars")
 
     def __init__(self, engine: Engine):
+        self.layers, self.hidden = engine.layers, engine.hidden
+        self.gather: _Gather | None = None  # None while no live row watches units
         self.streams: list[Stream] = []
         self.states: States = engine.zero_states(0)
         self.logits = np.zeros((0, engine.vocab_size), np.float32)
@@ -200,12 +259,19 @@ class _Batch:
         }
         for name in self._COLUMNS:
             setattr(self, name, np.concatenate([getattr(self, name), new[name]]))
+        self._regather()
 
     def keep(self, mask: np.ndarray) -> None:
         self.streams = [s for s, k in zip(self.streams, mask, strict=True) if k]
         self.states = tuple(s[:, mask] for s in self.states)
         for name in self._COLUMNS:
             setattr(self, name, getattr(self, name)[mask])
+        self._regather()
+
+    def _regather(self) -> None:
+        """Rows moved: rebuild the gather indices (only when rows join or leave, never per step)."""
+        watching = any(s.units for s in self.streams)
+        self.gather = _Gather(self.streams, self.layers, self.hidden) if watching else None
 
     def context(self, i: int) -> Context:
         """Row i's context: its state, next-char logits and generator position, copied out."""
@@ -327,12 +393,17 @@ class Scheduler:
         batch.positions += np.uint64(1)
         batch.generated += 1
         t1 = time.perf_counter()
-        done = self._emit(ids)
+        watchers: list[Stream] = []
+        done = self._emit(ids, watchers)
         # Finished rows take this step too: their final context is the state after their last
         # character plus the logits for the next one, exactly what a continuation needs.
         states = batch.states
         logits, batch.states = await self.call(lambda: self.engine.run(ids[:, None], states))
         batch.logits = logits[:, -1, :]
+        if batch.gather is not None:
+            batch.gather(batch.states)  # the state after reading this step's character
+            for stream in watchers:
+                stream.wake()
         self.steps += 1
         self.observer.on_step(len(batch), time.perf_counter() - t1, t1 - t0)
         if done.any():
@@ -396,8 +467,11 @@ class Scheduler:
                 dst[:, rows] = src
         return out_states, out_logits
 
-    def _emit(self, ids: np.ndarray) -> np.ndarray:
-        """Append each row's character, wake consumers per the coalescing policy; returns rows that are done."""
+    def _emit(self, ids: np.ndarray, watchers: list[Stream]) -> np.ndarray:
+        """Append each row's character, wake consumers per the coalescing policy; returns rows that are done.
+
+        A stream watching units is put on `watchers` instead of woken: its values come after the model step.
+        """
         batch = self._batch
         chars = self.chars
         now = time.monotonic()
@@ -417,12 +491,12 @@ class Scheduler:
             if stream.last_flush == 0.0:
                 if stream.emitted > 0:
                     stream.last_flush = now
-                    stream.wake()
+                    watchers.append(stream) if stream.units else stream.wake()
                     self.observer.on_first_char(now - stream.submitted)
             elif stream.emitted - stream.sent >= max_chunk or now - stream.last_flush >= interval:
                 self.observer.on_chunk(now - stream.last_flush)
                 stream.last_flush = now
-                stream.wake()
+                watchers.append(stream) if stream.units else stream.wake()
         return done
 
     def _end_row(self, i: int) -> None:

@@ -24,7 +24,7 @@ from charrnn.vocab import Vocabulary
 from service.config import Limits
 from service.errors import InvalidRequest, ShuttingDown, status_for
 from service.sampling import MAX_SEED, SamplingParams
-from service.scheduler import Finished, FinishReason, Job, Scheduler, Stream, run_text
+from service.scheduler import Chunk, Finished, FinishReason, Job, Scheduler, Stream, Unit, run_text
 from service.state import Context, SessionStore, TokenCodec
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,7 @@ _FINISH = {
 }
 _CELLS = {"rnn": pb.CELL_TYPE_RNN, "lstm": pb.CELL_TYPE_LSTM, "gru": pb.CELL_TYPE_GRU}
 _POLICIES = {"refuse": pb.UNKNOWN_POLICY_REFUSE, "replace": pb.UNKNOWN_POLICY_REPLACE}
+_STATE_KINDS = {pb.STATE_KIND_UNSPECIFIED: "h", pb.STATE_KIND_H: "h", pb.STATE_KIND_C: "c"}
 _VAL_BPC_KEYS = ("val_bits_per_char", "val_bpc", "validation_bits_per_char", "best_val_bits_per_char")
 
 
@@ -88,6 +89,26 @@ class CharRNNServicer(pb_grpc.CharRNNServicer):
                 raise InvalidRequest(f"stop strings must have 1 to {lim.max_stop_chars} characters (max_stop_chars)")
         return tuple(stops)
 
+    def _watch(self, request: pb.ActivationRequest) -> tuple[Unit, ...]:
+        """The watched units as state/layer/index, refusing any the model lacks or more than the limit."""
+        units = request.units
+        limit = self.rt.limits.max_watched_units
+        if len(units) > limit:
+            raise InvalidRequest(f"{len(units)} watched units; the limit is {limit} (max_watched_units)")
+        kinds = [s.kind for s in self.rt.manifest.onnx.states]
+        layers, hidden = self.rt.manifest.state_shape
+        out = []
+        for i, unit in enumerate(units):
+            kind = _STATE_KINDS.get(unit.kind, f"kind {unit.kind}")
+            name = f"watched unit {i} ({kind}:{unit.layer}:{unit.index})"
+            if kind not in kinds:
+                cell, have = self.rt.manifest.model.cell, "/".join(kinds)
+                raise InvalidRequest(f"{name}: the {cell} model has no such state (it has {have})")
+            if unit.layer >= layers or unit.index >= hidden:
+                raise InvalidRequest(f"{name}: out of range (layers {layers}, hidden_size {hidden})")
+            out.append(Unit(kinds.index(kind), unit.layer, unit.index))
+        return tuple(out)
+
     def _context(self, which: str | None, token: bytes, session_id: str) -> Context:
         """The context a request's token/session oneof names (`which`); sessions are read, not taken."""
         if which == "resume_token":
@@ -103,12 +124,13 @@ class CharRNNServicer(pb_grpc.CharRNNServicer):
         max_chars: int,
         sampling: pb.SamplingParams,
         stops: Sequence[str],
+        watch: tuple[Unit, ...] = (),
     ) -> Job:
         ids = self._encode(prompt, self.rt.limits.max_prompt_chars, "prompt")
         if not ids and ctx.logits is None:
             raise InvalidRequest("prompt is empty and there is no state to continue from")
         params, seed = self._sampling(sampling)
-        return Job(ctx, ids, self._max_chars(max_chars), params, self._stops(stops), seed)
+        return Job(ctx, ids, self._max_chars(max_chars), params, self._stops(stops), seed, watch)
 
     def _done(self, finished: Finished, session_id: str = "") -> pb.GenerateDone:
         return pb.GenerateDone(
@@ -133,7 +155,8 @@ class CharRNNServicer(pb_grpc.CharRNNServicer):
                 acquired = True
             else:
                 ctx = self._context(request.WhichOneof("start"), request.resume_token, "")
-            job = self._job(ctx, request.prompt, request.max_chars, request.sampling, request.stop)
+            watch = self._watch(request.activations) if request.activations.units else ()
+            job = self._job(ctx, request.prompt, request.max_chars, request.sampling, request.stop, watch)
             stream = self.rt.scheduler.submit(job)
         except Exception as exc:
             if acquired:
@@ -141,14 +164,14 @@ class CharRNNServicer(pb_grpc.CharRNNServicer):
             await _abort(context, exc)
             return
         try:
-            async for text, finished in _chunks(stream):
+            async for text, finished, values in _chunks(stream):
                 if finished is None:
-                    yield pb.GenerateResponse(text=text)
+                    yield pb.GenerateResponse(text=text, activations=values)
                     continue
                 final = finished.context
                 if request.create_session and not session_id:
                     session_id = self.rt.sessions.create(finished.context)
-                yield pb.GenerateResponse(text=text, done=self._done(finished, session_id))
+                yield pb.GenerateResponse(text=text, done=self._done(finished, session_id), activations=values)
         except ShuttingDown as exc:
             await _abort(context, exc)
         finally:
@@ -227,6 +250,7 @@ class CharRNNServicer(pb_grpc.CharRNNServicer):
                 max_score_chars=lim.max_score_chars,
                 max_sessions=lim.max_sessions,
                 session_ttl_seconds=lim.session_ttl_s,
+                max_watched_units=lim.max_watched_units,
             ),
         )
         for key in _VAL_BPC_KEYS:
@@ -242,13 +266,13 @@ async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
     await context.abort(code, message)
 
 
-async def _chunks(stream: Stream) -> AsyncGenerator[tuple[str, Finished | None], None]:
+async def _chunks(stream: Stream) -> AsyncGenerator[Chunk, None]:
     """A stream's flushed chunks until it ends; a caller that goes away cancels the stream."""
     try:
         while True:
-            text, finished = await stream.next_chunk()
-            yield text, finished
-            if finished is not None:
+            chunk = await stream.next_chunk()
+            yield chunk
+            if chunk.finished is not None:
                 return
     finally:
         if stream.finished is None:
@@ -332,7 +356,7 @@ class _Conversation:
                     else:
                         self.backlog.append(request)  # runs after this generation
                 if pending_chunk.done():
-                    text, finished = pending_chunk.result()
+                    text, finished, _ = pending_chunk.result()
                     if finished is not None:
                         self.ctx = finished.context
                         if text:

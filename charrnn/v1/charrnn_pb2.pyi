@@ -49,6 +49,30 @@ FINISH_REASON_CANCELLED: FinishReason.ValueType  # 3
 """The client cancelled the generation (Session's cancel action)."""
 Global___FinishReason: _TypeAlias = FinishReason  # noqa: Y015
 
+class _StateKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _StateKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_StateKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    STATE_KIND_UNSPECIFIED: _StateKind.ValueType  # 0
+    """Treated as STATE_KIND_H (the state every cell has)."""
+    STATE_KIND_H: _StateKind.ValueType  # 1
+    """The hidden state h (the layer's output)."""
+    STATE_KIND_C: _StateKind.ValueType  # 2
+    """The LSTM cell state c (LSTM models only)."""
+
+class StateKind(_StateKind, metaclass=_StateKindEnumTypeWrapper):
+    """Which recurrent state a watched unit belongs to."""
+
+STATE_KIND_UNSPECIFIED: StateKind.ValueType  # 0
+"""Treated as STATE_KIND_H (the state every cell has)."""
+STATE_KIND_H: StateKind.ValueType  # 1
+"""The hidden state h (the layer's output)."""
+STATE_KIND_C: StateKind.ValueType  # 2
+"""The LSTM cell state c (LSTM models only)."""
+Global___StateKind: _TypeAlias = StateKind  # noqa: Y015
+
 class _CellType:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -192,6 +216,7 @@ class GenerateRequest(_message.Message):
     RESUME_TOKEN_FIELD_NUMBER: _builtins.int
     SESSION_ID_FIELD_NUMBER: _builtins.int
     CREATE_SESSION_FIELD_NUMBER: _builtins.int
+    ACTIVATIONS_FIELD_NUMBER: _builtins.int
     prompt: _builtins.str
     """Text to condition on. May be empty only when continuing from a state."""
     max_chars: _builtins.int
@@ -214,6 +239,12 @@ class GenerateRequest(_message.Message):
         matched stop string is not included in the returned text.
         """
 
+    @_builtins.property
+    def activations(self) -> Global___ActivationRequest:
+        """Hidden units whose values to stream with each generated character; unset
+        or empty means none (and no extra work on the server).
+        """
+
     def __init__(
         self,
         *,
@@ -224,16 +255,73 @@ class GenerateRequest(_message.Message):
         resume_token: _builtins.bytes = ...,
         session_id: _builtins.str = ...,
         create_session: _builtins.bool = ...,
+        activations: Global___ActivationRequest | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["resume_token", b"resume_token", "sampling", b"sampling", "session_id", b"session_id", "start", b"start"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["activations", b"activations", "resume_token", b"resume_token", "sampling", b"sampling", "session_id", b"session_id", "start", b"start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_session", b"create_session", "max_chars", b"max_chars", "prompt", b"prompt", "resume_token", b"resume_token", "sampling", b"sampling", "session_id", b"session_id", "start", b"start", "stop", b"stop"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activations", b"activations", "create_session", b"create_session", "max_chars", b"max_chars", "prompt", b"prompt", "resume_token", b"resume_token", "sampling", b"sampling", "session_id", b"session_id", "start", b"start", "stop", b"stop"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_start: _TypeAlias = _typing.Literal["resume_token", "session_id"]  # noqa: Y015
     _WhichOneofArgType_start: _TypeAlias = _typing.Literal["start", b"start"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_start) -> _WhichOneofReturnType_start | None: ...
 
 Global___GenerateRequest: _TypeAlias = GenerateRequest  # noqa: Y015
+
+@_typing.final
+class HiddenUnit(_message.Message):
+    """One hidden unit of the model's recurrent state."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    LAYER_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    kind: Global___StateKind.ValueType
+    """h, or c for an LSTM."""
+    layer: _builtins.int
+    """Layer, from 0 (the layer next to the input)."""
+    index: _builtins.int
+    """Unit within the layer, from 0 to hidden_size - 1."""
+    def __init__(
+        self,
+        *,
+        kind: Global___StateKind.ValueType = ...,
+        layer: _builtins.int = ...,
+        index: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "kind", b"kind", "layer", b"layer"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HiddenUnit: _TypeAlias = HiddenUnit  # noqa: Y015
+
+@_typing.final
+class ActivationRequest(_message.Message):
+    """Hidden units to watch during a generation (Generate only)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UNITS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def units(self) -> _containers.RepeatedCompositeFieldContainer[Global___HiddenUnit]:
+        """The units, in the order their values are laid out in
+        GenerateResponse.activations; at most Limits.max_watched_units.
+        """
+
+    def __init__(
+        self,
+        *,
+        units: _abc.Iterable[Global___HiddenUnit] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["units", b"units"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ActivationRequest: _TypeAlias = ActivationRequest  # noqa: Y015
 
 @_typing.final
 class GenerateDone(_message.Message):
@@ -291,6 +379,7 @@ class GenerateResponse(_message.Message):
 
     TEXT_FIELD_NUMBER: _builtins.int
     DONE_FIELD_NUMBER: _builtins.int
+    ACTIVATIONS_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     """Characters generated since the previous message, in order. May be empty
     in the final message.
@@ -299,15 +388,25 @@ class GenerateResponse(_message.Message):
     def done(self) -> Global___GenerateDone:
         """Set on the final message only."""
 
+    @_builtins.property
+    def activations(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """With GenerateRequest.activations: the watched units' values after each
+        character of `text` was read by the model (the state that predicts the
+        next character), row-major [characters of text (code points) x units], so
+        character i's value for unit j is activations[i * units + j]. Empty
+        otherwise. Prompt characters get no values.
+        """
+
     def __init__(
         self,
         *,
         text: _builtins.str = ...,
         done: Global___GenerateDone | None = ...,
+        activations: _abc.Iterable[_builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["done", b"done"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["done", b"done", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activations", b"activations", "done", b"done", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -724,6 +823,7 @@ class Limits(_message.Message):
     MAX_SCORE_CHARS_FIELD_NUMBER: _builtins.int
     MAX_SESSIONS_FIELD_NUMBER: _builtins.int
     SESSION_TTL_SECONDS_FIELD_NUMBER: _builtins.int
+    MAX_WATCHED_UNITS_FIELD_NUMBER: _builtins.int
     max_live_streams: _builtins.int
     """Streams advanced together (the batch size); more wait in the queue."""
     max_queued_streams: _builtins.int
@@ -744,6 +844,8 @@ class Limits(_message.Message):
     """Most server-side sessions kept (least recently used are evicted)."""
     session_ttl_seconds: _builtins.float
     """Seconds a server-side session lives after its last use."""
+    max_watched_units: _builtins.int
+    """Most hidden units one Generate may watch (GenerateRequest.activations)."""
     def __init__(
         self,
         *,
@@ -757,10 +859,11 @@ class Limits(_message.Message):
         max_score_chars: _builtins.int = ...,
         max_sessions: _builtins.int = ...,
         session_ttl_seconds: _builtins.float = ...,
+        max_watched_units: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_max_chars", b"default_max_chars", "max_chars", b"max_chars", "max_live_streams", b"max_live_streams", "max_prompt_chars", b"max_prompt_chars", "max_queued_streams", b"max_queued_streams", "max_score_chars", b"max_score_chars", "max_sessions", b"max_sessions", "max_stop_chars", b"max_stop_chars", "max_stop_strings", b"max_stop_strings", "session_ttl_seconds", b"session_ttl_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_max_chars", b"default_max_chars", "max_chars", b"max_chars", "max_live_streams", b"max_live_streams", "max_prompt_chars", b"max_prompt_chars", "max_queued_streams", b"max_queued_streams", "max_score_chars", b"max_score_chars", "max_sessions", b"max_sessions", "max_stop_chars", b"max_stop_chars", "max_stop_strings", b"max_stop_strings", "max_watched_units", b"max_watched_units", "session_ttl_seconds", b"session_ttl_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
