@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import queue
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -111,17 +112,18 @@ def _sampling(temperature: float | None, top_k: int, top_p: float | None, seed: 
 
 
 Unit = tuple[str, int, int]  # a hidden unit: ("h" or "c", layer, index)
+_UNIT = re.compile(r"([hc]):?(\d+):(\d+)")
 
 
 def parse_units(spec: str) -> list[Unit]:
-    """ "h:1:17,c:0:5" → [("h", 1, 17), ("c", 0, 5)]; ValueError naming the bad item."""
+    """ "h:1:17,c0:5" → [("h", 1, 17), ("c", 0, 5)] (also `charrnn analyze units`' c0:5 form); ValueError
+    naming the bad item."""
     units = []
     for item in filter(None, (part.strip() for part in spec.split(","))):
-        kind, _, rest = item.partition(":")
-        layer, _, index = rest.partition(":")
-        if kind not in _STATE_KINDS or not layer.isdigit() or not index.isdigit():
+        match = _UNIT.fullmatch(item)
+        if match is None:
             raise ValueError(f"bad hidden unit {item!r}: expected KIND:LAYER:INDEX with KIND h or c, e.g. h:1:17")
-        units.append((kind, int(layer), int(index)))
+        units.append((match[1], int(match[2]), int(match[3])))
     return units
 
 

@@ -166,7 +166,7 @@ def test_batch_invariance_with_and_without_watches(server: ServerThread, client:
 
 
 def test_parse_units() -> None:
-    assert parse_units("h:1:17, c:0:5") == [("h", 1, 17), ("c", 0, 5)]
+    assert parse_units("h:1:17, c:0:5,c1:200,") == [("h", 1, 17), ("c", 0, 5), ("c", 1, 200)]
     with pytest.raises(ValueError, match="'x:1:2'"):
         parse_units("h:0:0,x:1:2")
 
