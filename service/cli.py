@@ -42,6 +42,11 @@ def _add_switch(parser: argparse.ArgumentParser, flag: str, *, help: str) -> Non
 
 def _add_target(parser: argparse.ArgumentParser) -> None:
     _add(parser, "--target", default=DEFAULT_TARGET, help="server address HOST:PORT")
+    _add_switch(parser, "--tls", help="connect with TLS (the system's CAs unless --tls-ca)")
+    _add(parser, "--tls-ca", type=Path, default=None, help="PEM CA bundle to verify the server (implies --tls)")
+    _add(parser, "--tls-client-cert", type=Path, default=None, help="PEM client certificate for mutual TLS")
+    _add(parser, "--tls-client-key", type=Path, default=None, help="PEM key of --tls-client-cert")
+    _add(parser, "--auth-token", default=None, help="bearer token sent as 'authorization: Bearer ...'")
     _add(parser, "--timeout", type=float, default=None, help="deadline per call, seconds")
 
 
@@ -67,6 +72,11 @@ def register(sub: Any, bench_sub: Any) -> None:
     _add(p, "--metrics-port-file", type=Path, default=None, help="write the bound metrics port here once SERVING")
     _add(p, "--hmac-key", default=None, help="secret that signs resume tokens (required unless --dev)")
     _add_switch(p, "--dev", help="allow a published development HMAC key (logs a warning)")
+    _add(p, "--metrics-host", default=None, help="/metrics bind address (unset: --host); keep it private")
+    _add(p, "--tls-cert", type=Path, default=None, help="PEM certificate chain: serve gRPC over TLS only")
+    _add(p, "--tls-key", type=Path, default=None, help="PEM private key of --tls-cert")
+    _add(p, "--tls-client-ca", type=Path, default=None, help="PEM CA: require client certificates (mutual TLS)")
+    _add(p, "--auth-token-file", type=Path, default=None, help="bearer tokens, one per line (+ CHARRNN_AUTH_TOKENS)")
     _add(p, "--max-batch", type=int, default=64, help="max live streams advanced per step (1 = no batching)")
     _add(p, "--max-queue", type=int, default=256, help="max streams waiting for a slot")
     _add(p, "--max-prompt-chars", type=int, default=8192, help="longest prompt / fed text")
@@ -133,7 +143,7 @@ def _serve(args: argparse.Namespace) -> int:
     import logging
 
     from charrnn.artifact import ArtifactError
-    from service.config import ConfigError, EngineOptions, Limits, ServerConfig
+    from service.config import ConfigError, EngineOptions, Limits, ServerConfig, split_tokens
     from service.server import serve
 
     config = ServerConfig(
@@ -163,6 +173,12 @@ def _serve(args: argparse.Namespace) -> int:
         grace_s=args.grace,
         hmac_key=args.hmac_key,
         dev=args.dev,
+        metrics_host=args.metrics_host,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
+        auth_tokens=split_tokens(os.environ.get("CHARRNN_AUTH_TOKENS")),
+        auth_token_file=args.auth_token_file,
     )
     try:
         return asyncio.run(serve(config))
@@ -172,6 +188,24 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
 
 
+def _client(args: argparse.Namespace) -> Any:
+    """A Client for the target, TLS and token options of `_add_target`."""
+    from service.client import Client
+
+    def pem(path: Path | None) -> bytes | None:
+        return path.read_bytes() if path is not None else None
+
+    return Client(
+        args.target,
+        timeout=args.timeout,
+        tls=args.tls,
+        tls_ca=pem(args.tls_ca),
+        tls_cert=pem(args.tls_client_cert),
+        tls_key=pem(args.tls_client_key),
+        auth_token=args.auth_token,
+    )
+
+
 def _fail(exc: Exception) -> int:
     print(f"charrnn: {exc}", file=sys.stderr)
     return 1
@@ -179,7 +213,7 @@ def _fail(exc: Exception) -> int:
 
 def _generate(args: argparse.Namespace) -> int:
     from service import heatmap
-    from service.client import CharRNNError, Client, parse_units
+    from service.client import CharRNNError, parse_units
 
     token = args.resume.read_bytes() if args.resume else None
     try:
@@ -188,7 +222,7 @@ def _generate(args: argparse.Namespace) -> int:
         return _fail(exc)
     tsv = bool(watch) and args.watch_format == "tsv"
     colour = bool(watch) and not tsv and (args.color == "always" or (args.color == "auto" and sys.stdout.isatty()))
-    with Client(args.target, timeout=args.timeout) as client:
+    with _client(args) as client:
         gen = client.generate(
             args.prompt,
             max_chars=args.max_chars,
@@ -226,13 +260,13 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _score(args: argparse.Namespace) -> int:
-    from service.client import CharRNNError, Client
+    from service.client import CharRNNError
 
     if (args.text is None) == (args.file is None):
         return _fail(ValueError("give the text or --file, not both"))
     text = args.text if args.text is not None else args.file.read_text(encoding="utf-8")
     token = args.resume.read_bytes() if args.resume else None
-    with Client(args.target, timeout=args.timeout) as client:
+    with _client(args) as client:
         try:
             r = client.score(text, resume_token=token)
         except CharRNNError as exc:
@@ -252,9 +286,9 @@ def _score(args: argparse.Namespace) -> int:
 def _info(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from service.client import CharRNNError, Client
+    from service.client import CharRNNError
 
-    with Client(args.target, timeout=args.timeout) as client:
+    with _client(args) as client:
         try:
             info = client.info()
         except CharRNNError as exc:

@@ -20,7 +20,7 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -178,13 +178,68 @@ class Generation(Iterator[str]):
             self._call.cancel()
 
 
+class _Details(NamedTuple):
+    method: str
+    timeout: float | None
+    metadata: Any
+    credentials: Any
+    wait_for_ready: bool | None
+    compression: Any
+
+
+class _BearerToken(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """Adds `authorization: Bearer <token>` to every call's metadata."""
+
+    def __init__(self, token: str):
+        self._entry = ("authorization", f"Bearer {token}")
+
+    def _with_token(self, d: Any) -> _Details:
+        metadata = [*(d.metadata or ()), self._entry]
+        return _Details(d.method, d.timeout, metadata, d.credentials, d.wait_for_ready, d.compression)
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._with_token(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._with_token(details), request)
+
+    def intercept_stream_unary(self, continuation: Any, details: Any, request_iterator: Any) -> Any:
+        return continuation(self._with_token(details), request_iterator)
+
+    def intercept_stream_stream(self, continuation: Any, details: Any, request_iterator: Any) -> Any:
+        return continuation(self._with_token(details), request_iterator)
+
+
 class Client:
     """Synchronous client for charrnn.v1.CharRNN (thread-safe: one channel, many calls)."""
 
-    def __init__(self, target: str, *, timeout: float | None = None):
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout: float | None = None,
+        tls: bool = False,
+        tls_ca: bytes | None = None,
+        tls_cert: bytes | None = None,
+        tls_key: bytes | None = None,
+        auth_token: str | None = None,
+    ):
+        """`tls` (implied by any PEM given): TLS with `tls_ca` (else the system's CAs); `tls_cert` and
+        `tls_key`: a client certificate for mutual TLS. `auth_token`: sent as `authorization: Bearer`."""
         self.target = target
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(target)
+        if tls or tls_ca or tls_cert or tls_key:
+            credentials = grpc.ssl_channel_credentials(tls_ca, tls_key, tls_cert)
+            self._channel = grpc.secure_channel(target, credentials)
+        else:
+            self._channel = grpc.insecure_channel(target)
+        if auth_token:
+            self._channel = grpc.intercept_channel(self._channel, _BearerToken(auth_token))
         self._stub = pb_grpc.CharRNNStub(self._channel)
 
     def close(self) -> None:

@@ -6,6 +6,7 @@ environment variables before anything heavy is imported.
 
 from __future__ import annotations
 
+import hmac
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,11 +66,24 @@ class ServerConfig:
     grace_s: float = 20.0  # SIGTERM: how long live streams may drain
     hmac_key: str | None = None
     dev: bool = False  # allow the published development key when no key is set
+    metrics_host: str | None = None  # /metrics bind address; None = `host` (docs/operations.md: keep it private)
+    tls_cert: Path | None = None  # PEM server certificate chain; with tls_key, gRPC is served over TLS only
+    tls_key: Path | None = None  # PEM private key of tls_cert
+    tls_client_ca: Path | None = None  # PEM CA bundle: require client certificates signed by it (mutual TLS)
+    auth_tokens: tuple[str, ...] = ()  # bearer tokens accepted (with auth_token_file's); none = no authentication
+    auth_token_file: Path | None = None  # one token per line; health stays open without a token
+
+    def bearer_tokens(self) -> tuple[str, ...]:
+        """Accepted bearer tokens: `auth_tokens` plus the file's (ConfigError if it can't be read)."""
+        return self.auth_tokens + (read_token_file(self.auth_token_file) if self.auth_token_file else ())
 
     def resume_key(self) -> bytes:
         """The HMAC key for resume tokens; refuses to invent one unless --dev."""
         if self.hmac_key:
-            return self.hmac_key.encode("utf-8")
+            key = self.hmac_key.encode("utf-8")
+            if hmac.compare_digest(key, DEV_HMAC_KEY) and not self.dev:
+                raise ConfigError("--hmac-key is the published development key; set a secret key (or pass --dev)")
+            return key
         if self.dev:
             log.warning("using the development HMAC key (--dev): anyone can forge resume tokens; not for production")
             return DEV_HMAC_KEY
@@ -89,7 +103,24 @@ class ServerConfig:
             "grace": self.grace_s >= 0,
             "metrics_port": self.metrics_port is None or 0 <= self.metrics_port <= 65535,
             "intra_op_threads": self.engine.intra_op_threads >= 0,
+            "tls_cert/tls_key (both or neither)": (self.tls_cert is None) == (self.tls_key is None),
+            "tls_client_ca (needs tls_cert)": self.tls_client_ca is None or self.tls_cert is not None,
+            "auth_tokens (empty token)": all(t.strip() for t in self.auth_tokens),
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise ConfigError(f"invalid settings: {', '.join(bad)}")
+
+
+def read_token_file(path: Path) -> tuple[str, ...]:
+    """Bearer tokens, one per line; blank lines and `#` comments are skipped."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the auth token file {path}: {exc}") from exc
+    return tuple(line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#"))
+
+
+def split_tokens(value: str | None) -> tuple[str, ...]:
+    """Comma-separated bearer tokens (CHARRNN_AUTH_TOKENS)."""
+    return tuple(t.strip() for t in (value or "").split(",") if t.strip())

@@ -48,6 +48,10 @@ class ShuttingDown(ServiceError):
     """The server is draining and takes no new streams."""
 
 
+class Unauthenticated(ServiceError):
+    """The call carries no bearer token, or one the server does not accept."""
+
+
 STATUS_CODES: dict[type[Exception], grpc.StatusCode] = {
     InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
     UnknownCharactersError: grpc.StatusCode.INVALID_ARGUMENT,
@@ -57,6 +61,7 @@ STATUS_CODES: dict[type[Exception], grpc.StatusCode] = {
     SessionBusy: grpc.StatusCode.FAILED_PRECONDITION,
     LimitExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     ShuttingDown: grpc.StatusCode.UNAVAILABLE,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
 }
 
 

@@ -21,8 +21,9 @@ from prometheus_client import REGISTRY
 from charrnn.artifact import ArtifactError, load_manifest
 from charrnn.v1 import charrnn_pb2, charrnn_pb2_grpc
 from charrnn.vocab import Vocabulary
-from service.config import ServerConfig
+from service.config import ConfigError, ServerConfig
 from service.engine import Engine
+from service.interceptors import BearerAuthInterceptor, DecodeGuardInterceptor
 from service.metrics import Metrics, MetricsHTTPServer
 from service.scheduler import Scheduler, SchedulerConfig
 from service.servicer import CharRNNServicer, Runtime
@@ -78,7 +79,9 @@ class CharRNNServer:
         self.runtime = runtime or build_runtime(config, self.metrics)
         self.metrics.bind(self.runtime)
         self.health = HealthServicer()
-        self.server = grpc.aio.server(interceptors=[self.metrics.interceptor()], options=[("grpc.so_reuseport", 0)])
+        self.server = grpc.aio.server(
+            interceptors=_interceptors(config, self.metrics), options=[("grpc.so_reuseport", 0)]
+        )
         self.metrics_http: MetricsHTTPServer | None = None
         charrnn_pb2_grpc.add_CharRNNServicer_to_server(CharRNNServicer(self.runtime), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -99,12 +102,17 @@ class CharRNNServer:
     async def start(self) -> int:
         """Bind, answer health NOT_SERVING, warm the model up, then SERVING. Returns the bound port."""
         address = f"{self.config.host}:{self.config.port}"
-        self.port = self.server.add_insecure_port(address)
+        credentials = _tls_credentials(self.config)
+        if credentials is None:
+            self.port = self.server.add_insecure_port(address)
+        else:
+            self.port = self.server.add_secure_port(address, credentials)
         if self.port == 0:
             raise OSError(f"could not bind {address}")
         if self.config.metrics_port is not None:
-            self.metrics_http = MetricsHTTPServer(self.metrics.registry, self.config.host, self.config.metrics_port)
-            log.info("metrics on http://%s:%d/metrics", self.config.host, self.metrics_http.port)
+            metrics_host = self.config.metrics_host or self.config.host
+            self.metrics_http = MetricsHTTPServer(self.metrics.registry, metrics_host, self.config.metrics_port)
+            log.info("metrics on http://%s:%d/metrics", metrics_host, self.metrics_http.port)
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
         engine = self.scheduler.engine
@@ -140,6 +148,28 @@ class CharRNNServer:
         if self.metrics_http is not None:
             self.metrics_http.close()
         log.info("stopped")
+
+
+def _interceptors(config: ServerConfig, metrics: Metrics) -> list[grpc.aio.ServerInterceptor]:
+    """Metrics first (outermost), so it counts what authentication and the decode guard refuse."""
+    chain: list[grpc.aio.ServerInterceptor] = [metrics.interceptor()]
+    tokens = config.bearer_tokens()
+    if tokens:
+        chain.append(BearerAuthInterceptor(tokens))
+    chain.append(DecodeGuardInterceptor())
+    return chain
+
+
+def _tls_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
+    """TLS (mutual when a client CA is set) from PEM files, or None for plaintext."""
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    try:
+        chain, key = config.tls_cert.read_bytes(), config.tls_key.read_bytes()
+        client_ca = config.tls_client_ca.read_bytes() if config.tls_client_ca is not None else None
+    except OSError as exc:
+        raise ConfigError(f"cannot read a TLS file: {exc}") from exc
+    return grpc.ssl_server_credentials([(key, chain)], root_certificates=client_ca, require_client_auth=bool(client_ca))
 
 
 def _write_port(path: Path, port: int) -> None:
