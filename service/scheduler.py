@@ -166,7 +166,9 @@ class Stream:
         self.stop = ""  # the stop string that matched
         self.matcher = _StopMatcher(job.stops) if job.stops else None
         self.units = len(job.watch)
-        self.values: list[float] = []  # per generated char, `units` values (appended after the model step)
+        # Watched values of chars `sent`, `sent + 1`, ...: one row per char, appended after the model step
+        # (views of the step's gather buffer; a row leaves once its char is handed out).
+        self.values: list[np.ndarray] = []
         self._event = asyncio.Event()
 
     def wake(self) -> None:
@@ -184,11 +186,14 @@ class Stream:
         self._event.clear()
         if self.error is not None:
             raise self.error
-        start, end, n = self.sent, self.emitted, self.units
-        if n:  # a char appended in this step gets its values after the model call; it waits for them
-            end = min(end, len(self.values) // n)
+        start, end = self.sent, self.emitted
+        values: list[float] = []
+        if self.units:  # a char appended in this step gets its values after the model call; it waits for them
+            end = min(end, start + len(self.values))
+            if end > start:
+                values = np.concatenate(self.values[: end - start]).tolist()
+                del self.values[: end - start]
         self.sent = end
-        values = self.values[start * n : end * n] if n else []
         return Chunk("".join(self.chars[start:end]), self.finished, values)
 
 
@@ -217,9 +222,8 @@ class _Gather:
         values = np.empty(self.size, np.float32)
         for state, flat, out in self.picks:
             values[out] = np.take(states[state], flat)
-        listed = values.tolist()
         for stream, a, b in self.spans:
-            stream.values.extend(listed[a:b])
+            stream.values.append(values[a:b])
 
 
 class _Batch:
