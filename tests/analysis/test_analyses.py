@@ -126,3 +126,13 @@ def test_progression_lists_every_saved_sample(tiny_artifact: Path, tmp_path: Pat
 def test_progression_without_samples_is_refused(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         write_progression(tmp_path, tmp_path / "out")
+
+
+def test_a_long_plain_text_split_is_cut_at_a_line(tiny_artifact: Path) -> None:
+    from training.analysis.heldout import heldout_documents, validation_documents
+
+    loaded = load_model(tiny_artifact)
+    tail = validation_documents(loaded)
+    assert len(tail) == 1 and len(tail[0]) > 500
+    (doc,) = heldout_documents(loaded, max_chars=500)
+    assert 0 < len(doc) <= 500 and doc.endswith("\n") and tail[0].startswith(doc)

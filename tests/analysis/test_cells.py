@@ -6,7 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from training.analysis.cells import CELLS, base_config, count_parameters, matching_hidden_size, run_cells, write_report
+from training.analysis.cells import (
+    CELLS,
+    base_config,
+    count_parameters,
+    load_result,
+    matching_hidden_size,
+    run_cells,
+    write_report,
+)
 from training.config import TrainingConfig, apply_overrides
 from training.model import CharRNN
 
@@ -44,7 +52,10 @@ def test_run_cells_trains_each_and_writes_a_table(tiny_corpus: Path, tmp_path: P
     assert all(r.steps == 3 and r.best_val_bpc > 0 for r in results)
     table = write_report(results, tmp_path / "report", "charrnn bench cells ...")
     assert table.count("\n") == 4 and "| rnn |" in table and "| gru |" in table
+    assert "val bits/char at step 3 " in table  # the last evaluation every cell reached
     assert (tmp_path / "report" / "cells.png").is_file()
+    reread = [load_result(tmp_path / cell) for cell in ("rnn", "gru")]
+    assert reread == results  # --report-only rebuilds the same results from the run directories
 
 
 def test_bad_override_is_refused(tiny_corpus: Path, tmp_path: Path) -> None:

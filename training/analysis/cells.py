@@ -34,6 +34,36 @@ class CellResult:
     wall_min: float
     best_val_bpc: float
     run_dir: str
+    corpus: str
+    budget_min: float
+    evals: list[tuple[int, float, float]]  # (step, training minutes, validation bits/char)
+
+    def bpc_at_step(self, step: int) -> float:
+        """Validation bits/char at the last evaluation at or before `step`."""
+        return min((e for e in self.evals if e[0] <= step), key=lambda e: -e[0])[2]
+
+
+def load_result(run_dir: Path) -> CellResult:
+    """Read one cell's run back from its directory (config, vocabulary and metrics log)."""
+    config = TrainingConfig.from_dict(json.loads((run_dir / "config.json").read_text(encoding="utf-8")))
+    vocab_size = len(json.loads((run_dir / "vocab.json").read_text(encoding="utf-8"))["chars"])
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    evals = [(int(r["step"]), r["wall_time_s"] / 60, r["val_loss"] / math.log(2)) for r in rows if "val_loss" in r]
+    if not evals:
+        raise ValueError(f"{run_dir} has no validation results")
+    return CellResult(
+        cell=config.model.cell,
+        layers=config.model.layers,
+        hidden=config.model.hidden_size,
+        parameters=count_parameters(config, vocab_size),
+        steps=int(rows[-1]["step"]),
+        wall_min=float(rows[-1]["wall_time_s"]) / 60,
+        best_val_bpc=round(min(e[2] for e in evals), 4),
+        run_dir=str(run_dir),
+        corpus=config.data.corpus,
+        budget_min=config.optim.max_minutes,
+        evals=evals,
+    )
 
 
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
@@ -101,44 +131,28 @@ def run_cells(
         config.model.hidden_size = matching_hidden_size(base, cell, vocab_size, target)
         config.run.out_dir = str(out / cell)
         config.validate()
-        result = Trainer(config, dataset=dataset).train()
-        results.append(
-            CellResult(
-                cell=cell,
-                layers=config.model.layers,
-                hidden=config.model.hidden_size,
-                parameters=count_parameters(config, vocab_size),
-                steps=result.steps,
-                wall_min=round(result.wall_time_s / 60, 2),
-                best_val_bpc=round(result.best_val_bpc, 4),
-                run_dir=str(out / cell),
-            )
-        )
-        log.info("%s: %.4f bits/char after %d steps", cell, result.best_val_bpc, result.steps)
+        (out / cell / "metrics.jsonl").unlink(missing_ok=True)  # the log appends; start this run's afresh
+        Trainer(config, dataset=dataset).train()
+        results.append(load_result(out / cell))
+        log.info("%s: %.4f bits/char after %d steps", cell, results[-1].best_val_bpc, results[-1].steps)
     return results
 
 
 def markdown_table(results: list[CellResult]) -> str:
+    """Equal time (best validation within the budget) and equal steps (the fewest any cell made)."""
+    common = min(r.evals[-1][0] for r in results)
     lines = [
-        "| cell | layers x hidden | parameters | steps | minutes | best val bits/char |",
-        "|---|---|---|---|---|---|",
+        f"| cell | layers x hidden | parameters | steps in budget | steps/min | val bits/char at step {common} "
+        "| best val bits/char (equal time) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in sorted(results, key=lambda r: r.best_val_bpc):
+        rate = r.steps / r.wall_min if r.wall_min else float("nan")
         lines.append(
-            f"| {r.cell} | {r.layers}x{r.hidden} | {r.parameters:,} | {r.steps} | {r.wall_min:.1f} "
-            f"| {r.best_val_bpc:.4f} |"
+            f"| {r.cell} | {r.layers}x{r.hidden} | {r.parameters:,} | {r.steps} | {rate:.0f} "
+            f"| {r.bpc_at_step(common):.4f} | {r.best_val_bpc:.4f} |"
         )
     return "\n".join(lines) + "\n"
-
-
-def validation_curve(run_dir: Path) -> list[tuple[float, float]]:
-    """(training minutes, validation bits/char) at every evaluation of a run."""
-    points = []
-    for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
-        row = json.loads(line)
-        if "val_loss" in row:
-            points.append((row["wall_time_s"] / 60, row["val_loss"] / math.log(2)))
-    return points
 
 
 def plot_curves(results: list[CellResult], path: Path) -> Path:
@@ -147,9 +161,8 @@ def plot_curves(results: list[CellResult], path: Path) -> Path:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 3.8), dpi=100)
     for r in results:
-        curve = validation_curve(Path(r.run_dir))
-        if curve:
-            ax.plot(*zip(*curve, strict=True), marker="o", ms=2.5, label=f"{r.cell} {r.layers}x{r.hidden}")
+        minutes, bpc = [e[1] for e in r.evals], [e[2] for e in r.evals]
+        ax.plot(minutes, bpc, marker="o", ms=2.5, label=f"{r.cell} {r.layers}x{r.hidden} ({r.steps} steps)")
     ax.set_xlabel("training wall-clock (minutes)")
     ax.set_ylabel("validation bits/char")
     ax.set_title(f"equal parameters (~{results[0].parameters:,}), equal time" if results else "")

@@ -65,8 +65,9 @@ def register(sub: Any, bench_sub: Any) -> None:
     progression.set_defaults(handler=_progression)
 
     cells = bench_sub.add_parser("cells", help="tanh RNN vs LSTM vs GRU at equal parameters and wall-clock")
-    cells.add_argument("--corpus", required=True, help="corpus (e.g. ../shared/data/tinyshakespeare.txt)")
-    cells.add_argument("--minutes", type=float, required=True, help="training budget per cell")
+    cells.add_argument("--corpus", help="corpus (e.g. ../shared/data/tinyshakespeare.txt)")
+    cells.add_argument("--minutes", type=float, help="training budget per cell")
+    cells.add_argument("--report-only", action="store_true", help="redo the table and plot from the runs in --out")
     cells.add_argument("--out", type=Path, default=Path("runs/bench-cells"), help="run and report directory")
     cells.add_argument("--cells", default="rnn,lstm,gru", help="comma list (default %(default)s)")
     cells.add_argument("overrides", nargs="*", metavar="section.key=value", help="settings for every cell")
@@ -157,17 +158,27 @@ def _progression(args: argparse.Namespace) -> int:
 
 
 def _bench_cells(args: argparse.Namespace) -> int:
-    from training.analysis.cells import CELLS, base_config, run_cells, write_report
+    from training.analysis.cells import CELLS, base_config, load_result, run_cells, write_report
 
     cells = tuple(c.strip() for c in args.cells.split(",") if c.strip())
     if not cells or any(c not in CELLS for c in cells):
         return _fail("bench cells", ValueError(f"--cells must be a comma list of {', '.join(CELLS)}"))
-    try:
-        base = base_config(args.corpus, args.minutes, args.out, list(args.overrides))
-    except ValueError as exc:
-        return _fail("bench cells", exc)
-    results = run_cells(base, args.out, cells)
-    settings = ["--corpus", args.corpus, "--minutes", f"{args.minutes:g}", "--cells", ",".join(cells)]
+    if args.report_only:
+        try:
+            results = [load_result(args.out / cell) for cell in cells]
+        except (OSError, ValueError) as exc:
+            return _fail("bench cells", exc)
+    elif args.corpus is None or args.minutes is None:
+        return _fail("bench cells", ValueError("--corpus and --minutes are required (or --report-only)"))
+    else:
+        try:
+            base = base_config(args.corpus, args.minutes, args.out, list(args.overrides))
+        except ValueError as exc:
+            return _fail("bench cells", exc)
+        results = run_cells(base, args.out, cells)
+    corpus = args.corpus or results[0].corpus
+    minutes = f"{args.minutes:g}" if args.minutes is not None else f"{max(r.budget_min for r in results):g}"
+    settings = ["--corpus", corpus, "--minutes", minutes, "--cells", ",".join(cells)]
     command = shlex.join(["charrnn", "bench", "cells", *settings, *args.overrides])
     sys.stdout.write(write_report(results, args.out, command))
     print(f"wrote {args.out}/cells.md, cells.json, cells.png")

@@ -56,7 +56,10 @@ def heldout_documents(
     max_chars: int = DEFAULT_MAX_CHARS,
     accept: Callable[[str], bool] | None = None,
 ) -> list[str]:
-    """Whole documents, in order, that fit in `max_chars` together (and pass `accept`, e.g. lexable)."""
+    """Whole documents, in order, that fit in `max_chars` together (and pass `accept`, e.g. lexable).
+
+    When no document fits, the first one is cut at a line boundary instead.
+    """
     documents = [p.read_text(encoding="utf-8") for p in texts] if texts else validation_documents(loaded)
     chosen: list[str] = []
     total = 0
@@ -64,6 +67,10 @@ def heldout_documents(
         if total + len(doc) <= max_chars and (accept is None or accept(doc)):
             chosen.append(doc)
             total += len(doc) + 1
+    if not chosen:  # one long document (a plain-text corpus' validation tail): its first lines
+        head = documents[0][: documents[0].rfind("\n", 0, max_chars) + 1] if documents else ""
+        chosen = [head] if head and (accept is None or accept(head)) else []
+        total = len(head)
     if not chosen:
         raise HeldoutError(f"no held-out document of at most {max_chars} characters is usable; raise --chars")
     log.info("held-out text: %d of %d documents, %d characters", len(chosen), len(documents), total)

@@ -91,8 +91,9 @@ def heatmap_png(text: str, values: np.ndarray, path: Path, title: str, width: in
         for c, pos in enumerate(positions):
             rgb[r, c] = shown[pos]
             ch = NEWLINE_MARK if text[pos] == "\n" else text[pos]
-            if not ch.isspace():
-                ax.text(c, r, ch, ha="center", va="center", fontsize=7.5, family="monospace")
+            if not ch.isspace():  # white letters on the deepest colours, so they stay readable
+                ink = "white" if shown[pos].min() < 0.35 else "black"
+                ax.text(c, r, ch, ha="center", va="center", fontsize=7.5, family="monospace", color=ink)
     ax.imshow(rgb, aspect="auto", interpolation="nearest")
     ax.set_axis_off()
     ax.set_title(title, fontsize=9)
