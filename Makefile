@@ -4,9 +4,11 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 # Serving runs from its own environment with only the `serve` extra: no torch.
 SERVE_VENV ?= .venv-serve
+# checkov pins packaging<24, which pytest 9 refuses: it lives in its own tool environment.
+TOOLS_VENV ?= .venv-tools
 
 .DEFAULT_GOAL := help
-.PHONY: help install serve sample test lint typecheck unit model proto bench-quality load deploy-check clean
+.PHONY: help install serve sample test lint typecheck unit model proto bench-quality load deploy-check fuzz clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
@@ -25,6 +27,12 @@ $(SERVE_VENV)/.installed: pyproject.toml
 	$(SERVE_VENV)/bin/pip install -q -e '.[serve]'
 	touch $@
 
+$(TOOLS_VENV)/.installed:
+	$(PYTHON) -m venv $(TOOLS_VENV)
+	$(TOOLS_VENV)/bin/pip install -q --upgrade pip
+	$(TOOLS_VENV)/bin/pip install -q 'checkov>=3.2,<4'
+	touch $@
+
 install: $(VENV)/.installed  ## the development environment (all extras) in .venv
 
 serve: $(SERVE_VENV)/.installed  ## serve models/default on 127.0.0.1:50051 (no torch; --dev unless CHARRNN_HMAC_KEY is set)
@@ -39,7 +47,7 @@ lint: install  ## ruff
 typecheck: install  ## mypy
 	$(BIN)/mypy
 
-unit: install  ## pytest only
+unit: install $(TOOLS_VENV)/.installed  ## pytest only
 	$(BIN)/pytest -q
 
 test: lint typecheck unit  ## the whole suite: ruff, mypy, pytest
@@ -55,11 +63,14 @@ bench-quality: install  ## 30-minute quality benchmark on tiny shakespeare (see 
 load: install  ## Locust load test: starts a server unless LOAD_ARGS has --target; reports in load-results/
 	$(BIN)/python tests/load/run.py $(LOAD_ARGS)
 
-deploy-check: install  ## Dockerfile, compose, kustomize and serve-only checks (tests/deploy)
+deploy-check: install $(TOOLS_VENV)/.installed  ## Dockerfile, compose, kustomize, checkov and serve-only checks
 	$(BIN)/pytest -q tests/deploy
+
+fuzz: install  ## the fuzz suite at 10x its default size (CHARRNN_FUZZ_EXAMPLES)
+	CHARRNN_FUZZ_EXAMPLES=$${CHARRNN_FUZZ_EXAMPLES:-20000} $(BIN)/pytest -q tests/fuzz
 
 proto: install  ## regenerate charrnn/v1 from proto/ (a test fails when the committed code is stale)
 	PYTHON=$(BIN)/python scripts/gen_proto.sh
 
 clean:  ## remove environments and run outputs
-	rm -rf $(VENV) $(SERVE_VENV) runs .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(SERVE_VENV) $(TOOLS_VENV) runs .mypy_cache .ruff_cache .pytest_cache

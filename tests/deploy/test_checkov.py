@@ -13,7 +13,12 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-CHECKOV = shutil.which("checkov") or shutil.which("checkov", path=str(Path(sys.executable).parent))
+# `make` installs checkov into .venv-tools (its pins clash with pytest's); a PATH install works too.
+CHECKOV = (
+    shutil.which("checkov", path=str(REPO / ".venv-tools" / "bin"))
+    or shutil.which("checkov", path=str(Path(sys.executable).parent))
+    or shutil.which("checkov")
+)
 pytestmark = pytest.mark.skipif(CHECKOV is None, reason="checkov not installed (pip install checkov)")
 
 
