@@ -86,6 +86,7 @@ def register(sub: Any, bench_sub: Any) -> None:
     _add(p, "--max-stop-chars", type=int, default=64, help="longest stop string")
     _add(p, "--max-score-chars", type=int, default=65536, help="longest text for Score")
     _add(p, "--max-watched-units", type=int, default=16, help="hidden units one Generate may watch")
+    _add(p, "--min-checkpoint-chars", type=int, default=64, help="smallest checkpoint_every_chars accepted")
     _add(p, "--max-sessions", type=int, default=1024, help="server-side sessions kept (LRU)")
     _add(p, "--session-ttl", type=float, default=600.0, help="idle seconds before a session expires")
     _add(p, "--session-memory-mb", type=float, default=64.0, help="memory bound on sessions' state (LRU)")
@@ -163,6 +164,7 @@ def _serve(args: argparse.Namespace) -> int:
             max_stop_chars=args.max_stop_chars,
             max_score_chars=args.max_score_chars,
             max_watched_units=args.max_watched_units,
+            min_checkpoint_chars=args.min_checkpoint_chars,
             max_sessions=args.max_sessions,
             session_ttl_s=args.session_ttl,
             session_memory_bytes=int(args.session_memory_mb * (1 << 20)),

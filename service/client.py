@@ -9,12 +9,19 @@
 With `watch=[("h", 1, 17)]` the server also streams each generated character's value of that
 hidden unit: `gen.chunks()` yields (text, values per character) and `gen.activations` collects them.
 
-gRPC failures surface as `CharRNNError` with the status code and the server's message.
+With several replicas, `FailoverClient([a, b]).generate(...)` asks for mid-stream checkpoints and,
+when a stream breaks (UNAVAILABLE: a crash, a reset connection, a draining server), continues from
+the last checkpoint on the next replica; the caller sees one uninterrupted text.
+
+gRPC failures surface as `CharRNNError` with the status code, the server's message and, when the
+server sent one, its retry hint (`grpc-retry-pushback-ms`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import logging
 import queue
 import re
 from collections.abc import Iterator, Sequence
@@ -29,6 +36,11 @@ from charrnn.v1 import charrnn_pb2 as pb
 from charrnn.v1 import charrnn_pb2_grpc as pb_grpc
 
 _STATE_KINDS = {"h": pb.STATE_KIND_H, "c": pb.STATE_KIND_C}
+log = logging.getLogger(__name__)
+
+RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
+# Codes a FailoverClient continues elsewhere: the replica went away or is draining.
+FAILOVER_CODES = frozenset({grpc.StatusCode.UNAVAILABLE})
 _FINISH_NAMES = {
     pb.FINISH_REASON_LENGTH: "length",
     pb.FINISH_REASON_STOP: "stop",
@@ -39,15 +51,21 @@ _FINISH_NAMES = {
 class CharRNNError(Exception):
     """A failed call: `code` is the gRPC status code, `details` the server's message."""
 
-    def __init__(self, code: grpc.StatusCode, details: str):
+    def __init__(self, code: grpc.StatusCode, details: str, retry_pushback_ms: int | None = None):
         self.code = code
         self.details = details
+        self.retry_pushback_ms = retry_pushback_ms  # the server's hint: retry (elsewhere) after this long
         super().__init__(f"{code.name}: {details}")
 
     @classmethod
     def wrap(cls, exc: grpc.RpcError) -> CharRNNError:
         call: Any = exc
-        return cls(call.code(), call.details() or "")
+        pushback = None
+        with contextlib.suppress(Exception):  # no trailers on a connection that never opened
+            for key, value in call.trailing_metadata() or ():
+                if key == RETRY_PUSHBACK_KEY:
+                    pushback = int(value)
+        return cls(call.code(), call.details() or "", pushback)
 
 
 @dataclass(frozen=True)
@@ -127,15 +145,24 @@ def parse_units(spec: str) -> list[Unit]:
     return units
 
 
+class Checkpoint(NamedTuple):
+    """A resume token covering exactly the first `chars` characters this call delivered."""
+
+    chars: int
+    resume_token: bytes
+
+
 class Generation(Iterator[str]):
     """Iterate for text chunks (or `chunks()` for text with watched values); `result` is set once the
-    stream ends. `cancel()` stops it."""
+    stream ends. `cancel()` stops it. With checkpoints requested, `checkpoint` is the latest one
+    received; it covers all the text returned so far."""
 
     def __init__(self, responses: Iterator[Any], call: grpc.Call | None = None, units: int = 0):
         self._responses = responses
         self._call = call
         self.units = units
         self.result: GenerationResult | None = None
+        self.checkpoint: Checkpoint | None = None
         # One tuple per character received so far: the watched units' values after the model read it.
         self.activations: list[tuple[float, ...]] = []
 
@@ -156,6 +183,9 @@ class Generation(Iterator[str]):
                 response = next(self._responses)
             except grpc.RpcError as exc:
                 raise CharRNNError.wrap(exc) from None
+            if response.HasField("checkpoint"):
+                cp = response.checkpoint
+                self.checkpoint = Checkpoint(cp.generated_chars, cp.resume_token)
             if response.HasField("done"):
                 self.result = GenerationResult.from_proto(response.done)
                 if not response.text:
@@ -266,14 +296,17 @@ class Client:
         create_session: bool = False,
         watch: Sequence[Unit] = (),
         timeout: float | None = None,
+        checkpoint_every_chars: int = 0,
     ) -> Generation:
-        """Stream a generation; `watch` names hidden units whose per-character values to stream too."""
+        """Stream a generation; `watch` names hidden units whose per-character values to stream too;
+        `checkpoint_every_chars` asks for mid-stream resume tokens (`Generation.checkpoint`)."""
         request = pb.GenerateRequest(
             prompt=prompt,
             max_chars=max_chars,
             sampling=_sampling(temperature, top_k, top_p, seed),
             stop=list(stop),
             create_session=create_session,
+            checkpoint_every_chars=checkpoint_every_chars,
         )
         for kind, layer, index in watch:
             request.activations.units.add(kind=_STATE_KINDS[kind], layer=layer, index=index)
@@ -331,6 +364,177 @@ class Client:
     def session(self) -> SessionClient:
         """Open a bidirectional Session: the server keeps the state while it is open."""
         return SessionClient(self._stub)
+
+
+@dataclass(frozen=True)
+class _Request:
+    """What a resumable generation asks for; a continuation changes only the start and the length."""
+
+    prompt: str
+    max_chars: int
+    temperature: float | None
+    top_k: int
+    top_p: float | None
+    seed: int | None
+    stop: tuple[str, ...]
+    resume_token: bytes | None
+    checkpoint_every_chars: int
+    timeout: float | None
+
+    @property
+    def reproducible(self) -> bool:
+        """Whether a restart from the beginning gives the same text (seeded or greedy)."""
+        return self.seed is not None or self.temperature == 0
+
+
+class ResumableGeneration(Iterator[str]):
+    """One generation across replicas: on a failover code it continues from the last checkpoint on the
+    next target, drops the characters the caller already has (checking they match) and goes on.
+
+    Exact because sampling is counter-based (seed, position) and the checkpoint carries both.
+    """
+
+    def __init__(self, owner: FailoverClient, request: _Request):
+        self._owner = owner
+        self._request = request
+        self._checkpoint: Checkpoint | None = None  # absolute: characters of the whole generation
+        self._base = 0  # characters before the current attempt's start
+        self._delivered: list[str] = []  # what the caller has (at most max_chars characters)
+        self._expect = ""  # text the current attempt must repeat before new text
+        self.delivered = 0
+        self.failovers = 0
+        self.result: GenerationResult | None = None
+        self._gen = self._start()
+
+    def _start(self) -> Generation:
+        r, cp = self._request, self._checkpoint
+        client = self._owner.current()
+        if cp is None:
+            return client.generate(
+                r.prompt, max_chars=r.max_chars, temperature=r.temperature, top_k=r.top_k, top_p=r.top_p,
+                seed=r.seed, stop=r.stop, resume_token=r.resume_token, timeout=r.timeout,
+                checkpoint_every_chars=r.checkpoint_every_chars,
+            )  # fmt: skip
+        return client.generate(
+            "", max_chars=r.max_chars - cp.chars, temperature=r.temperature, top_k=r.top_k, top_p=r.top_p,
+            stop=r.stop, resume_token=cp.resume_token, timeout=r.timeout,
+            checkpoint_every_chars=r.checkpoint_every_chars,
+        )  # fmt: skip
+
+    def _fail_over(self, exc: CharRNNError) -> None:
+        if exc.code not in FAILOVER_CODES or self.failovers >= self._owner.max_failovers:
+            raise exc
+        if self._checkpoint is None and self.delivered and not self._request.reproducible:
+            raise exc  # an unseeded stream cut before its first checkpoint cannot be continued exactly
+        self.failovers += 1
+        target = self._owner.advance()
+        covered = self._checkpoint.chars if self._checkpoint is not None else 0
+        log.warning("stream broke after %d chars (%s); resuming at %d on %s", self.delivered, exc, covered, target)
+        self._base = covered
+        self._expect = "".join(self._delivered)[covered:]
+        self._gen = self._start()
+
+    def __next__(self) -> str:
+        while True:
+            try:
+                text = next(self._gen)
+            except CharRNNError as exc:
+                self._fail_over(exc)
+                continue
+            except StopIteration:
+                self._finish()
+                raise
+            if self._expect:
+                text = self._repeat(text)
+            if self._gen.checkpoint is not None:
+                chars = self._base + self._gen.checkpoint.chars
+                if self._checkpoint is None or chars > self._checkpoint.chars:
+                    self._checkpoint = Checkpoint(chars, self._gen.checkpoint.resume_token)
+            if text:
+                self.delivered += len(text)
+                self._delivered.append(text)
+                return text
+
+    def _repeat(self, text: str) -> str:
+        """Drop the start of `text` that repeats what the caller already has; it must match exactly."""
+        n = min(len(text), len(self._expect))
+        if text[:n] != self._expect[:n]:
+            raise CharRNNError(grpc.StatusCode.DATA_LOSS, "the resumed stream diverged from the text delivered")
+        self._expect = self._expect[n:]
+        return text[n:]
+
+    def _finish(self) -> None:
+        result = self._gen.result
+        if result is not None:
+            self.result = dataclasses.replace(result, generated_chars=self._base + result.generated_chars)
+
+    def text(self) -> str:
+        return "".join(self)
+
+    def cancel(self) -> None:
+        self._gen.cancel()
+
+
+class FailoverClient:
+    """Clients for several replicas of the same model and HMAC key; generations survive losing one.
+
+    `generate` requests checkpoints every `checkpoint_every_chars` and, when the stream breaks with
+    UNAVAILABLE, resumes on the next target (round robin, at most `max_failovers` times per call).
+    A generation that starts from a server-side session cannot move and is not offered here.
+    """
+
+    def __init__(self, targets: Sequence[str], *, max_failovers: int = 3, **options: Any):
+        if not targets:
+            raise ValueError("FailoverClient needs at least one target")
+        self.targets = list(targets)
+        self.max_failovers = max_failovers
+        self._options = options
+        self._clients: dict[str, Client] = {}
+        self._index = 0
+
+    def current(self) -> Client:
+        target = self.targets[self._index]
+        if target not in self._clients:
+            self._clients[target] = Client(target, **self._options)
+        return self._clients[target]
+
+    def advance(self) -> str:
+        """Move to the next target; returns it."""
+        self._index = (self._index + 1) % len(self.targets)
+        return self.targets[self._index]
+
+    def generate(
+        self,
+        prompt: str = "",
+        *,
+        max_chars: int,
+        temperature: float | None = None,
+        top_k: int = 0,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: Sequence[str] = (),
+        resume_token: bytes | None = None,
+        checkpoint_every_chars: int = 256,
+        timeout: float | None = None,
+    ) -> ResumableGeneration:
+        """Like `Client.generate`; `max_chars` is required (the remainder after a checkpoint is sent)."""
+        if max_chars <= 0:
+            raise ValueError("max_chars must be set: a resumed stream asks for what is left of it")
+        request = _Request(
+            prompt, max_chars, temperature, top_k, top_p, seed, tuple(stop), resume_token, checkpoint_every_chars,
+            timeout,
+        )  # fmt: skip
+        return ResumableGeneration(self, request)
+
+    def close(self) -> None:
+        for client in self._clients.values():
+            client.close()
+
+    def __enter__(self) -> FailoverClient:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
 
 
 class SessionClient:

@@ -49,6 +49,7 @@ class Limits:
     session_ttl_s: float = 600.0  # idle time before a session expires
     session_memory_bytes: int = 64 << 20  # total state bytes held by sessions (LRU eviction)
     max_watched_units: int = 16  # hidden units one Generate may stream values of
+    min_checkpoint_chars: int = 64  # smallest checkpoint_every_chars: bounds the cost of mid-stream tokens
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,7 @@ class ServerConfig:
         checks = {
             "max_live_streams": lim.max_live_streams >= 1,
             "max_watched_units": lim.max_watched_units >= 0,
+            "min_checkpoint_chars": lim.min_checkpoint_chars >= 1,
             "max_queued_streams": lim.max_queued_streams >= 0,
             "default_max_chars": 1 <= lim.default_max_chars <= lim.max_chars,
             "flush_interval": self.flush_interval_s >= 0,

@@ -10,6 +10,12 @@ Streams coalesce output: the consumer is woken for the first character at once, 
 `flush_interval_s` has passed since the last wake-up or `max_chunk_chars` are waiting, so one
 gRPC message carries many characters (a message costs more CPU than a model step).
 
+A stream that asks for checkpoints (`Job.checkpoint_every`) gets, at the first flush at or after
+each multiple of that many characters, its row's context copied out after the step's model call:
+exactly the state after the characters handed out with that flush. A flush with a possible stop
+string held back is skipped (its state would cover characters the client has not seen); the next
+one takes the checkpoint. Signing happens in the consumer, off the scheduler loop.
+
 Streams that watch hidden units get, per generated character, the watched units' values in the
 state after the model read that character (gathered in one vectorised call per state kind for
 just the watching rows); a batch without watchers does no extra work.
@@ -75,6 +81,7 @@ class Job:
     stops: tuple[str, ...] = ()
     seed: int | None = None  # None: continue the context's generator, else pick one
     watch: tuple[Unit, ...] = ()  # hidden units whose values go with each generated character
+    checkpoint_every: int = 0  # hand out this stream's context about every this many chars; 0 = never
 
     def resolved_rng(self) -> tuple[int, int]:
         """(seed, position): an explicit seed restarts the generator; else continue the context's."""
@@ -140,12 +147,20 @@ class _StopMatcher:
         return None, hold
 
 
+class Checkpoint(NamedTuple):
+    """A stream's context after exactly `chars` generated characters."""
+
+    chars: int
+    context: Context
+
+
 class Chunk(NamedTuple):
     """What one wake-up hands the consumer."""
 
     text: str
     finished: Finished | None
     values: list[float]  # watched units' values, [len(text) x units] row-major; empty without a watch
+    checkpoint: Checkpoint | None = None  # covers exactly the text handed out so far, this chunk's included
 
 
 class Stream:
@@ -169,6 +184,8 @@ class Stream:
         # Watched values of chars `sent`, `sent + 1`, ...: one row per char, appended after the model step
         # (views of the step's gather buffer; a row leaves once its char is handed out).
         self.values: list[np.ndarray] = []
+        self.next_checkpoint = job.checkpoint_every or 0  # chars at which the next checkpoint is due
+        self.checkpoint: Checkpoint | None = None  # taken, not yet handed out
         self._event = asyncio.Event()
 
     def wake(self) -> None:
@@ -187,14 +204,21 @@ class Stream:
         if self.error is not None:
             raise self.error
         start, end = self.sent, self.emitted
-        values: list[float] = []
+        finished, checkpoint = self.finished, None
         if self.units:  # a char appended in this step gets its values after the model call; it waits for them
             end = min(end, start + len(self.values))
-            if end > start:
-                values = np.concatenate(self.values[: end - start]).tolist()
-                del self.values[: end - start]
+        if self.checkpoint is not None and finished is None:
+            # The message carrying a checkpoint ends exactly where the checkpoint does; the rest follows.
+            checkpoint, self.checkpoint = self.checkpoint, None
+            if checkpoint.chars < end:
+                end = checkpoint.chars
+                self._event.set()
+        values: list[float] = []
+        if self.units and end > start:
+            values = np.concatenate(self.values[: end - start]).tolist()
+            del self.values[: end - start]
         self.sent = end
-        return Chunk("".join(self.chars[start:end]), self.finished, values)
+        return Chunk("".join(self.chars[start:end]), finished, values, checkpoint)
 
 
 class _Gather:
@@ -397,8 +421,9 @@ class Scheduler:
         batch.positions += np.uint64(1)
         batch.generated += 1
         t1 = time.perf_counter()
-        watchers: list[Stream] = []
-        done = self._emit(ids, watchers)
+        deferred: list[Stream] = []
+        checkpoints: list[int] = []
+        done = self._emit(ids, deferred, checkpoints)
         # Finished rows take this step too: their final context is the state after their last
         # character plus the logits for the next one, exactly what a continuation needs.
         states = batch.states
@@ -406,8 +431,10 @@ class Scheduler:
         batch.logits = logits[:, -1, :]
         if batch.gather is not None:
             batch.gather(batch.states)  # the state after reading this step's character
-            for stream in watchers:
-                stream.wake()
+        for row in checkpoints:
+            self._checkpoint(row)
+        for stream in deferred:
+            stream.wake()
         self.steps += 1
         self.observer.on_step(len(batch), time.perf_counter() - t1, t1 - t0)
         if done.any():
@@ -471,10 +498,11 @@ class Scheduler:
                 dst[:, rows] = src
         return out_states, out_logits
 
-    def _emit(self, ids: np.ndarray, watchers: list[Stream]) -> np.ndarray:
+    def _emit(self, ids: np.ndarray, deferred: list[Stream], checkpoints: list[int]) -> np.ndarray:
         """Append each row's character, wake consumers per the coalescing policy; returns rows that are done.
 
-        A stream watching units is put on `watchers` instead of woken: its values come after the model step.
+        A stream watching units, or due a checkpoint (its row goes on `checkpoints`), is put on `deferred`
+        instead of woken: its values and its context come after the model step.
         """
         batch = self._batch
         chars = self.chars
@@ -493,15 +521,30 @@ class Scheduler:
                     stream.stop = matched
                     done[i] = True
             if stream.last_flush == 0.0:
-                if stream.emitted > 0:
-                    stream.last_flush = now
-                    watchers.append(stream) if stream.units else stream.wake()
-                    self.observer.on_first_char(now - stream.submitted)
+                if stream.emitted == 0:
+                    continue
+                self.observer.on_first_char(now - stream.submitted)
             elif stream.emitted - stream.sent >= max_chunk or now - stream.last_flush >= interval:
                 self.observer.on_chunk(now - stream.last_flush)
-                stream.last_flush = now
-                watchers.append(stream) if stream.units else stream.wake()
+            else:
+                continue
+            stream.last_flush = now
+            due = stream.next_checkpoint > 0 and stream.emitted >= stream.next_checkpoint
+            if due and stream.emitted == len(stream.chars) and not done[i]:
+                checkpoints.append(i)
+                deferred.append(stream)
+            elif stream.units:
+                deferred.append(stream)
+            else:
+                stream.wake()
         return done
+
+    def _checkpoint(self, i: int) -> None:
+        """Row i's context after this step's model call: it covers every character it has emitted."""
+        stream = self._batch.streams[i]
+        chars, every = len(stream.chars), stream.job.checkpoint_every
+        stream.checkpoint = Checkpoint(chars, self._batch.context(i))
+        stream.next_checkpoint = (chars // every + 1) * every
 
     def _end_row(self, i: int) -> None:
         stream = self._batch.streams[i]

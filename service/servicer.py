@@ -24,7 +24,7 @@ from charrnn.vocab import Vocabulary
 from service.config import Limits
 from service.errors import InvalidRequest, ShuttingDown, status_for
 from service.sampling import MAX_SEED, SamplingParams
-from service.scheduler import Chunk, Finished, FinishReason, Job, Scheduler, Stream, Unit, run_text
+from service.scheduler import Checkpoint, Chunk, Finished, FinishReason, Job, Scheduler, Stream, Unit, run_text
 from service.state import Context, SessionStore, TokenCodec
 
 log = logging.getLogger(__name__)
@@ -109,6 +109,14 @@ class CharRNNServicer(pb_grpc.CharRNNServicer):
             out.append(Unit(kinds.index(kind), unit.layer, unit.index))
         return tuple(out)
 
+    def _checkpoint_every(self, every: int) -> int:
+        minimum = self.rt.limits.min_checkpoint_chars
+        if 0 < every < minimum:
+            raise InvalidRequest(
+                f"checkpoint_every_chars {every} is below the limit of {minimum} (min_checkpoint_chars)"
+            )
+        return every
+
     def _context(self, which: str | None, token: bytes, session_id: str) -> Context:
         """The context a request's token/session oneof names (`which`); sessions are read, not taken."""
         if which == "resume_token":
@@ -125,12 +133,13 @@ class CharRNNServicer(pb_grpc.CharRNNServicer):
         sampling: pb.SamplingParams,
         stops: Sequence[str],
         watch: tuple[Unit, ...] = (),
+        checkpoint_every: int = 0,
     ) -> Job:
         ids = self._encode(prompt, self.rt.limits.max_prompt_chars, "prompt")
         if not ids and ctx.logits is None:
             raise InvalidRequest("prompt is empty and there is no state to continue from")
         params, seed = self._sampling(sampling)
-        return Job(ctx, ids, self._max_chars(max_chars), params, self._stops(stops), seed, watch)
+        return Job(ctx, ids, self._max_chars(max_chars), params, self._stops(stops), seed, watch, checkpoint_every)
 
     def _done(self, finished: Finished, session_id: str = "") -> pb.GenerateDone:
         return pb.GenerateDone(
@@ -141,6 +150,12 @@ class CharRNNServicer(pb_grpc.CharRNNServicer):
             seed=finished.seed,
             stop=finished.stop,
         )
+
+    def _signed(self, checkpoint: Checkpoint | None) -> pb.GenerateCheckpoint | None:
+        if checkpoint is None:
+            return None
+        token = self.rt.codec.encode(checkpoint.context)
+        return pb.GenerateCheckpoint(resume_token=token, generated_chars=checkpoint.chars)
 
     # --- RPCs --------------------------------------------------------------------------------
     async def Generate(
@@ -156,7 +171,8 @@ class CharRNNServicer(pb_grpc.CharRNNServicer):
             else:
                 ctx = self._context(request.WhichOneof("start"), request.resume_token, "")
             watch = self._watch(request.activations) if request.activations.units else ()
-            job = self._job(ctx, request.prompt, request.max_chars, request.sampling, request.stop, watch)
+            every = self._checkpoint_every(request.checkpoint_every_chars)
+            job = self._job(ctx, request.prompt, request.max_chars, request.sampling, request.stop, watch, every)
             stream = self.rt.scheduler.submit(job)
         except Exception as exc:
             if acquired:
@@ -164,9 +180,9 @@ class CharRNNServicer(pb_grpc.CharRNNServicer):
             await _abort(context, exc)
             return
         try:
-            async for text, finished, values in _chunks(stream):
+            async for text, finished, values, checkpoint in _chunks(stream):
                 if finished is None:
-                    yield pb.GenerateResponse(text=text, activations=values)
+                    yield pb.GenerateResponse(text=text, activations=values, checkpoint=self._signed(checkpoint))
                     continue
                 final = finished.context
                 if request.create_session and not session_id:
@@ -251,6 +267,7 @@ class CharRNNServicer(pb_grpc.CharRNNServicer):
                 max_sessions=lim.max_sessions,
                 session_ttl_seconds=lim.session_ttl_s,
                 max_watched_units=lim.max_watched_units,
+                min_checkpoint_chars=lim.min_checkpoint_chars,
             ),
         )
         for key in _VAL_BPC_KEYS:
@@ -356,7 +373,7 @@ class _Conversation:
                     else:
                         self.backlog.append(request)  # runs after this generation
                 if pending_chunk.done():
-                    text, finished, _ = pending_chunk.result()
+                    text, finished, _, _ = pending_chunk.result()
                     if finished is not None:
                         self.ctx = finished.context
                         if text:

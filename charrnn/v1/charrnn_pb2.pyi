@@ -217,6 +217,7 @@ class GenerateRequest(_message.Message):
     SESSION_ID_FIELD_NUMBER: _builtins.int
     CREATE_SESSION_FIELD_NUMBER: _builtins.int
     ACTIVATIONS_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_EVERY_CHARS_FIELD_NUMBER: _builtins.int
     prompt: _builtins.str
     """Text to condition on. May be empty only when continuing from a state."""
     max_chars: _builtins.int
@@ -228,6 +229,13 @@ class GenerateRequest(_message.Message):
     create_session: _builtins.bool
     """Store the final state in a new server-side session and return its id in
     GenerateDone.session_id.
+    """
+    checkpoint_every_chars: _builtins.int
+    """Mid-stream checkpoints: when set, a message carries GenerateResponse.checkpoint
+    roughly every this many generated characters (at the first flush at or after
+    each multiple). 0 means none. Non-zero values must be at least
+    Limits.min_checkpoint_chars (each checkpoint costs a copy of the state and an
+    HMAC over it).
     """
     @_builtins.property
     def sampling(self) -> Global___SamplingParams:
@@ -256,10 +264,11 @@ class GenerateRequest(_message.Message):
         session_id: _builtins.str = ...,
         create_session: _builtins.bool = ...,
         activations: Global___ActivationRequest | None = ...,
+        checkpoint_every_chars: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["activations", b"activations", "resume_token", b"resume_token", "sampling", b"sampling", "session_id", b"session_id", "start", b"start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["activations", b"activations", "create_session", b"create_session", "max_chars", b"max_chars", "prompt", b"prompt", "resume_token", b"resume_token", "sampling", b"sampling", "session_id", b"session_id", "start", b"start", "stop", b"stop"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activations", b"activations", "checkpoint_every_chars", b"checkpoint_every_chars", "create_session", b"create_session", "max_chars", b"max_chars", "prompt", b"prompt", "resume_token", b"resume_token", "sampling", b"sampling", "session_id", b"session_id", "start", b"start", "stop", b"stop"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_start: _TypeAlias = _typing.Literal["resume_token", "session_id"]  # noqa: Y015
     _WhichOneofArgType_start: _TypeAlias = _typing.Literal["start", b"start"]  # noqa: Y015
@@ -380,6 +389,7 @@ class GenerateResponse(_message.Message):
     TEXT_FIELD_NUMBER: _builtins.int
     DONE_FIELD_NUMBER: _builtins.int
     ACTIVATIONS_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     """Characters generated since the previous message, in order. May be empty
     in the final message.
@@ -397,20 +407,58 @@ class GenerateResponse(_message.Message):
         otherwise. Prompt characters get no values.
         """
 
+    @_builtins.property
+    def checkpoint(self) -> Global___GenerateCheckpoint:
+        """With GenerateRequest.checkpoint_every_chars: a resume token for the text
+        delivered so far, up to and including this message's `text`. Never set on
+        the final message (GenerateDone.resume_token covers it).
+        """
+
     def __init__(
         self,
         *,
         text: _builtins.str = ...,
         done: Global___GenerateDone | None = ...,
         activations: _abc.Iterable[_builtins.float] | None = ...,
+        checkpoint: Global___GenerateCheckpoint | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["done", b"done"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "done", b"done"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["activations", b"activations", "done", b"done", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activations", b"activations", "checkpoint", b"checkpoint", "done", b"done", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GenerateResponse: _TypeAlias = GenerateResponse  # noqa: Y015
+
+@_typing.final
+class GenerateCheckpoint(_message.Message):
+    """A mid-stream resume token (Generate with checkpoint_every_chars)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESUME_TOKEN_FIELD_NUMBER: _builtins.int
+    GENERATED_CHARS_FIELD_NUMBER: _builtins.int
+    resume_token: _builtins.bytes
+    """Signed state after exactly `generated_chars` generated characters: the
+    prompt's and every character delivered up to this message, nothing more.
+    Continue with it (empty prompt, the same sampling and stop strings, no
+    seed, max_chars reduced by generated_chars) to get the rest of the text.
+    """
+    generated_chars: _builtins.int
+    """Characters of this call's output the token covers (all text received so far)."""
+    def __init__(
+        self,
+        *,
+        resume_token: _builtins.bytes = ...,
+        generated_chars: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["generated_chars", b"generated_chars", "resume_token", b"resume_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GenerateCheckpoint: _TypeAlias = GenerateCheckpoint  # noqa: Y015
 
 @_typing.final
 class FeedAction(_message.Message):
@@ -824,6 +872,7 @@ class Limits(_message.Message):
     MAX_SESSIONS_FIELD_NUMBER: _builtins.int
     SESSION_TTL_SECONDS_FIELD_NUMBER: _builtins.int
     MAX_WATCHED_UNITS_FIELD_NUMBER: _builtins.int
+    MIN_CHECKPOINT_CHARS_FIELD_NUMBER: _builtins.int
     max_live_streams: _builtins.int
     """Streams advanced together (the batch size); more wait in the queue."""
     max_queued_streams: _builtins.int
@@ -846,6 +895,8 @@ class Limits(_message.Message):
     """Seconds a server-side session lives after its last use."""
     max_watched_units: _builtins.int
     """Most hidden units one Generate may watch (GenerateRequest.activations)."""
+    min_checkpoint_chars: _builtins.int
+    """Smallest non-zero GenerateRequest.checkpoint_every_chars accepted."""
     def __init__(
         self,
         *,
@@ -860,10 +911,11 @@ class Limits(_message.Message):
         max_sessions: _builtins.int = ...,
         session_ttl_seconds: _builtins.float = ...,
         max_watched_units: _builtins.int = ...,
+        min_checkpoint_chars: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_max_chars", b"default_max_chars", "max_chars", b"max_chars", "max_live_streams", b"max_live_streams", "max_prompt_chars", b"max_prompt_chars", "max_queued_streams", b"max_queued_streams", "max_score_chars", b"max_score_chars", "max_sessions", b"max_sessions", "max_stop_chars", b"max_stop_chars", "max_stop_strings", b"max_stop_strings", "max_watched_units", b"max_watched_units", "session_ttl_seconds", b"session_ttl_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_max_chars", b"default_max_chars", "max_chars", b"max_chars", "max_live_streams", b"max_live_streams", "max_prompt_chars", b"max_prompt_chars", "max_queued_streams", b"max_queued_streams", "max_score_chars", b"max_score_chars", "max_sessions", b"max_sessions", "max_stop_chars", b"max_stop_chars", "max_stop_strings", b"max_stop_strings", "max_watched_units", b"max_watched_units", "min_checkpoint_chars", b"min_checkpoint_chars", "session_ttl_seconds", b"session_ttl_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
