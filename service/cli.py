@@ -70,7 +70,8 @@ def register(sub: Any, bench_sub: Any) -> None:
         p, "--metrics-port", type=int, default=DEFAULT_METRICS_PORT, help="/metrics HTTP port (0 = any free, -1 = off)"
     )
     _add(p, "--metrics-port-file", type=Path, default=None, help="write the bound metrics port here once SERVING")
-    _add(p, "--hmac-key", default=None, help="secret that signs resume tokens (required unless --dev)")
+    _add(p, "--hmac-key", default=None, help="secret that signs resume tokens (this or --hmac-key-file unless --dev)")
+    _add(p, "--hmac-key-file", type=Path, default=None, help="file holding the HMAC key (e.g. a mounted Secret)")
     _add_switch(p, "--dev", help="allow a published development HMAC key (logs a warning)")
     _add(p, "--metrics-host", default=None, help="/metrics bind address (unset: --host); keep it private")
     _add(p, "--tls-cert", type=Path, default=None, help="PEM certificate chain: serve gRPC over TLS only")
@@ -93,6 +94,7 @@ def register(sub: Any, bench_sub: Any) -> None:
     _add(p, "--flush-interval-ms", type=float, default=100.0, help="coalescing: send a stream's text this often")
     _add(p, "--max-chunk-chars", type=int, default=256, help="coalescing: or once this many characters wait")
     _add(p, "--grace", type=float, default=20.0, help="seconds live streams may drain after SIGTERM")
+    _add(p, "--retry-pushback-ms", type=int, default=1000, help="retry hint sent when draining or full")
     _add(p, "--intra-op-threads", type=int, default=1, help="ONNX Runtime intra-op threads")
     _add_switch(p, "--spinning", help="let ONNX Runtime threads spin between calls")
     p.set_defaults(handler=_serve)
@@ -173,7 +175,9 @@ def _serve(args: argparse.Namespace) -> int:
         flush_interval_s=args.flush_interval_ms / 1000.0,
         max_chunk_chars=args.max_chunk_chars,
         grace_s=args.grace,
+        retry_pushback_ms=args.retry_pushback_ms,
         hmac_key=args.hmac_key,
+        hmac_key_file=args.hmac_key_file,
         dev=args.dev,
         metrics_host=args.metrics_host,
         tls_cert=args.tls_cert,

@@ -38,7 +38,7 @@ from charrnn.v1 import charrnn_pb2_grpc as pb_grpc
 _STATE_KINDS = {"h": pb.STATE_KIND_H, "c": pb.STATE_KIND_C}
 log = logging.getLogger(__name__)
 
-RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
+RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"  # service/errors.py sends it (the client needs no server code)
 # Codes a FailoverClient continues elsewhere: the replica went away or is draining.
 FAILOVER_CODES = frozenset({grpc.StatusCode.UNAVAILABLE})
 _FINISH_NAMES = {

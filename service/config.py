@@ -65,7 +65,9 @@ class ServerConfig:
     flush_interval_s: float = 0.1  # coalescing: wake a stream's sender at most this often
     max_chunk_chars: int = 256  # ... or once this many characters wait
     grace_s: float = 20.0  # SIGTERM: how long live streams may drain
+    retry_pushback_ms: int = 1000  # grpc-retry-pushback-ms sent with UNAVAILABLE (draining) and RESOURCE_EXHAUSTED
     hmac_key: str | None = None
+    hmac_key_file: Path | None = None  # a file holding the key (a mounted Secret); one trailing newline ignored
     dev: bool = False  # allow the published development key when no key is set
     metrics_host: str | None = None  # /metrics bind address; None = `host` (docs/operations.md: keep it private)
     tls_cert: Path | None = None  # PEM server certificate chain; with tls_key, gRPC is served over TLS only
@@ -80,8 +82,11 @@ class ServerConfig:
 
     def resume_key(self) -> bytes:
         """The HMAC key for resume tokens; refuses to invent one unless --dev."""
-        if self.hmac_key:
-            key = self.hmac_key.encode("utf-8")
+        if self.hmac_key and self.hmac_key_file:
+            raise ConfigError("set --hmac-key or --hmac-key-file, not both")
+        secret = read_key_file(self.hmac_key_file) if self.hmac_key_file else self.hmac_key
+        if secret:
+            key = secret.encode("utf-8")
             if hmac.compare_digest(key, DEV_HMAC_KEY) and not self.dev:
                 raise ConfigError("--hmac-key is the published development key; set a secret key (or pass --dev)")
             return key
@@ -89,7 +94,8 @@ class ServerConfig:
             log.warning("using the development HMAC key (--dev): anyone can forge resume tokens; not for production")
             return DEV_HMAC_KEY
         raise ConfigError(
-            "no resume-token key: set --hmac-key or CHARRNN_HMAC_KEY (or pass --dev for a development default)"
+            "no resume-token key: set --hmac-key-file / CHARRNN_HMAC_KEY_FILE or --hmac-key / CHARRNN_HMAC_KEY "
+            "(or pass --dev for a development default)"
         )
 
     def validate(self) -> None:
@@ -103,6 +109,7 @@ class ServerConfig:
             "flush_interval": self.flush_interval_s >= 0,
             "max_chunk_chars": self.max_chunk_chars >= 1,
             "grace": self.grace_s >= 0,
+            "retry_pushback_ms": self.retry_pushback_ms >= 0,
             "metrics_port": self.metrics_port is None or 0 <= self.metrics_port <= 65535,
             "intra_op_threads": self.engine.intra_op_threads >= 0,
             "tls_cert/tls_key (both or neither)": (self.tls_cert is None) == (self.tls_key is None),
@@ -121,6 +128,17 @@ def read_token_file(path: Path) -> tuple[str, ...]:
     except OSError as exc:
         raise ConfigError(f"cannot read the auth token file {path}: {exc}") from exc
     return tuple(line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#"))
+
+
+def read_key_file(path: Path) -> str:
+    """The resume-token key in `path` (a Kubernetes Secret mount); ConfigError if unreadable or empty."""
+    try:
+        key = path.read_text(encoding="utf-8").removesuffix("\n").removesuffix("\r")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the HMAC key file {path}: {exc}") from exc
+    if not key:
+        raise ConfigError(f"the HMAC key file {path} is empty")
+    return key
 
 
 def split_tokens(value: str | None) -> tuple[str, ...]:

@@ -17,7 +17,15 @@ log = logging.getLogger(__name__)
 
 
 class ServiceError(Exception):
-    """A request the service refuses; the message is shown to the client."""
+    """A request the service refuses; the message is shown to the client.
+
+    `retry_pushback_ms` (refusals worth retrying: draining, full) goes to the client as the
+    `grpc-retry-pushback-ms` trailer, the key gRPC's own retry policy reads.
+    """
+
+    def __init__(self, message: str, retry_pushback_ms: int | None = None):
+        super().__init__(message)
+        self.retry_pushback_ms = retry_pushback_ms
 
 
 class InvalidRequest(ServiceError):
@@ -63,6 +71,15 @@ STATUS_CODES: dict[type[Exception], grpc.StatusCode] = {
     ShuttingDown: grpc.StatusCode.UNAVAILABLE,
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
 }
+
+
+RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
+
+
+def trailers_for(exc: BaseException) -> tuple[tuple[str, str], ...]:
+    """Trailing metadata that goes with `exc`'s status: the retry hint, when it has one."""
+    pushback = getattr(exc, "retry_pushback_ms", None) if isinstance(exc, ServiceError) else None
+    return () if pushback is None else ((RETRY_PUSHBACK_KEY, str(pushback)),)
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:

@@ -59,6 +59,7 @@ class SchedulerConfig:
     max_queued_streams: int = 256
     flush_interval_s: float = 0.1
     max_chunk_chars: int = 256
+    retry_pushback_ms: int = 1000  # hint sent with refusals (draining, queue full): retry after this long
 
 
 @dataclass(frozen=True)
@@ -344,13 +345,14 @@ class Scheduler:
         """Queue a generation; ShuttingDown while draining, LimitExceeded when the queue is full."""
         if not self._accepting:
             self.observer.on_reject("shutting_down")
-            raise ShuttingDown("server is shutting down; retry on another replica")
+            raise ShuttingDown("server is shutting down; retry on another replica", self.config.retry_pushback_ms)
         c = self.config
         if self.live + len(self._waiting) >= c.max_live_streams + c.max_queued_streams:
             self.observer.on_reject("queue_full")
             raise LimitExceeded(
                 f"all {c.max_live_streams} stream slots (max_live_streams) are busy and the queue of "
-                f"{c.max_queued_streams} (max_queued_streams) is full; retry later"
+                f"{c.max_queued_streams} (max_queued_streams) is full; retry later",
+                c.retry_pushback_ms,
             )
         stream = Stream(job, self.notify)
         self._waiting.append(stream)
@@ -373,7 +375,10 @@ class Scheduler:
 
     async def close(self) -> None:
         """Fail whatever is left with ShuttingDown, stop the loop and the engine thread."""
-        error = ShuttingDown("server shut down before the stream finished")
+        error = ShuttingDown(
+            "server shut down before the stream finished; resume from its last checkpoint on another replica",
+            self.config.retry_pushback_ms,
+        )
         for stream in [*self._batch.streams, *self._waiting]:
             stream.error = error
             stream.wake()

@@ -49,7 +49,13 @@ def build_runtime(config: ServerConfig, metrics: Metrics | None = None) -> Runti
     lim = config.limits
     scheduler = Scheduler(
         engine,
-        SchedulerConfig(lim.max_live_streams, lim.max_queued_streams, config.flush_interval_s, config.max_chunk_chars),
+        SchedulerConfig(
+            lim.max_live_streams,
+            lim.max_queued_streams,
+            config.flush_interval_s,
+            config.max_chunk_chars,
+            config.retry_pushback_ms,
+        ),
         metrics,
     )
     on_evict = metrics.on_evict if metrics is not None else None

@@ -22,7 +22,7 @@ from charrnn.v1 import charrnn_pb2 as pb
 from charrnn.v1 import charrnn_pb2_grpc as pb_grpc
 from charrnn.vocab import Vocabulary
 from service.config import Limits
-from service.errors import InvalidRequest, ShuttingDown, status_for
+from service.errors import InvalidRequest, ShuttingDown, status_for, trailers_for
 from service.sampling import MAX_SEED, SamplingParams
 from service.scheduler import Checkpoint, Chunk, Finished, FinishReason, Job, Scheduler, Stream, Unit, run_text
 from service.state import Context, SessionStore, TokenCodec
@@ -280,7 +280,7 @@ class CharRNNServicer(pb_grpc.CharRNNServicer):
 
 async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
     code, message = status_for(exc)
-    await context.abort(code, message)
+    await context.abort(code, message, trailing_metadata=trailers_for(exc))
 
 
 async def _chunks(stream: Stream) -> AsyncGenerator[Chunk, None]:

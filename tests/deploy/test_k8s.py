@@ -151,19 +151,23 @@ def test_deployment_promises(overlay: tuple[str, list[dict[str, Any]]]) -> None:
     assert sc["capabilities"]["drop"] == ["ALL"] and "add" not in sc["capabilities"]
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
     assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
-    assert [m["mountPath"] for m in server["volumeMounts"]] == ["/tmp"]
+    mounts = {m["name"]: m for m in server["volumeMounts"]}
+    assert mounts["tmp"]["mountPath"] == "/tmp" and set(mounts) == {"tmp", "hmac"}
+    assert mounts["hmac"]["readOnly"] is True
     # Graceful termination: preStop sleep, then the drain, inside the grace period.
     pre_stop = server["lifecycle"]["preStop"]["sleep"]["seconds"]
     drain = float(config["CHARRNN_GRACE"])
     assert pre_stop > 0 and pod["terminationGracePeriodSeconds"] > pre_stop + drain
-    # The HMAC key is a Secret reference, never a literal.
-    secret_ref = env["CHARRNN_HMAC_KEY"]["valueFrom"]["secretKeyRef"]
-    assert secret_ref["key"] == "hmac-key" and "value" not in env["CHARRNN_HMAC_KEY"]
+    # The HMAC key is a Secret mounted read-only as a file (CHARRNN_HMAC_KEY_FILE), never a literal or an env var.
+    assert "CHARRNN_HMAC_KEY" not in env and "CHARRNN_HMAC_KEY" not in config
+    volume = {v["name"]: v for v in pod["volumes"]}["hmac"]["secret"]
+    key_file = Path(mounts["hmac"]["mountPath"]) / next(i["path"] for i in volume["items"] if i["key"] == "hmac-key")
+    assert env["CHARRNN_HMAC_KEY_FILE"]["value"] == str(key_file)
     secrets = find(objects, "Secret", "charrnn-hmac")
     if name == "prod":
-        assert not secrets and secret_ref["name"] == "charrnn-hmac", "prod must use an out-of-band Secret"
+        assert not secrets and volume["secretName"] == "charrnn-hmac", "prod must use an out-of-band Secret"
     else:
-        assert [s["metadata"]["name"] for s in secrets] == [secret_ref["name"]]
+        assert [s["metadata"]["name"] for s in secrets] == [volume["secretName"]]
 
 
 def test_services_hpa_pdb_and_policy_select_the_server(overlay: tuple[str, list[dict[str, Any]]]) -> None:

@@ -18,7 +18,7 @@ from google.protobuf.descriptor_pool import DescriptorPool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
-from service.client import CharRNNError, Client
+from service.client import CharRNNError, Client, FailoverClient
 from service.server import CharRNNServer
 from tests.service.harness import REPO, ServerProcess, ServerThread, charrnn_cmd, make_config, wait_until
 
@@ -69,9 +69,13 @@ def test_not_serving_until_warmed_up(lstm_dir: Path) -> None:
 
 
 def test_sigterm_drains_live_streams_then_exits(lstm_dir: Path, tmp_path: Path) -> None:
-    proc = ServerProcess(lstm_dir, tmp_path, "--grace", "3", "--max-chars-limit", "1000000").wait_ready()
+    """Live streams run on through the grace period; new ones are refused with UNAVAILABLE and the
+    retry hint, and a failover client sends them to another replica instead."""
+    other = ServerProcess(lstm_dir, tmp_path).wait_ready()
+    args = ("--grace", "3", "--max-chars-limit", "1000000", "--retry-pushback-ms", "250")
+    proc = ServerProcess(lstm_dir, tmp_path, *args).wait_ready()
     try:
-        with Client(proc.target, timeout=30) as c:
+        with Client(proc.target, timeout=30) as c, FailoverClient([proc.target, other.target], timeout=30) as fc:
             endless = c.generate("a", max_chars=1_000_000)
             short = c.generate("b", max_chars=4000, seed=1)
             next(endless)
@@ -80,16 +84,19 @@ def test_sigterm_drains_live_streams_then_exits(lstm_dir: Path, tmp_path: Path) 
             assert wait_until(lambda: _health(c) == "NOT_SERVING", 5)
             with pytest.raises(CharRNNError) as err:
                 c.generate("c", max_chars=5).text()
-            assert err.value.code == grpc.StatusCode.UNAVAILABLE
+            assert err.value.code == grpc.StatusCode.UNAVAILABLE and err.value.retry_pushback_ms == 250
+            moved = fc.generate("c", max_chars=50, seed=3)
+            assert len(moved.text()) == 50 and moved.failovers == 1
             text = head + short.text()  # finishes normally during the grace period
             assert short.result is not None and short.result.finish_reason == "length" and len(text) == 4000
             with pytest.raises(CharRNNError) as err:
                 endless.text()  # still running when the grace ran out
-            assert err.value.code == grpc.StatusCode.UNAVAILABLE
+            assert err.value.code == grpc.StatusCode.UNAVAILABLE and err.value.retry_pushback_ms == 250
         assert proc.proc.wait(timeout=30) == 0, proc.output()
         assert "draining" in proc.output()
     finally:
         proc.stop()
+        other.stop()
 
 
 def _health(c: Client) -> str:

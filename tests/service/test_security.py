@@ -165,6 +165,23 @@ def test_the_published_development_key_needs_dev(lstm_dir: Path, tmp_path: Path)
     assert "development key" in proc.stderr
 
 
+def test_hmac_key_from_a_file(lstm_dir: Path, tmp_path: Path) -> None:
+    """A Kubernetes Secret mounted as a file: the trailing newline is not part of the key."""
+    key_file = tmp_path / "hmac-key"
+    key_file.write_text("s3cret\n")
+    assert ServerConfig(model_dir=lstm_dir, hmac_key_file=key_file).resume_key() == b"s3cret"
+    with pytest.raises(ConfigError, match="not both"):
+        ServerConfig(model_dir=lstm_dir, hmac_key="x", hmac_key_file=key_file).resume_key()
+    key_file.write_text(DEV_HMAC_KEY.decode())
+    with pytest.raises(ConfigError, match="development key"):
+        ServerConfig(model_dir=lstm_dir, hmac_key_file=key_file).resume_key()
+    key_file.write_text("\n")
+    with pytest.raises(ConfigError, match="empty"):
+        ServerConfig(model_dir=lstm_dir, hmac_key_file=key_file).resume_key()
+    with pytest.raises(ConfigError, match="cannot read"):
+        ServerConfig(model_dir=lstm_dir, hmac_key_file=tmp_path / "missing").resume_key()
+
+
 def test_unparsable_messages_are_invalid_argument_and_counted(lstm_dir: Path) -> None:
     """Regression (found by tests/fuzz): invalid UTF-8 in a string field was UNKNOWN with a Python repr."""
     with ServerThread(make_config(lstm_dir)) as srv, grpc.insecure_channel(srv.target) as channel:
