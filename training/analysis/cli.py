@@ -176,10 +176,11 @@ def _bench_cells(args: argparse.Namespace) -> int:
         except ValueError as exc:
             return _fail("bench cells", exc)
         results = run_cells(base, args.out, cells)
-    corpus = args.corpus or results[0].corpus
-    minutes = f"{args.minutes:g}" if args.minutes is not None else f"{max(r.budget_min for r in results):g}"
-    settings = ["--corpus", corpus, "--minutes", minutes, "--cells", ",".join(cells)]
-    command = shlex.join(["charrnn", "bench", "cells", *settings, *args.overrides])
+    if args.report_only:
+        command = shlex.join(["charrnn", "bench", "cells", "--report-only", "--out", str(args.out)])
+    else:
+        settings = ["--corpus", args.corpus, "--minutes", f"{args.minutes:g}", "--cells", ",".join(cells)]
+        command = shlex.join(["charrnn", "bench", "cells", *settings, *args.overrides])
     sys.stdout.write(write_report(results, args.out, command))
     print(f"wrote {args.out}/cells.md, cells.json, cells.png")
     return 0
