@@ -278,6 +278,9 @@ class Trainer:
             self.dataset.corpus.name, self.dataset.train_ids.size, self.dataset.val_ids.size, len(self.vocab),
         )  # fmt: skip
         progress = Progress(total=c.optim.max_steps, initial=self.step, enabled=c.run.progress)
+        if self.step == 0:  # a fresh run owns its logs; only --resume appends to them
+            for path in (metrics_path, samples_path):
+                path.unlink(missing_ok=True)
         if self.step == 0 and c.run.sample_interval:
             self._sample(samples_path)
         window_start, window_steps, loss_sum = time.perf_counter(), 0, 0.0

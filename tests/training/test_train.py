@@ -74,6 +74,14 @@ def test_run_writes_logs_samples_curves_and_checkpoints(tiny_config: ConfigFacto
     assert data["corpus"]["sha256"] and data["split"]["train_fraction"] == 0.9
 
 
+def test_a_fresh_run_replaces_old_logs(tiny_config: ConfigFactory) -> None:
+    config = tiny_config("optim.max_steps=10", "run.log_interval=5")
+    Trainer(config).train()
+    Trainer(config).train()  # same out_dir, not resumed
+    steps = [json.loads(line)["step"] for line in (Path(config.run.out_dir) / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)), steps
+
+
 def test_same_seed_same_result(tiny_config: ConfigFactory, tmp_path: Path) -> None:
     a = Trainer(tiny_config("optim.max_steps=15", f"run.out_dir={tmp_path / 'a'}")).train()
     b = Trainer(tiny_config("optim.max_steps=15", f"run.out_dir={tmp_path / 'b'}")).train()
