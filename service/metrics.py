@@ -24,6 +24,7 @@ from service.scheduler import Finished, FinishReason, SchedulerObserver
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
+    from charrnn.artifact import Manifest
     from service.servicer import Runtime
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 256)
 REJECT_REASONS = ("queue_full", "shutting_down")
 EVICTION_REASONS = ("ttl", "count", "memory")
 TOKEN_REFUSALS = ("malformed", "signature", "version", "shape", "foreign_model")
+RELOAD_RESULTS = ("loaded", "unchanged", "refused")
 
 
 def grpc_code_name(code: grpc.StatusCode) -> str:
@@ -131,6 +133,12 @@ class Metrics(SchedulerObserver):
         self.tokens_refused = Counter(
             "charrnn_resume_tokens_refused_total", "Resume tokens refused, by reason.", ("reason",), registry=r
         )
+        self.reloads = Counter(
+            "charrnn_model_reloads_total",
+            "Hot reloads (SIGHUP), by result: loaded, unchanged, refused (the old model keeps serving).",
+            ("result",),
+            registry=r,
+        )
         self.model_info = Gauge(
             "charrnn_model_info", "The served model (value 1).", ("name", "version", "sha256"), registry=r
         )
@@ -142,6 +150,7 @@ class Metrics(SchedulerObserver):
             (self.rejections, REJECT_REASONS),
             (self.evictions, EVICTION_REASONS),
             (self.tokens_refused, TOKEN_REFUSALS),
+            (self.reloads, RELOAD_RESULTS),
             (self.streams_finished, tuple(r.value for r in FinishReason)),
         ):
             for reason in reasons:
@@ -150,12 +159,16 @@ class Metrics(SchedulerObserver):
 
     def bind(self, runtime: Runtime) -> None:
         """Read gauges from the runtime at scrape time (no hot-path work) and publish the model identity."""
-        scheduler, sessions = runtime.scheduler, runtime.sessions
-        self.live.set_function(lambda: scheduler.live)
-        self.queued.set_function(lambda: scheduler.queued)
+        models, sessions = runtime.models, runtime.sessions
+        self.live.set_function(lambda: sum(m.scheduler.live for m in models))  # a retiring model's too
+        self.queued.set_function(lambda: sum(m.scheduler.queued for m in models))
         self.sessions.set_function(lambda: len(sessions))
-        m = runtime.manifest
-        self.model_info.labels(m.model.name, m.model.version, m.onnx.sha256).set(1)
+        self.set_model(runtime.manifest)
+
+    def set_model(self, manifest: Manifest) -> None:
+        """Publish the current model's identity (after a reload, only the new one's series remains)."""
+        self.model_info.clear()
+        self.model_info.labels(manifest.model.name, manifest.model.version, manifest.onnx.sha256).set(1)
 
     # --- SchedulerObserver -------------------------------------------------------------------
     def on_step(self, batch: int, model_s: float, sampling_s: float) -> None:
@@ -184,6 +197,9 @@ class Metrics(SchedulerObserver):
     # --- other components' hooks --------------------------------------------------------------
     def on_evict(self, reason: str) -> None:
         self.evictions.labels(reason).inc()
+
+    def on_reload(self, result: str) -> None:
+        self.reloads.labels(result).inc()
 
     def on_token_refused(self, reason: str) -> None:
         self.tokens_refused.labels(reason).inc()

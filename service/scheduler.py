@@ -258,6 +258,7 @@ class _Batch:
 
     def __init__(self, engine: Engine):
         self.layers, self.hidden = engine.layers, engine.hidden
+        self.model = engine.sha256
         self.gather: _Gather | None = None  # None while no live row watches units
         self.streams: list[Stream] = []
         self.states: States = engine.zero_states(0)
@@ -309,6 +310,7 @@ class _Batch:
             self.logits[i].copy(),
             self.streams[i].seed,
             int(self.positions[i]),
+            self.model,
         )
 
 
@@ -580,5 +582,7 @@ def run_text(engine: Engine, ctx: Context, ids: np.ndarray) -> tuple[np.ndarray,
     if ctx.states is not None:
         states = tuple(s[:, None, :].copy() for s in ctx.states)
     logits, new_states = engine.run(ids[None, :], states)
-    after = Context(tuple(s[:, 0].copy() for s in new_states), logits[0, -1].copy(), ctx.seed, ctx.position)
+    after = Context(
+        tuple(s[:, 0].copy() for s in new_states), logits[0, -1].copy(), ctx.seed, ctx.position, engine.sha256
+    )
     return logits[0], after

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from pathlib import Path
 
 import grpc
@@ -25,6 +26,7 @@ from service.config import ConfigError, ServerConfig
 from service.engine import Engine
 from service.interceptors import BearerAuthInterceptor, DecodeGuardInterceptor
 from service.metrics import Metrics, MetricsHTTPServer
+from service.models import Model, Models
 from service.scheduler import Scheduler, SchedulerConfig
 from service.servicer import CharRNNServicer, Runtime
 from service.state import SessionStore, TokenCodec
@@ -34,13 +36,12 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = charrnn_pb2.DESCRIPTOR.services_by_name["CharRNN"].full_name
 
 
-def build_runtime(config: ServerConfig, metrics: Metrics | None = None) -> Runtime:
-    """Load and check everything a request needs; ArtifactError/ConfigError if it cannot work.
+def load_model(config: ServerConfig, key: bytes, metrics: Metrics | None = None) -> Model:
+    """Load and check the artifact in `config.model_dir` with its own engine and (unstarted) scheduler.
 
-    `metrics` observes the scheduler, session evictions and refused resume tokens.
+    ArtifactError if it cannot work (missing, hash mismatch, unreadable graph). Blocking: at start-up,
+    or off the event loop for a reload.
     """
-    config.validate()
-    key = config.resume_key()
     manifest = load_manifest(config.model_dir)
     try:
         engine = Engine(config.model_dir, config.engine, manifest=manifest)
@@ -58,15 +59,24 @@ def build_runtime(config: ServerConfig, metrics: Metrics | None = None) -> Runti
         ),
         metrics,
     )
-    on_evict = metrics.on_evict if metrics is not None else None
     on_refuse = metrics.on_token_refused if metrics is not None else None
+    codec = TokenCodec(
+        key, manifest.onnx.sha256, engine.num_states, engine.layers, engine.hidden, engine.vocab_size, on_refuse
+    )
+    return Model(manifest, Vocabulary.from_spec(manifest.vocabulary), codec, scheduler)
+
+
+def build_runtime(config: ServerConfig, metrics: Metrics | None = None) -> Runtime:
+    """Load and check everything a request needs; ArtifactError/ConfigError if it cannot work.
+
+    `metrics` observes the scheduler, session evictions and refused resume tokens.
+    """
+    config.validate()
+    model = load_model(config, config.resume_key(), metrics)
+    lim = config.limits
+    on_evict = metrics.on_evict if metrics is not None else None
     return Runtime(
-        manifest=manifest,
-        vocab=Vocabulary.from_spec(manifest.vocabulary),
-        scheduler=scheduler,
-        codec=TokenCodec(
-            key, manifest.onnx.sha256, engine.num_states, engine.layers, engine.hidden, engine.vocab_size, on_refuse
-        ),
+        models=Models(model),
         sessions=SessionStore(lim.max_sessions, lim.session_ttl_s, lim.session_memory_bytes, on_evict=on_evict),
         limits=lim,
     )
@@ -96,6 +106,8 @@ class CharRNNServer:
             self.server,
         )
         self.port = 0
+        self._reload_lock = asyncio.Lock()
+        self._retiring: set[asyncio.Task[None]] = set()
 
     @property
     def scheduler(self) -> Scheduler:
@@ -138,18 +150,70 @@ class CharRNNServer:
         )  # fmt: skip
         return self.port
 
+    async def reload(self) -> str:
+        """Load the artifact directory again without dropping streams: "loaded", "unchanged" or "refused".
+
+        The new model is loaded off the event loop and warmed up before it becomes current; a refused
+        artifact (missing, hash mismatch, unreadable graph, shapes that fail the warm-up) leaves the
+        serving one in place. The previous model retires once nothing runs on it.
+        """
+        async with self._reload_lock:
+            result = await self._reload()
+        self.metrics.on_reload(result)
+        return result
+
+    async def _reload(self) -> str:
+        models = self.runtime.models
+        try:
+            model = await asyncio.to_thread(load_model, self.config, self.config.resume_key(), self.metrics)
+        except Exception as exc:
+            log.error("model reload refused, still serving %s…: %s", models.current.sha256[:12], exc)
+            return "refused"
+        known = next((m for m in models if m.sha256 == model.sha256), None)
+        if known is not None:
+            await model.scheduler.close()
+            if known is models.current:
+                log.info("model reload: %s… unchanged", model.sha256[:12])
+                return "unchanged"
+            model = known  # back to a model that was still retiring
+        else:
+            engine = model.scheduler.engine
+            try:
+                await model.scheduler.call(lambda: engine.warm_up(self.config.limits.max_live_streams))
+            except Exception as exc:  # onnxruntime's own types: the graph's shapes don't fit the manifest
+                log.error(
+                    "model reload refused (warm-up failed), still serving %s…: %s", models.current.sha256[:12], exc
+                )
+                await model.scheduler.close()
+                return "refused"
+            model.scheduler.start()
+        old = models.switch(model)
+        self.metrics.set_model(model.manifest)
+        task = asyncio.get_running_loop().create_task(models.retire_when_idle(old))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+        m = model.manifest
+        log.info("reloaded: now serving %s %s (sha256 %s…)", m.model.name, m.model.version, model.sha256[:12])
+        return "loaded"
+
     async def stop(self, grace_s: float | None = None) -> None:
         """Drain: NOT_SERVING, refuse new streams, let live ones finish within the grace, then stop."""
         grace = self.config.grace_s if grace_s is None else grace_s
         await self.health.enter_graceful_shutdown()
         self.metrics.serving.set(0)
-        self.scheduler.stop_accepting()
-        sched = self.scheduler
-        log.info("draining: %d live, %d queued streams; grace %.1f s", sched.live, sched.queued, grace)
-        drained = await self.scheduler.drain(grace)
-        if not drained:
-            log.warning("grace period over: failing %d streams", self.scheduler.live + self.scheduler.queued)
-        await self.scheduler.close()
+        for task in self._retiring:
+            task.cancel()
+        schedulers = [m.scheduler for m in self.runtime.models]
+        for sched in schedulers:
+            sched.stop_accepting()
+        live, queued = sum(s.live for s in schedulers), sum(s.queued for s in schedulers)
+        log.info("draining: %d live, %d queued streams; grace %.1f s", live, queued, grace)
+        deadline = time.monotonic() + grace
+        for sched in schedulers:
+            if not await sched.drain(max(0.0, deadline - time.monotonic())):
+                log.warning("grace period over: failing %d streams", sched.live + sched.queued)
+        for sched in schedulers:
+            await sched.close()
         await self.server.stop(1.0)
         if self.metrics_http is not None:
             self.metrics_http.close()
@@ -193,6 +257,14 @@ async def serve(config: ServerConfig) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[str]] = set()
+
+    def reload() -> None:
+        task = loop.create_task(server.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
     await stop.wait()
     log.info("signal received")
     await server.stop()

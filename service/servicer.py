@@ -20,12 +20,12 @@ import numpy as np
 from charrnn.artifact import Manifest
 from charrnn.v1 import charrnn_pb2 as pb
 from charrnn.v1 import charrnn_pb2_grpc as pb_grpc
-from charrnn.vocab import Vocabulary
 from service.config import Limits
 from service.errors import InvalidRequest, ShuttingDown, status_for, trailers_for
+from service.models import Model, Models
 from service.sampling import MAX_SEED, SamplingParams
 from service.scheduler import Checkpoint, Chunk, Finished, FinishReason, Job, Scheduler, Stream, Unit, run_text
-from service.state import Context, SessionStore, TokenCodec
+from service.state import Context, SessionStore
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +43,19 @@ _VAL_BPC_KEYS = ("val_bits_per_char", "val_bpc", "validation_bits_per_char", "be
 
 @dataclass
 class Runtime:
-    """Everything a request needs, built once by the server."""
+    """Everything a request needs, built once by the server (the models change on a hot reload)."""
 
-    manifest: Manifest
-    vocab: Vocabulary
-    scheduler: Scheduler
-    codec: TokenCodec
+    models: Models
     sessions: SessionStore
     limits: Limits
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.models.current.manifest
+
+    @property
+    def scheduler(self) -> Scheduler:
+        return self.models.current.scheduler
 
 
 class CharRNNServicer(pb_grpc.CharRNNServicer):
@@ -58,10 +63,10 @@ class CharRNNServicer(pb_grpc.CharRNNServicer):
         self.rt = runtime
 
     # --- conversion and validation ----------------------------------------------------------
-    def _encode(self, text: str, limit: int, what: str) -> tuple[int, ...]:
+    def _encode(self, model: Model, text: str, limit: int, what: str) -> tuple[int, ...]:
         if len(text) > limit:
             raise InvalidRequest(f"{what} has {len(text)} characters; the limit is {limit} ({what} limit)")
-        return tuple(self.rt.vocab.encode(text).tolist())
+        return tuple(model.vocab.encode(text).tolist())
 
     def _sampling(self, msg: pb.SamplingParams) -> tuple[SamplingParams, int | None]:
         temperature = msg.temperature if msg.HasField("temperature") else 1.0
@@ -89,20 +94,20 @@ class CharRNNServicer(pb_grpc.CharRNNServicer):
                 raise InvalidRequest(f"stop strings must have 1 to {lim.max_stop_chars} characters (max_stop_chars)")
         return tuple(stops)
 
-    def _watch(self, request: pb.ActivationRequest) -> tuple[Unit, ...]:
+    def _watch(self, model: Model, request: pb.ActivationRequest) -> tuple[Unit, ...]:
         """The watched units as state/layer/index, refusing any the model lacks or more than the limit."""
         units = request.units
         limit = self.rt.limits.max_watched_units
         if len(units) > limit:
             raise InvalidRequest(f"{len(units)} watched units; the limit is {limit} (max_watched_units)")
-        kinds = [s.kind for s in self.rt.manifest.onnx.states]
-        layers, hidden = self.rt.manifest.state_shape
+        kinds = [s.kind for s in model.manifest.onnx.states]
+        layers, hidden = model.manifest.state_shape
         out = []
         for i, unit in enumerate(units):
             kind = _STATE_KINDS.get(unit.kind, f"kind {unit.kind}")
             name = f"watched unit {i} ({kind}:{unit.layer}:{unit.index})"
             if kind not in kinds:
-                cell, have = self.rt.manifest.model.cell, "/".join(kinds)
+                cell, have = model.manifest.model.cell, "/".join(kinds)
                 raise InvalidRequest(f"{name}: the {cell} model has no such state (it has {have})")
             if unit.layer >= layers or unit.index >= hidden:
                 raise InvalidRequest(f"{name}: out of range (layers {layers}, hidden_size {hidden})")
@@ -120,13 +125,14 @@ class CharRNNServicer(pb_grpc.CharRNNServicer):
     def _context(self, which: str | None, token: bytes, session_id: str) -> Context:
         """The context a request's token/session oneof names (`which`); sessions are read, not taken."""
         if which == "resume_token":
-            return self.rt.codec.decode(token)
+            return self.rt.models.decode(token)
         if which == "session_id":
             return self.rt.sessions.get(session_id)
         return Context()
 
     def _job(
         self,
+        model: Model,
         ctx: Context,
         prompt: str,
         max_chars: int,
@@ -135,26 +141,27 @@ class CharRNNServicer(pb_grpc.CharRNNServicer):
         watch: tuple[Unit, ...] = (),
         checkpoint_every: int = 0,
     ) -> Job:
-        ids = self._encode(prompt, self.rt.limits.max_prompt_chars, "prompt")
+        ids = self._encode(model, prompt, self.rt.limits.max_prompt_chars, "prompt")
         if not ids and ctx.logits is None:
             raise InvalidRequest("prompt is empty and there is no state to continue from")
         params, seed = self._sampling(sampling)
         return Job(ctx, ids, self._max_chars(max_chars), params, self._stops(stops), seed, watch, checkpoint_every)
 
-    def _done(self, finished: Finished, session_id: str = "") -> pb.GenerateDone:
+    def _done(self, model: Model, finished: Finished, session_id: str = "") -> pb.GenerateDone:
+        """The final message; signed by the stream's own model (it may have been retired meanwhile)."""
         return pb.GenerateDone(
             finish_reason=_FINISH[finished.reason],
             usage=pb.Usage(prompt_chars=finished.prompt_chars, generated_chars=finished.generated_chars),
-            resume_token=self.rt.codec.encode(finished.context),
+            resume_token=model.codec.encode(finished.context),
             session_id=session_id,
             seed=finished.seed,
             stop=finished.stop,
         )
 
-    def _signed(self, checkpoint: Checkpoint | None) -> pb.GenerateCheckpoint | None:
+    def _signed(self, model: Model, checkpoint: Checkpoint | None) -> pb.GenerateCheckpoint | None:
         if checkpoint is None:
             return None
-        token = self.rt.codec.encode(checkpoint.context)
+        token = model.codec.encode(checkpoint.context)
         return pb.GenerateCheckpoint(resume_token=token, generated_chars=checkpoint.chars)
 
     # --- RPCs --------------------------------------------------------------------------------
@@ -170,10 +177,11 @@ class CharRNNServicer(pb_grpc.CharRNNServicer):
                 acquired = True
             else:
                 ctx = self._context(request.WhichOneof("start"), request.resume_token, "")
-            watch = self._watch(request.activations) if request.activations.units else ()
+            model = self.rt.models.for_context(ctx)
+            watch = self._watch(model, request.activations) if request.activations.units else ()
             every = self._checkpoint_every(request.checkpoint_every_chars)
-            job = self._job(ctx, request.prompt, request.max_chars, request.sampling, request.stop, watch, every)
-            stream = self.rt.scheduler.submit(job)
+            job = self._job(model, ctx, request.prompt, request.max_chars, request.sampling, request.stop, watch, every)
+            stream = model.scheduler.submit(job)
         except Exception as exc:
             if acquired:
                 self.rt.sessions.release(session_id, None)
@@ -182,12 +190,13 @@ class CharRNNServicer(pb_grpc.CharRNNServicer):
         try:
             async for text, finished, values, checkpoint in _chunks(stream):
                 if finished is None:
-                    yield pb.GenerateResponse(text=text, activations=values, checkpoint=self._signed(checkpoint))
+                    signed = self._signed(model, checkpoint)
+                    yield pb.GenerateResponse(text=text, activations=values, checkpoint=signed)
                     continue
                 final = finished.context
                 if request.create_session and not session_id:
                     session_id = self.rt.sessions.create(finished.context)
-                yield pb.GenerateResponse(text=text, done=self._done(finished, session_id), activations=values)
+                yield pb.GenerateResponse(text=text, done=self._done(model, finished, session_id), activations=values)
         except ShuttingDown as exc:
             await _abort(context, exc)
         finally:
@@ -211,9 +220,10 @@ class CharRNNServicer(pb_grpc.CharRNNServicer):
             ctx = self._context(request.WhichOneof("start"), request.resume_token, request.session_id)
             if not request.text:
                 raise InvalidRequest("text must not be empty")
-            ids = np.asarray(self._encode(request.text, self.rt.limits.max_score_chars, "text"), np.int64)
-            engine = self.rt.scheduler.engine
-            logits, after = await self.rt.scheduler.call(lambda: run_text(engine, ctx, ids))
+            model = self.rt.models.for_context(ctx)
+            ids = np.asarray(self._encode(model, request.text, self.rt.limits.max_score_chars, "text"), np.int64)
+            engine = model.scheduler.engine
+            logits, after = await model.scheduler.call(lambda: run_text(engine, ctx, ids))
         except Exception as exc:
             await _abort(context, exc)
             raise AssertionError("unreachable") from exc
@@ -234,13 +244,13 @@ class CharRNNServicer(pb_grpc.CharRNNServicer):
             first_scored=first,
             total_nats=nats,
             bits_per_char=bpc,
-            resume_token=self.rt.codec.encode(after),
+            resume_token=model.codec.encode(after),
         )
 
     async def GetModelInfo(
         self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetModelInfoResponse:
-        m = self.rt.manifest
+        m = self.rt.models.current.manifest
         lim = self.rt.limits
         info = pb.GetModelInfoResponse(
             name=m.model.name,
@@ -328,7 +338,8 @@ class _Conversation:
                     async for response in self._generate(request.generate):
                         yield response
                 elif action == "token":
-                    yield pb.SessionResponse(token=pb.ResumeToken(resume_token=self.rt.codec.encode(self.ctx)))
+                    token = self.rt.models.for_context(self.ctx).codec.encode(self.ctx)
+                    yield pb.SessionResponse(token=pb.ResumeToken(resume_token=token))
                 elif action == "load":
                     load = request.load
                     self.ctx = self.servicer._context(load.WhichOneof("source"), load.resume_token, load.session_id)
@@ -348,14 +359,16 @@ class _Conversation:
     async def _feed(self, text: str) -> None:
         if not text:
             return
-        ids = np.asarray(self.servicer._encode(text, self.rt.limits.max_prompt_chars, "fed text"), np.int64)
-        engine, ctx = self.rt.scheduler.engine, self.ctx
-        _, self.ctx = await self.rt.scheduler.call(lambda: run_text(engine, ctx, ids))
+        model = self.rt.models.for_context(self.ctx)
+        ids = np.asarray(self.servicer._encode(model, text, self.rt.limits.max_prompt_chars, "fed text"), np.int64)
+        engine, ctx = model.scheduler.engine, self.ctx
+        _, self.ctx = await model.scheduler.call(lambda: run_text(engine, ctx, ids))
 
     async def _generate(self, action: pb.GenerateAction) -> AsyncIterator[pb.SessionResponse]:
         s = self.servicer
-        job = s._job(self.ctx, action.prompt, action.max_chars, action.sampling, action.stop)
-        stream = self.rt.scheduler.submit(job)
+        model = self.rt.models.for_context(self.ctx)
+        job = s._job(model, self.ctx, action.prompt, action.max_chars, action.sampling, action.stop)
+        stream = model.scheduler.submit(job)
         chunks = _chunks(stream)
         incoming: asyncio.Task[pb.SessionRequest | None] | None = None
         try:
@@ -378,7 +391,7 @@ class _Conversation:
                         self.ctx = finished.context
                         if text:
                             yield pb.SessionResponse(text=text)
-                        yield pb.SessionResponse(done=s._done(finished))
+                        yield pb.SessionResponse(done=s._done(model, finished))
                         return
                     if text:
                         yield pb.SessionResponse(text=text)

@@ -40,6 +40,7 @@ class Context:
     logits: np.ndarray | None = None  # float32 [vocab] for the next character; None at the start
     seed: int | None = None
     position: int = 0  # draws taken from the generator so far
+    model: str | None = None  # sha256 of the model file the state belongs to; None: the start of a text
 
     @property
     def nbytes(self) -> int:
@@ -65,6 +66,7 @@ class TokenCodec:
         self._key = key
         self._on_refuse = on_refuse  # called with the reason of every refused token (metrics)
         self._model = bytes.fromhex(model_sha256)
+        self._model_hex = model_sha256
         self._shape = (num_states, layers, hidden)
         self._vocab = vocab
 
@@ -130,7 +132,14 @@ class TokenCodec:
         logits = data[:n_logits] if n_logits else None
         flat = data[n_logits:]
         states = tuple(flat[size * i : size * (i + 1)].reshape(layers, hidden) for i in range(n_states))
-        return Context(states or None, logits, seed if has_seed else None, position)
+        return Context(states or None, logits, seed if has_seed else None, position, self._model_hex)
+
+
+def token_model(token: bytes) -> str | None:
+    """The model sha256 a token claims (unverified: only to pick the codec that verifies it)."""
+    if len(token) < _HEADER.size + _MAC_SIZE or not token.startswith(TOKEN_MAGIC):
+        return None
+    return token[4:36].hex()
 
 
 @dataclass
