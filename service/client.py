@@ -542,16 +542,24 @@ class SessionClient:
 
     def __init__(self, stub: pb_grpc.CharRNNStub):
         self._requests: queue.Queue[pb.SessionRequest | None] = queue.Queue()
-        self._responses: Iterator[pb.SessionResponse] = stub.Session(iter(self._requests.get, None))
+        self._responses: Any = stub.Session(iter(self._requests.get, None))  # iterator and grpc.Call
+        self._closed = False
+        # True while a receive is outstanding: set before next() and cleared only when it returns. If the
+        # caller is interrupted inside next() (GreenletExit, KeyboardInterrupt, a timeout), it stays set.
+        self._receiving = False
 
     def _send(self, request: pb.SessionRequest) -> None:
         self._requests.put(request)
 
     def _receive(self) -> pb.SessionResponse:
+        self._receiving = True
         try:
-            return next(self._responses)
+            response: pb.SessionResponse = next(self._responses)
         except grpc.RpcError as exc:
+            self._receiving = False
             raise CharRNNError.wrap(exc) from None
+        self._receiving = False
+        return response
 
     def feed(self, text: str) -> int:
         self._send(pb.SessionRequest(feed=pb.FeedAction(text=text)))
@@ -607,13 +615,33 @@ class SessionClient:
         self._receive()
 
     def close(self) -> None:
-        self._requests.put(None)
+        """Half-close (the request iterator ends) and drain until the server ends the stream. Idempotent.
+
+        After an interrupted receive the call is cancelled instead: grpc's iterator would post a second
+        ReceiveMessage on the same call (GRPC_CALL_ERROR_TOO_MANY_OPERATIONS, "call error 8")."""
+        if self._closed:
+            return
+        self._closed = True
+        self._requests.put(None)  # ends the request iterator, so its consumer thread (greenlet) exits
+        if self._receiving:
+            self.abort()
+            return
         with contextlib.suppress(grpc.RpcError):
-            for _ in self._responses:  # drain until the server ends the stream
+            for _ in self._responses:
                 pass
+
+    def abort(self) -> None:
+        """Cancel the stream without reading the rest (the server sees CANCELLED); from the caller's thread."""
+        self._closed = True
+        self._requests.put(None)
+        self._responses.cancel()
 
     def __enter__(self) -> SessionClient:
         return self
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
-        self.close()
+        """A block left by an exception abandons the session (no draining of a generation nobody reads)."""
+        if ev is not None and not self._closed:
+            self.abort()
+        else:
+            self.close()
