@@ -23,13 +23,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-# grpc must run on gevent (Locust's concurrency) before any channel exists.
-import grpc.experimental.gevent as grpc_gevent
+# Importing locust monkey-patches the standard library for gevent; grpc must then be switched to gevent
+# (Locust's concurrency) before any channel exists, i.e. before service.client creates one.
+from locust import User, events, task
+from locust.env import Environment
+
+import grpc.experimental.gevent as grpc_gevent  # isort: skip
 
 grpc_gevent.init_gevent()
-
-from locust import User, events, task  # noqa: E402
-from locust.env import Environment  # noqa: E402
 
 from service.client import CharRNNError, Client  # noqa: E402
 
@@ -150,14 +151,17 @@ class StreamUser(CharRNNUser):
     def generate(self) -> None:
         start = time.perf_counter()
         chars = 0
+        gen = self.client.generate(self.prompt(), max_chars=self.max_chars(), **self.mix.sampling)
         try:
-            for chunk in self.client.generate(self.prompt(), max_chars=self.max_chars(), **self.mix.sampling):
+            for chunk in gen:
                 if chars == 0 and chunk:
                     self.fire("Generate ttfc", (time.perf_counter() - start) * 1000, len(chunk))
                 chars += len(chunk)
         except CharRNNError as exc:
             self.fire("Generate stream", (time.perf_counter() - start) * 1000, chars, exc)
             return
+        finally:
+            gen.cancel()  # a no-op once the stream ended; frees the server's slot if Locust killed us mid-stream
         elapsed = time.perf_counter() - start
         self.fire("Generate stream", elapsed * 1000, chars)
         self.fire("Generate chars/s", chars / elapsed if elapsed > 0 else 0.0, chars)
