@@ -10,10 +10,13 @@ Threshold gates (`--check-*`) belong here, not in unit tests: this machine is to
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import logging
 import os
+import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -40,6 +43,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--spawn-rate", type=float, default=0.0, help="users started per second (default: all at once)")
     p.add_argument("--duration", default="30s", help="Locust --run-time, e.g. 30s, 2m")
     p.add_argument("--out", type=Path, default=Path("load-results") / time.strftime("%Y%m%d-%H%M%S"))
+    p.add_argument(
+        "--grace",
+        type=float,
+        default=60.0,
+        help="seconds past --duration before Locust's process group is killed and the run fails",
+    )
     p.add_argument("--check-fail-ratio", type=float, default=0.0, help="fail if failures/requests exceeds this")
     p.add_argument("--check-ttfc-p99-ms", type=float, help="fail if p99 time to first character exceeds this")
     p.add_argument("--check-stream-p99-ms", type=float, help="fail if p99 whole-stream time exceeds this")
@@ -73,7 +82,7 @@ def server(args: argparse.Namespace, out: Path) -> Iterator[str]:
             *args.server_arg,
         ]
         with (out / "server.log").open("wb") as logfile:
-            proc = subprocess.Popen(cmd, cwd=REPO, stdout=logfile, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(cmd, cwd=REPO, stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True)
             try:
                 deadline = time.monotonic() + 120
                 while not port_file.exists():
@@ -84,8 +93,7 @@ def server(args: argparse.Namespace, out: Path) -> Iterator[str]:
                 log.info("started a server on %s (log: %s)", target, out / "server.log")
                 yield target
             finally:
-                proc.terminate()
-                proc.wait(timeout=60)
+                stop(proc, "server", 60.0)
 
 
 def run_locust(args: argparse.Namespace, target: str, out: Path) -> int:
@@ -114,8 +122,45 @@ def run_locust(args: argparse.Namespace, target: str, out: Path) -> int:
         *extra,
     ]
     log.info("%s", " ".join(cmd))
+    limit = seconds(args.duration) + args.grace
     with (out / "locust.log").open("wb") as logfile:
-        return subprocess.run(cmd, cwd=REPO, stdout=logfile, stderr=subprocess.STDOUT).returncode
+        # Its own process group, so a hung Locust and anything it started can be killed together.
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            return proc.wait(timeout=limit)
+        except subprocess.TimeoutExpired:
+            log.error("locust still running %.0f s after the start (duration + grace): killing it", limit)
+            return LOCUST_TIMEOUT
+        finally:
+            stop(proc, "locust", 10.0)
+
+
+LOCUST_TIMEOUT = 124  # the run's exit code for a Locust that had to be killed (as timeout(1))
+
+
+def seconds(duration: str) -> float:
+    """Locust's --run-time ("90", "30s", "2m", "1h30m") in seconds."""
+    parts = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s?)?", duration.strip())
+    if not duration.strip() or parts is None:
+        raise ValueError(f"bad duration {duration!r}: expected e.g. 30s, 2m, 1h30m")
+    h, m, s = (int(x or 0) for x in parts.groups())
+    return float(h * 3600 + m * 60 + s)
+
+
+def stop(proc: subprocess.Popen[bytes], name: str, timeout: float) -> None:
+    """End `proc`'s whole process group: SIGTERM, then SIGKILL after `timeout` seconds; no orphans."""
+    _signal_group(proc, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        log.error("%s did not stop within %.0f s of SIGTERM: killing its process group", name, timeout)
+    _signal_group(proc, signal.SIGKILL)  # whatever is left of the group, even after its leader exited
+    proc.wait()
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -183,13 +228,22 @@ def gates(args: argparse.Namespace, stats: dict[str, dict[str, str]]) -> list[di
     return results
 
 
+def _terminated(signum: int, frame: Any) -> None:
+    """SIGTERM (e.g. from a test's timeout) unwinds through the `finally`s that stop Locust and the server."""
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminated)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     with server(args, out) as target:
         code = run_locust(args, target, out)
+    if code == LOCUST_TIMEOUT:
+        log.error("locust timed out (killed); see %s", out / "locust.log")
+        return 1
     stats_path = out / "locust_stats.csv"
     if not stats_path.exists():
         log.error("locust wrote no statistics (exit %d); see %s", code, out / "locust.log")
