@@ -46,7 +46,8 @@ class LoadResult:
     chars_per_message: float
 
 
-def _pct(values: list[float], q: float) -> float:
+def percentile_ms(values: list[float], q: float) -> float:
+    """The q-th percentile of durations in seconds, in milliseconds (NaN for none)."""
     return float(np.percentile(values, q) * 1000) if values else float("nan")
 
 
@@ -98,8 +99,8 @@ def drive(target: str, mode: str, streams: int, duration: float, max_chars: int)
     total = sum(counts)
     n_messages = sum(messages)
     return LoadResult(
-        mode, streams, total / min(elapsed, duration), _pct(ttfc, 50), _pct(ttfc, 99), _pct(gaps, 50),
-        _pct(gaps, 99), n_messages, total / max(1, n_messages),
+        mode, streams, total / min(elapsed, duration), percentile_ms(ttfc, 50), percentile_ms(ttfc, 99),
+        percentile_ms(gaps, 50), percentile_ms(gaps, 99), n_messages, total / max(1, n_messages),
     )  # fmt: skip
 
 
@@ -124,31 +125,50 @@ def ceiling(model: Path, threads: int, batch: int, duration: float) -> LoadResul
     return LoadResult("ceiling", batch, batch * steps / elapsed, step_ms, step_ms, step_ms, step_ms, 0, 0.0)
 
 
-class _Server:
-    """`charrnn serve` in a subprocess on a free port."""
+class ServerProcess:
+    """`charrnn serve --dev` in a subprocess on a free port (shared by the benchmarks; `flags` are extra
+    serve flags); with `metrics`, /metrics on a free port too, at `metrics_url`."""
 
-    def __init__(self, model: Path, max_batch: int, args: argparse.Namespace, workdir: Path):
-        port_file = workdir / f"port-{max_batch}"
+    def __init__(self, model: Path, workdir: Path, name: str, flags: list[str], metrics: bool = False):
+        port_file = workdir / f"port-{name}"
+        metrics_file = workdir / f"metrics-port-{name}"
+        metrics_flags = ["--metrics-port", "0", "--metrics-port-file", str(metrics_file)] if metrics else []
         cmd = [
             sys.executable, "-m", "charrnn.cli", "serve", "--model", str(model), "--host", "127.0.0.1",
-            "--port", "0", "--port-file", str(port_file), "--metrics-port", "-1", "--dev",
-            "--max-batch", str(max_batch),
-            "--max-queue", "4096", "--max-chars-limit", str(max(args.max_chars, 1)),
-            "--intra-op-threads", str(args.intra_op_threads), "--flush-interval-ms", str(args.flush_interval_ms),
+            "--port", "0", "--port-file", str(port_file), "--metrics-port", "-1", *metrics_flags, "--dev", *flags,
         ]  # fmt: skip
-        self.log = open(workdir / f"server-{max_batch}.log", "wb")  # noqa: SIM115 (closed in close)
+        self.log = open(workdir / f"server-{name}.log", "wb")  # noqa: SIM115 (closed in close)
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=os.environ.copy())
         deadline = time.monotonic() + 120
-        while not port_file.exists():
+        while not port_file.exists() or (metrics and not metrics_file.exists()):
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"server failed to start; see {self.log.name}")
+                self.close()
+                tail = Path(self.log.name).read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"server failed to start; the end of its log:\n{tail}")
             time.sleep(0.05)
         self.target = f"127.0.0.1:{int(port_file.read_text())}"
+        self.metrics_url = f"http://127.0.0.1:{int(metrics_file.read_text())}/metrics" if metrics else ""
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
 
     def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(60)
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
         self.log.close()
+
+
+def _serve_flags(args: argparse.Namespace, max_batch: int) -> list[str]:
+    return [
+        "--max-batch", str(max_batch), "--max-queue", "4096", "--max-chars-limit", str(max(args.max_chars, 1)),
+        "--intra-op-threads", str(args.intra_op_threads), "--flush-interval-ms", str(args.flush_interval_ms),
+    ]  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -161,7 +181,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # Both servers stay up (idle costs nothing) so that, for each stream count, the ceiling and
     # both modes are measured back to back: load from other processes drifts on shared machines.
     with tempfile.TemporaryDirectory(prefix="charrnn-bench-") as tmp:
-        servers = {mode: _Server(model, max_batch, args, Path(tmp)) for mode, max_batch in
+        servers = {mode: ServerProcess(model, Path(tmp), mode, _serve_flags(args, max_batch)) for mode, max_batch in
                    (("batched", max(streams)), ("unbatched", 1))}  # fmt: skip
         try:
             for server in servers.values():
