@@ -60,7 +60,7 @@ def _add_sampling(parser: argparse.ArgumentParser) -> None:
 
 
 def register(sub: Any, bench_sub: Any) -> None:
-    """Add serve/generate/score/info to `charrnn`, and `serve` to `charrnn bench`."""
+    """Add serve/generate/score/info to `charrnn`, and serve/overload/soak to `charrnn bench`."""
     p = sub.add_parser("serve", help="serve the model over gRPC (continuous batching)")
     _add(p, "--model", type=Path, default=Path("models/default"), help="model artifact directory")
     _add(p, "--host", default="127.0.0.1", help="address to bind (0.0.0.0 in containers)")
@@ -139,6 +139,33 @@ def register(sub: Any, bench_sub: Any) -> None:
     _add(b, "--intra-op-threads", type=int, default=1, help="ONNX Runtime intra-op threads (server and ceiling)")
     _add(b, "--flush-interval-ms", type=float, default=100.0, help="server coalescing interval")
     b.set_defaults(handler=_bench)
+
+    o = bench_sub.add_parser("overload", help="10x the stream limit: refusals, admitted streams' pace, RSS")
+    _add(o, "--model", type=Path, default=Path("models/default"), help="model artifact directory")
+    _add(o, "--max-batch", type=int, default=16, help="the server's live-stream limit")
+    _add(o, "--max-queue", type=int, default=16, help="the server's queue limit")
+    _add(o, "--factor", type=int, default=10, help="concurrent clients = factor x (max-batch + max-queue)")
+    _add(o, "--seconds", type=float, default=60.0, help="length of the overload phase")
+    _add(o, "--baseline-streams", type=int, default=4, help="streams for the unloaded inter-chunk figure")
+    _add(o, "--baseline-seconds", type=float, default=10.0, help="length of the unloaded phase")
+    _add(o, "--max-chars", type=int, default=400, help="characters per request")
+    _add(o, "--flush-interval-ms", type=float, default=100.0, help="server coalescing interval")
+    _add(o, "--out", type=Path, default=Path("bench-results/overload"), help="directory for the JSON")
+    o.set_defaults(handler=_bench_overload)
+
+    k = bench_sub.add_parser("soak", help="streams, session churn and cancellations for N minutes: errors, RSS")
+    _add(k, "--model", type=Path, default=Path("models/default"), help="model artifact directory")
+    _add(k, "--minutes", type=float, default=10.0, help="length of the soak")
+    _add(k, "--streams", type=int, default=64, help="concurrent Generate clients (also the server's max-batch)")
+    _add(k, "--session-clients", type=int, default=4, help="concurrent session-churn clients")
+    _add(k, "--cancel-share", type=float, default=0.2, help="share of streams cancelled after a few chunks")
+    _add(k, "--max-chars", type=int, default=400, help="characters per request")
+    _add(k, "--session-ttl", type=float, default=5.0, help="the server's session TTL (left sessions expire)")
+    _add(k, "--warm-up-seconds", type=float, default=60.0, help="RSS baseline point (at most a third of the run)")
+    _add(k, "--sample-seconds", type=float, default=5.0, help="RSS sampling interval")
+    _add(k, "--drain-seconds", type=float, default=30.0, help="wait past the TTL for the gauges to reach zero")
+    _add(k, "--out", type=Path, default=Path("bench-results/soak"), help="directory for the JSON")
+    k.set_defaults(handler=_bench_soak)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -309,3 +336,15 @@ def _bench(args: argparse.Namespace) -> int:
     from service.bench import main as bench_main
 
     return bench_main(args)
+
+
+def _bench_overload(args: argparse.Namespace) -> int:
+    from service.bench_reliability import main_overload
+
+    return main_overload(args)
+
+
+def _bench_soak(args: argparse.Namespace) -> int:
+    from service.bench_reliability import main_soak
+
+    return main_soak(args)
