@@ -40,6 +40,7 @@ from service.client import CharRNNError, Client, Generation
 log = logging.getLogger(__name__)
 
 GAUGES = ("charrnn_live_streams", "charrnn_queued_streams", "charrnn_sessions")
+OVERLOAD_SETTINGS = ("max_batch", "max_queue", "factor", "seconds", "max_chars", "flush_interval_ms")
 SOAK_SETTINGS = ("minutes", "streams", "session_clients", "cancel_share", "max_chars", "session_ttl")
 MAX_BACKOFF_S = 2.0  # cap on a refused client's wait, whatever the hint says
 
@@ -160,13 +161,14 @@ def _gap_summary(tally: Tally) -> dict[str, float | int]:
     }
 
 
-def _settings(args: argparse.Namespace, names: tuple[str, ...]) -> dict[str, Any]:
-    return {"model": str(args.model), "cpus": os.cpu_count(), "loadavg_start": os.getloadavg()[0]} | {
-        n: getattr(args, n) for n in names
-    }
+def _settings(args: argparse.Namespace, names: tuple[str, ...], load_start: float) -> dict[str, Any]:
+    """The run's parameters plus the machine's 1-minute load at the start and end (shared machines drift)."""
+    machine = {"cpus": os.cpu_count(), "loadavg_start": load_start, "loadavg_end": os.getloadavg()[0]}
+    return {"model": str(args.model)} | machine | {n: getattr(args, n) for n in names}
 
 
 def overload(args: argparse.Namespace) -> dict[str, Any]:
+    load_start = os.getloadavg()[0]
     capacity = args.max_batch + args.max_queue
     clients = args.factor * capacity
     flags = ["--max-batch", str(args.max_batch), "--max-queue", str(args.max_queue),
@@ -190,8 +192,7 @@ def overload(args: argparse.Namespace) -> dict[str, Any]:
     refused = loaded.errors.get("RESOURCE_EXHAUSTED", 0)
     ratio = float(under["gap_p99_ms"]) / float(unloaded["gap_p99_ms"])
     return {
-        "settings": _settings(args, ("max_batch", "max_queue", "factor", "seconds", "max_chars", "flush_interval_ms"))
-        | {"clients": clients, "capacity": capacity},
+        "settings": _settings(args, OVERLOAD_SETTINGS, load_start) | {"clients": clients, "capacity": capacity},
         "unloaded": unloaded | {"streams": args.baseline_streams, "errors": dict(baseline.errors)},
         "overloaded": under | {"errors": dict(loaded.errors)},
         "refused": refused,
@@ -233,6 +234,7 @@ def session_body(tally: Tally, max_chars: int) -> Callable[[int, Client, float],
 
 
 def soak(args: argparse.Namespace) -> dict[str, Any]:
+    load_start = os.getloadavg()[0]
     seconds = args.minutes * 60
     warm_up = min(args.warm_up_seconds, seconds / 3)
     flags = ["--max-batch", str(args.streams), "--max-queue", str(args.streams + args.session_clients),
@@ -278,7 +280,7 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
             server.close()
     errors = streams.errors + sessions.errors
     return {
-        "settings": _settings(args, SOAK_SETTINGS),
+        "settings": _settings(args, SOAK_SETTINGS, load_start),
         "operations": dict(streams.ok + sessions.ok),
         "errors": dict(errors),
         "stream_gaps": _gap_summary(streams),
