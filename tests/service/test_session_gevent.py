@@ -7,11 +7,19 @@ the cause of the load smoke test's flakes. Runs in a subprocess: gevent monkey-p
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.service.harness import REPO, ServerThread, make_config
+
+# find_spec, not importorskip: importing locust here would monkey-patch the test process for gevent.
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("locust") is None, reason="the `load` extra (locust, gevent) is not installed"
+)
 
 SCRIPT = """
 import sys
