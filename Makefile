@@ -56,9 +56,14 @@ model: install  ## retrain and export the shipped default model (about 20 minute
 	rm -rf runs/default
 	$(BIN)/charrnn train --out runs/default --export models/default optim.max_minutes=19
 
+# The best configuration found (docs/benchmarks.md); QUALITY_ARGS adds or overrides settings.
+QUALITY_CONFIG := model.hidden_size=512 model.embedding_size=128 model.dropout=0.2 optim.batch_size=16 \
+	optim.seq_len=128 optim.lr=0.002 optim.warmup_steps=150 optim.max_steps=4000 run.eval_interval=250 \
+	run.sample_interval=250 run.threads=1 run.sample_prime=ROMEO:
+
 bench-quality: install  ## 30-minute quality benchmark on tiny shakespeare (see docs/benchmarks.md)
 	$(BIN)/charrnn bench quality --corpus ../shared/data/tinyshakespeare.txt --minutes 30 \
-		--out runs/bench-quality $(QUALITY_ARGS)
+		--out runs/bench-quality $(QUALITY_CONFIG) $(QUALITY_ARGS)
 
 load: install  ## Locust load test: starts a server unless LOAD_ARGS has --target; reports in load-results/
 	$(BIN)/python tests/load/run.py $(LOAD_ARGS)
