@@ -1,6 +1,6 @@
 """`charrnn bench train-kernels`: training-step time with oneDNN (mkldnn) kernels on and off.
 
-The `run.mkldnn=auto` default is chosen from this table: one optimiser step (forward,
+The `run.mkldnn=on` default is chosen from this table: one optimiser step (forward,
 backward, AdamW) per cell type, each configuration timed in the same run, reported with the
 ratio off/on so the choice survives this machine's run-to-run drift.
 """

@@ -68,6 +68,7 @@ def register(sub: Any, bench_sub: Any) -> None:
     kernels.add_argument("--batch", type=int, action="append", help="batch sizes (repeatable; default 16, 64)")
     kernels.add_argument("--seq-len", type=int, default=128)
     kernels.add_argument("--repeats", type=int, default=5)
+    kernels.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     kernels.set_defaults(handler=_bench_kernels)
 
 
@@ -152,9 +153,16 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
 
 
 def _bench_kernels(args: argparse.Namespace) -> int:
+    import torch
+
     from training.bench_kernels import run
 
-    print(f"LSTM/GRU/RNN {args.layers}x{args.hidden}, T={args.seq_len}, median of {args.repeats} steps")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(
+        f"LSTM/GRU/RNN {args.layers}x{args.hidden}, T={args.seq_len}, median of {args.repeats} steps, "
+        f"{torch.get_num_threads()} torch threads"
+    )
     _print_table(run(args.layers, args.hidden, args.batch or [16, 64], args.seq_len, args.repeats))
     return 0
 
