@@ -34,7 +34,7 @@ pytestmark = pytest.mark.slow
 
 CACHE_ROOT = Path(tempfile.gettempdir()) / "charrnn-serve-venv"
 STALE_AFTER_S = 24 * 3600
-# Measured 201 MB (docs/benchmarks-deploy.md), pip and setuptools included; the training environment is
+# Measured 201 MB (docs/benchmarks.md), pip and setuptools included; the training environment is
 # 1.5 GB or more. A bound well below torch's own size catches a heavy dependency leaking into `serve`.
 MAX_SERVE_ENV_BYTES = 300 * 1000 * 1000
 

@@ -1,6 +1,6 @@
 """`charrnn bench overload` and `charrnn bench soak` run end to end (tiny model, seconds) and report what
 they promise: refusals are RESOURCE_EXHAUSTED with a retry hint, gauges return to zero. No latency goals
-are asserted here: those are benchmark figures (docs/benchmarks-reliability.md)."""
+are asserted here: those are benchmark figures (docs/benchmarks.md)."""
 
 from __future__ import annotations
 
