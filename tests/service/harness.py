@@ -100,6 +100,36 @@ class ServerThread:
         self.thread.join(timeout=30)
 
 
+def generate_together(
+    client: Any, requests: list[dict[str, Any]], server: ServerThread
+) -> tuple[list[tuple[str, list[tuple[float, ...]]]], int]:
+    """Start every request at once (a barrier) on its own thread: the streams share batches.
+
+    Returns each stream's (text, watched values) and the peak live-stream count seen, so a
+    test can check the streams really were batched together.
+    """
+    n = len(requests)
+    results: list[tuple[str, list[tuple[float, ...]]]] = [("", [])] * n
+    barrier = threading.Barrier(n)
+    peak = [0]
+
+    def run(i: int) -> None:
+        barrier.wait()
+        gen = client.generate(**requests[i])
+        parts = []
+        for chunk in gen:
+            parts.append(chunk)
+            peak[0] = max(peak[0], server.live)
+        results[i] = ("".join(parts), gen.activations)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return results, peak[0]
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

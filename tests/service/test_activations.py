@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import pytest
 from charrnn.v1 import charrnn_pb2 as pb
 from charrnn.v1 import charrnn_pb2_grpc as pb_grpc
 from service.client import CharRNNError, Client, Unit, parse_units
-from tests.service.harness import REPO, ServerThread, charrnn_cmd, make_config
+from tests.service.harness import REPO, ServerThread, charrnn_cmd, generate_together, make_config
 from training.sample import OnnxStepper
 
 PROMPT = "def main(argv):\n    "
@@ -142,25 +141,8 @@ def test_batch_invariance_with_and_without_watches(server: ServerThread, client:
     for r in requests:
         gen = client.generate(**r)  # type: ignore[arg-type]
         alone.append((gen.text(), gen.activations))
-    together: list[tuple[str, list[tuple[float, ...]]]] = [("", [])] * n
-    barrier = threading.Barrier(n)
-    peak = [0]
-
-    def run(i: int) -> None:
-        barrier.wait()
-        gen = client.generate(**requests[i])  # type: ignore[arg-type]
-        parts = []
-        for chunk in gen:
-            parts.append(chunk)
-            peak[0] = max(peak[0], server.live)
-        together[i] = ("".join(parts), gen.activations)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert peak[0] > 4, "the streams really shared batches"
+    together, peak = generate_together(client, requests, server)
+    assert peak > 4, "the streams really shared batches"
     for i in range(n):
         assert together[i] == alone[i], f"stream {i} differs when batched"
 

@@ -3,7 +3,6 @@ seeded determinism, batch invariance with 64 streams, stop strings and validatio
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import pytest
 
 from service.client import CharRNNError, Client
 from tests.service.conftest import SPECS
-from tests.service.harness import ServerThread, make_config
+from tests.service.harness import ServerThread, generate_together, make_config
 from tests.service.tinymodel import greedy_reference
 
 PROMPT = "def main(argv):\n    "
@@ -79,27 +78,10 @@ def test_batch_invariance_64_streams(server: ServerThread, client: Client) -> No
         for i in range(n)
     ]
     alone = [client.generate(**r).text() for r in requests]  # type: ignore[arg-type]
-    together: list[str] = [""] * n
-    barrier = threading.Barrier(n)
-    peak = [0]
-
-    def run(i: int) -> None:
-        barrier.wait()
-        gen = client.generate(**requests[i])  # type: ignore[arg-type]
-        parts = []
-        for chunk in gen:
-            parts.append(chunk)
-            peak[0] = max(peak[0], server.live)
-        together[i] = "".join(parts)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert peak[0] > 8, "the streams really shared batches"
+    together, peak = generate_together(client, requests, server)
+    assert peak > 8, "the streams really shared batches"
     for i in range(n):
-        assert together[i] == alone[i], f"stream {i} differs when batched"
+        assert together[i][0] == alone[i], f"stream {i} differs when batched"
 
 
 def test_stop_strings_end_the_text_and_are_not_returned(client: Client) -> None:
