@@ -107,7 +107,7 @@ def test_serving_stage(stages: dict[str, Stage]) -> None:
         (["models/default"], "./models/default", None),
     ]
     build = " ".join(args for op, args in stages["serve-build"].instructions if op == "RUN")
-    assert "'.[serve]'" in build and "uninstall --yes pip" in build and "train" not in build
+    assert "'.[serve]'" in build and "deploy/slim_venv.py /opt/venv" in build and "train" not in build
     # Non-root numeric user, exec-form entry point, grpc health check, read-only-root-friendly environment.
     users = [args for op, args in instructions if op == "USER"]
     assert users and re.fullmatch(r"[1-9]\d*:[1-9]\d*", users[-1])
