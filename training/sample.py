@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -91,29 +91,20 @@ class TorchStepper:
 
 
 class OnnxStepper:
-    """Steps an exported artifact with ONNX Runtime, using the names its manifest declares."""
+    """Steps an exported artifact with the server's own ONNX Runtime engine (no sampling, no batching).
+
+    Reusing `service.engine.Engine` means export's parity check and the reference sampler run the graph
+    exactly as the server does; the engine imports only onnxruntime, numpy and the artifact contract.
+    """
 
     def __init__(self, model_dir: Path | str, threads: int = 1):
-        import onnxruntime as ort
+        from service.config import EngineOptions
+        from service.engine import Engine
 
-        from charrnn.artifact import load_manifest
-
-        self.manifest = load_manifest(model_dir)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        path = str(Path(model_dir) / self.manifest.onnx.file)
-        self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        self.engine = Engine(model_dir, EngineOptions(intra_op_threads=threads))
+        self.manifest = self.engine.manifest
         self.vocab = Vocabulary.from_spec(self.manifest.vocabulary)
 
-    def zero_state(self, batch: int) -> StateArrays:
-        layers, hidden = self.manifest.state_shape
-        return tuple(np.zeros((layers, batch, hidden), np.float32) for _ in self.manifest.onnx.states)
-
     def step(self, tokens: np.ndarray, state: StateArrays | None) -> tuple[np.ndarray, StateArrays]:
-        onnx = self.manifest.onnx
-        state = state if state is not None else self.zero_state(tokens.shape[0])
-        feeds: dict[str, Any] = {onnx.tokens.name: tokens.astype(np.int64)}
-        feeds.update({spec.input: s for spec, s in zip(onnx.states, state, strict=True)})
-        names = [onnx.logits.name, *(spec.output for spec in onnx.states)]
-        logits, *new_state = self.session.run(names, feeds)
-        return logits, tuple(new_state)
+        state = state if state is not None else self.engine.zero_states(tokens.shape[0])
+        return self.engine.run(tokens.astype(np.int64), state)
