@@ -10,15 +10,15 @@ per-request or per-session labels.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from service.rpc import Continuation, behavior_of, kind_of, rebuild, responses_of, service_and_method
 from service.scheduler import Finished, FinishReason, SchedulerObserver
 
 if TYPE_CHECKING:
@@ -208,14 +208,6 @@ class Metrics(SchedulerObserver):
         return GrpcMetricsInterceptor(self)
 
 
-_TYPES = {
-    (False, False): "unary",
-    (False, True): "server_stream",
-    (True, False): "client_stream",
-    (True, True): "bidi_stream",
-}
-
-
 class _Call:
     """The label children of one RPC kind, resolved once per call (not per message)."""
 
@@ -265,23 +257,19 @@ class GrpcMetricsInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Continuation,
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler | None:
         handler = await continuation(details)
         if handler is None:
             return handler
-        service, _, method = details.method.lstrip("/").rpartition("/")
+        service, method = service_and_method(details)
         streaming_in, streaming_out = handler.request_streaming, handler.response_streaming
-        labels = (service, method, _TYPES[streaming_in, streaming_out])
+        labels = (service, method, kind_of(handler).label)
         metrics = self.metrics
-        serdes = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
+        behavior = behavior_of(handler)
 
         if not streaming_out:
-            behavior = handler.stream_unary if streaming_in else handler.unary_unary
 
             async def unary_out(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 call = _Call(metrics, labels)
@@ -298,10 +286,7 @@ class GrpcMetricsInterceptor(grpc.aio.ServerInterceptor):
                 call.done(_code(context) or grpc.StatusCode.OK)
                 return response
 
-            factory = grpc.stream_unary_rpc_method_handler if streaming_in else grpc.unary_unary_rpc_method_handler
-            return factory(unary_out, **serdes)
-
-        stream_behavior = handler.stream_stream if streaming_in else handler.unary_stream
+            return rebuild(handler, unary_out)
 
         async def stream_out(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             call = _Call(metrics, labels)
@@ -310,20 +295,15 @@ class GrpcMetricsInterceptor(grpc.aio.ServerInterceptor):
             else:
                 call.received.inc()
             try:
-                responses = stream_behavior(request, context)
-                if inspect.isawaitable(responses):  # a handler that writes with context.write (health Watch)
-                    await responses
-                else:
-                    async for response in responses:
-                        call.sent.inc()
-                        yield response
+                async for response in responses_of(behavior(request, context)):
+                    call.sent.inc()
+                    yield response
             except BaseException as exc:
                 call.fail(exc, context)
                 raise
             call.done(_code(context) or grpc.StatusCode.OK)
 
-        factory = grpc.stream_stream_rpc_method_handler if streaming_in else grpc.unary_stream_rpc_method_handler
-        return factory(stream_out, **serdes)
+        return rebuild(handler, stream_out)
 
 
 class MetricsHTTPServer:

@@ -7,7 +7,7 @@ the rest advance one character in ONE `Engine.run` call. ONNX Runtime runs on a 
 thread so the event loop keeps serving gRPC while the model computes.
 
 Streams coalesce output: the consumer is woken for the first character at once, then when
-`flush_interval_s` has passed since the last wake-up or `max_chunk_chars` are waiting, so one
+`flush_interval_ms` has passed since the last wake-up or `max_chunk_chars` are waiting, so one
 gRPC message carries many characters (a message costs more CPU than a model step).
 
 A stream that asks for checkpoints (`Job.checkpoint_every`) gets, at the first flush at or after
@@ -37,10 +37,11 @@ from typing import NamedTuple, TypeVar
 
 import numpy as np
 
-from service.engine import Engine, States
+from charrnn.engine import Engine, States
+from service.config import FlushPolicy, Limits
+from service.context import Context
 from service.errors import LimitExceeded, ShuttingDown
 from service.sampling import SamplingParams, sample
-from service.state import Context
 
 log = logging.getLogger(__name__)
 
@@ -54,17 +55,8 @@ class FinishReason(enum.Enum):
 
 
 @dataclass(frozen=True)
-class SchedulerConfig:
-    max_live_streams: int = 64  # rows per step (the batch size); 1 turns batching off
-    max_queued_streams: int = 256
-    flush_interval_s: float = 0.1
-    max_chunk_chars: int = 256
-    retry_pushback_ms: int = 1000  # hint sent with refusals (draining, queue full): retry after this long
-
-
-@dataclass(frozen=True)
-class Unit:
-    """A watched hidden unit: `state` indexes the engine's states (manifest order: h, then c)."""
+class WatchedUnit:
+    """A hidden unit a stream watches: `state` indexes the engine's states (manifest order: h, then c)."""
 
     state: int
     layer: int
@@ -81,7 +73,7 @@ class Job:
     sampling: SamplingParams
     stops: tuple[str, ...] = ()
     seed: int | None = None  # None: continue the context's generator, else pick one
-    watch: tuple[Unit, ...] = ()  # hidden units whose values go with each generated character
+    watch: tuple[WatchedUnit, ...] = ()  # hidden units whose values go with each generated character
     checkpoint_every: int = 0  # hand out this stream's context about every this many chars; 0 = never
 
     def resolved_rng(self) -> tuple[int, int]:
@@ -148,8 +140,8 @@ class _StopMatcher:
         return None, hold
 
 
-class Checkpoint(NamedTuple):
-    """A stream's context after exactly `chars` generated characters."""
+class ResumePoint(NamedTuple):
+    """A stream's context after exactly `chars` generated characters (a mid-stream resume token's content)."""
 
     chars: int
     context: Context
@@ -161,7 +153,7 @@ class Chunk(NamedTuple):
     text: str
     finished: Finished | None
     values: list[float]  # watched units' values, [len(text) x units] row-major; empty without a watch
-    checkpoint: Checkpoint | None = None  # covers exactly the text handed out so far, this chunk's included
+    checkpoint: ResumePoint | None = None  # covers exactly the text handed out so far, this chunk's included
 
 
 class Stream:
@@ -186,7 +178,7 @@ class Stream:
         # (views of the step's gather buffer; a row leaves once its char is handed out).
         self.values: list[np.ndarray] = []
         self.next_checkpoint = job.checkpoint_every or 0  # chars at which the next checkpoint is due
-        self.checkpoint: Checkpoint | None = None  # taken, not yet handed out
+        self.checkpoint: ResumePoint | None = None  # taken, not yet handed out
         self._event = asyncio.Event()
 
     def wake(self) -> None:
@@ -258,7 +250,7 @@ class _Batch:
 
     def __init__(self, engine: Engine):
         self.layers, self.hidden = engine.layers, engine.hidden
-        self.model = engine.sha256
+        self.model_sha256 = engine.sha256
         self.gather: _Gather | None = None  # None while no live row watches units
         self.streams: list[Stream] = []
         self.states: States = engine.zero_states(0)
@@ -310,16 +302,17 @@ class _Batch:
             self.logits[i].copy(),
             self.streams[i].seed,
             int(self.positions[i]),
-            self.model,
+            self.model_sha256,
         )
 
 
 class Scheduler:
     """Owns the engine's thread and the one loop that advances all streams."""
 
-    def __init__(self, engine: Engine, config: SchedulerConfig, observer: SchedulerObserver | None = None):
+    def __init__(self, engine: Engine, limits: Limits, flush: FlushPolicy, observer: SchedulerObserver | None = None):
         self.engine = engine
-        self.config = config
+        self.limits = limits
+        self.flush = flush
         self.observer = observer or SchedulerObserver()
         self.chars = engine.manifest.vocabulary.chars
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="ort")
@@ -347,8 +340,8 @@ class Scheduler:
         """Queue a generation; ShuttingDown while draining, LimitExceeded when the queue is full."""
         if not self._accepting:
             self.observer.on_reject("shutting_down")
-            raise ShuttingDown("server is shutting down; retry on another replica", self.config.retry_pushback_ms)
-        c = self.config
+            raise ShuttingDown("server is shutting down; retry on another replica", self.limits.retry_pushback_ms)
+        c = self.limits
         if self.live + len(self._waiting) >= c.max_live_streams + c.max_queued_streams:
             self.observer.on_reject("queue_full")
             raise LimitExceeded(
@@ -379,7 +372,7 @@ class Scheduler:
         """Fail whatever is left with ShuttingDown, stop the loop and the engine thread."""
         error = ShuttingDown(
             "server shut down before the stream finished; resume from its last checkpoint on another replica",
-            self.config.retry_pushback_ms,
+            self.limits.retry_pushback_ms,
         )
         for stream in [*self._batch.streams, *self._waiting]:
             stream.error = error
@@ -465,7 +458,7 @@ class Scheduler:
             self.observer.on_queue(self.live, self.queued)
 
     async def _admit(self) -> None:
-        free = self.config.max_live_streams - len(self._batch)
+        free = self.limits.max_live_streams - len(self._batch)
         if free <= 0 or not self._waiting:
             return
         joining = [self._waiting.popleft() for _ in range(min(free, len(self._waiting)))]
@@ -514,8 +507,8 @@ class Scheduler:
         batch = self._batch
         chars = self.chars
         now = time.monotonic()
-        interval = self.config.flush_interval_s
-        max_chunk = self.config.max_chunk_chars
+        interval = self.flush.interval_s
+        max_chunk = self.flush.max_chunk_chars
         done = batch.generated >= batch.max_chars
         for i, (stream, token) in enumerate(zip(batch.streams, ids.tolist(), strict=True)):
             stream.chars.append(chars[token])
@@ -550,7 +543,7 @@ class Scheduler:
         """Row i's context after this step's model call: it covers every character it has emitted."""
         stream = self._batch.streams[i]
         chars, every = len(stream.chars), stream.job.checkpoint_every
-        stream.checkpoint = Checkpoint(chars, self._batch.context(i))
+        stream.checkpoint = ResumePoint(chars, self._batch.context(i))
         stream.next_checkpoint = (chars // every + 1) * every
 
     def _end_row(self, i: int) -> None:

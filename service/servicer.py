@@ -18,34 +18,30 @@ import grpc
 import numpy as np
 
 from charrnn.artifact import Manifest
+from charrnn.protocol import CELL_TYPES, FINISH_REASONS, STATE_KINDS, UNKNOWN_POLICIES
 from charrnn.v1 import charrnn_pb2 as pb
 from charrnn.v1 import charrnn_pb2_grpc as pb_grpc
 from service.config import Limits
-from service.errors import InvalidRequest, ShuttingDown, status_for, trailers_for
-from service.models import Model, Models
-from service.sampling import MAX_SEED, SamplingParams
-from service.scheduler import Checkpoint, Chunk, Finished, FinishReason, Job, Scheduler, Stream, Unit, run_text
-from service.state import Context, SessionStore
+from service.context import Context
+from service.errors import InvalidRequest, ShuttingDown
+from service.registry import LoadedModel, ModelRegistry
+from service.sampling import SamplingParams
+from service.scheduler import Chunk, Finished, Job, ResumePoint, Scheduler, Stream, WatchedUnit, run_text
+from service.sessions import SessionStore
+from service.status import abort
 
 log = logging.getLogger(__name__)
 
 MAX_TEMPERATURE = 100.0
-_FINISH = {
-    FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
-    FinishReason.STOP: pb.FINISH_REASON_STOP,
-    FinishReason.CANCELLED: pb.FINISH_REASON_CANCELLED,
-}
-_CELLS = {"rnn": pb.CELL_TYPE_RNN, "lstm": pb.CELL_TYPE_LSTM, "gru": pb.CELL_TYPE_GRU}
-_POLICIES = {"refuse": pb.UNKNOWN_POLICY_REFUSE, "replace": pb.UNKNOWN_POLICY_REPLACE}
-_STATE_KINDS = {pb.STATE_KIND_UNSPECIFIED: "h", pb.STATE_KIND_H: "h", pb.STATE_KIND_C: "c"}
-_VAL_BPC_KEYS = ("val_bits_per_char", "val_bpc", "validation_bits_per_char", "best_val_bits_per_char")
+# A watched unit's kind by its protobuf value (unspecified means h, the state every cell has).
+_KIND_NAMES = {value: name for name, value in STATE_KINDS.items()} | {pb.STATE_KIND_UNSPECIFIED: "h"}
 
 
 @dataclass
 class Runtime:
     """Everything a request needs, built once by the server (the models change on a hot reload)."""
 
-    models: Models
+    models: ModelRegistry
     sessions: SessionStore
     limits: Limits
 
@@ -63,7 +59,7 @@ class CharRNNServicer(pb_grpc.CharRNNServicer):
         self.rt = runtime
 
     # --- conversion and validation ----------------------------------------------------------
-    def _encode(self, model: Model, text: str, limit: int, what: str) -> tuple[int, ...]:
+    def _encode(self, model: LoadedModel, text: str, limit: int, what: str) -> tuple[int, ...]:
         if len(text) > limit:
             raise InvalidRequest(f"{what} has {len(text)} characters; the limit is {limit} ({what} limit)")
         return tuple(model.vocab.encode(text).tolist())
@@ -75,14 +71,15 @@ class CharRNNServicer(pb_grpc.CharRNNServicer):
         top_p = msg.top_p if msg.HasField("top_p") else 1.0
         if not (math.isfinite(top_p) and 0.0 < top_p <= 1.0):
             raise InvalidRequest(f"top_p must be in (0, 1], got {top_p}")
-        seed = msg.seed if msg.HasField("seed") else None
-        assert seed is None or 0 <= seed <= MAX_SEED
+        seed = msg.seed if msg.HasField("seed") else None  # uint64 on the wire: every value is a valid seed
         return SamplingParams(float(temperature), int(msg.top_k), float(top_p)), seed
 
     def _max_chars(self, requested: int) -> int:
         lim = self.rt.limits
-        if requested > lim.max_chars:
-            raise InvalidRequest(f"max_chars {requested} exceeds the limit of {lim.max_chars} (max_chars)")
+        if requested > lim.max_request_chars:
+            raise InvalidRequest(
+                f"max_chars {requested} exceeds the limit of {lim.max_request_chars} (max_request_chars)"
+            )
         return requested or lim.default_max_chars
 
     def _stops(self, stops: Sequence[str]) -> tuple[str, ...]:
@@ -94,7 +91,7 @@ class CharRNNServicer(pb_grpc.CharRNNServicer):
                 raise InvalidRequest(f"stop strings must have 1 to {lim.max_stop_chars} characters (max_stop_chars)")
         return tuple(stops)
 
-    def _watch(self, model: Model, request: pb.ActivationRequest) -> tuple[Unit, ...]:
+    def _watch(self, model: LoadedModel, request: pb.ActivationRequest) -> tuple[WatchedUnit, ...]:
         """The watched units as state/layer/index, refusing any the model lacks or more than the limit."""
         units = request.units
         limit = self.rt.limits.max_watched_units
@@ -104,14 +101,14 @@ class CharRNNServicer(pb_grpc.CharRNNServicer):
         layers, hidden = model.manifest.state_shape
         out = []
         for i, unit in enumerate(units):
-            kind = _STATE_KINDS.get(unit.kind, f"kind {unit.kind}")
+            kind = _KIND_NAMES.get(unit.kind, f"kind {unit.kind}")
             name = f"watched unit {i} ({kind}:{unit.layer}:{unit.index})"
             if kind not in kinds:
                 cell, have = model.manifest.model.cell, "/".join(kinds)
                 raise InvalidRequest(f"{name}: the {cell} model has no such state (it has {have})")
             if unit.layer >= layers or unit.index >= hidden:
                 raise InvalidRequest(f"{name}: out of range (layers {layers}, hidden_size {hidden})")
-            out.append(Unit(kinds.index(kind), unit.layer, unit.index))
+            out.append(WatchedUnit(kinds.index(kind), unit.layer, unit.index))
         return tuple(out)
 
     def _checkpoint_every(self, every: int) -> int:
@@ -132,13 +129,13 @@ class CharRNNServicer(pb_grpc.CharRNNServicer):
 
     def _job(
         self,
-        model: Model,
+        model: LoadedModel,
         ctx: Context,
         prompt: str,
         max_chars: int,
         sampling: pb.SamplingParams,
         stops: Sequence[str],
-        watch: tuple[Unit, ...] = (),
+        watch: tuple[WatchedUnit, ...] = (),
         checkpoint_every: int = 0,
     ) -> Job:
         ids = self._encode(model, prompt, self.rt.limits.max_prompt_chars, "prompt")
@@ -147,10 +144,10 @@ class CharRNNServicer(pb_grpc.CharRNNServicer):
         params, seed = self._sampling(sampling)
         return Job(ctx, ids, self._max_chars(max_chars), params, self._stops(stops), seed, watch, checkpoint_every)
 
-    def _done(self, model: Model, finished: Finished, session_id: str = "") -> pb.GenerateDone:
+    def _done(self, model: LoadedModel, finished: Finished, session_id: str = "") -> pb.GenerateDone:
         """The final message; signed by the stream's own model (it may have been retired meanwhile)."""
         return pb.GenerateDone(
-            finish_reason=_FINISH[finished.reason],
+            finish_reason=FINISH_REASONS[finished.reason.value],
             usage=pb.Usage(prompt_chars=finished.prompt_chars, generated_chars=finished.generated_chars),
             resume_token=model.codec.encode(finished.context),
             session_id=session_id,
@@ -158,7 +155,7 @@ class CharRNNServicer(pb_grpc.CharRNNServicer):
             stop=finished.stop,
         )
 
-    def _signed(self, model: Model, checkpoint: Checkpoint | None) -> pb.GenerateCheckpoint | None:
+    def _signed(self, model: LoadedModel, checkpoint: ResumePoint | None) -> pb.GenerateCheckpoint | None:
         if checkpoint is None:
             return None
         token = model.codec.encode(checkpoint.context)
@@ -185,7 +182,7 @@ class CharRNNServicer(pb_grpc.CharRNNServicer):
         except Exception as exc:
             if acquired:
                 self.rt.sessions.release(session_id, None)
-            await _abort(context, exc)
+            await abort(context, exc)
             return
         try:
             async for text, finished, values, checkpoint in _chunks(stream):
@@ -198,7 +195,7 @@ class CharRNNServicer(pb_grpc.CharRNNServicer):
                     session_id = self.rt.sessions.create(finished.context)
                 yield pb.GenerateResponse(text=text, done=self._done(model, finished, session_id), activations=values)
         except ShuttingDown as exc:
-            await _abort(context, exc)
+            await abort(context, exc)
         finally:
             if acquired:
                 self.rt.sessions.release(session_id, final)
@@ -213,7 +210,7 @@ class CharRNNServicer(pb_grpc.CharRNNServicer):
         except Exception as exc:
             if isinstance(exc, asyncio.CancelledError):
                 raise
-            await _abort(context, exc)
+            await abort(context, exc)
 
     async def Score(self, request: pb.ScoreRequest, context: grpc.aio.ServicerContext) -> pb.ScoreResponse:
         try:
@@ -225,7 +222,7 @@ class CharRNNServicer(pb_grpc.CharRNNServicer):
             engine = model.scheduler.engine
             logits, after = await model.scheduler.call(lambda: run_text(engine, ctx, ids))
         except Exception as exc:
-            await _abort(context, exc)
+            await abort(context, exc)
             raise AssertionError("unreachable") from exc
         predictors = logits[:-1]
         first = 1
@@ -255,42 +252,35 @@ class CharRNNServicer(pb_grpc.CharRNNServicer):
         info = pb.GetModelInfoResponse(
             name=m.model.name,
             version=m.model.version,
-            cell=_CELLS[m.model.cell],
+            cell=CELL_TYPES[m.model.cell],
             layers=m.model.layers,
             hidden_size=m.model.hidden_size,
             embedding_size=m.model.embedding_size,
             vocab_size=m.model.vocab_size,
             parameters=m.model.parameters,
             vocabulary=list(m.vocabulary.chars),
-            unknown_policy=_POLICIES[m.vocabulary.unknown_policy],
+            unknown_policy=UNKNOWN_POLICIES[m.vocabulary.unknown_policy],
             unknown_char=m.vocabulary.unknown_char or "",
             sha256=m.onnx.sha256,
             limits=pb.Limits(
                 max_live_streams=lim.max_live_streams,
                 max_queued_streams=lim.max_queued_streams,
                 max_prompt_chars=lim.max_prompt_chars,
-                max_chars=lim.max_chars,
+                max_chars=lim.max_request_chars,
                 default_max_chars=lim.default_max_chars,
                 max_stop_strings=lim.max_stop_strings,
                 max_stop_chars=lim.max_stop_chars,
                 max_score_chars=lim.max_score_chars,
                 max_sessions=lim.max_sessions,
-                session_ttl_seconds=lim.session_ttl_s,
+                session_ttl_seconds=lim.session_ttl_seconds,
                 max_watched_units=lim.max_watched_units,
                 min_checkpoint_chars=lim.min_checkpoint_chars,
             ),
         )
-        for key in _VAL_BPC_KEYS:
-            value = m.training.get(key)
-            if isinstance(value, int | float):
-                info.val_bits_per_char = float(value)
-                break
+        value = m.training.get("val_bits_per_char")  # training/export.py writes it; absent for other artifacts
+        if isinstance(value, int | float):
+            info.val_bits_per_char = float(value)
         return info
-
-
-async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
-    code, message = status_for(exc)
-    await context.abort(code, message, trailing_metadata=trailers_for(exc))
 
 
 async def _chunks(stream: Stream) -> AsyncGenerator[Chunk, None]:

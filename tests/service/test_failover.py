@@ -10,9 +10,9 @@ from pathlib import Path
 import grpc
 import pytest
 
+from charrnn.client import CharRNNError, Client, FailoverClient
 from charrnn.v1 import charrnn_pb2 as pb
 from charrnn.v1 import charrnn_pb2_grpc as pb_grpc
-from service.client import CharRNNError, Client, FailoverClient
 from tests.service.harness import ServerProcess, ServerThread, make_config
 
 PROMPT = "def main(argv):\n"
@@ -21,7 +21,7 @@ STOPS = ("eQ#", "\n\n\n\n")
 
 
 def test_each_checkpoint_covers_exactly_the_text_delivered_so_far(lstm_dir: Path) -> None:
-    config = make_config(lstm_dir, min_checkpoint_chars=16, flush_interval_s=0.0, max_chunk_chars=7)
+    config = make_config(lstm_dir, min_checkpoint_chars=16, flush_interval_ms=0.0, max_chunk_chars=7)
     sampling = pb.SamplingParams(temperature=1.0, seed=5)
     request = pb.GenerateRequest(prompt=PROMPT, max_chars=900, sampling=sampling, stop=STOPS, checkpoint_every_chars=40)
     with ServerThread(config) as srv, Client(srv.target, timeout=30) as c, grpc.insecure_channel(srv.target) as ch:
@@ -53,7 +53,7 @@ def test_checkpoint_interval_below_the_limit_is_refused(lstm_dir: Path) -> None:
 
 
 def test_kill_9_mid_stream_continues_on_another_replica_without_loss(lstm_dir: Path, tmp_path: Path) -> None:
-    extra = ("--max-chars-limit", "100000", "--flush-interval-ms", "5")
+    extra = ("--max-request-chars", "100000", "--flush-interval-ms", "5")
     a = ServerProcess(lstm_dir, tmp_path, *extra).wait_ready()
     b = ServerProcess(lstm_dir, tmp_path, *extra).wait_ready()
     n = 30000
