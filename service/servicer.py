@@ -11,8 +11,8 @@ import contextlib
 import logging
 import math
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass, replace
 
 import grpc
 import numpy as np
@@ -25,14 +25,13 @@ from service.config import Limits
 from service.context import Context
 from service.errors import InvalidRequest, ShuttingDown
 from service.registry import LoadedModel, ModelRegistry
-from service.sampling import SamplingParams
-from service.scheduler import Chunk, Finished, Job, ResumePoint, Scheduler, Stream, WatchedUnit, run_text
+from service.requests import GenerationRequest, Validator
+from service.scheduler import Chunk, Finished, ResumePoint, Scheduler, Stream, run_text
 from service.sessions import SessionStore
 from service.status import abort
 
 log = logging.getLogger(__name__)
 
-MAX_TEMPERATURE = 100.0
 # A watched unit's kind by its protobuf value (unspecified means h, the state every cell has).
 _KIND_NAMES = {value: name for name, value in STATE_KINDS.items()} | {pb.STATE_KIND_UNSPECIFIED: "h"}
 
@@ -57,67 +56,24 @@ class Runtime:
 class CharRNNServicer(pb_grpc.CharRNNServicer):
     def __init__(self, runtime: Runtime):
         self.rt = runtime
+        self.validator = Validator(runtime.limits)
 
-    # --- conversion and validation ----------------------------------------------------------
-    def _encode(self, model: LoadedModel, text: str, limit: int, what: str) -> tuple[int, ...]:
-        if len(text) > limit:
-            raise InvalidRequest(f"{what} has {len(text)} characters; the limit is {limit} ({what} limit)")
-        return tuple(model.vocab.encode(text).tolist())
-
-    def _sampling(self, msg: pb.SamplingParams) -> tuple[SamplingParams, int | None]:
-        temperature = msg.temperature if msg.HasField("temperature") else 1.0
-        if not (math.isfinite(temperature) and 0.0 <= temperature <= MAX_TEMPERATURE):
-            raise InvalidRequest(f"temperature must be in [0, {MAX_TEMPERATURE:g}], got {temperature}")
-        top_p = msg.top_p if msg.HasField("top_p") else 1.0
-        if not (math.isfinite(top_p) and 0.0 < top_p <= 1.0):
-            raise InvalidRequest(f"top_p must be in (0, 1], got {top_p}")
-        seed = msg.seed if msg.HasField("seed") else None  # uint64 on the wire: every value is a valid seed
-        return SamplingParams(float(temperature), int(msg.top_k), float(top_p)), seed
-
-    def _max_chars(self, requested: int) -> int:
-        lim = self.rt.limits
-        if requested > lim.max_request_chars:
-            raise InvalidRequest(
-                f"max_chars {requested} exceeds the limit of {lim.max_request_chars} (max_request_chars)"
-            )
-        return requested or lim.default_max_chars
-
-    def _stops(self, stops: Sequence[str]) -> tuple[str, ...]:
-        lim = self.rt.limits
-        if len(stops) > lim.max_stop_strings:
-            raise InvalidRequest(f"{len(stops)} stop strings; the limit is {lim.max_stop_strings} (max_stop_strings)")
-        for stop in stops:
-            if not stop or len(stop) > lim.max_stop_chars:
-                raise InvalidRequest(f"stop strings must have 1 to {lim.max_stop_chars} characters (max_stop_chars)")
-        return tuple(stops)
-
-    def _watch(self, model: LoadedModel, request: pb.ActivationRequest) -> tuple[WatchedUnit, ...]:
-        """The watched units as state/layer/index, refusing any the model lacks or more than the limit."""
-        units = request.units
-        limit = self.rt.limits.max_watched_units
-        if len(units) > limit:
-            raise InvalidRequest(f"{len(units)} watched units; the limit is {limit} (max_watched_units)")
-        kinds = [s.kind for s in model.manifest.onnx.states]
-        layers, hidden = model.manifest.state_shape
-        out = []
-        for i, unit in enumerate(units):
-            kind = _KIND_NAMES.get(unit.kind, f"kind {unit.kind}")
-            name = f"watched unit {i} ({kind}:{unit.layer}:{unit.index})"
-            if kind not in kinds:
-                cell, have = model.manifest.model.cell, "/".join(kinds)
-                raise InvalidRequest(f"{name}: the {cell} model has no such state (it has {have})")
-            if unit.layer >= layers or unit.index >= hidden:
-                raise InvalidRequest(f"{name}: out of range (layers {layers}, hidden_size {hidden})")
-            out.append(WatchedUnit(kinds.index(kind), unit.layer, unit.index))
-        return tuple(out)
-
-    def _checkpoint_every(self, every: int) -> int:
-        minimum = self.rt.limits.min_checkpoint_chars
-        if 0 < every < minimum:
-            raise InvalidRequest(
-                f"checkpoint_every_chars {every} is below the limit of {minimum} (min_checkpoint_chars)"
-            )
-        return every
+    # --- conversion: protobuf → domain types ------------------------------------------------
+    def _request(self, msg: pb.GenerateRequest | pb.GenerateAction) -> GenerationRequest:
+        sampling = msg.sampling
+        request = GenerationRequest(
+            prompt=msg.prompt,
+            max_chars=msg.max_chars,
+            temperature=sampling.temperature if sampling.HasField("temperature") else None,
+            top_k=sampling.top_k,
+            top_p=sampling.top_p if sampling.HasField("top_p") else None,
+            seed=sampling.seed if sampling.HasField("seed") else None,
+            stop=tuple(msg.stop),
+        )
+        if not isinstance(msg, pb.GenerateRequest):
+            return request
+        watch = tuple((_KIND_NAMES.get(u.kind, f"kind {u.kind}"), u.layer, u.index) for u in msg.activations.units)
+        return replace(request, watch=watch, checkpoint_every=msg.checkpoint_every_chars)
 
     def _context(self, which: str | None, token: bytes, session_id: str) -> Context:
         """The context a request's token/session oneof names (`which`); sessions are read, not taken."""
@@ -126,23 +82,6 @@ class CharRNNServicer(pb_grpc.CharRNNServicer):
         if which == "session_id":
             return self.rt.sessions.get(session_id)
         return Context()
-
-    def _job(
-        self,
-        model: LoadedModel,
-        ctx: Context,
-        prompt: str,
-        max_chars: int,
-        sampling: pb.SamplingParams,
-        stops: Sequence[str],
-        watch: tuple[WatchedUnit, ...] = (),
-        checkpoint_every: int = 0,
-    ) -> Job:
-        ids = self._encode(model, prompt, self.rt.limits.max_prompt_chars, "prompt")
-        if not ids and ctx.logits is None:
-            raise InvalidRequest("prompt is empty and there is no state to continue from")
-        params, seed = self._sampling(sampling)
-        return Job(ctx, ids, self._max_chars(max_chars), params, self._stops(stops), seed, watch, checkpoint_every)
 
     def _done(self, model: LoadedModel, finished: Finished, session_id: str = "") -> pb.GenerateDone:
         """The final message; signed by the stream's own model (it may have been retired meanwhile)."""
@@ -175,10 +114,7 @@ class CharRNNServicer(pb_grpc.CharRNNServicer):
             else:
                 ctx = self._context(request.WhichOneof("start"), request.resume_token, "")
             model = self.rt.models.for_context(ctx)
-            watch = self._watch(model, request.activations) if request.activations.units else ()
-            every = self._checkpoint_every(request.checkpoint_every_chars)
-            job = self._job(model, ctx, request.prompt, request.max_chars, request.sampling, request.stop, watch, every)
-            stream = model.scheduler.submit(job)
+            stream = model.scheduler.submit(self.validator.job(model, ctx, self._request(request)))
         except Exception as exc:
             if acquired:
                 self.rt.sessions.release(session_id, None)
@@ -218,7 +154,8 @@ class CharRNNServicer(pb_grpc.CharRNNServicer):
             if not request.text:
                 raise InvalidRequest("text must not be empty")
             model = self.rt.models.for_context(ctx)
-            ids = np.asarray(self._encode(model, request.text, self.rt.limits.max_score_chars, "text"), np.int64)
+            limit = self.rt.limits.max_score_chars
+            ids = np.asarray(self.validator.encode(model, request.text, limit, "text"), np.int64)
             engine = model.scheduler.engine
             logits, after = await model.scheduler.call(lambda: run_text(engine, ctx, ids))
         except Exception as exc:
@@ -350,15 +287,15 @@ class _Conversation:
         if not text:
             return
         model = self.rt.models.for_context(self.ctx)
-        ids = np.asarray(self.servicer._encode(model, text, self.rt.limits.max_prompt_chars, "fed text"), np.int64)
+        limit = self.rt.limits.max_prompt_chars
+        ids = np.asarray(self.servicer.validator.encode(model, text, limit, "fed text"), np.int64)
         engine, ctx = model.scheduler.engine, self.ctx
         _, self.ctx = await model.scheduler.call(lambda: run_text(engine, ctx, ids))
 
     async def _generate(self, action: pb.GenerateAction) -> AsyncIterator[pb.SessionResponse]:
         s = self.servicer
         model = self.rt.models.for_context(self.ctx)
-        job = s._job(model, self.ctx, action.prompt, action.max_chars, action.sampling, action.stop)
-        stream = model.scheduler.submit(job)
+        stream = model.scheduler.submit(s.validator.job(model, self.ctx, s._request(action)))
         chunks = _chunks(stream)
         incoming: asyncio.Task[pb.SessionRequest | None] | None = None
         try:
