@@ -1,9 +1,11 @@
-"""deploy/k8s: every overlay built with `kubectl kustomize`, every object validated in strict mode with
-kubernetes-validate (unknown fields are errors) against the oldest and the newest Kubernetes versions the
-manifests target, and the deployment's promises read from the rendered objects."""
+"""deploy/k8s: every overlay (serving, and its training kustomization) built with `kubectl kustomize`, every
+object validated in strict mode with kubernetes-validate (unknown fields are errors) against the oldest and
+the newest Kubernetes versions the manifests target, and the deployment's promises read from the rendered
+objects."""
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import re
@@ -16,12 +18,16 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from charrnn.settings import add_flags, build, settings_of
+from service.config import ServerConfig
 from tests.deploy.tools import K8S, REPO
 
 KUBECTL = shutil.which("kubectl")
 pytestmark = pytest.mark.skipif(KUBECTL is None, reason="kubectl not on PATH: cannot run kustomize")
 
 OVERLAYS = sorted(p.name for p in (K8S / "overlays").iterdir() if (p / "kustomization.yaml").exists())
+# Each environment's training run: its own kustomization, applied on purpose, never by the serving one.
+TRAINING = "training"
 COMPONENTS = sorted(p.name for p in (K8S / "components").iterdir() if (p / "kustomization.yaml").exists())
 # Native gRPC probes are GA since 1.27 and the preStop sleep action is on by default since 1.30.
 MIN_VERSION = "1.30.0"
@@ -73,9 +79,25 @@ def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
     return all(labels.get(k) == v for k, v in selector.items())
 
 
+def pod_templates(objects: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    """('Kind/name', pod spec) for every object that makes pods (Deployment, Job, ...)."""
+    return [
+        (f"{o['kind']}/{o['metadata']['name']}", o["spec"]["template"]["spec"])
+        for o in objects
+        if "template" in o.get("spec", {})
+    ]
+
+
 @pytest.fixture(scope="module", params=OVERLAYS)
 def overlay(request: pytest.FixtureRequest) -> tuple[str, list[dict[str, Any]]]:
     return request.param, kustomize(K8S / "overlays" / request.param)
+
+
+@pytest.fixture(scope="module", params=OVERLAYS)
+def training(request: pytest.FixtureRequest) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:
+    """(environment, its training objects, its serving objects)."""
+    name = request.param
+    return name, kustomize(K8S / "overlays" / name / TRAINING), kustomize(K8S / "overlays" / name)
 
 
 def test_there_are_dev_and_prod_overlays() -> None:
@@ -87,10 +109,20 @@ def test_every_overlay_validates_strictly(overlay: tuple[str, list[dict[str, Any
     lines = validate_all(objects)
     kinds = {o["kind"] for o in objects}
     expected = {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "ConfigMap",
-                "NetworkPolicy", "Job", "PersistentVolumeClaim", "ServiceAccount", "Namespace"}  # fmt: skip
+                "NetworkPolicy", "PersistentVolumeClaim", "ServiceAccount", "Namespace"}  # fmt: skip
     assert expected <= kinds, expected - kinds
     assert len(lines) == len(objects)
     assert all(o["metadata"].get("namespace") for o in objects if o["kind"] != "Namespace"), name
+
+
+def test_every_training_overlay_validates_strictly(
+    training: tuple[str, list[dict[str, Any]], list[dict[str, Any]]],
+) -> None:
+    name, objects, serving = training
+    assert len(validate_all(objects)) == len(objects)
+    assert sorted(o["kind"] for o in objects) == ["Job", "NetworkPolicy"], name
+    (namespace,) = [o["metadata"]["name"] for o in serving if o["kind"] == "Namespace"]
+    assert {o["metadata"].get("namespace") for o in objects} == {namespace}, "trains where the server runs"
 
 
 def test_all_components_together_validate(tmp_path: Path) -> None:
@@ -104,6 +136,8 @@ def test_all_components_together_validate(tmp_path: Path) -> None:
     objects = kustomize(tmp_path)
     validate_all(objects)
     assert find(objects, "ServiceMonitor")
+    assert_autoscaler_owns_replicas(objects)
+    assert all(pod.get("enableServiceLinks") is False for _, pod in pod_templates(objects))
     volumes = one(objects, "Deployment", "charrnn")["spec"]["template"]["spec"]["volumes"]
     (artifacts,) = [v for v in volumes if v["name"] == "artifacts"]
     assert artifacts["persistentVolumeClaim"] == {"claimName": "charrnn-artifacts", "readOnly": True}
@@ -117,6 +151,22 @@ def test_strict_validation_catches_a_bad_manifest() -> None:
     monitor = {"apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor", "metadata": {"name": "x"}}
     with pytest.raises(kubernetes_validate.SchemaNotFoundError):
         kubernetes_validate.validate(monitor, VERSIONS[-1], strict=True)
+
+
+def serve_config(environ: dict[str, str]) -> ServerConfig:
+    """What `charrnn serve` with no flags makes of `environ` (charrnn.settings, as the CLI does)."""
+    parser = argparse.ArgumentParser()
+    add_flags(parser, ServerConfig)
+    return build(ServerConfig, parser.parse_args([]), environ)
+
+
+def assert_autoscaler_owns_replicas(objects: list[dict[str, Any]]) -> None:
+    """A Deployment an HPA scales has no `spec.replicas`: `kubectl apply` would reset the HPA's count to it."""
+    targets = [h["spec"]["scaleTargetRef"] for h in objects if h["kind"] == "HorizontalPodAutoscaler"]
+    assert targets, "no HorizontalPodAutoscaler"
+    for ref in targets:
+        scaled = one(objects, ref["kind"], ref["name"])
+        assert "replicas" not in scaled["spec"], f"{ref['kind']}/{ref['name']} sets replicas next to its HPA"
 
 
 def _config(objects: list[dict[str, Any]]) -> dict[str, str]:
@@ -133,6 +183,11 @@ def test_deployment_promises(overlay: tuple[str, list[dict[str, Any]]]) -> None:
     config = _config(objects)
     assert int(config["CHARRNN_PORT"]) == ports["grpc"] and int(config["CHARRNN_METRICS_PORT"]) == ports["metrics"]
     assert config["CHARRNN_HOST"] == "0.0.0.0"
+    # Every variable the ConfigMap sets is a `charrnn serve` setting, and the server reads them as meant.
+    known = {env for s in settings_of(ServerConfig) for env in s.envs}
+    assert set(config) <= known, f"{name}: not serve settings: {sorted(set(config) - known)}"
+    served = serve_config({**config, "CHARRNN_HMAC_KEY_FILE": "/etc/charrnn/hmac/hmac-key"})
+    assert (served.port, served.metrics_port, served.host) == (ports["grpc"], ports["metrics"], "0.0.0.0")
     # Native gRPC probes on the health service's port.
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert server[probe]["grpc"]["port"] == ports["grpc"], probe
@@ -191,7 +246,7 @@ def test_services_hpa_pdb_and_policy_select_the_server(overlay: tuple[str, list[
     hpa = one(objects, "HorizontalPodAutoscaler", "charrnn")
     assert hpa["apiVersion"] == "autoscaling/v2"
     assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "charrnn"}
-    assert hpa["spec"]["minReplicas"] <= deployment["spec"]["replicas"] <= hpa["spec"]["maxReplicas"]
+    assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
     metrics = {m["type"]: m for m in hpa["spec"]["metrics"]}
     assert metrics["Resource"]["resource"]["name"] == "cpu"
     if name == "prod":
@@ -203,18 +258,60 @@ def test_services_hpa_pdb_and_policy_select_the_server(overlay: tuple[str, list[
         assert find(objects, "ServiceMonitor")[0]["spec"]["endpoints"][0]["port"] == "metrics"
 
 
-def test_training_job_writes_to_the_claim_and_waits_to_be_started(overlay: tuple[str, list[dict[str, Any]]]) -> None:
+def test_the_autoscaler_alone_sets_the_replica_count(overlay: tuple[str, list[dict[str, Any]]]) -> None:
     _, objects = overlay
+    assert_autoscaler_owns_replicas(objects)
+
+
+def test_no_pod_takes_service_links(
+    training: tuple[str, list[dict[str, Any]], list[dict[str, Any]]],
+) -> None:
+    """Kubernetes injects CHARRNN_PORT=tcp://IP:50051 and more for the Service `charrnn` unless a pod opts
+    out; they share the settings' prefix (tests/test_settings.py: charrnn reads only its own flags')."""
+    name, trainer, serving = training
+    pods = pod_templates(trainer + serving)
+    assert {ident.split("/")[0] for ident, _ in pods} == {"Deployment", "Job"}, name
+    for ident, pod in pods:
+        assert pod.get("enableServiceLinks") is False, f"{name}: {ident} takes service links"
+
+
+def test_serving_never_touches_a_training_run(overlay: tuple[str, list[dict[str, Any]]]) -> None:
+    """Re-applying the serving overlay must not create, suspend or restart a training Job."""
+    name, objects = overlay
+    assert not [o for o in objects if o["kind"] in ("Job", "CronJob")], name
+    assert not any("charrnn-train" in str(c.get("image")) for _, pod in pod_templates(objects) for c in pod["containers"])
+
+
+def test_training_job_runs_when_applied_and_writes_to_the_claim(
+    training: tuple[str, list[dict[str, Any]], list[dict[str, Any]]],
+) -> None:
+    name, objects, serving = training
     job = one(objects, "Job", "charrnn-train")
-    assert job["spec"]["suspend"] is True, "applying the kustomization must not start a training run"
+    # Applied on purpose, it runs; applied again (unchanged spec), it keeps running: nothing suspends it.
+    assert not job["spec"].get("suspend", False), "the training Job must not be suspended"
     pod = job["spec"]["template"]["spec"]
     (trainer,) = pod["containers"]
     claims = {
         v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v
     }
-    one(objects, "PersistentVolumeClaim", claims["artifacts"])
+    one(serving, "PersistentVolumeClaim", claims["artifacts"])  # the serving overlay creates the claim
     mounts = {m["name"]: m["mountPath"] for m in trainer["volumeMounts"]}
     export = trainer["args"][trainer["args"].index("--export") + 1]
     assert trainer["args"][0] == "train" and export.startswith(mounts["artifacts"] + "/")
     assert trainer["securityContext"]["readOnlyRootFilesystem"] is True and mounts["tmp"] == "/tmp"
-    assert trainer["image"].split("/")[-1].startswith("charrnn-train:")
+    # The trainer's image is the serving image's release (same tag), and its arguments are ones
+    # `charrnn train` accepts (an overlay patching args by index would otherwise go unnoticed).
+    image, tag = trainer["image"].rsplit(":", 1)
+    (server,) = one(serving, "Deployment", "charrnn")["spec"]["template"]["spec"]["containers"]
+    assert image.split("/")[-1] == "charrnn-train" and tag == server["image"].rsplit(":", 1)[1], name
+    from training.cli import register
+    from training.config import TrainingConfig, apply_overrides
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(trainer["args"])
+    apply_overrides(TrainingConfig(), args.overrides)
+    policy = one(objects, "NetworkPolicy", "charrnn-train")
+    labels = job["spec"]["template"]["metadata"]["labels"]
+    assert selects(policy["spec"]["podSelector"]["matchLabels"], labels)
+    assert policy["spec"]["ingress"] == [] and policy["spec"]["egress"] == []
