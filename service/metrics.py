@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from service.ports import bind_error
 from service.rpc import Continuation, behavior_of, kind_of, rebuild, responses_of, service_and_method
 from service.scheduler import Finished, FinishReason, SchedulerObserver
 
@@ -307,11 +308,17 @@ class GrpcMetricsInterceptor(grpc.aio.ServerInterceptor):
 
 
 class MetricsHTTPServer:
-    """/metrics over HTTP on its own port (0 = any free port; `port` is the bound one)."""
+    """/metrics over HTTP on its own port (0 = any free port; `port` is the bound one).
+
+    An address it cannot bind is a ConfigError naming it and --metrics-port / --metrics-host.
+    """
 
     def __init__(self, registry: CollectorRegistry, host: str, port: int):
         server: WSGIServer
-        server, self._thread = start_http_server(port, addr=host, registry=registry)
+        try:
+            server, self._thread = start_http_server(port, addr=host, registry=registry)
+        except OSError as exc:
+            raise bind_error("/metrics", host, port, ("--metrics-port", "--metrics-host"), exc) from exc
         self._server = server
         self.port: int = server.server_port
 

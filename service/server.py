@@ -26,6 +26,7 @@ from charrnn.vocab import Vocabulary
 from service.config import ConfigError, ServerConfig
 from service.interceptors import BearerAuthInterceptor, DecodeGuardInterceptor
 from service.metrics import Metrics, MetricsHTTPServer
+from service.ports import bind_error, check_bindable
 from service.registry import LoadedModel, ModelRegistry
 from service.scheduler import Scheduler
 from service.servicer import CharRNNServicer, Runtime
@@ -35,6 +36,7 @@ from service.tokens import TokenCodec
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = charrnn_pb2.DESCRIPTOR.services_by_name["CharRNN"].full_name
+GRPC_FLAGS = ("--port", "--host")  # the flags that choose the gRPC address, named when it cannot be bound
 
 
 def load_model(config: ServerConfig, key: bytes, metrics: Metrics | None = None) -> LoadedModel:
@@ -109,14 +111,19 @@ class CharRNNServer:
 
     async def start(self) -> int:
         """Bind, answer health NOT_SERVING, warm the model up, then SERVING. Returns the bound port."""
-        address = f"{self.config.host}:{self.config.port}"
+        host, port = self.config.host, self.config.port
+        address = f"{host}:{port}"
         credentials = _tls_credentials(self.config)
-        if credentials is None:
-            self.port = self.server.add_insecure_port(address)
-        else:
-            self.port = self.server.add_secure_port(address, credentials)
+        check_bindable("gRPC", host, port, GRPC_FLAGS)  # gRPC's own failure names neither cause nor flag
+        try:
+            if credentials is None:
+                self.port = self.server.add_insecure_port(address)
+            else:
+                self.port = self.server.add_secure_port(address, credentials)
+        except RuntimeError as exc:  # taken between the check and the bind
+            raise bind_error("gRPC", host, port, GRPC_FLAGS, OSError(str(exc))) from exc
         if self.port == 0:
-            raise OSError(f"could not bind {address}")
+            raise bind_error("gRPC", host, port, GRPC_FLAGS, OSError("gRPC could not bind it"))
         if self.config.metrics_port >= 0:
             metrics_host = self.config.metrics_host or self.config.host
             self.metrics_http = MetricsHTTPServer(self.metrics.registry, metrics_host, self.config.metrics_port)
