@@ -70,14 +70,17 @@ def _load_config(args: argparse.Namespace) -> Any:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from training.data import prepare
+
     try:
         config = _load_config(args)
+        dataset = prepare(config.data)  # before torch loads: a bad corpus (CorpusError) costs a second, not ten
     except ValueError as exc:
         print(f"charrnn train: {exc}", file=sys.stderr)
         return 2
     from training.train import Trainer
 
-    result = Trainer(config, resume=args.resume).train()
+    result = Trainer(config, dataset=dataset, resume=args.resume).train()
     print(
         f"best validation loss {result.best_val_loss:.4f} nats ({result.best_val_bpc:.4f} bits/char) "
         f"after {result.steps} steps, {result.wall_time_s / 60:.1f} min; checkpoint {result.best_checkpoint}"

@@ -54,44 +54,89 @@ def stdlib_files() -> list[Path]:
     return sorted((p for p in root.glob("*.py") if p.is_file()), key=lambda p: p.name)
 
 
-def _resolve(spec: str) -> tuple[str, list[Path]]:
+class CorpusError(ValueError):
+    """A corpus that cannot be trained on as given; the message names the path and what to do instead."""
+
+
+_SELECT = "give files, a directory, a glob or a comma list of them, or builtin:python-stdlib (--corpus)"
+
+
+def _visible_files(directory: Path) -> list[Path]:
+    """Files under `directory`, sorted, leaving out hidden ones (a name under it that starts with '.')."""
+    return sorted(
+        p
+        for p in directory.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(directory).parts)
+    )
+
+
+def _resolve(spec: str) -> tuple[str, list[Path], list[Path]]:
+    """(name, files, directories given): the directories are named in the advice when a file is not text."""
     if spec == BUILTIN_CORPUS:
-        return f"{_STDLIB_PREFIX}-{sysconfig.get_python_version()}", stdlib_files()
+        return f"{_STDLIB_PREFIX}-{sysconfig.get_python_version()}", stdlib_files(), []
     paths: list[Path] = []
+    directories: list[Path] = []
     for part in (p.strip() for p in spec.split(",") if p.strip()):
         path = Path(part)
         if path.is_dir():
-            paths.extend(sorted(p for p in path.rglob("*") if p.is_file()))
+            directories.append(path)
+            paths.extend(_visible_files(path))
         elif any(ch in part for ch in "*?["):
             paths.extend(sorted(Path(p) for p in glob.glob(part, recursive=True) if Path(p).is_file()))
         elif path.is_file():
             paths.append(path)
         else:
-            raise FileNotFoundError(f"corpus path {part!r} does not exist")
+            raise CorpusError(f"corpus path {part!r} does not exist; {_SELECT}")
     if not paths:
-        raise FileNotFoundError(f"corpus {spec!r} matched no files")
+        raise CorpusError(f"corpus {spec!r} matched no files; {_SELECT}")
     name = paths[0].stem if len(paths) == 1 else f"{paths[0].parent.name or 'corpus'}-{len(paths)}-files"
-    return name, paths
+    return name, paths, directories
 
 
 def load_corpus(spec: str) -> Corpus:
-    """Read one or more UTF-8 files (a path, directory, glob, comma list, or the builtin corpus).
+    """Read one or more UTF-8 text files (a path, directory, glob, comma list, or the builtin corpus).
 
-    Files are joined in sorted order with a newline between them. Files that are not valid
-    UTF-8 are refused with their name, rather than silently mangled.
+    Files are joined in sorted order with a newline between them. A directory means every file under it
+    but hidden ones. A file that is not UTF-8 text (undecodable, or binary with NUL bytes) is refused with
+    its name rather than silently mangled or skipped: skipping would train on a different corpus than the
+    one named. CorpusError (one line) names the first such file, how many there are, and what to do.
     """
-    name, paths = _resolve(spec)
+    name, paths, directories = _resolve(spec)
     parts = []
+    refused: list[tuple[Path, str]] = []
     for path in paths:
         try:
-            parts.append(path.read_text(encoding="utf-8"))
+            text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as exc:
-            raise ValueError(f"corpus file {path} is not UTF-8 ({exc.reason} at byte {exc.start})") from exc
+            refused.append((path, f"is not UTF-8 text ({exc.reason} at byte {exc.start})"))
+            continue
+        except OSError as exc:
+            raise CorpusError(f"cannot read corpus file {path}: {exc.strerror or exc}") from exc
+        if "\x00" in text:
+            refused.append((path, "is binary, not text (it holds NUL bytes)"))
+            continue
+        parts.append(text)
+    if refused:
+        raise CorpusError(_refusal(refused, directories))
     text = "\n".join(parts)
     if len(text) < 2:
-        raise ValueError(f"corpus {spec!r} is too short to train on")
+        raise CorpusError(f"corpus {spec!r} is too short to train on (under 2 characters); {_SELECT}")
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
     return Corpus(name=name, text=text, sha256=digest, files=len(paths))
+
+
+def _refusal(refused: list[tuple[Path, str]], directories: list[Path]) -> str:
+    """One line: the first file that is not text, how many more, and what to do."""
+    path, why = refused[0]
+    others = len(refused) - 1
+    more = f" (and {others} more file{'s' if others > 1 else ''})" if others else ""
+    folder = next((d for d in directories if d in path.parents), None)
+    if folder is not None:
+        them = "them" if len(refused) > 1 else "it"
+        advice = f"remove {them} from {folder} or select the text files with a glob, e.g. --corpus '{folder}/**/*.txt'"
+    else:
+        advice = "leave it out of --corpus, or convert it to UTF-8 if it is text (e.g. iconv -f LATIN1 -t UTF-8)"
+    return f"corpus file {path} {why}{more}; {advice}"
 
 
 @dataclass(frozen=True)

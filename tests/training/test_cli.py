@@ -37,6 +37,29 @@ def test_unknown_setting_is_refused_with_the_valid_ones(tiny_corpus: Path, tmp_p
     assert "unknown setting 'model.hidden'" in result.stderr and "hidden_size" in result.stderr
 
 
+def _one_line_exit_2(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == "", result.stderr
+    (line,) = result.stderr.splitlines()
+    return line
+
+
+def test_missing_corpus_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    line = _one_line_exit_2(charrnn("train", "--corpus", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "r")))
+    assert line.startswith(f"charrnn train: corpus path '{tmp_path / 'nope.txt'}' does not exist; give files"), line
+    assert not (tmp_path / "r").exists(), "nothing is written for a corpus that cannot be read"
+
+
+def test_corpus_directory_with_binary_files_is_one_line_naming_the_file(tmp_path: Path) -> None:
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    (folder / "a.txt").write_text("some text\n" * 50, encoding="utf-8")
+    (folder / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
+    line = _one_line_exit_2(charrnn("train", "--corpus", str(folder), "--out", str(tmp_path / "r")))
+    assert f"corpus file {folder / 'logo.png'} is not UTF-8 text" in line, line
+    assert f"select the text files with a glob, e.g. --corpus '{folder}/**/*.txt'" in line, line
+
+
 def test_sample_on_missing_artifact_says_what_to_do(tmp_path: Path) -> None:
     result = charrnn("sample", "--model", str(tmp_path / "missing"))
     assert result.returncode == 1

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 
 from charrnn.vocab import UnknownCharactersError, Vocabulary
 from training.config import DataConfig
-from training.data import BpttBatches, eval_streams, load_corpus, prepare, split_text, stdlib_files
+from training.data import BpttBatches, CorpusError, eval_streams, load_corpus, prepare, split_text, stdlib_files
 
 
 def test_split_is_contiguous_first_part_train() -> None:
@@ -66,12 +67,40 @@ def test_corpus_from_directory_glob_and_list(tmp_path: Path) -> None:
 
 
 def test_corpus_refuses_missing_and_non_utf8(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(CorpusError, match="does not exist; give files, a directory"):
         load_corpus(str(tmp_path / "nope.txt"))
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"ok \xff\xfe")
-    with pytest.raises(ValueError, match="not UTF-8"):
+    with pytest.raises(
+        CorpusError, match=f"corpus file {re.escape(str(bad))} is not UTF-8 text .*leave it out of --corpus"
+    ):
         load_corpus(str(bad))
+
+
+def test_directory_with_binary_files_is_refused_naming_them(tmp_path: Path) -> None:
+    """Refused, not skipped: skipping would train on another corpus than the one named."""
+    folder = tmp_path / "texts"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.txt").write_text("some text\n", encoding="utf-8")
+    (folder / "img.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
+    (folder / "sub" / "blob.bin").write_bytes(b"ascii but binary\x00\x01")  # valid UTF-8, still not text
+    with pytest.raises(CorpusError) as info:
+        load_corpus(str(folder))
+    message = str(info.value)
+    assert message.startswith(f"corpus file {folder / 'img.png'} is not UTF-8 text"), message
+    assert "(and 1 more file)" in message and f"--corpus '{folder}/**/*.txt'" in message and "\n" not in message
+    (folder / "img.png").unlink()
+    with pytest.raises(CorpusError, match=r"blob\.bin is binary, not text"):
+        load_corpus(str(folder))
+
+
+def test_hidden_files_under_a_directory_are_not_corpus(tmp_path: Path) -> None:
+    (tmp_path / ".git").mkdir()
+    (tmp_path / ".git" / "index").write_bytes(b"\x00\xff")
+    (tmp_path / ".notes").write_text("not this", encoding="utf-8")
+    (tmp_path / "a.txt").write_text("text", encoding="utf-8")
+    corpus = load_corpus(str(tmp_path))
+    assert corpus.text == "text" and corpus.files == 1
 
 
 def test_builtin_corpus_is_deterministic_stdlib_source() -> None:
