@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from charrnn.artifact import UNKNOWN_POLICIES, VocabularySpec
+from charrnn.quoting import quote
 
 # Stands in for characters the model never saw (as UTF-8 decoders do for bad bytes).
 DEFAULT_UNKNOWN_CHAR = "\ufffd"
@@ -21,7 +22,7 @@ class UnknownCharactersError(ValueError):
 
     def __init__(self, chars: list[str]):
         self.chars = chars
-        shown = ", ".join(repr(c) for c in chars[:10])
+        shown = ", ".join(quote(c) for c in chars[:10])
         more = f" and {len(chars) - 10} more" if len(chars) > 10 else ""
         super().__init__(f"characters outside the model's vocabulary: {shown}{more}")
 

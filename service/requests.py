@@ -12,6 +12,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from charrnn.protocol import STATE_KINDS
+from charrnn.quoting import quote
 from service.config import Limits
 from service.context import Context
 from service.errors import InvalidRequest
@@ -109,7 +111,8 @@ class Validator:
         layers, hidden = model.manifest.state_shape
         out = []
         for i, (kind, layer, index) in enumerate(units):
-            name = f"watched unit {i} ({kind}:{layer}:{index})"
+            shown = kind if kind in STATE_KINDS else quote(kind)  # a name of the protocol's, or client text
+            name = f"watched unit {i} ({shown}:{layer}:{index})"
             if kind not in kinds:
                 cell, have = model.manifest.model.cell, "/".join(kinds)
                 raise InvalidRequest(f"{name}: the {cell} model has no such state (it has {have})")

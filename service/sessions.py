@@ -9,6 +9,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from charrnn.quoting import quote
 from service.context import Context
 from service.errors import SessionBusy, SessionNotFound
 
@@ -90,7 +91,7 @@ class SessionStore:
         self._expire()
         entry = self._entries.get(sid)
         if entry is None:
-            raise SessionNotFound(f"session {sid!r} not found (unknown, expired or evicted)")
+            raise SessionNotFound(f"session {quote(sid)} not found (unknown, expired or evicted)")
         return entry
 
     def get(self, sid: str) -> Context:
@@ -106,7 +107,7 @@ class SessionStore:
         with self._lock:
             entry = self._live(sid)
             if entry.busy:
-                raise SessionBusy(f"session {sid!r} is in use by another call")
+                raise SessionBusy(f"session {quote(sid)} is in use by another call")
             entry.busy = True
             self._entries.move_to_end(sid)
             return entry.ctx
