@@ -40,7 +40,7 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 256)
 
 REJECT_REASONS = ("queue_full", "shutting_down")
 EVICTION_REASONS = ("ttl", "count", "memory")
-TOKEN_REFUSALS = ("malformed", "signature", "version", "shape", "foreign_model")
+TOKEN_REFUSALS = ("malformed", "signature", "version", "shape", "foreign_model", "non_finite")
 RELOAD_RESULTS = ("loaded", "unchanged", "refused")
 
 

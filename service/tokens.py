@@ -1,7 +1,10 @@
 """Resume tokens: a `Context` serialised and signed (HMAC-SHA256), bound to one model file's sha256.
 
 Any replica with the same key and model continues a token exactly; a token for another model is refused as
-foreign (FAILED_PRECONDITION), a malformed or altered one as invalid (INVALID_ARGUMENT).
+foreign (FAILED_PRECONDITION), a malformed or altered one as invalid (INVALID_ARGUMENT), and so is a signed
+one whose state or logits are not finite (a leaked key must not buy NaN scores).
+
+Size: a 64-byte header, 4 bytes per logit and state value, a 32-byte HMAC.
 """
 
 from __future__ import annotations
@@ -106,6 +109,10 @@ class TokenCodec:
         if len(payload) != offset + 4 * (n_logits + n_states * size):
             raise self._refuse("malformed", InvalidToken("resume token is truncated or has trailing bytes"))
         data = np.frombuffer(payload, "<f4", offset=offset).astype(np.float32)
+        if not np.isfinite(data).all():  # only a key holder could sign it: defence in depth against NaN scores
+            raise self._refuse(
+                "non_finite", InvalidToken("resume token state holds NaN or infinite values; no server makes those")
+            )
         logits = data[:n_logits] if n_logits else None
         flat = data[n_logits:]
         states = tuple(flat[size * i : size * (i + 1)].reshape(layers, hidden) for i in range(n_states))
