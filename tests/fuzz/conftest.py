@@ -18,6 +18,7 @@ from tests.service.harness import ServerProcess
 from tests.service.tinymodel import TinySpec, export
 
 COUNTS: Counter[str] = Counter()
+FUZZ_SPEC = TinySpec(policy="refuse", seed=1)  # the fuzzed server's model
 # Small limits keep valid requests cheap; the fuzzer still reaches every limit.
 FUZZ_LIMITS = {
     "--max-request-chars": 24,
@@ -29,6 +30,8 @@ FUZZ_LIMITS = {
     "--max-sessions": 32,
     "--max-live-streams": 8,
     "--max-queued-streams": 64,
+    "--max-watched-units": 3,
+    "--min-checkpoint-chars": 8,
 }
 
 
@@ -42,7 +45,7 @@ def examples(default_cases: int, per_example: int) -> int:
 def fuzz_artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("fuzz-artifacts")
     return {
-        "model": export(TinySpec(policy="refuse", seed=1), root / "model"),
+        "model": export(FUZZ_SPEC, root / "model"),
         "other": export(TinySpec(policy="refuse", seed=8), root / "other"),  # same shapes, another hash
     }
 

@@ -1,20 +1,26 @@
 """Property-based fuzzing of every RPC against a real `charrnn serve` process.
 
-Each example sends a batch of requests (cheap unary calls and short streams under small limits)
-and checks each status against an oracle: the code the service's rules give (INVALID_ARGUMENT,
-NOT_FOUND, FAILED_PRECONDITION or OK), with a message; never INTERNAL or UNKNOWN. Resume tokens
-are fuzzed by random bytes, truncation, bit flips, extra bytes, a wrong key, another model, and
-forgeries signed with the right key. Afterwards the server is still SERVING, its RSS is flat and
-its sessions stay within their bound. Counts land in the terminal summary (conftest.COUNTS);
-CHARRNN_FUZZ_EXAMPLES=20000 scales the run up.
+Each example sends a batch of requests (cheap unary calls and short streams under small limits) and
+checks each status against an oracle written here from the API's rules (docs/api.md), not from the
+server's code: every case gets exactly one expected code (OK, INVALID_ARGUMENT, NOT_FOUND or
+FAILED_PRECONDITION), and a refusal's message is non-empty and short whatever the request held. Every
+request field is drawn, `activations` and `checkpoint_every_chars` included; raw bytes are parsed here
+first, so a message that parses gets the code its fields call for and one that does not gets
+INVALID_ARGUMENT. A Session's code is the first failing action's. Resume tokens are fuzzed by random
+bytes, truncation, bit flips, extra bytes, a wrong key, another model, and forgeries signed with the
+right key (odd headers, NaN/infinite/huge values). Afterwards the server is still SERVING, its RSS is
+flat and its sessions stay within their bound. Counts (cases by RPC and expected code) land in the
+terminal summary (conftest.COUNTS); CHARRNN_FUZZ_EXAMPLES=20000 scales the run up.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import math
 import re
+import struct
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -24,13 +30,13 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from charrnn.client import Client
 from charrnn.v1 import charrnn_pb2 as pb
-from service.tokens import _HEADER, _MAC_SIZE, TOKEN_MAGIC, TOKEN_VERSION
-from tests.fuzz.conftest import COUNTS, FUZZ_LIMITS, examples
+from tests.fuzz.conftest import COUNTS, FUZZ_LIMITS, FUZZ_SPEC, examples
 from tests.service.harness import TEST_KEY, ServerProcess
 
 C = grpc.StatusCode
@@ -47,12 +53,25 @@ MAX_SCORE = FUZZ_LIMITS["--max-score-chars"]
 MAX_CHARS = FUZZ_LIMITS["--max-request-chars"]
 MAX_STOPS = FUZZ_LIMITS["--max-stop-strings"]
 MAX_STOP_CHARS = FUZZ_LIMITS["--max-stop-chars"]
+MAX_WATCHED = FUZZ_LIMITS["--max-watched-units"]
+MIN_CHECKPOINT = FUZZ_LIMITS["--min-checkpoint-chars"]
+MAX_DETAILS = 400  # a refusal's message, in characters, whatever the request held (docs/api.md: 32-char quotes)
+# The token layout docs/api.md gives: magic, version, model sha256, has_seed, seed, position, n_logits,
+# n_states, layers, hidden (64 bytes), then float32 logits and states, then HMAC-SHA256 (32 bytes).
+TOKEN_HEADER = struct.Struct("<3sB32sBQQIBHI")
+TOKEN_MAGIC, TOKEN_VERSION, MAC = b"CRT", 1, 32
+HEADER_SIZE = TOKEN_HEADER.size
 RAW = {"request_serializer": bytes, "response_deserializer": bytes}
 METHODS = {
     "Generate": "unary_stream",
     "Score": "unary_unary",
     "GetModelInfo": "unary_unary",
     "Session": "stream_stream",
+}
+REQUESTS: dict[str, Any] = {
+    "Generate": pb.GenerateRequest,
+    "Score": pb.ScoreRequest,
+    "GetModelInfo": pb.GetModelInfoRequest,
 }
 
 
@@ -62,11 +81,21 @@ class Target:
 
     server: ServerProcess
     channel: grpc.Channel
-    vocab: frozenset[str]
+    info: pb.GetModelInfoResponse
     tokens: list[bytes]  # valid resume tokens (with state and logits)
     foreign: list[bytes]  # valid tokens from another model
     rss_kb: int = 0
     rpcs: dict[str, Callable[..., Any]] = field(default_factory=dict)
+
+    @property
+    def vocab(self) -> frozenset[str]:
+        return frozenset(self.info.vocabulary)
+
+    @property
+    def kinds(self) -> frozenset[int]:
+        """The watchable state kinds: unspecified means h; an LSTM also has c."""
+        lstm = self.info.cell == pb.CELL_TYPE_LSTM
+        return frozenset({pb.STATE_KIND_UNSPECIFIED, pb.STATE_KIND_H} | ({pb.STATE_KIND_C} if lstm else set()))
 
     def raw(self, method: str) -> Callable[..., Any]:
         if method not in self.rpcs:
@@ -86,7 +115,7 @@ def _metric(server: ServerProcess, name: str) -> float:
     port = int((server.port_file.parent / "metrics").read_text())
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     match = re.search(rf"^{name} (\S+)$", body, re.MULTILINE)
-    assert match is not None, name
+    assert match is not None, f"no series {name} on /metrics"
     return float(match.group(1))
 
 
@@ -97,11 +126,12 @@ def _scored_tokens(target: str, texts: list[str]) -> list[bytes]:
 
 @pytest.fixture(scope="module")
 def target(fuzz_server: ServerProcess, other_server: ServerProcess) -> Iterator[Target]:
-    with Client(fuzz_server.target, timeout=10) as client:
-        vocab = frozenset(client.info().vocabulary)
-    texts = ["a", "def f(x):\n", "0123", "Zz ~"]
     channel = grpc.insecure_channel(fuzz_server.target)
-    t = Target(fuzz_server, channel, vocab, _scored_tokens(fuzz_server.target, texts), [])
+    info = pb.GetModelInfoResponse.FromString(
+        channel.unary_unary("/charrnn.v1.CharRNN/GetModelInfo", **RAW)(b"", timeout=10)
+    )
+    texts = ["a", "def f(x):\n", "0123", "Zz ~"]
+    t = Target(fuzz_server, channel, info, _scored_tokens(fuzz_server.target, texts), [])
     t.foreign = _scored_tokens(other_server.target, texts)
     for _ in range(50):  # warm up allocator and caches before the RSS baseline
         _call(t, "Score", pb.ScoreRequest(text="warm up " * 4).SerializeToString())
@@ -134,95 +164,258 @@ def _call(t: Target, method: str, payload: bytes | list[bytes]) -> Outcome:
     return Outcome(C.OK, "")
 
 
-def _check(outcome: Outcome, expected: set[grpc.StatusCode], case: object) -> None:
-    assert outcome.code not in (C.INTERNAL, C.UNKNOWN), (outcome, case)
-    assert outcome.code in expected, (outcome, expected, case)
+def _check(outcome: Outcome, expected: grpc.StatusCode, case: object) -> None:
+    shown = repr(case)[:600]
+    assert outcome.code == expected, (outcome.code, outcome.details[:300], expected, shown)
     if outcome.code is not C.OK:
-        assert outcome.details and not outcome.details.startswith("Unexpected"), (outcome, case)
+        assert outcome.details and not outcome.details.startswith("Unexpected"), (outcome, shown)
+        assert len(outcome.details) <= MAX_DETAILS and "\n" not in outcome.details, (outcome.details[:600], shown)
+
+
+# --- the oracle: the API's rules, applied to a parsed request ------------------------------------
+def _start(t: Target, msg: pb.GenerateRequest | pb.ScoreRequest) -> tuple[grpc.StatusCode | None, bool]:
+    """(refusal code of the start, whether the start has state). No session id here names a live session."""
+    which = msg.WhichOneof("start")
+    if which is None:
+        return None, False
+    if which == "session_id":
+        return C.NOT_FOUND, False
+    if msg.resume_token in t.tokens:
+        return None, True
+    if msg.resume_token in t.foreign:
+        return C.FAILED_PRECONDITION, False
+    return C.INVALID_ARGUMENT, False  # any other bytes: not signed with the server's key
+
+
+def _text_ok(t: Target, text: str, limit: int) -> bool:
+    return len(text) <= limit and set(text) <= t.vocab
+
+
+def _generation_ok(t: Target, msg: pb.GenerateRequest | pb.GenerateAction, has_state: bool) -> bool:
+    """Every rule of a generation's parameters (Generate, or a Session's generate action)."""
+    s = msg.sampling
+    temperature_ok = not s.HasField("temperature") or (math.isfinite(s.temperature) and 0 <= s.temperature <= 100)
+    top_p_ok = not s.HasField("top_p") or (math.isfinite(s.top_p) and 0 < s.top_p <= 1)
+    stops_ok = len(msg.stop) <= MAX_STOPS and all(0 < len(x) <= MAX_STOP_CHARS for x in msg.stop)
+    prompt_ok = _text_ok(t, msg.prompt, MAX_PROMPT) and (bool(msg.prompt) or has_state)
+    ok = prompt_ok and temperature_ok and top_p_ok and stops_ok and msg.max_chars <= MAX_CHARS
+    if isinstance(msg, pb.GenerateRequest):
+        units = msg.activations.units
+        info = t.info
+        units_ok = all(u.kind in t.kinds and u.layer < info.layers and u.index < info.hidden_size for u in units)
+        every = msg.checkpoint_every_chars
+        ok = ok and len(units) <= MAX_WATCHED and units_ok and (every == 0 or every >= MIN_CHECKPOINT)
+    return ok
+
+
+def expect_generate(t: Target, msg: pb.GenerateRequest) -> grpc.StatusCode:
+    refused, has_state = _start(t, msg)
+    return refused or (C.OK if _generation_ok(t, msg, has_state) else C.INVALID_ARGUMENT)
+
+
+def expect_score(t: Target, msg: pb.ScoreRequest) -> grpc.StatusCode:
+    refused, _ = _start(t, msg)
+    return refused or (C.OK if msg.text and _text_ok(t, msg.text, MAX_SCORE) else C.INVALID_ARGUMENT)
+
+
+def expect_session(t: Target, messages: list[bytes]) -> grpc.StatusCode:
+    """Actions run in order; the stream ends with the first failing one's code (OK if none fails)."""
+    has_state = False
+    for raw in messages:
+        try:
+            request = pb.SessionRequest.FromString(raw)
+        except DecodeError:
+            return C.INVALID_ARGUMENT
+        action = request.WhichOneof("action")
+        if action is None:
+            return C.INVALID_ARGUMENT
+        if action == "feed" and request.feed.text:
+            if not _text_ok(t, request.feed.text, MAX_PROMPT):
+                return C.INVALID_ARGUMENT
+            has_state = True
+        elif action == "generate":
+            if not _generation_ok(t, request.generate, has_state):
+                return C.INVALID_ARGUMENT
+            has_state = True
+        elif action == "load":
+            load = request.load
+            source = load.WhichOneof("source")
+            if source == "session_id":
+                return C.NOT_FOUND
+            if source == "resume_token":
+                if load.resume_token in t.foreign:
+                    return C.FAILED_PRECONDITION
+                if load.resume_token not in t.tokens:
+                    return C.INVALID_ARGUMENT
+            has_state = source is not None
+        elif action == "reset":
+            has_state = False
+    return C.OK
+
+
+def _shown(method: str, payload: bytes) -> object:
+    """The request as a failure report shows it: parsed when it parses."""
+    try:
+        return REQUESTS[method].FromString(payload)
+    except DecodeError:
+        return payload
+
+
+def expect_raw(t: Target, method: str, payload: bytes) -> grpc.StatusCode:
+    """Bytes that parse get the code their fields call for; bytes that don't, INVALID_ARGUMENT."""
+    try:
+        msg = REQUESTS[method].FromString(payload)
+    except DecodeError:
+        return C.INVALID_ARGUMENT
+    if isinstance(msg, pb.GenerateRequest):
+        return expect_generate(t, msg)
+    if isinstance(msg, pb.ScoreRequest):
+        return expect_score(t, msg)
+    return C.OK
 
 
 # --- strategies ----------------------------------------------------------------------------------
+# Each field has a hostile strategy (anything its type holds, limits and their edges, odd code points,
+# far-over-the-limit text) and a good one (within every rule). A request is drawn all good, all
+# hostile, or good but for one field, so every rule is met both alone and in company, and valid
+# requests (OK) are common. A case builds its request against the live target (tokens live there).
+Case = Callable[[Target], tuple[str, bytes, grpc.StatusCode]]
 float32 = st.floats(width=32, allow_nan=True, allow_infinity=True)
+long_text = st.sampled_from([5_000, 10_000, 30_000]).map(lambda n: "x" * n)  # far over every limit
+in_vocab = "abc xyz(){}:\n0123"  # characters every test vocabulary has
 texts = st.one_of(
     st.just(""),
-    st.text(alphabet="abc xyz(){}:\n0123", max_size=MAX_PROMPT + 8),
+    st.text(alphabet=in_vocab, max_size=MAX_PROMPT + 8),
     st.text(max_size=40),  # any code point, mostly outside the vocabulary
-    st.integers(MAX_SCORE + 1, 5000).map(lambda n: "x" * n),  # far over the limits
+    st.integers(MAX_SCORE + 1, 5000).map(lambda n: "x" * n),
 )
 stops = st.lists(
-    st.one_of(st.just(""), st.text(alphabet="ab\n", max_size=MAX_STOP_CHARS + 2), st.text(max_size=12)),
+    st.one_of(st.just(""), st.text(alphabet="ab\n", max_size=MAX_STOP_CHARS + 2), st.text(max_size=12), long_text),
     max_size=MAX_STOPS + 3,
 )
-sampling: st.SearchStrategy[dict[str, Any]] = st.builds(
-    dict,
+
+
+def _sampling(temperature: Any, top_p: Any, top_k: Any, seed: Any) -> st.SearchStrategy[pb.SamplingParams]:
+    return st.builds(
+        lambda temperature, top_p, top_k, seed: pb.SamplingParams(
+            **{k: v for k, v in {"temperature": temperature, "top_p": top_p, "seed": seed}.items() if v is not None},
+            top_k=top_k,
+        ),
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        seed=seed,
+    )
+
+
+seeds = st.one_of(st.none(), st.integers(0, 2**64 - 1))
+sampling = _sampling(
     temperature=st.one_of(st.none(), float32, st.floats(0, 2, width=32)),
     top_p=st.one_of(st.none(), float32, st.floats(0, 1, width=32)),
     top_k=st.one_of(st.just(0), st.integers(0, 2**32 - 1)),
-    seed=st.one_of(st.none(), st.integers(0, 2**64 - 1)),
-)
-starts = st.one_of(
-    st.just(("none", None)),
-    st.tuples(st.just("resume_token"), st.binary(max_size=120)),
-    st.tuples(st.just("session_id"), st.text(max_size=40)),
+    seed=seeds,
 )
 max_chars = st.one_of(st.integers(0, MAX_CHARS + 2), st.integers(0, 2**32 - 1))
 
 
-def _params(values: dict[str, Any]) -> pb.SamplingParams:
-    return pb.SamplingParams(**{k: v for k, v in values.items() if v is not None})
+def _units(kinds: list[int], layers: st.SearchStrategy[int], indexes: st.SearchStrategy[int], most: int) -> Any:
+    unit = st.builds(pb.HiddenUnit, kind=st.sampled_from(kinds), layer=layers, index=indexes)
+    return st.lists(unit, max_size=most).map(lambda u: pb.ActivationRequest(units=u))
 
 
-def _sampling_ok(values: dict[str, Any]) -> bool:
-    temp, top_p = values["temperature"], values["top_p"]
-    temp_ok = temp is None or (math.isfinite(temp) and 0 <= temp <= 100)
-    return temp_ok and (top_p is None or (math.isfinite(top_p) and 0 < top_p <= 1))
+activations = _units(
+    [pb.STATE_KIND_UNSPECIFIED, pb.STATE_KIND_H, pb.STATE_KIND_C, 3, 99],
+    st.one_of(st.integers(0, FUZZ_SPEC.layers + 1), st.just(2**32 - 1)),
+    st.one_of(st.integers(0, FUZZ_SPEC.hidden + 2), st.just(2**32 - 1)),
+    MAX_WATCHED + 2,
+)
+checkpoint_every = st.one_of(st.just(0), st.integers(1, 2 * MIN_CHECKPOINT), st.just(2**32 - 1))
+# A start: none, random bytes, a session id (never a live one), or the target's valid / foreign token i.
+starts = st.one_of(
+    st.just(("none", None)),
+    st.tuples(st.just("resume_token"), st.binary(max_size=120)),
+    st.tuples(st.just("session_id"), st.one_of(st.text(max_size=40), long_text)),
+    st.tuples(st.sampled_from(["valid", "foreign"]), st.integers(0, 3)),
+)
+good = {
+    "prompt": st.text(alphabet=in_vocab, min_size=1, max_size=MAX_PROMPT),
+    "max_chars": st.integers(0, MAX_CHARS),
+    "sampling": _sampling(
+        temperature=st.one_of(st.none(), st.floats(0, 2, width=32)),
+        top_p=st.one_of(st.none(), st.floats(0, 1, exclude_min=True, width=32)),
+        top_k=st.integers(0, 40),
+        seed=seeds,
+    ),
+    "stop": st.lists(st.text(alphabet="ab\n", min_size=1, max_size=MAX_STOP_CHARS), max_size=MAX_STOPS),
+    "create_session": st.booleans(),
+    "activations": _units(
+        [pb.STATE_KIND_UNSPECIFIED, pb.STATE_KIND_H, pb.STATE_KIND_C],
+        st.integers(0, FUZZ_SPEC.layers - 1),
+        st.integers(0, FUZZ_SPEC.hidden - 1),
+        MAX_WATCHED,
+    ),
+    "checkpoint_every_chars": st.one_of(st.just(0), st.integers(MIN_CHECKPOINT, 4 * MIN_CHECKPOINT)),
+    "start": st.one_of(st.just(("none", None)), st.tuples(st.just("valid"), st.integers(0, 3))),
+    "text": st.text(alphabet=in_vocab, min_size=1, max_size=MAX_SCORE),
+}
+hostile = {
+    "prompt": texts,
+    "max_chars": max_chars,
+    "sampling": sampling,
+    "stop": stops,
+    "create_session": st.booleans(),
+    "activations": activations,
+    "checkpoint_every_chars": checkpoint_every,
+    "start": starts,
+    "text": texts,
+}
 
 
-def _text_ok(t: Target, text: str, limit: int) -> bool:
-    return 0 < len(text) <= limit and set(text) <= t.vocab
+@st.composite
+def request_fields(draw: st.DrawFn, names: tuple[str, ...]) -> dict[str, Any]:
+    """The named fields, drawn all good, all hostile, or good but for one."""
+    mode = draw(st.sampled_from(["good", "one hostile", "hostile"]))
+    bad = draw(st.sampled_from(names)) if mode == "one hostile" else None
+    return {n: draw(hostile[n] if mode == "hostile" or n == bad else good[n]) for n in names}
 
 
-def _start_code(start: tuple[str, Any]) -> grpc.StatusCode | None:
-    """Random tokens are refused as malformed/unsigned; random session ids are unknown."""
-    kind, _ = start
-    return {"none": None, "resume_token": C.INVALID_ARGUMENT, "session_id": C.NOT_FOUND}[kind]
-
-
-def _with_start(msg: Any, start: tuple[str, Any]) -> Any:
+def _with_start(t: Target, msg: Any, start: tuple[str, Any]) -> Any:
     kind, value = start
-    if kind != "none":
+    if kind in ("valid", "foreign"):
+        msg.resume_token = (t.tokens if kind == "valid" else t.foreign)[value]
+    elif kind != "none":
         setattr(msg, kind, value)
     return msg
 
 
-@st.composite
-def generate_cases(draw: st.DrawFn) -> tuple[str, Any, Callable[[Target], grpc.StatusCode]]:
-    prompt, n, params, stop, start = draw(texts), draw(max_chars), draw(sampling), draw(stops), draw(starts)
-    msg = _with_start(pb.GenerateRequest(prompt=prompt, max_chars=n, sampling=_params(params), stop=stop), start)
-    msg.create_session = draw(st.booleans())
-
-    def expect(t: Target) -> grpc.StatusCode:
-        valid = (
-            _text_ok(t, prompt, MAX_PROMPT)
-            and _sampling_ok(params)
-            and n <= MAX_CHARS
-            and len(stop) <= MAX_STOPS
-            and all(0 < len(s) <= MAX_STOP_CHARS for s in stop)
-        )
-        return _start_code(start) or (C.OK if valid else C.INVALID_ARGUMENT)
-
-    return "Generate", msg, expect
+GENERATE_FIELDS: tuple[str, ...] = ("prompt", "max_chars", "sampling", "stop", "create_session", "activations")
+GENERATE_FIELDS += ("checkpoint_every_chars", "start")
 
 
 @st.composite
-def score_cases(draw: st.DrawFn) -> tuple[str, Any, Callable[[Target], grpc.StatusCode]]:
-    text, start = draw(texts), draw(starts)
-    msg = _with_start(pb.ScoreRequest(text=text), start)
+def generate_cases(draw: st.DrawFn) -> Case:
+    fields = draw(request_fields(GENERATE_FIELDS))
+    start = fields.pop("start")
+    base = pb.GenerateRequest(**fields)
 
-    def expect(t: Target) -> grpc.StatusCode:
-        return _start_code(start) or (C.OK if _text_ok(t, text, MAX_SCORE) else C.INVALID_ARGUMENT)
+    def build(t: Target) -> tuple[str, bytes, grpc.StatusCode]:
+        msg = pb.GenerateRequest()
+        msg.CopyFrom(base)
+        msg = _with_start(t, msg, start)
+        return "Generate", msg.SerializeToString(), expect_generate(t, msg)
 
-    return "Score", msg, expect
+    return build
+
+
+@st.composite
+def score_cases(draw: st.DrawFn) -> Case:
+    fields = draw(request_fields(("text", "start")))
+
+    def build(t: Target) -> tuple[str, bytes, grpc.StatusCode]:
+        msg = _with_start(t, pb.ScoreRequest(text=fields["text"]), fields["start"])
+        return "Score", msg.SerializeToString(), expect_score(t, msg)
+
+    return build
 
 
 def _bad_utf8_field(field_number: int, junk: bytes) -> bytes:
@@ -231,59 +424,94 @@ def _bad_utf8_field(field_number: int, junk: bytes) -> bytes:
     return bytes([field_number << 3 | 2, len(value)]) + value
 
 
+def _raw_case(method: str, payload: bytes) -> Case:
+    return lambda t: (method, payload, expect_raw(t, method, payload))
+
+
 unparsable = st.one_of(
     st.tuples(st.sampled_from(["Generate", "Score"]), st.integers(1, 1), st.binary(max_size=20)),  # text/prompt
     st.tuples(st.just("Generate"), st.sampled_from([4, 6]), st.binary(max_size=20)),  # stop, session_id
     st.tuples(st.just("Score"), st.just(3), st.binary(max_size=20)),  # session_id
-).map(lambda c: (c[0], _bad_utf8_field(c[1], c[2]), lambda t: C.INVALID_ARGUMENT))
-random_bytes = st.tuples(st.sampled_from(["Generate", "Score", "GetModelInfo"]), st.binary(max_size=64)).map(
-    lambda c: (c[0], c[1], None)  # may parse as anything: any deliberate code
-)
-info_cases = st.just(("GetModelInfo", pb.GetModelInfoRequest(), lambda t: C.OK))
+).map(lambda c: _raw_case(c[0], _bad_utf8_field(c[1], c[2])))
+random_bytes = st.tuples(st.sampled_from(sorted(REQUESTS)), st.binary(max_size=64)).map(lambda c: _raw_case(*c))
+info_cases = st.just(_raw_case("GetModelInfo", b""))
 request_cases = st.one_of(generate_cases(), score_cases(), info_cases, unparsable, random_bytes)
-DELIBERATE = {C.OK, C.INVALID_ARGUMENT, C.NOT_FOUND, C.FAILED_PRECONDITION}
 
 
 @settings(FUZZ, max_examples=examples(2000, PER_EXAMPLE))
 @given(batch=st.lists(request_cases, min_size=PER_EXAMPLE, max_size=PER_EXAMPLE))
-def test_requests_get_deliberate_statuses(target: Target, batch: list[tuple[str, Any, Any]]) -> None:
-    for method, msg, expect in batch:
-        payload = msg if isinstance(msg, bytes) else msg.SerializeToString()
-        outcome = _call(target, method, payload)
-        _check(outcome, DELIBERATE if expect is None else {expect(target)}, (method, msg))
+def test_requests_get_the_code_the_rules_give(target: Target, batch: list[Case]) -> None:
+    for case in batch:
+        method, payload, expected = case(target)
+        _check(_call(target, method, payload), expected, (method, _shown(method, payload)))
         COUNTS["request cases"] += 1
+        COUNTS[f"request cases: {method} {expected.name}"] += 1
+
+
+def test_the_strategies_set_every_field(target: Target) -> None:
+    """Every field of every request message is drawn (so none goes unfuzzed)."""
+    names: tuple[str, ...] = ("GenerateRequest", "SamplingParams", "ActivationRequest", "HiddenUnit")
+    names += ("ScoreRequest", "SessionRequest", "FeedAction", "GenerateAction", "LoadAction")
+    seen: dict[str, set[str]] = {name: set() for name in names}
+
+    def note(msg: Any) -> None:
+        for f, value in msg.ListFields():
+            seen.setdefault(msg.DESCRIPTOR.name, set()).add(f.name)
+            for item in value if f.is_repeated else [value]:
+                if hasattr(item, "ListFields"):
+                    note(item)
+
+    @settings(FUZZ, max_examples=300)
+    @given(generate=generate_cases(), score=score_cases(), session=session_messages)
+    def collect(generate: Case, score: Case, session: list[bytes]) -> None:
+        for case in (generate, score):
+            method, payload, _ = case(target)
+            note(REQUESTS[method].FromString(payload))
+        for raw in session:
+            with contextlib.suppress(DecodeError):
+                note(pb.SessionRequest.FromString(raw))
+
+    collect()
+    for name in names:
+        every = {f.name for f in getattr(pb, name).DESCRIPTOR.fields}
+        assert seen[name] == every, (name, every - seen[name])
 
 
 # --- Session -------------------------------------------------------------------------------------
 actions = st.one_of(
-    texts.map(lambda s: pb.SessionRequest(feed=pb.FeedAction(text=s))),
-    st.builds(
-        lambda p, n, s, stop: pb.SessionRequest(
-            generate=pb.GenerateAction(prompt=p, max_chars=n, sampling=_params(s), stop=stop)
-        ),
-        texts,
-        max_chars,
-        sampling,
-        stops,
+    st.one_of(good["prompt"], texts).map(lambda s: pb.SessionRequest(feed=pb.FeedAction(text=s))),
+    request_fields(("prompt", "max_chars", "sampling", "stop")).map(
+        lambda f: pb.SessionRequest(generate=pb.GenerateAction(**f))
     ),
     st.just(pb.SessionRequest(token=pb.TokenAction())),
     st.just(pb.SessionRequest(reset=pb.ResetAction())),
     st.just(pb.SessionRequest(cancel=pb.CancelAction())),
     st.just(pb.SessionRequest()),  # no action
+    st.just(pb.SessionRequest(load=pb.LoadAction())),  # no source: the start of a text
     st.binary(max_size=40).map(lambda b: pb.SessionRequest(load=pb.LoadAction(resume_token=b))),
-    st.text(max_size=30).map(lambda s: pb.SessionRequest(load=pb.LoadAction(session_id=s))),
+    st.one_of(st.text(max_size=30), long_text).map(lambda s: pb.SessionRequest(load=pb.LoadAction(session_id=s))),
 )
 session_messages = st.lists(
     st.one_of(actions.map(lambda a: a.SerializeToString()), st.binary(max_size=16)), min_size=1, max_size=6
 )
+# Loads of the target's own tokens (valid or foreign), which random bytes never are.
+token_loads = st.tuples(st.sampled_from(["valid", "foreign"]), st.integers(0, 3), st.integers(0, 5))
 
 
 @settings(FUZZ, max_examples=examples(400, 1))
-@given(messages=session_messages)
-def test_session_actions_get_deliberate_statuses(target: Target, messages: list[bytes]) -> None:
-    outcome = _call(target, "Session", messages)
-    _check(outcome, DELIBERATE, messages)
+@given(messages=session_messages, load=st.one_of(st.none(), token_loads))
+def test_session_actions_get_the_first_failing_actions_code(
+    target: Target, messages: list[bytes], load: tuple[str, int, int] | None
+) -> None:
+    if load is not None:
+        kind, index, where = load
+        token = (target.tokens if kind == "valid" else target.foreign)[index]
+        request = pb.SessionRequest(load=pb.LoadAction(resume_token=token)).SerializeToString()
+        messages = [*messages[:where], request, *messages[where:]]
+    expected = expect_session(target, messages)
+    _check(_call(target, "Session", messages), expected, messages)
     COUNTS["request cases"] += 1
+    COUNTS[f"request cases: Session {expected.name}"] += 1
     COUNTS["session actions"] += len(messages)
 
 
@@ -293,11 +521,10 @@ def _sign(payload: bytes, key: bytes) -> bytes:
 
 
 @st.composite
-def token_cases(draw: st.DrawFn, t_tokens: int = 4) -> tuple[str, Callable[[Target], tuple[bytes, set[Any]]]]:
-    """(kind, build): build(target) gives the token and the codes it may get."""
-    kind = draw(
-        st.sampled_from(["random", "truncated", "bitflip", "extended", "wrong_key", "foreign", "forged", "valid"])
-    )
+def token_cases(draw: st.DrawFn, t_tokens: int = 4) -> tuple[str, Callable[[Target], tuple[bytes, grpc.StatusCode]]]:
+    """(kind, build): build(target) gives the token and the code it must get."""
+    kinds = ["random", "truncated", "bitflip", "extended", "wrong_key", "foreign", "forged", "resigned", "valid"]
+    kind = draw(st.sampled_from(kinds))  # resigned: the real header, odd values (NaN, infinity, 3e38, 0)
     index = draw(st.integers(0, t_tokens - 1))
     cut, bit = draw(st.integers(0, 10**6)), draw(st.integers(0, 10**7))
     blob = draw(st.binary(min_size=1, max_size=64))
@@ -318,32 +545,40 @@ def token_cases(draw: st.DrawFn, t_tokens: int = 4) -> tuple[str, Callable[[Targ
     values = draw(st.sampled_from(["normal", "nan", "inf", "huge", "zero"]))
     key = TEST_KEY.encode()
 
-    def build(t: Target) -> tuple[bytes, set[Any]]:
+    def build(t: Target) -> tuple[bytes, grpc.StatusCode]:
         good = t.tokens[index]
         if kind == "random":
-            return blob, {C.INVALID_ARGUMENT}
+            return blob, C.INVALID_ARGUMENT
         if kind == "truncated":
-            return good[: cut % len(good)], {C.INVALID_ARGUMENT}
+            return good[: cut % len(good)], C.INVALID_ARGUMENT
         if kind == "bitflip":
             flipped = bytearray(good)
             flipped[(bit // 8) % len(good)] ^= 1 << (bit % 8)
-            return bytes(flipped), {C.INVALID_ARGUMENT}
+            return bytes(flipped), C.INVALID_ARGUMENT
         if kind == "extended":
-            return good + blob, {C.INVALID_ARGUMENT}
-        if kind == "wrong_key":
-            return _sign(good[:-_MAC_SIZE], key + blob), {C.INVALID_ARGUMENT}
+            return good + blob, C.INVALID_ARGUMENT
+        if kind == "wrong_key":  # not key + zero bytes: HMAC pads keys with zeros, so that is the same key
+            return _sign(good[:-MAC], b"other-" + key + blob), C.INVALID_ARGUMENT
         if kind == "foreign":
-            return t.foreign[index], {C.FAILED_PRECONDITION}
+            return t.foreign[index], C.FAILED_PRECONDITION
         if kind == "valid":
-            return good, {C.OK}
-        return _forge(good, header, values, key), DELIBERATE
+            return good, C.OK
+        if kind == "resigned":
+            real = (TOKEN_MAGIC, TOKEN_VERSION, True, *header[3:6], None, None, None, None)
+            return _forge(good, real, values, key)
+        return _forge(good, header, values, key)
 
     return kind, build
 
 
-def _forge(good: bytes, header: tuple[Any, ...], values: str, key: bytes) -> bytes:
-    """A token signed with the right key (so only a key holder could make it): odd headers and values."""
-    real = _HEADER.unpack_from(good)
+def _forge(good: bytes, header: tuple[Any, ...], values: str, key: bytes) -> tuple[bytes, grpc.StatusCode]:
+    """A token signed with the right key (so only a key holder could make it): odd headers and values.
+
+    Its code follows the checks in the order a signed token meets them: format and version
+    (INVALID_ARGUMENT), the model it names (FAILED_PRECONDITION: another model's shapes are not this
+    server's to judge), shape and length, finite values (INVALID_ARGUMENT); past them all it continues (OK).
+    """
+    real = TOKEN_HEADER.unpack_from(good)
     magic, version, own, has_seed, seed, position, n_logits, n_states, layers, hidden = header
     fields = [
         magic,
@@ -357,15 +592,21 @@ def _forge(good: bytes, header: tuple[Any, ...], values: str, key: bytes) -> byt
         real[8] if layers is None else layers,
         real[9] if hidden is None else hidden,
     ]
-    count = min(fields[6] + fields[7] * fields[8] * fields[9], 20000)
+    want = fields[6] + fields[7] * fields[8] * fields[9]
     fill = {"normal": 0.5, "nan": math.nan, "inf": math.inf, "huge": 3e38, "zero": 0.0}[values]
-    body = np.full(count, fill, "<f4")
-    if count and values == "normal":
-        body = np.asarray(
-            np.frombuffer(good, "<f4", count=min(count, (len(good) - _HEADER.size - 32) // 4), offset=_HEADER.size),
-            "<f4",
-        )
-    return _sign(_HEADER.pack(*fields) + body.tobytes(), key)
+    body = np.full(min(want, 20000), fill, "<f4")
+    if body.size and values == "normal":
+        available = (len(good) - HEADER_SIZE - MAC) // 4
+        body = np.asarray(np.frombuffer(good, "<f4", count=min(body.size, available), offset=HEADER_SIZE), "<f4")
+    token = _sign(TOKEN_HEADER.pack(*fields) + body.tobytes(), key)
+    if magic != TOKEN_MAGIC or version != TOKEN_VERSION:
+        return token, C.INVALID_ARGUMENT
+    if not own:
+        return token, C.FAILED_PRECONDITION
+    shape_ok = fields[7] in (0, real[7]) and fields[6] in (0, real[6]) and (fields[8], fields[9]) == real[8:10]
+    if not shape_ok or body.size != want or not np.isfinite(body).all():
+        return token, C.INVALID_ARGUMENT
+    return token, C.OK
 
 
 CARRIERS: dict[str, Callable[[bytes], tuple[str, bytes | list[bytes]]]] = {
@@ -384,13 +625,13 @@ CARRIERS: dict[str, Callable[[bytes], tuple[str, bytes | list[bytes]]]] = {
         st.tuples(token_cases(), st.sampled_from(sorted(CARRIERS))), min_size=PER_EXAMPLE, max_size=PER_EXAMPLE
     )
 )
-def test_resume_tokens_are_refused_deliberately(target: Target, batch: list[tuple[Any, str]]) -> None:
+def test_resume_tokens_get_the_code_the_rules_give(target: Target, batch: list[tuple[Any, str]]) -> None:
     for (kind, build), carrier in batch:
         token, expected = build(target)
         method, payload = CARRIERS[carrier](token)
         _check(_call(target, method, payload), expected, (kind, carrier, token[:80]))
         COUNTS["token cases"] += 1
-        COUNTS[f"token cases: {kind}"] += 1
+        COUNTS[f"token cases: {kind} {expected.name}"] += 1
 
 
 # --- afterwards ----------------------------------------------------------------------------------
