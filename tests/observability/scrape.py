@@ -1,4 +1,9 @@
-"""Read metric values from a registry or a /metrics page, as tests need them."""
+"""Read metric values from a registry or a /metrics page, as tests need them.
+
+A series that does not exist is an error, never a 0: a misspelt metric or label would otherwise pass
+every "== 0" check. (The server creates the series of its known label values at start, so a counter
+that has not counted yet exists and reads 0.)
+"""
 
 from __future__ import annotations
 
@@ -8,14 +13,22 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 
+class MissingSeries(AssertionError):
+    """The series asked for is not there (misspelt name or label, or a series not created yet)."""
+
+
 def value(registry: CollectorRegistry, name: str, **labels: str) -> float:
-    """A sample's value (0 when the series does not exist yet)."""
+    """A sample's value; MissingSeries (naming the series that do exist under `name`) when there is none."""
     got = registry.get_sample_value(name, labels)
-    return 0.0 if got is None else got
+    if got is not None:
+        return got
+    present = sorted(str(s.labels) for family in registry.collect() for s in family.samples if s.name == name)
+    where = f"series of {name}: {', '.join(present[:8])}" if present else f"no sample is named {name}"
+    raise MissingSeries(f"no series {name}{labels} ({where})")
 
 
 def scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    """Every sample on a /metrics page, keyed by (name, labels)."""
+    """Every sample on a /metrics page, keyed by (name, labels); a missing key is a KeyError."""
     with urllib.request.urlopen(url, timeout=10) as response:
         text = response.read().decode()
     return {

@@ -15,7 +15,7 @@ from charrnn.v1 import charrnn_pb2 as pb
 from charrnn.v1 import charrnn_pb2_grpc as pb_grpc
 from service.metrics import grpc_code_name
 from service.tokens import TokenCodec
-from tests.observability.scrape import scrape, value
+from tests.observability.scrape import MissingSeries, scrape, value
 from tests.service.harness import TEST_KEY, ServerThread, make_config, wait_until
 
 SERVICE = "charrnn.v1.CharRNN"
@@ -37,8 +37,12 @@ def rpc(method: str, kind: str) -> dict[str, str]:
     return {"grpc_service": SERVICE, "grpc_method": method, "grpc_type": kind}
 
 
-def handled(reg: CollectorRegistry, method: str, kind: str, code: str) -> float:
-    return value(reg, "grpc_server_handled_total", **rpc(method, kind), grpc_code=code)
+def handled(reg: CollectorRegistry, method: str, kind: str, code: str) -> float | None:
+    """RPCs handled with `code`; None (never 0) before the first: a code's series appears with its first call."""
+    try:
+        return value(reg, "grpc_server_handled_total", **rpc(method, kind), grpc_code=code)
+    except MissingSeries:
+        return None
 
 
 def test_generate_counts_chars_messages_and_latencies(server: ServerThread) -> None:
@@ -107,7 +111,9 @@ def test_refusals_show_under_their_code(server: ServerThread, client: Client) ->
         client.generate(max_chars=5, session_id="no-such-session").text()
     assert wait_until(lambda: handled(reg, "Generate", "server_stream", "InvalidArgument") == 1)
     assert wait_until(lambda: handled(reg, "Generate", "server_stream", "NotFound") == 1)
-    assert handled(reg, "Generate", "server_stream", "OK") == 0
+    # Neither counted as OK: no OK series yet, and the two calls started are the two refused.
+    assert handled(reg, "Generate", "server_stream", "OK") is None
+    assert value(reg, "grpc_server_started_total", **rpc("Generate", "server_stream")) == 2
 
 
 def test_cancelled_stream(server: ServerThread, client: Client) -> None:

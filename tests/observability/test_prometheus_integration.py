@@ -1,11 +1,14 @@
 """A real Prometheus scrapes a real server: counters arrive and the TTFC p99 query returns a number.
 
-Also runs every Grafana panel's query against it (variables substituted): each must evaluate.
+Also runs every Grafana panel's query against it (variables substituted) after traffic that exercises
+every panel (streams, scores, a refused call): each must return at least one series, every value a
+number, so a misspelt metric or label in the dashboard fails here instead of drawing an empty panel.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import socket
 import subprocess
 import time
@@ -17,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from charrnn.client import Client
+from charrnn.client import CharRNNError, Client
 from tests.observability.promtool import require
 from tests.observability.test_deploy_config import dashboard_exprs
 from tests.service.harness import ServerThread
@@ -106,11 +109,14 @@ def test_prometheus_scrapes_the_server(server: ServerThread, prometheus: Prometh
     up = prometheus.poll('up{job="charrnn"}', lambda r: scalar(r) == 1)
     assert scalar(up) == 1, up
     with Client(server.target, timeout=30) as client:
-        # Traffic across two scrapes, so rate() over the window has two points either side.
+        # Traffic across two scrapes, so rate() over the window has two points either side; the refused
+        # call gives the errors panel a series.
         for round_ in range(2):
             for i in range(4):
                 client.generate("def f(x):\n", max_chars=200, seed=10 * round_ + i).text()
             client.score("import os\n")
+            with pytest.raises(CharRNNError):
+                client.generate("x", max_chars=5, temperature=-1.0).text()
             time.sleep(1.5)
     generated = prometheus.poll("sum(charrnn_generated_chars_total)", lambda r: (scalar(r) or 0) >= 1600)
     assert scalar(generated) == 1600, generated
@@ -124,7 +130,13 @@ def test_prometheus_scrapes_the_server(server: ServerThread, prometheus: Prometh
     print(f"\nprometheus: {TTFC_P99} -> {json.dumps(p99)}")
     info = prometheus.query("charrnn_model_info")["result"]
     assert len(info) == 1 and info[0]["metric"]["sha256"], info
-    # Every dashboard panel's query evaluates against the live data (status success, no error).
+    # Every dashboard panel's query returns data for the traffic above: at least one series, all numbers.
     for title, expr in dashboard_exprs():
-        data = prometheus.query(expr)
-        assert data["resultType"] == "vector", (title, expr)
+        assert prometheus.query(expr)["resultType"] == "vector", (title, expr)
+        result = prometheus.poll(expr, has_numbers)
+        assert has_numbers(result), (title, expr, result)
+
+
+def has_numbers(result: list[dict[str, Any]]) -> bool:
+    """At least one series, and every value a finite number (an empty panel or NaN is not data)."""
+    return bool(result) and all(math.isfinite(float(r["value"][1])) for r in result)

@@ -1,0 +1,17 @@
+"""The tests' metric reader: a series that does not exist fails, it never reads as 0."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.metrics import Metrics
+from tests.observability.scrape import MissingSeries, value
+
+
+def test_a_missing_series_fails_and_an_existing_zero_reads_zero() -> None:
+    reg = Metrics().registry
+    assert value(reg, "charrnn_rejections_total", reason="queue_full") == 0  # created at start, not counted yet
+    with pytest.raises(MissingSeries, match="no sample is named charrnn_rejection_total"):
+        value(reg, "charrnn_rejection_total", reason="queue_full")  # misspelt name
+    with pytest.raises(MissingSeries, match="series of charrnn_rejections_total: .*queue_full"):
+        value(reg, "charrnn_rejections_total", reason="queue-full")  # misspelt label value
