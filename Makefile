@@ -61,8 +61,15 @@ QUALITY_CONFIG := model.hidden_size=512 model.embedding_size=128 model.dropout=0
 	optim.seq_len=128 optim.lr=0.002 optim.warmup_steps=150 optim.max_steps=4000 run.eval_interval=250 \
 	run.sample_interval=250 run.threads=1 run.sample_prime=ROMEO:
 
-bench-quality: install  ## 30-minute quality benchmark on tiny shakespeare (see docs/benchmarks.md)
-	$(BIN)/charrnn bench quality --corpus ../shared/data/tinyshakespeare.txt --minutes 30 \
+# Tiny shakespeare (1.1 MB) is not in the repository: download the char-rnn repository's
+# data/tinyshakespeare/input.txt (TINYSHAKESPEARE_URL) to this path (git ignores data/), or point it elsewhere.
+TINYSHAKESPEARE ?= data/tinyshakespeare.txt
+TINYSHAKESPEARE_URL := https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt
+
+bench-quality: install  ## 30-minute quality benchmark on tiny shakespeare (TINYSHAKESPEARE=path; docs/benchmarks.md)
+	@test -f "$(TINYSHAKESPEARE)" || { echo "make bench-quality: no corpus at $(TINYSHAKESPEARE); download \
+	$(TINYSHAKESPEARE_URL) there, or pass TINYSHAKESPEARE=/path/to/input.txt" >&2; exit 2; }
+	$(BIN)/charrnn bench quality --corpus "$(TINYSHAKESPEARE)" --minutes 30 \
 		--out runs/bench-quality $(QUALITY_CONFIG) $(QUALITY_ARGS)
 
 bench-overload: install  ## overload benchmark: 10x the stream limit (docs/benchmarks.md)
