@@ -19,7 +19,8 @@ import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from service.rpc import Continuation, behavior_of, kind_of, rebuild, responses_of, service_and_method
-from service.scheduler import Finished, FinishReason, SchedulerObserver
+from service.scheduler import SchedulerObserver
+from service.stream import DeliveryObserver, Finished, FinishReason
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -52,7 +53,7 @@ def grpc_code_name(code: grpc.StatusCode) -> str:
     return "".join(part.capitalize() for part in code.name.split("_"))
 
 
-class Metrics(SchedulerObserver):
+class Metrics(SchedulerObserver, DeliveryObserver):
     """All service metrics; the scheduler calls the observer hooks, `bind` attaches the runtime."""
 
     def __init__(self, registry: CollectorRegistry | None = None):
@@ -80,13 +81,13 @@ class Metrics(SchedulerObserver):
 
         self.ttfc = Histogram(
             "charrnn_time_to_first_char_seconds",
-            "From submission (queueing and prefill included) to the first character out.",
+            "From the request's arrival to its first text handed to the transport (what the client sees).",
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.chunk_gap = Histogram(
             "charrnn_inter_chunk_gap_seconds",
-            "Between successive flushes of a stream's text (coalescing).",
+            "Between successive messages with text of one stream, as handed to the transport.",
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
@@ -101,11 +102,13 @@ class Metrics(SchedulerObserver):
         )
         self.generated = Counter("charrnn_generated_chars_total", "Characters sampled by generations.", registry=r)
         self.prefilled = Counter(
-            "charrnn_prefilled_chars_total", "Prompt characters run through the model before generating.", registry=r
+            "charrnn_prefilled_chars_total",
+            "Characters of prompts, Score texts and feeds run through the model.",
+            registry=r,
         )
         self.prefill_seconds = Histogram(
             "charrnn_prefill_duration_seconds",
-            "One admission's batched prefill (all joining prompts).",
+            "One prefill chunk: the texts advanced together by one model call.",
             buckets=STEP_BUCKETS,
             registry=r,
         )
@@ -177,7 +180,7 @@ class Metrics(SchedulerObserver):
         self.step_model.observe(model_s)
         self.step_sampling.observe(sampling_s)
 
-    def on_prefill(self, streams: int, chars: int, seconds: float) -> None:
+    def on_prefill(self, rows: int, chars: int, seconds: float) -> None:
         self.prefilled.inc(chars)
         self.prefill_seconds.observe(seconds)
 
