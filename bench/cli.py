@@ -70,6 +70,14 @@ def register(sub: Any) -> None:
     s.add_argument("--skip-interference", action="store_true", help="skip the Score/feed interference case")
     s.set_defaults(handler=_serve)
 
+    m = which.add_parser(
+        "sessions", help="RSS per server-side session vs its raw state bytes", formatter_class=_DEFAULTS
+    )
+    m.add_argument("--model", type=Path, default=Path("models/default"), help="model artifact directory")
+    m.add_argument("--sessions", type=int, default=4000, help="sessions to create")
+    m.add_argument("--out", type=Path, default=Path("bench-results/sessions"), help="directory for the JSON")
+    m.set_defaults(handler=_sessions)
+
     o = which.add_parser(
         "overload", help="10x the stream limit: refusals, admitted streams' pace, RSS", formatter_class=_DEFAULTS
     )
@@ -191,6 +199,12 @@ def _cells(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from bench.serve import main
+
+    return main(args)
+
+
+def _sessions(args: argparse.Namespace) -> int:
+    from bench.sessions import main
 
     return main(args)
 

@@ -12,7 +12,7 @@ import grpc
 from charrnn.protocol import RETRY_PUSHBACK_KEY
 from charrnn.v1 import charrnn_pb2 as pb
 from charrnn.v1 import charrnn_pb2_grpc as pb_grpc
-from tests.service.harness import ServerThread, make_config
+from tests.service.harness import ServerThread, make_config, wait_until
 
 LIMIT = 16
 BURST = 4 * LIMIT
@@ -34,7 +34,9 @@ async def _burst(target: str, open_seen: list[int], server: ServerThread) -> col
                 while (response := await call.read()) is not grpc.aio.EOF and not response.HasField("done"):
                     pass
                 await call.done_writing()
-                await call.wait_for_connection()
+                while await call.read() is not grpc.aio.EOF:
+                    pass
+                assert await call.code() == grpc.StatusCode.OK
                 codes["OK"] += 1
             except grpc.aio.AioRpcError as exc:
                 codes[exc.code().name] += 1
@@ -55,7 +57,7 @@ def test_a_burst_of_four_times_the_limit_ends_ok_or_resource_exhausted(lstm_dir:
         assert max(open_seen) <= LIMIT
         assert srv.server is not None
         registry = srv.server.metrics.registry
-        assert registry.get_sample_value("charrnn_session_streams") == 0
+        assert wait_until(lambda: registry.get_sample_value("charrnn_session_streams") == 0)
         refused = registry.get_sample_value(
             "grpc_server_handled_total",
             {"grpc_service": "charrnn.v1.CharRNN", "grpc_method": "Session", "grpc_type": "bidi_stream",
