@@ -13,5 +13,5 @@ def test_a_missing_series_fails_and_an_existing_zero_reads_zero() -> None:
     assert value(reg, "charrnn_rejections_total", reason="queue_full") == 0  # created at start, not counted yet
     with pytest.raises(MissingSeries, match="no sample is named charrnn_rejection_total"):
         value(reg, "charrnn_rejection_total", reason="queue_full")  # misspelt name
-    with pytest.raises(MissingSeries, match="series of charrnn_rejections_total: .*queue_full"):
+    with pytest.raises(MissingSeries, match=r"series of charrnn_rejections_total: .*queue_full"):
         value(reg, "charrnn_rejections_total", reason="queue-full")  # misspelt label value
