@@ -41,7 +41,19 @@ def register(sub: Any, bench_sub: Any) -> None:
     export.add_argument("--out", type=Path, required=True, help="artifact directory to write")
     export.add_argument("--name", default="charrnn", help="model name for the manifest")
     export.add_argument("--version", default="1", help="model version for the manifest")
+    export.add_argument(
+        "--quantize", choices=["int8"], help="write the int8 artifact instead (batch invariant; see docs/training.md)"
+    )
+    _add_gate_arguments(export)
     export.set_defaults(handler=_export)
+
+    quantize = sub.add_parser(
+        "quantize", help="write the int8 artifact of an fp32 artifact, refused if validation loss grows too much"
+    )
+    quantize.add_argument("model", type=Path, help="fp32 artifact directory (e.g. models/default)")
+    quantize.add_argument("--out", type=Path, required=True, help="int8 artifact directory to write")
+    _add_gate_arguments(quantize)
+    quantize.set_defaults(handler=_quantize)
 
     sample = sub.add_parser("sample", help="sample text locally from an artifact or a checkpoint")
     source = sample.add_mutually_exclusive_group()
@@ -62,6 +74,17 @@ def register(sub: Any, bench_sub: Any) -> None:
     quality.add_argument("overrides", nargs="*", metavar="section.key=value", help="override a setting")
     quality.set_defaults(handler=_bench_quality)
 
+    qbench = bench_sub.add_parser(
+        "quantize", help="in-process decode ceiling: fp32 vs per-row int8 vs ONNX Runtime's per-tensor int8"
+    )
+    qbench.add_argument("--model", type=Path, default=Path(DEFAULT_MODEL_DIR), help="fp32 artifact directory")
+    qbench.add_argument("--batch", type=int, nargs="+", default=[1, 64, 256], help="concurrent rows per step")
+    qbench.add_argument("--seconds", type=float, default=0.5, help="length of one timed run")
+    qbench.add_argument("--rounds", type=int, default=7, help="timed runs per form and batch, interleaved")
+    qbench.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
+    qbench.add_argument("--out", type=Path, help="write the table and figures as JSON here")
+    qbench.set_defaults(handler=_bench_quantize)
+
     kernels = bench_sub.add_parser("train-kernels", help="training step time with oneDNN kernels on and off")
     kernels.add_argument("--layers", type=int, default=2)
     kernels.add_argument("--hidden", type=int, default=256)
@@ -70,6 +93,30 @@ def register(sub: Any, bench_sub: Any) -> None:
     kernels.add_argument("--repeats", type=int, default=5)
     kernels.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     kernels.set_defaults(handler=_bench_kernels)
+
+
+def _add_gate_arguments(parser: argparse.ArgumentParser) -> None:
+    from training.quantize import QualityGate
+
+    default = QualityGate()
+    parser.add_argument(
+        "--max-loss-increase", type=float, default=default.max_loss_increase, metavar="NATS",
+        help=f"refuse when int8 validation loss exceeds fp32 by more (nats/char; default {default.max_loss_increase})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--allow-loss-increase", action="store_true", help="write the int8 artifact anyway, with a warning"
+    )
+    parser.add_argument(
+        "--val-chars", type=int, default=default.val_chars, metavar="N",
+        help="score only the first N validation characters (default: the whole split)",
+    )  # fmt: skip
+    parser.add_argument("--corpus", help="the training corpus, if not where the manifest says (checked by sha256)")
+
+
+def _gate(args: argparse.Namespace) -> Any:
+    from training.quantize import QualityGate
+
+    return QualityGate(args.max_loss_increase, args.allow_loss_increase, args.val_chars, args.corpus)
 
 
 def _load_config(args: argparse.Namespace) -> Any:
@@ -100,17 +147,27 @@ def _train(args: argparse.Namespace) -> int:
     )
     if args.export:
         return _export(
-            argparse.Namespace(checkpoint=result.best_checkpoint, out=args.export, name="charrnn", version="1")
+            argparse.Namespace(
+                checkpoint=result.best_checkpoint, out=args.export, name="charrnn", version="1", quantize=None
+            )
         )
     return 0
 
 
 def _export(args: argparse.Namespace) -> int:
-    from training.export import ExportError, export_checkpoint
+    from training.export import ExportError, export_checkpoint, export_int8
+    from training.quantize import LossIncreaseError, QuantizeError
 
     try:
+        if args.quantize:
+            manifest = export_int8(args.checkpoint, args.out, _gate(args), name=args.name, version=args.version)
+            print(_describe_int8(args.out, manifest))
+            return 0
         manifest = export_checkpoint(args.checkpoint, args.out, name=args.name, version=args.version)
-    except ExportError as exc:
+    except QuantizeError as exc:
+        print(f"charrnn export: {exc}", file=sys.stderr)
+        return 2
+    except (ExportError, LossIncreaseError) as exc:
         print(f"charrnn export: {exc}", file=sys.stderr)
         return 1
     parity = manifest.export["parity"]
@@ -120,6 +177,37 @@ def _export(args: argparse.Namespace) -> int:
         f"parity max |Δ| {max(parity['max_abs_error_logits'], parity['max_abs_error_state']):.1e}"
     )
     return 0
+
+
+def _quantize(args: argparse.Namespace) -> int:
+    from training.quantize import LossIncreaseError, QuantizeError, quantize_artifact
+
+    try:
+        manifest = quantize_artifact(args.model, args.out, _gate(args))
+    except QuantizeError as exc:
+        print(f"charrnn quantize: {exc}", file=sys.stderr)
+        return 2
+    except LossIncreaseError as exc:
+        print(f"charrnn quantize: {exc}", file=sys.stderr)
+        return 1
+    print(_describe_int8(args.out, manifest))
+    return 0
+
+
+def _describe_int8(out: Path, manifest: Any) -> str:
+    q = manifest.quantization
+    size_mb = (out / manifest.onnx.file).stat().st_size / 1e6
+    return (
+        f"wrote {out}: int8 {manifest.model.cell} {manifest.model.layers}x{manifest.model.hidden_size}, "
+        f"{size_mb:.2f} MB; validation {q.val_loss_nats:.4f} nats/char vs {q.val_loss_nats_fp32:.4f} fp32 "
+        f"({q.loss_increase:+.4f}) on {q.val_chars} characters"
+    )
+
+
+def _bench_quantize(args: argparse.Namespace) -> int:
+    from training.bench_quantize import main
+
+    return main(args)
 
 
 def _sample(args: argparse.Namespace) -> int:
