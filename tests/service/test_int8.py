@@ -63,7 +63,9 @@ def _alone_vs_batched(engine: Engine, steps: int) -> list[str]:
 
 @pytest.mark.parametrize("threads", [1, DEPLOY_THREADS])
 @pytest.mark.parametrize("name", ["lstm", "gru", "rnn", "default"])
-def test_int8_rows_are_bit_identical_alone_and_in_any_batch(int8_dirs: dict[str, Path], name: str, threads: int) -> None:
+def test_int8_rows_are_bit_identical_alone_and_in_any_batch(
+    int8_dirs: dict[str, Path], name: str, threads: int
+) -> None:
     engine = Engine(int8_dirs[name], EngineOptions(intra_op_threads=threads))
     assert engine.manifest.precision == "int8"
     assert _alone_vs_batched(engine, 1) == []  # decode
@@ -96,7 +98,9 @@ def test_seeded_stream_alone_equals_batched_through_the_server(int8_dirs: dict[s
     assert len(alone) == 200 and together[0][0] == alone
 
 
-def test_resume_tokens_do_not_cross_between_fp32_and_int8(artifacts: dict[str, Path], int8_dirs: dict[str, Path]) -> None:
+def test_resume_tokens_do_not_cross_between_fp32_and_int8(
+    artifacts: dict[str, Path], int8_dirs: dict[str, Path]
+) -> None:
     """Same weights, different arithmetic: a state from one is not a state of the other."""
     with (
         ServerThread(make_config(artifacts["lstm"])) as fp32,
