@@ -122,6 +122,57 @@ def run(model: Path, batches: list[int], seconds: float, rounds: int, threads: i
     return rows
 
 
+def kernel_table(batch: int = 64, k: int = 512, n: int = 1024, repeats: int = 200) -> str:
+    """One [batch, k] x [k, n] product per element type on ONNX Runtime's CPU kernels, timed in CPU time:
+    why activations are uint8 (int8 x int8 has no fast x86 kernel) and why not bfloat16 or float16."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = rng.standard_normal((k, n))
+    int8_weights = rng.integers(-127, 128, (k, n), np.int8)
+    cases: dict[str, tuple[str, int, Any, np.ndarray | None]] = {  # (op, A's type, its numpy type, B or None)
+        "float32 MatMul": ("MatMul", TensorProto.FLOAT, np.float32, weights.astype(np.float32)),
+        "float16 MatMul": ("MatMul", TensorProto.FLOAT16, np.float16, weights.astype(np.float16)),
+        "bfloat16 MatMul": ("MatMul", TensorProto.BFLOAT16, np.float32, None),  # numpy has no bfloat16
+        "uint8 x int8 MatMulInteger": ("MatMulInteger", TensorProto.UINT8, np.uint8, int8_weights),
+        "int8 x int8 MatMulInteger": ("MatMulInteger", TensorProto.INT8, np.int8, int8_weights),
+    }
+    lines = [f"| [{batch}, {k}] x [{k}, {n}] | microseconds (CPU) |", "|---|---|"]
+    for name, (op, a_type, a_np, b) in cases.items():
+        b_init = (
+            numpy_helper.from_array(b, "b")
+            if b is not None
+            else helper.make_tensor("b", TensorProto.BFLOAT16, [k, n], np.zeros(k * n, np.uint16).tobytes(), raw=True)
+        )
+        out_type = TensorProto.INT32 if op == "MatMulInteger" else a_type
+        graph = helper.make_graph(
+            [helper.make_node(op, ["a", "b"], ["y"])], "kernel",
+            [helper.make_tensor_value_info("a", a_type, [batch, k])],
+            [helper.make_tensor_value_info("y", out_type, [batch, n])], [b_init],
+        )  # fmt: skip
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.log_severity_level = 3
+        try:
+            session = ort.InferenceSession(
+                helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString(),
+                options,
+                providers=["CPUExecutionProvider"],
+            )
+        except Exception as exc:  # ONNX Runtime raises its own types; the message is the finding
+            lines.append(f"| {name} | no CPU kernel ({type(exc).__name__}) |")
+            continue
+        a = rng.integers(0, 100, (batch, k)).astype(a_np)
+        for _ in range(10):
+            session.run(None, {"a": a})
+        start = time.process_time()
+        for _ in range(repeats):
+            session.run(None, {"a": a})
+        lines.append(f"| {name} | {(time.process_time() - start) / repeats * 1e6:.0f} |")
+    return "\n".join(lines)
+
+
 def table(rows: list[Row]) -> str:
     lines = [
         "| form | batch | chars/s | x fp32 | chars/CPU-s | x fp32 (CPU) | row alone vs batched, max abs diff | MB |",
@@ -147,6 +198,8 @@ def main(args: argparse.Namespace) -> int:
         f"{os.getloadavg()[0]:.2f} at end"
     )
     print(table(rows))
+    print()
+    print(kernel_table())
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         report = {
