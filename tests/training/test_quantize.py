@@ -168,3 +168,10 @@ def test_bench_quantize_smoke(tiny_artifact: Path) -> None:
     assert per_row.alone_vs_batched_max_abs == 0 and per_row.chars_per_cpu_s > 0
     assert table(rows).count("\n") == len(rows) + 1
     assert "bfloat16" in kernel_table(batch=2, k=8, n=8, repeats=1)
+
+
+def test_analysis_says_to_use_the_fp32_artifact(int8_artifact: Path) -> None:
+    from training.analysis.weights import WeightsError, load_model
+
+    with pytest.raises(WeightsError, match="analyze the fp32 artifact"):
+        load_model(int8_artifact)
