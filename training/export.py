@@ -122,7 +122,9 @@ def _export_graph(model: CharRNN, path: Path) -> list[StateSpec]:
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message="The feature will be removed")
         torch.onnx.export(
-            _GraphModule(model),
+            # In eval mode: the exporter restores the wrapper's mode afterwards, recursively, and a
+            # wrapper left in training mode would switch the model's dropout on for the parity check.
+            _GraphModule(model).eval(),
             (tokens, *state),
             str(path),
             input_names=[TOKENS, *(s.input for s in specs)],
