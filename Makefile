@@ -69,14 +69,14 @@ bench-quantize: install  ## int8 decode ceiling: fp32 vs per-row int8 vs ONNX Ru
 	$(BIN)/charrnn bench quantize --model models/default --out bench-results/quantize $(QUANTIZE_ARGS)
 
 bench-overload: install  ## overload benchmark: 10x the stream limit (docs/benchmarks.md)
-	$(BIN)/charrnn bench overload --model models/default --max-batch 16 --max-queue 16 --factor 10 \
+	$(BIN)/charrnn bench overload --model models/default --max-live-streams 16 --max-queued-streams 16 --factor 10 \
 		--seconds 60 --out bench-results/overload $(OVERLOAD_ARGS)
 
 bench-soak: install  ## soak benchmark: streams, session churn, cancellations (SOAK_MINUTES, default 10)
 	$(BIN)/charrnn bench soak --model models/default --minutes $${SOAK_MINUTES:-10} --out bench-results/soak $(SOAK_ARGS)
 
 load: install  ## Locust load test: starts a server unless LOAD_ARGS has --target; reports in load-results/
-	$(BIN)/python tests/load/run.py $(LOAD_ARGS)
+	$(BIN)/python bench/load/run.py $(LOAD_ARGS)
 
 deploy-check: install $(TOOLS_VENV)/.installed  ## Dockerfile, compose, kustomize, checkov and serve-only checks
 	$(BIN)/pytest -q tests/deploy

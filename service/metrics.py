@@ -10,16 +10,17 @@ per-request or per-session labels.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from service.scheduler import Finished, FinishReason, SchedulerObserver
+from service.rpc import Continuation, behavior_of, kind_of, rebuild, responses_of, service_and_method
+from service.scheduler import SchedulerObserver
+from service.stream import DeliveryObserver, Finished, FinishReason
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -52,7 +53,7 @@ def grpc_code_name(code: grpc.StatusCode) -> str:
     return "".join(part.capitalize() for part in code.name.split("_"))
 
 
-class Metrics(SchedulerObserver):
+class Metrics(SchedulerObserver, DeliveryObserver):
     """All service metrics; the scheduler calls the observer hooks, `bind` attaches the runtime."""
 
     def __init__(self, registry: CollectorRegistry | None = None):
@@ -80,13 +81,13 @@ class Metrics(SchedulerObserver):
 
         self.ttfc = Histogram(
             "charrnn_time_to_first_char_seconds",
-            "From submission (queueing and prefill included) to the first character out.",
+            "From the request's arrival to its first text handed to the transport (what the client sees).",
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.chunk_gap = Histogram(
             "charrnn_inter_chunk_gap_seconds",
-            "Between successive flushes of a stream's text (coalescing).",
+            "Between successive messages with text of one stream, as handed to the transport.",
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
@@ -101,11 +102,13 @@ class Metrics(SchedulerObserver):
         )
         self.generated = Counter("charrnn_generated_chars_total", "Characters sampled by generations.", registry=r)
         self.prefilled = Counter(
-            "charrnn_prefilled_chars_total", "Prompt characters run through the model before generating.", registry=r
+            "charrnn_prefilled_chars_total",
+            "Characters of prompts, Score texts and feeds run through the model.",
+            registry=r,
         )
         self.prefill_seconds = Histogram(
             "charrnn_prefill_duration_seconds",
-            "One admission's batched prefill (all joining prompts).",
+            "One prefill chunk: the texts advanced together by one model call.",
             buckets=STEP_BUCKETS,
             registry=r,
         )
@@ -177,7 +180,7 @@ class Metrics(SchedulerObserver):
         self.step_model.observe(model_s)
         self.step_sampling.observe(sampling_s)
 
-    def on_prefill(self, streams: int, chars: int, seconds: float) -> None:
+    def on_prefill(self, rows: int, chars: int, seconds: float) -> None:
         self.prefilled.inc(chars)
         self.prefill_seconds.observe(seconds)
 
@@ -206,14 +209,6 @@ class Metrics(SchedulerObserver):
 
     def interceptor(self) -> GrpcMetricsInterceptor:
         return GrpcMetricsInterceptor(self)
-
-
-_TYPES = {
-    (False, False): "unary",
-    (False, True): "server_stream",
-    (True, False): "client_stream",
-    (True, True): "bidi_stream",
-}
 
 
 class _Call:
@@ -265,23 +260,19 @@ class GrpcMetricsInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Continuation,
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler | None:
         handler = await continuation(details)
         if handler is None:
             return handler
-        service, _, method = details.method.lstrip("/").rpartition("/")
+        service, method = service_and_method(details)
         streaming_in, streaming_out = handler.request_streaming, handler.response_streaming
-        labels = (service, method, _TYPES[streaming_in, streaming_out])
+        labels = (service, method, kind_of(handler).label)
         metrics = self.metrics
-        serdes = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
+        behavior = behavior_of(handler)
 
         if not streaming_out:
-            behavior = handler.stream_unary if streaming_in else handler.unary_unary
 
             async def unary_out(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 call = _Call(metrics, labels)
@@ -298,10 +289,7 @@ class GrpcMetricsInterceptor(grpc.aio.ServerInterceptor):
                 call.done(_code(context) or grpc.StatusCode.OK)
                 return response
 
-            factory = grpc.stream_unary_rpc_method_handler if streaming_in else grpc.unary_unary_rpc_method_handler
-            return factory(unary_out, **serdes)
-
-        stream_behavior = handler.stream_stream if streaming_in else handler.unary_stream
+            return rebuild(handler, unary_out)
 
         async def stream_out(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             call = _Call(metrics, labels)
@@ -310,20 +298,15 @@ class GrpcMetricsInterceptor(grpc.aio.ServerInterceptor):
             else:
                 call.received.inc()
             try:
-                responses = stream_behavior(request, context)
-                if inspect.isawaitable(responses):  # a handler that writes with context.write (health Watch)
-                    await responses
-                else:
-                    async for response in responses:
-                        call.sent.inc()
-                        yield response
+                async for response in responses_of(behavior(request, context)):
+                    call.sent.inc()
+                    yield response
             except BaseException as exc:
                 call.fail(exc, context)
                 raise
             call.done(_code(context) or grpc.StatusCode.OK)
 
-        factory = grpc.stream_stream_rpc_method_handler if streaming_in else grpc.unary_stream_rpc_method_handler
-        return factory(stream_out, **serdes)
+        return rebuild(handler, stream_out)
 
 
 class MetricsHTTPServer:

@@ -1,4 +1,4 @@
-"""Subcommands of the offline side: train, export, sample, bench quality.
+"""Subcommands of the offline side: train, export, sample.
 
 Nothing heavy is imported here; each handler imports torch (or onnxruntime) when it runs.
 """
@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL_DIR = "models/default"
 
 
-def register(sub: Any, bench_sub: Any) -> None:
+def register(sub: Any) -> None:
     from training.config import describe_settings
 
     settings_help = "settings (section.key=value), with their defaults:\n" + describe_settings()
@@ -66,33 +66,6 @@ def register(sub: Any, bench_sub: Any) -> None:
     sample.add_argument("--top-p", type=float, default=1.0)
     sample.add_argument("--seed", type=int, default=0)
     sample.set_defaults(handler=_sample)
-
-    quality = bench_sub.add_parser("quality", help="train for a wall-clock budget and report validation loss")
-    quality.add_argument("--corpus", required=True, help="corpus (e.g. ../shared/data/tinyshakespeare.txt)")
-    quality.add_argument("--minutes", type=float, required=True, help="training wall-clock budget")
-    quality.add_argument("--out", default="runs/bench-quality", help="run directory")
-    quality.add_argument("overrides", nargs="*", metavar="section.key=value", help="override a setting")
-    quality.set_defaults(handler=_bench_quality)
-
-    qbench = bench_sub.add_parser(
-        "quantize", help="in-process decode ceiling: fp32 vs per-row int8 vs ONNX Runtime's per-tensor int8"
-    )
-    qbench.add_argument("--model", type=Path, default=Path(DEFAULT_MODEL_DIR), help="fp32 artifact directory")
-    qbench.add_argument("--batch", type=int, nargs="+", default=[1, 64, 256], help="concurrent rows per step")
-    qbench.add_argument("--seconds", type=float, default=0.5, help="length of one timed run")
-    qbench.add_argument("--rounds", type=int, default=7, help="timed runs per form and batch, interleaved")
-    qbench.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
-    qbench.add_argument("--out", type=Path, help="write the table and figures as JSON here")
-    qbench.set_defaults(handler=_bench_quantize)
-
-    kernels = bench_sub.add_parser("train-kernels", help="training step time with oneDNN kernels on and off")
-    kernels.add_argument("--layers", type=int, default=2)
-    kernels.add_argument("--hidden", type=int, default=256)
-    kernels.add_argument("--batch", type=int, action="append", help="batch sizes (repeatable; default 16, 64)")
-    kernels.add_argument("--seq-len", type=int, default=128)
-    kernels.add_argument("--repeats", type=int, default=5)
-    kernels.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
-    kernels.set_defaults(handler=_bench_kernels)
 
 
 def _add_gate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -204,16 +177,10 @@ def _describe_int8(out: Path, manifest: Any) -> str:
     )
 
 
-def _bench_quantize(args: argparse.Namespace) -> int:
-    from training.bench_quantize import main
-
-    return main(args)
-
-
 def _sample(args: argparse.Namespace) -> int:
-    from training.sample import OnnxStepper, SamplingParams, Stepper, TorchStepper, generate
+    from training.sample import OnnxStepper, ReferenceSampling, Stepper, TorchStepper, generate
 
-    params = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    params = ReferenceSampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     stepper: Stepper
     if args.checkpoint:
         from training.train import load_checkpoint, model_from_checkpoint
@@ -230,56 +197,4 @@ def _sample(args: argparse.Namespace) -> int:
             return 1
         stepper, vocab = onnx_stepper, onnx_stepper.vocab
     sys.stdout.write(args.prompt + generate(stepper, vocab, args.prompt, args.chars, params) + "\n")
-    return 0
-
-
-def _print_table(rows: list[dict[str, Any]]) -> None:
-    print("| " + " | ".join(rows[0]) + " |")
-    print("|" + "---|" * len(rows[0]))
-    for row in rows:
-        print("| " + " | ".join(str(v) for v in row.values()) + " |")
-
-
-def _bench_kernels(args: argparse.Namespace) -> int:
-    import torch
-
-    from training.bench_kernels import run
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    print(
-        f"LSTM/GRU/RNN {args.layers}x{args.hidden}, T={args.seq_len}, median of {args.repeats} steps, "
-        f"{torch.get_num_threads()} torch threads"
-    )
-    _print_table(run(args.layers, args.hidden, args.batch or [16, 64], args.seq_len, args.repeats))
-    return 0
-
-
-def _bench_quality(args: argparse.Namespace) -> int:
-    from training.config import TrainingConfig, apply_overrides
-    from training.train import Trainer
-
-    config = TrainingConfig()
-    config.data.corpus = args.corpus
-    config.run.out_dir = args.out
-    config.optim.max_minutes = args.minutes
-    try:
-        apply_overrides(config, list(args.overrides))
-    except ValueError as exc:
-        print(f"charrnn bench quality: {exc}", file=sys.stderr)
-        return 2
-    result = Trainer(config).train()
-    row = {
-        "corpus": config.data.corpus,
-        "minutes": args.minutes,
-        "cell": config.model.cell,
-        "layers": config.model.layers,
-        "hidden": config.model.hidden_size,
-        "steps": result.steps,
-        "val_nats": round(result.best_val_loss, 4),
-        "val_bpc": round(result.best_val_bpc, 4),
-        "wall_min": round(result.wall_time_s / 60, 1),
-    }
-    _print_table([row])
-    (Path(args.out) / "bench-quality.json").write_text(json.dumps(row, indent=2) + "\n", encoding="utf-8")
     return 0

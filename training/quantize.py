@@ -80,7 +80,7 @@ def validation_ids(manifest: Manifest, corpus: str | None) -> np.ndarray:
 def validation_loss(model_dir: Path, ids: np.ndarray) -> float:
     """Mean nats/char over `ids` with ONNX Runtime through the server's Engine, state carried
     across windows exactly as training's validation pass does (training.train.evaluate)."""
-    from service.engine import Engine
+    from charrnn.engine import Engine
     from training.data import eval_streams
     from training.train import EVAL_SEQ_LEN, EVAL_STREAMS
 

@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 
 from charrnn.artifact import load_manifest
-from service.client import CharRNNError, Client
-from service.config import EngineOptions
-from service.engine import Engine
+from charrnn.client import CharRNNError, Client
+from charrnn.engine import Engine, EngineOptions
 from tests.conftest import REPO_ROOT, make_text
 from tests.service.harness import ServerThread, generate_together, make_config
 from training.quantize import QualityGate, quantize_artifact
@@ -86,7 +85,7 @@ def test_per_tensor_quantization_is_not_batch_invariant(tmp_path: Path) -> None:
 
 
 def test_seeded_stream_alone_equals_batched_through_the_server(int8_dirs: dict[str, Path]) -> None:
-    config = make_config(int8_dirs["lstm"], engine=EngineOptions(intra_op_threads=DEPLOY_THREADS))
+    config = make_config(int8_dirs["lstm"], intra_op_threads=DEPLOY_THREADS)
     requests = [
         {"prompt": f"def f{i}(x):" if i else "import os\n", "max_chars": 200, "seed": 70 + i, "temperature": 1.0}
         for i in range(16)
@@ -124,7 +123,7 @@ def test_int8_artifact_runs_without_the_onnx_package_or_torch(int8_dirs: dict[st
     script = (
         "import sys; sys.modules['onnx'] = None; sys.modules['torch'] = None\n"
         "import numpy as np\n"
-        "from service.engine import Engine\n"
+        "from charrnn.engine import Engine\n"
         f"e = Engine({str(int8_dirs['default'])!r})\n"
         "logits, states = e.run(np.zeros((3, 4), np.int64), e.zero_states(3))\n"
         "print(e.manifest.precision, logits.shape)\n"

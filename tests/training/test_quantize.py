@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from charrnn.artifact import ArtifactError, Manifest, load_manifest
-from service.engine import Engine
+from charrnn.engine import Engine
 from tests.conftest import REPO_ROOT
 from training.quantize import LossIncreaseError, QualityGate, QuantizeError, quantize_artifact
 from training.quantize_graph import METHOD
@@ -155,19 +155,6 @@ def test_quantize_reads_the_corpus_from_the_given_path(tiny_artifact: Path, tiny
     with pytest.raises(QuantizeError, match="cannot read the corpus"):
         quantize_artifact(moved, tmp_path / "a")
     assert quantize_artifact(moved, tmp_path / "b", QualityGate(corpus=str(tiny_corpus))).precision == "int8"
-
-
-def test_bench_quantize_smoke(tiny_artifact: Path) -> None:
-    """The benchmark runs all three forms and reports the per-row form's rows as batch invariant
-    (speed is measured by `charrnn bench quantize`, never asserted)."""
-    from training.bench_quantize import FORMS, kernel_table, run, table
-
-    rows = run(tiny_artifact, [1, 4], seconds=0.02, rounds=1, threads=1)
-    assert [(r.form, r.batch) for r in rows] == [(form, b) for b in (1, 4) for form in FORMS]
-    per_row = next(r for r in rows if r.form == FORMS[1] and r.batch == 4)
-    assert per_row.alone_vs_batched_max_abs == 0 and per_row.chars_per_cpu_s > 0
-    assert table(rows).count("\n") == len(rows) + 1
-    assert "bfloat16" in kernel_table(batch=2, k=8, n=8, repeats=1)
 
 
 def test_analysis_says_to_use_the_fp32_artifact(int8_artifact: Path) -> None:

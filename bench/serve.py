@@ -1,9 +1,9 @@
 """`charrnn bench serve`: what continuous batching buys through real gRPC, against the ceiling.
 
 For each stream count (default 1, 16, 64) and for a fixed duration, one client process drives
-that many concurrent Generate streams through `service.client` against a server started as a
-separate process, twice: batching on (--max-batch = the largest stream count) and batching off
-(--max-batch 1, the rest queue). The ceiling is the in-process ONNX Runtime loop (one decode
+that many concurrent Generate streams through `charrnn.client` against a server started as a
+separate process, twice: batching on (--max-live-streams = the largest stream count) and batching off
+(--max-live-streams 1, the rest queue). The ceiling is the in-process ONNX Runtime loop (one decode
 step for the whole batch, argmax fed back) on the same model and thread count, measured in the
 same run. Every figure is reported next to those baselines, because absolute speeds drift
 between runs on shared machines.
@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from service.client import CharRNNError, Client
+from charrnn.client import CharRNNError, Client
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +106,7 @@ def drive(target: str, mode: str, streams: int, duration: float, max_chars: int)
 
 def ceiling(model: Path, threads: int, batch: int, duration: float) -> LoadResult:
     """The in-process ORT loop: one decode step for all rows, argmax fed back; no gRPC, no sampling."""
-    from service.config import EngineOptions
-    from service.engine import Engine
+    from charrnn.engine import Engine, EngineOptions
 
     engine = Engine(model, EngineOptions(intra_op_threads=threads))
     states = engine.zero_states(batch)
@@ -166,7 +165,8 @@ class ServerProcess:
 
 def _serve_flags(args: argparse.Namespace, max_batch: int) -> list[str]:
     return [
-        "--max-batch", str(max_batch), "--max-queue", "4096", "--max-chars-limit", str(max(args.max_chars, 1)),
+        "--max-live-streams", str(max_batch), "--max-queued-streams", "4096",
+        "--max-request-chars", str(max(args.max_chars, 1)),
         "--intra-op-threads", str(args.intra_op_threads), "--flush-interval-ms", str(args.flush_interval_ms),
     ]  # fmt: skip
 

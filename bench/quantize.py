@@ -92,8 +92,7 @@ def _alone_vs_batched(engine: Any, batch: int) -> float:
 
 
 def run(model: Path, batches: list[int], seconds: float, rounds: int, threads: int) -> list[Row]:
-    from service.config import EngineOptions
-    from service.engine import Engine
+    from charrnn.engine import Engine, EngineOptions
 
     manifest = load_manifest(model)
     if manifest.precision != "fp32":
