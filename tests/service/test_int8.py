@@ -100,13 +100,20 @@ def test_seeded_stream_alone_equals_batched_through_the_server(int8_dirs: dict[s
 def test_resume_tokens_do_not_cross_between_fp32_and_int8(
     artifacts: dict[str, Path], int8_dirs: dict[str, Path]
 ) -> None:
-    """Same weights, different arithmetic: a state from one is not a state of the other."""
+    """Same weights, different arithmetic: a state from one is not a state of the other. Each server
+    says which it serves, in GetModelInfo and in the model-info metric."""
     with (
         ServerThread(make_config(artifacts["lstm"])) as fp32,
         ServerThread(make_config(int8_dirs["lstm"])) as int8,
         Client(fp32.target) as fp32_client,
         Client(int8.target) as int8_client,
     ):
+        assert (fp32_client.info().precision, int8_client.info().precision) == ("fp32", "int8")
+        for server, precision in ((fp32, "fp32"), (int8, "int8")):
+            assert server.server is not None
+            info = [s.labels for m in server.server.metrics.registry.collect() if m.name == "charrnn_model_info"
+                    for s in m.samples]  # fmt: skip
+            assert [labels["precision"] for labels in info] == [precision]
         for source, other in ((fp32_client, int8_client), (int8_client, fp32_client)):
             gen = source.generate("def ", max_chars=10, seed=3)
             gen.text()
