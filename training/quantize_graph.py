@@ -14,9 +14,9 @@ Layout, with exactly the I/O contract of the fp32 graph (tokens [B, T] int64 and
   vocabulary entry, looked up with Gather: exact, and no matmul at run time;
 - per step and layer, one int8 matmul of the layer's [input, h] (layer 0: h alone), then the
   cell's gates in float32 (the LSTM cell state c is never quantized);
+- the head, quantized the same way, ends each step;
 - the first step is unrolled in the main graph, so a decode step (T = 1) runs no control flow;
-  the other T - 1 steps run in a Loop over the same step;
-- the head runs once over all T steps' top-layer outputs.
+  the other T - 1 steps run in a Loop over the same step.
 
 Activations are uint8 with zero point 128 (values 1..255, symmetric) because ONNX Runtime's
 x86 kernels are fast for uint8 x int8 and fall back to scalar code for int8 x int8.
@@ -41,8 +41,6 @@ MS_DOMAIN = "com.microsoft"  # MatMulIntegerToFloat: an ONNX Runtime operator in
 # Floor of a row's max |x|, so an all-zero row (the start-of-text state) gets a finite scale.
 MIN_ROW_MAX = 1e-30
 ACTIVATION_ZERO_POINT = 128
-
-_GATES = {"rnn": 1, "lstm": 4, "gru": 4}  # column blocks of a layer's pre-activation (see _layout)
 
 
 class QuantizeError(Exception):
@@ -167,35 +165,40 @@ def _quant_linear(main: _Graph, w: np.ndarray, bias: np.ndarray | None, hint: st
     return _QuantLinear(main.const(q, f"{hint}_int8"), main.const(scale, f"{hint}_scale"), b)
 
 
-def _apply(g: _Graph, x: str, lin: _QuantLinear, zero_point: str, c: dict[str, str]) -> str:
+def _apply(g: _Graph, x: str, lin: _QuantLinear, zero_point: str, k: dict[str, str]) -> str:
     """x [R, K] float -> [R, N]: a per-row scale, uint8 row quantization, exact int32 products, rescale."""
-    row_max = g.op("Max", [g.op("ReduceMax", [g.op("Abs", [x])], axes=[1], keepdims=0), c["min_row_max"]])
-    row_scale = g.op("Mul", [row_max, c["inv127"]])  # [R]
+    row_max = g.op("Max", [g.op("ReduceMax", [g.op("Abs", [x])], axes=[1], keepdims=0), k["min_row_max"]])
+    row_scale = g.op("Mul", [row_max, k["inv127"]])  # [R]
     qx = g.op("QuantizeLinear", [x, row_scale, zero_point], axis=0)
-    acc = g.op("MatMulIntegerToFloat", [qx, lin.weight, c["one"], lin.col_scale, c["zp"]], domain=MS_DOMAIN)
-    y = g.op("Mul", [acc, g.op("Unsqueeze", [row_scale, c["axis1"]])])
+    acc = g.op("MatMulIntegerToFloat", [qx, lin.weight, k["one"], lin.col_scale, k["zp"]], domain=MS_DOMAIN)
+    y = g.op("Mul", [acc, g.op("Unsqueeze", [row_scale, k["axis1"]])])
     return g.op("Add", [y, lin.bias]) if lin.bias is not None else y
 
 
-def _lstm_gates(g: _Graph, pre: str, h: str, c: str, hidden: int, k: dict[str, str]) -> tuple[str, str]:
+def _lstm_gates(g: _Graph, pre: str, h: str, c: str, k: dict[str, str]) -> tuple[str, str]:
     sig, cand = g.op("Split", [pre, k["split_3h_h"]], outputs=2, axis=1)
     i, f, o = g.op("Split", [g.op("Sigmoid", [sig]), k["split_h_h_h"]], outputs=3, axis=1)
     c_new = g.op("Add", [g.op("Mul", [f, c]), g.op("Mul", [i, g.op("Tanh", [cand])])])
     return g.op("Mul", [o, g.op("Tanh", [c_new])]), c_new
 
 
-def _gru_gates(g: _Graph, pre: str, h: str, c: str, hidden: int, k: dict[str, str]) -> tuple[str, str]:
+def _gru_gates(g: _Graph, pre: str, h: str, c: str, k: dict[str, str]) -> tuple[str, str]:
     rz, xn, hn = g.op("Split", [pre, k["split_2h_h_h"]], outputs=3, axis=1)
     r, z = g.op("Split", [g.op("Sigmoid", [rz]), k["split_h_h"]], outputs=2, axis=1)
     n = g.op("Tanh", [g.op("Add", [xn, g.op("Mul", [r, hn])])])
     return g.op("Add", [n, g.op("Mul", [z, g.op("Sub", [h, n])])]), ""  # (1 - z) n + z h
 
 
-def _rnn_gates(g: _Graph, pre: str, h: str, c: str, hidden: int, k: dict[str, str]) -> tuple[str, str]:
+def _rnn_gates(g: _Graph, pre: str, h: str, c: str, k: dict[str, str]) -> tuple[str, str]:
     return g.op("Tanh", [pre]), ""
 
 
-_CELL_GATES: dict[str, Callable[..., tuple[str, str]]] = {"lstm": _lstm_gates, "gru": _gru_gates, "rnn": _rnn_gates}
+# (graph, pre-activation [B, N], h, c, constants) -> (new h, new c or "" for cells without c)
+_CELL_GATES: dict[str, Callable[[_Graph, str, str, str, dict[str, str]], tuple[str, str]]] = {
+    "lstm": _lstm_gates,
+    "gru": _gru_gates,
+    "rnn": _rnn_gates,
+}
 
 
 class _Int8Graph:
@@ -215,6 +218,7 @@ class _Int8Graph:
             "inv127": g.const(1 / 127, "inv127", np.float32),
             "one": g.const(1.0, "one", np.float32),
             "zp": g.const(ACTIVATION_ZERO_POINT, "zp", np.uint8),
+            "step1": g.const(1, "step1", i64),  # a scalar: one time step
             "axis0": g.const([0], "axis0", i64),
             "axis1": g.const([1], "axis1", i64),
             "split_3h_h": g.const([3 * h, h], "split", i64),
@@ -251,7 +255,7 @@ class _Int8Graph:
                 pre = g.op("Add", [x_part, _apply(g, h[0], self.recurrent[0], zp, k)])
             else:
                 pre = _apply(g, g.op("Concat", [new_h[-1], h[n]], axis=1), self.recurrent[n], zp, k)
-            hn, cn = self.gates(g, pre, h[n], c[n], self.hidden, k)
+            hn, cn = self.gates(g, pre, h[n], c[n], k)
             new_h.append(hn)
             new_c.append(cn)
         return new_h, new_c, _apply(g, new_h[-1], self.head, zp, k)
@@ -261,8 +265,7 @@ class _Int8Graph:
         body = _Graph("loop/")
         h = [f"loop/h{n}" for n in range(self.layers)]
         c = [f"loop/c{n}" for n in range(self.layers)] if self.lstm else [""] * self.layers
-        t = body.op("Add", ["loop/iter", self.k["axis1"]])
-        t = body.op("Squeeze", [t, self.k["axis0"]])
+        t = body.op("Add", ["loop/iter", self.k["step1"]])
         new_h, new_c, logits = self.step(body, t, h, c)
         carried = h + (c if self.lstm else [])
         outs = [body.op("Identity", [v]) for v in ["loop/cond", *new_h, *(new_c if self.lstm else []), logits]]
@@ -290,7 +293,7 @@ class _Int8Graph:
         c0 = self._per_layer(io.states[1].input) if self.lstm else [""] * layers
         h1, c1, logits1 = self.step(g, g.const(0, "t0", np.int64), h0, c0)
         first = h1 + (c1 if self.lstm else [])
-        rest = g.op("Sub", [self.steps, g.const(1, "one_step", np.int64)])
+        rest = g.op("Sub", [self.steps, k["step1"]])
         loop = g.op("Loop", [rest, "", *first], outputs=len(first) + 1, body=self.loop_body())
         later = g.op("Transpose", [loop[-1]], perm=[1, 0, 2])  # [T-1, B, V] -> [B, T-1, V]
         g.nodes.append(
