@@ -48,6 +48,9 @@ class Limits:
     min_checkpoint_chars: int = setting(
         64, "smallest non-zero `checkpoint_every_chars`: bounds the cost of mid-stream resume tokens"
     )
+    max_session_streams: int = setting(
+        256, "open Session streams; beyond: RESOURCE_EXHAUSTED with the retry hint (each holds a state in memory)"
+    )
     max_sessions: int = setting(1024, "server-side sessions kept; the least recently used is evicted beyond it")
     session_ttl_seconds: float = setting(600.0, "idle seconds before a session expires", aliases=("--session-ttl",))
     session_memory_mb: float = setting(64.0, "memory bound on the sessions' state; least recently used evicted")
@@ -69,6 +72,9 @@ class SchedulingOptions:
         256, "prompts, Score texts and Session feeds run this many characters per model call, between decode steps"
     )
     max_prefill_rows: int = setting(32, "texts advanced together by one prefill call")
+    prefill_share: float = setting(
+        0.5, "while streams decode, the share of a worker's time prefill may take (the rest is decoding)"
+    )
 
 
 @dataclass(frozen=True)
@@ -129,6 +135,7 @@ class ServerConfig:
         checks = {
             "--max-live-streams must be >= 1": lim.max_live_streams >= 1,
             "--max-queued-streams must be >= 0": lim.max_queued_streams >= 0,
+            "--max-session-streams must be >= 0": lim.max_session_streams >= 0,
             "--max-watched-units must be >= 0": lim.max_watched_units >= 0,
             "--min-checkpoint-chars must be >= 1": lim.min_checkpoint_chars >= 1,
             "--default-max-chars must be in [1, --max-request-chars]": 1
@@ -143,6 +150,7 @@ class ServerConfig:
             "--decode-workers must be >= 1": self.scheduling.decode_workers >= 1,
             "--prefill-chunk-chars must be >= 1": self.scheduling.prefill_chunk_chars >= 1,
             "--max-prefill-rows must be >= 1": self.scheduling.max_prefill_rows >= 1,
+            "--prefill-share must be in (0, 1)": 0.0 < self.scheduling.prefill_share < 1.0,
             "--tls-cert and --tls-key go together": (self.tls_cert is None) == (self.tls_key is None),
             "--tls-client-ca needs --tls-cert": self.tls_client_ca is None or self.tls_cert is not None,
         }

@@ -34,7 +34,9 @@ log = logging.getLogger(__name__)
 # 512x2); prefill and time to first character are milliseconds unless queued; streams last up to
 # minutes. Roughly x2-x2.5 steps keep quantile interpolation error within a bucket's width.
 STEP_BUCKETS = (0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Fine below 20 ms, where an idle server's time to first character lies, and around the flush interval.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075,
+                   0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)  # fmt: skip
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 256)
 
@@ -127,6 +129,9 @@ class Metrics(SchedulerObserver, DeliveryObserver):
         self.live = Gauge("charrnn_live_streams", "Streams in the batch now.", registry=r)
         self.queued = Gauge("charrnn_queued_streams", "Streams waiting for a slot now.", registry=r)
         self.sessions = Gauge("charrnn_sessions", "Open server-side sessions.", registry=r)
+        self.session_streams = Gauge(
+            "charrnn_session_streams", "Open Session streams (bidirectional RPCs).", registry=r
+        )
         self.rejections = Counter(
             "charrnn_rejections_total", "Streams refused at admission, by reason.", ("reason",), registry=r
         )
@@ -166,6 +171,7 @@ class Metrics(SchedulerObserver, DeliveryObserver):
         self.live.set_function(lambda: sum(m.scheduler.live for m in models))  # a retiring model's too
         self.queued.set_function(lambda: sum(m.scheduler.queued for m in models))
         self.sessions.set_function(lambda: len(sessions))
+        self.session_streams.set_function(lambda: runtime.session_streams)
         self.set_model(runtime.manifest)
 
     def set_model(self, manifest: Manifest) -> None:

@@ -188,6 +188,11 @@ class _Worker(threading.Thread):
         self.prefilling: dict[TextRun, Stream] = {}  # prompt runs of streams that join once they are done
         self.error: BaseException | None = None  # set by close(): fail everything, then stop
         self._closed = False
+        # Prefill time not yet paid back by decoding: while streams decode, prefill runs only when it is
+        # paid back, so it takes at most `prefill_share` of the worker's time.
+        self._prefill_debt = 0.0
+        share = scheduler.options.prefill_share
+        self._payback = share / (1.0 - share)
 
     @property
     def live(self) -> int:
@@ -218,10 +223,12 @@ class _Worker(threading.Thread):
         self._admit()
         self._drop_cancelled()
         woken: list[Stream] = []
-        if self.runs:
+        if self.runs and (self._prefill_debt <= 0.0 or not len(self.batch)):
             self._prefill(woken)
         if len(self.batch):
             self._decode(woken)
+        else:
+            self._prefill_debt = 0.0
         self.s.wake(woken)
         if not (self.runs or len(self.batch)):
             self._idle()
@@ -316,7 +323,9 @@ class _Worker(threading.Thread):
                            options.max_prefill_rows)  # fmt: skip
         t0 = time.perf_counter()
         chars = run_chunk(self.s.engine, group, options.prefill_chunk_chars)
-        self.s.observer.on_prefill(len(group), chars, time.perf_counter() - t0)
+        elapsed = time.perf_counter() - t0
+        self._prefill_debt += elapsed
+        self.s.observer.on_prefill(len(group), chars, elapsed)
         for run in group:  # round robin: advanced runs go to the back
             self.runs.remove(run)
             if not run.done:
@@ -341,6 +350,7 @@ class _Worker(threading.Thread):
         b.logits = logits[:, -1, :]
         done = b.record(ids)
         woken.extend(b.flush(done, time.monotonic()))
+        self._prefill_debt = max(0.0, self._prefill_debt - (time.perf_counter() - t0) * self._payback)
         self.s.observer.on_step(len(b), t2 - t1, t1 - t0)
         if done.any():
             for i in np.flatnonzero(done):

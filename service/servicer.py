@@ -24,7 +24,7 @@ from charrnn.v1 import charrnn_pb2 as pb
 from charrnn.v1 import charrnn_pb2_grpc as pb_grpc
 from service.config import Limits
 from service.context import Context
-from service.errors import InvalidRequest
+from service.errors import InvalidRequest, LimitExceeded
 from service.registry import LoadedModel, ModelRegistry
 from service.requests import GenerationRequest, Validator
 from service.scheduler import Scheduler
@@ -46,6 +46,7 @@ class Runtime:
     sessions: SessionStore
     limits: Limits
     delivery: DeliveryObserver = field(default_factory=DeliveryObserver)  # times what clients see (metrics)
+    session_streams: int = 0  # open Session RPCs (the event loop's count; a gauge reads it)
 
     @property
     def manifest(self) -> Manifest:
@@ -147,14 +148,22 @@ class CharRNNServicer(pb_grpc.CharRNNServicer):
     async def Session(
         self, request_iterator: AsyncIterator[pb.SessionRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.SessionResponse]:
+        lim = self.rt.limits
+        if self.rt.session_streams >= lim.max_session_streams:
+            refusal = LimitExceeded(
+                f"all {lim.max_session_streams} Session streams (max_session_streams) are open; retry later",
+                lim.retry_pushback_ms,
+            )
+            await abort(context, refusal)
+        self.rt.session_streams += 1
         conversation = _Conversation(self)
         try:
             async for response in conversation.run(request_iterator):
                 yield response
         except Exception as exc:
-            if isinstance(exc, asyncio.CancelledError):
-                raise
             await abort(context, exc)
+        finally:
+            self.rt.session_streams -= 1
 
     async def Score(self, request: pb.ScoreRequest, context: grpc.aio.ServicerContext) -> pb.ScoreResponse:
         try:
@@ -211,6 +220,7 @@ class CharRNNServicer(pb_grpc.CharRNNServicer):
                 session_ttl_seconds=lim.session_ttl_seconds,
                 max_watched_units=lim.max_watched_units,
                 min_checkpoint_chars=lim.min_checkpoint_chars,
+                max_session_streams=lim.max_session_streams,
             ),
         )
         value = m.training.get("val_bits_per_char")  # training/export.py writes it; absent for other artifacts
@@ -292,6 +302,7 @@ class _Conversation:
 
     async def _generate(self, action: pb.GenerateAction) -> AsyncIterator[pb.SessionResponse]:
         s = self.servicer
+        delivery = Delivery(self.rt.delivery, time.monotonic())
         model = self.rt.models.for_context(self.ctx)
         stream = model.scheduler.submit(s.validator.job(model, self.ctx, s._request(action)))
         chunks = _chunks(stream)
@@ -312,14 +323,13 @@ class _Conversation:
                         self.backlog.append(request)  # runs after this generation
                 if pending_chunk.done():
                     text, finished, _, _ = pending_chunk.result()
+                    if text:
+                        delivery.sending(text)
+                        yield pb.SessionResponse(text=text)
                     if finished is not None:
                         self.ctx = finished.context
-                        if text:
-                            yield pb.SessionResponse(text=text)
                         yield pb.SessionResponse(done=s._done(model, finished))
                         return
-                    if text:
-                        yield pb.SessionResponse(text=text)
                     pending_chunk = asyncio.ensure_future(anext(chunks))
         finally:
             if incoming is not None:
