@@ -108,6 +108,8 @@ def quantize_artifact(source: Path, out_dir: Path, gate: QualityGate | None = No
     gate = gate or QualityGate()
     if gate.max_loss_increase < 0:
         raise QuantizeError(f"the loss tolerance must be >= 0 nats/char, not {gate.max_loss_increase}")
+    if gate.val_chars < 0:
+        raise QuantizeError(f"the number of validation characters must be >= 0 (0: all), not {gate.val_chars}")
     try:
         manifest = load_manifest(source)
     except ArtifactError as exc:

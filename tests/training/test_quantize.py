@@ -92,6 +92,8 @@ def test_refusals_name_the_problem(tiny_artifact: Path, int8_artifact: Path, tmp
         quantize_artifact(tmp_path / "missing", tmp_path / "y")
     with pytest.raises(QuantizeError, match=">= 0"):
         quantize_artifact(tiny_artifact, tmp_path / "z", QualityGate(max_loss_increase=-1))
+    with pytest.raises(QuantizeError, match=">= 0"):
+        quantize_artifact(tiny_artifact, tmp_path / "z", QualityGate(val_chars=-5))
 
 
 def test_manifests_without_precision_load_as_fp32_and_records_must_match(int8_artifact: Path) -> None:
