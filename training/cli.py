@@ -84,6 +84,17 @@ def register(sub: Any, bench_sub: Any) -> None:
     kernels.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     kernels.set_defaults(handler=_bench_kernels)
 
+    processes = bench_sub.add_parser(
+        "train-processes", help="training chars/s of one process against N under torchrun (one thread each)"
+    )
+    processes.add_argument("--corpus", required=True, help="corpus (e.g. ../shared/data/tinyshakespeare.txt)")
+    processes.add_argument("--processes", type=int, nargs="+", default=[1, 2], help="process counts, 1 first")
+    processes.add_argument("--steps", type=int, default=40, help="optimiser steps per run")
+    processes.add_argument("--repeats", type=int, default=2, help="runs per process count (order alternates)")
+    processes.add_argument("--out", type=Path, default=Path("runs/bench-train-processes"), help="run directories")
+    processes.add_argument("overrides", nargs="*", metavar="section.key=value", help="override a setting")
+    processes.set_defaults(handler=_bench_processes)
+
 
 def _load_config(args: argparse.Namespace) -> Any:
     from training.config import TrainingConfig, apply_overrides
@@ -222,6 +233,34 @@ def _bench_kernels(args: argparse.Namespace) -> int:
         f"{torch.get_num_threads()} torch threads"
     )
     _print_table(run(args.layers, args.hidden, args.batch or [16, 64], args.seq_len, args.repeats))
+    return 0
+
+
+def _bench_processes(args: argparse.Namespace) -> int:
+    import os
+
+    from training.bench_distributed import run
+    from training.config import TrainingConfig, apply_overrides
+
+    try:
+        if args.processes[0] != 1 or min(args.processes) < 1:
+            raise ValueError("--processes must start with 1 (the baseline) and hold positive counts")
+        config = apply_overrides(TrainingConfig(), list(args.overrides))
+    except ValueError as exc:
+        print(f"charrnn bench train-processes: {exc}", file=sys.stderr)
+        return 2
+    m, o = config.model, config.optim
+    load_before = os.getloadavg()
+    rows = run(args.processes, args.corpus, args.out, args.steps, args.repeats, list(args.overrides))
+    load_after = os.getloadavg()
+    print(
+        f"{m.cell} {m.layers}x{m.hidden_size}, global batch {o.batch_size} x {o.seq_len}, {args.steps} steps, "
+        f"one torch thread per process, {os.cpu_count()} CPUs; load average {load_before[0]:.2f} before, "
+        f"{load_after[0]:.2f} after"
+    )
+    _print_table(rows)
+    report = {"load_average": [load_before, load_after], "config": config.to_dict(), "rows": rows}
+    (args.out / "bench-train-processes.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return 0
 
 
