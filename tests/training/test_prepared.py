@@ -178,8 +178,8 @@ def peak_rss_bytes(*args: str) -> int:
 @pytest.mark.slow
 def test_a_large_prepared_corpus_trains_in_bounded_memory(tmp_path: Path) -> None:
     """Prepare and train on a 200 MB corpus: each process' peak RSS grows by less than a quarter of the
-    corpus over the same command on a 2 MB corpus (the in-memory path would hold the text and 8 bytes
-    per character of ids: about 9x the corpus)."""
+    corpus over the same command on a 2 MB corpus (the in-memory path grows by about 13 times the corpus
+    on this kind of text: the text at 4 bytes per character, and 8 bytes per character of ids)."""
     train = [*TINY_OVERRIDES, "optim.max_steps=5", "run.eval_interval=5", "run.sample_interval=0"]
     peaks = {}
     for name, size in (("small", SMALL_BYTES), ("large", LARGE_BYTES)):
