@@ -51,9 +51,9 @@ def measure(processes: int, corpus: str, out: Path, steps: int, overrides: list[
 
 def run(
     processes: list[int], corpus: str, out: Path, steps: int, repeats: int, overrides: list[str]
-) -> list[dict[str, object]]:
+) -> list[dict[str, float]]:
     """One row per (repeat, process count); the order of the counts alternates between repeats."""
-    rows: list[dict[str, object]] = []
+    rows: list[dict[str, float]] = []
     for repeat in range(repeats):
         order = processes if repeat % 2 == 0 else list(reversed(processes))
         rates = {}

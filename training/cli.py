@@ -238,6 +238,7 @@ def _bench_kernels(args: argparse.Namespace) -> int:
 
 def _bench_processes(args: argparse.Namespace) -> int:
     import os
+    import statistics
 
     from training.bench_distributed import run
     from training.config import TrainingConfig, apply_overrides
@@ -259,6 +260,9 @@ def _bench_processes(args: argparse.Namespace) -> int:
         f"{load_after[0]:.2f} after"
     )
     _print_table(rows)
+    for count in args.processes[1:]:
+        ratios = [r["vs_1_process"] for r in rows if r["processes"] == count]
+        print(f"{count} processes: median {statistics.median(ratios):.2f}x one process over {len(ratios)} repeats")
     report = {"load_average": [load_before, load_after], "config": config.to_dict(), "rows": rows}
     (args.out / "bench-train-processes.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return 0
