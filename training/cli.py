@@ -152,6 +152,7 @@ def _train(args: argparse.Namespace) -> int:
         logging.getLogger().setLevel(logging.WARNING)  # rank 0 tells the story
     # A process that dies or hangs makes the others' next collective fail (run.dist_timeout_s at the
     # latest) with a traceback naming the peer; torchrun then ends the job and reports the first failure.
+    finished = False
     try:
         try:
             trainer = Trainer(config, resume=args.resume, dist=dist)
@@ -159,8 +160,10 @@ def _train(args: argparse.Namespace) -> int:
             print(f"charrnn train: {exc}", file=sys.stderr)
             return 2
         result = trainer.train()
+        del trainer  # its DDP wrapper holds the process group
+        finished = True
     finally:
-        teardown(dist)
+        teardown(dist, synchronize=finished)
     if not dist.is_main:
         return 0
     print(

@@ -10,6 +10,7 @@ anyone.
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import logging
 import os
 from dataclasses import dataclass
@@ -128,6 +129,13 @@ def setup(run: RunConfig) -> Distributed:
     return Distributed(rank, world_size, local_rank, device)
 
 
-def teardown(context: Distributed) -> None:
-    if context.enabled and dist.is_initialized():
-        dist.destroy_process_group()
+def teardown(context: Distributed, synchronize: bool) -> None:
+    """Leave the process group. After a clean run every process waits for the others first
+    (`synchronize`), and whatever still holds the group (DDP's reducer) must be released before: a gloo
+    group left to the interpreter's exit can abort the process."""
+    if not (context.enabled and dist.is_initialized()):
+        return
+    gc.collect()
+    if synchronize:
+        dist.barrier()
+    dist.destroy_process_group()

@@ -154,6 +154,22 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return data
 
 
+def _keep_rows_until(log_path: Path, step: int) -> None:
+    """Drop a JSON-lines log's rows after `step`: a run stopped between checkpoints (killed, or a
+    failed process) logged steps that its resumed run logs again."""
+    if not log_path.exists():
+        return
+    if step == 0:
+        log_path.unlink()
+        return
+    lines = log_path.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = [line for line in lines if json.loads(line)["step"] <= step]
+    if len(kept) < len(lines):
+        tmp = log_path.with_suffix(".tmp")
+        tmp.write_text("".join(kept), encoding="utf-8")
+        tmp.replace(log_path)
+
+
 def model_from_checkpoint(data: dict[str, Any]) -> tuple[CharRNN, Vocabulary, TrainingConfig]:
     config = TrainingConfig.from_dict(data["config"])
     vocab = Vocabulary(tuple(data["vocab"]["chars"]), data["vocab"]["unknown_policy"], data["vocab"]["unknown_char"])
@@ -345,9 +361,9 @@ class Trainer:
             self.dist.world_size,
         )  # fmt: skip
         progress = Progress(total=c.optim.max_steps, initial=self.step, enabled=c.run.progress and main)
-        if self.step == 0 and main:  # a fresh run owns its logs; only --resume appends to them
+        if main:  # a fresh run owns its logs; --resume appends to them from its checkpoint's step
             for path in (metrics_path, samples_path):
-                path.unlink(missing_ok=True)
+                _keep_rows_until(path, self.step)
         if self.step == 0 and c.run.sample_interval and main:
             self._sample(samples_path)
         window_start, window_steps, loss_sum = time.perf_counter(), 0, 0.0

@@ -37,7 +37,7 @@ EQUIVALENCE = [*TINY_OVERRIDES, "optim.max_steps=30", "run.log_interval=1", "run
                "run.sample_interval=15"]  # fmt: skip
 # Slow enough (a few seconds) to be stopped mid-run; dropout exercises each rank's own random stream.
 LONG = [*TINY_OVERRIDES, "model.hidden_size=64", "model.layers=2", "model.dropout=0.1", "optim.max_steps=300",
-        "run.eval_interval=50", "run.sample_interval=0", "run.log_interval=50"]  # fmt: skip
+        "run.eval_interval=50", "run.sample_interval=0", "run.log_interval=5"]  # fmt: skip
 
 
 def free_port() -> int:
@@ -125,7 +125,9 @@ def train_args(corpus: Path, out: Path | str, *overrides: str) -> list[str]:
 
 
 def metrics(run: Path) -> list[dict[str, float]]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    """The complete rows (a running job may be writing the last one)."""
+    lines = (run / "metrics.jsonl").read_text().splitlines(keepends=True)
+    return [json.loads(line) for line in lines if line.endswith("\n")]
 
 
 @pytest.mark.slow
@@ -195,6 +197,11 @@ def test_a_killed_rank_fails_the_job_and_a_restart_resumes_exactly(
     run = tmp_path / "interrupted"
     launches.append(Launch(["--nproc-per-node", "2"], train_args(tiny_corpus, run, *LONG)))
     wait_for(run / "last.pt", launches[-1:])
+    # Kill it between checkpoints, after it logged steps the restart will train again.
+    checkpointed = load_checkpoint(run / "last.pt")["step"]
+    while max(r["step"] for r in metrics(run)) < checkpointed + 20:
+        assert launches[-1].proc.poll() is None, launches[-1].finish(timeout=10)
+        time.sleep(0.02)
     launch, pid = worker(launches[-1:], rank=1)
     os.kill(pid, signal.SIGKILL)
     killed_at = time.monotonic()
@@ -212,6 +219,7 @@ def test_a_killed_rank_fails_the_job_and_a_restart_resumes_exactly(
     assert f"resumed from step {step}" in restart.output
     resumed, straight = load_checkpoint(run / "last.pt"), load_checkpoint(tmp_path / "straight" / "last.pt")
     assert resumed["step"] == 300
+    assert [r["step"] for r in metrics(run)] == [r["step"] for r in metrics(tmp_path / "straight")]
     for name, value in straight["model"].items():
         assert torch.equal(value, resumed["model"][name]), name
 
