@@ -66,14 +66,14 @@ bench-quality: install  ## 30-minute quality benchmark on tiny shakespeare (see 
 		--out runs/bench-quality $(QUALITY_CONFIG) $(QUALITY_ARGS)
 
 bench-overload: install  ## overload benchmark: 10x the stream limit (docs/benchmarks.md)
-	$(BIN)/charrnn bench overload --model models/default --max-batch 16 --max-queue 16 --factor 10 \
+	$(BIN)/charrnn bench overload --model models/default --max-live-streams 16 --max-queued-streams 16 --factor 10 \
 		--seconds 60 --out bench-results/overload $(OVERLOAD_ARGS)
 
 bench-soak: install  ## soak benchmark: streams, session churn, cancellations (SOAK_MINUTES, default 10)
 	$(BIN)/charrnn bench soak --model models/default --minutes $${SOAK_MINUTES:-10} --out bench-results/soak $(SOAK_ARGS)
 
 load: install  ## Locust load test: starts a server unless LOAD_ARGS has --target; reports in load-results/
-	$(BIN)/python tests/load/run.py $(LOAD_ARGS)
+	$(BIN)/python bench/load/run.py $(LOAD_ARGS)
 
 deploy-check: install $(TOOLS_VENV)/.installed  ## Dockerfile, compose, kustomize, checkov and serve-only checks
 	$(BIN)/pytest -q tests/deploy

@@ -1,4 +1,4 @@
-"""Subcommands of the offline side: prepare, train, export, sample, bench quality / train-kernels / train-processes.
+"""Subcommands of the offline side: prepare, train, export, sample.
 
 Nothing heavy is imported here; each handler imports torch (or onnxruntime) when it runs.
 """
@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL_DIR = "models/default"
 
 
-def register(sub: Any, bench_sub: Any) -> None:
+def register(sub: Any) -> None:
     from training.config import describe_settings
 
     settings_help = "settings (section.key=value), with their defaults:\n" + describe_settings()
@@ -67,33 +67,6 @@ def register(sub: Any, bench_sub: Any) -> None:
     sample.add_argument("--top-p", type=float, default=1.0)
     sample.add_argument("--seed", type=int, default=0)
     sample.set_defaults(handler=_sample)
-
-    quality = bench_sub.add_parser("quality", help="train for a wall-clock budget and report validation loss")
-    quality.add_argument("--corpus", required=True, help="corpus (e.g. ../shared/data/tinyshakespeare.txt)")
-    quality.add_argument("--minutes", type=float, required=True, help="training wall-clock budget")
-    quality.add_argument("--out", default="runs/bench-quality", help="run directory")
-    quality.add_argument("overrides", nargs="*", metavar="section.key=value", help="override a setting")
-    quality.set_defaults(handler=_bench_quality)
-
-    kernels = bench_sub.add_parser("train-kernels", help="training step time with oneDNN kernels on and off")
-    kernels.add_argument("--layers", type=int, default=2)
-    kernels.add_argument("--hidden", type=int, default=256)
-    kernels.add_argument("--batch", type=int, action="append", help="batch sizes (repeatable; default 16, 64)")
-    kernels.add_argument("--seq-len", type=int, default=128)
-    kernels.add_argument("--repeats", type=int, default=5)
-    kernels.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
-    kernels.set_defaults(handler=_bench_kernels)
-
-    processes = bench_sub.add_parser(
-        "train-processes", help="training chars/s of one process against N under torchrun (one thread each)"
-    )
-    processes.add_argument("--corpus", required=True, help="corpus (e.g. ../shared/data/tinyshakespeare.txt)")
-    processes.add_argument("--processes", type=int, nargs="+", default=[1, 2], help="process counts, 1 first")
-    processes.add_argument("--steps", type=int, default=40, help="optimiser steps per run")
-    processes.add_argument("--repeats", type=int, default=2, help="runs per process count (order alternates)")
-    processes.add_argument("--out", type=Path, default=Path("runs/bench-train-processes"), help="run directories")
-    processes.add_argument("overrides", nargs="*", metavar="section.key=value", help="override a setting")
-    processes.set_defaults(handler=_bench_processes)
 
 
 def _load_config(args: argparse.Namespace) -> Any:
@@ -195,9 +168,9 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _sample(args: argparse.Namespace) -> int:
-    from training.sample import OnnxStepper, SamplingParams, Stepper, TorchStepper, generate
+    from training.sample import OnnxStepper, ReferenceSampling, Stepper, TorchStepper, generate
 
-    params = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    params = ReferenceSampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     stepper: Stepper
     if args.checkpoint:
         from training.train import load_checkpoint, model_from_checkpoint
@@ -214,88 +187,4 @@ def _sample(args: argparse.Namespace) -> int:
             return 1
         stepper, vocab = onnx_stepper, onnx_stepper.vocab
     sys.stdout.write(args.prompt + generate(stepper, vocab, args.prompt, args.chars, params) + "\n")
-    return 0
-
-
-def _print_table(rows: list[dict[str, Any]]) -> None:
-    print("| " + " | ".join(rows[0]) + " |")
-    print("|" + "---|" * len(rows[0]))
-    for row in rows:
-        print("| " + " | ".join(str(v) for v in row.values()) + " |")
-
-
-def _bench_kernels(args: argparse.Namespace) -> int:
-    import torch
-
-    from training.bench_kernels import run
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    print(
-        f"LSTM/GRU/RNN {args.layers}x{args.hidden}, T={args.seq_len}, median of {args.repeats} steps, "
-        f"{torch.get_num_threads()} torch threads"
-    )
-    _print_table(run(args.layers, args.hidden, args.batch or [16, 64], args.seq_len, args.repeats))
-    return 0
-
-
-def _bench_processes(args: argparse.Namespace) -> int:
-    import os
-    import statistics
-
-    from training.bench_distributed import run
-    from training.config import TrainingConfig, apply_overrides
-
-    try:
-        if args.processes[0] != 1 or min(args.processes) < 1:
-            raise ValueError("--processes must start with 1 (the baseline) and hold positive counts")
-        config = apply_overrides(TrainingConfig(), list(args.overrides))
-    except ValueError as exc:
-        print(f"charrnn bench train-processes: {exc}", file=sys.stderr)
-        return 2
-    m, o = config.model, config.optim
-    load_before = os.getloadavg()
-    rows = run(args.processes, args.corpus, args.out, args.steps, args.repeats, list(args.overrides))
-    load_after = os.getloadavg()
-    print(
-        f"{m.cell} {m.layers}x{m.hidden_size}, global batch {o.batch_size} x {o.seq_len}, {args.steps} steps, "
-        f"one torch thread per process, {os.cpu_count()} CPUs; load average {load_before[0]:.2f} before, "
-        f"{load_after[0]:.2f} after"
-    )
-    _print_table(rows)
-    for count in args.processes[1:]:
-        ratios = [r["vs_1_process"] for r in rows if r["processes"] == count]
-        print(f"{count} processes: median {statistics.median(ratios):.2f}x one process over {len(ratios)} repeats")
-    report = {"load_average": [load_before, load_after], "config": config.to_dict(), "rows": rows}
-    (args.out / "bench-train-processes.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    return 0
-
-
-def _bench_quality(args: argparse.Namespace) -> int:
-    from training.config import TrainingConfig, apply_overrides
-    from training.train import Trainer
-
-    config = TrainingConfig()
-    config.data.corpus = args.corpus
-    config.run.out_dir = args.out
-    config.optim.max_minutes = args.minutes
-    try:
-        apply_overrides(config, list(args.overrides))
-    except ValueError as exc:
-        print(f"charrnn bench quality: {exc}", file=sys.stderr)
-        return 2
-    result = Trainer(config).train()
-    row = {
-        "corpus": config.data.corpus,
-        "minutes": args.minutes,
-        "cell": config.model.cell,
-        "layers": config.model.layers,
-        "hidden": config.model.hidden_size,
-        "steps": result.steps,
-        "val_nats": round(result.best_val_loss, 4),
-        "val_bpc": round(result.best_val_bpc, 4),
-        "wall_min": round(result.wall_time_s / 60, 1),
-    }
-    _print_table([row])
-    (Path(args.out) / "bench-quality.json").write_text(json.dumps(row, indent=2) + "\n", encoding="utf-8")
     return 0

@@ -31,7 +31,7 @@ from training.distributed import Distributed, training_device
 from training.model import CharRNN, State, detach_state
 from training.prepared import load_dataset
 from training.progress import Progress
-from training.sample import SamplingParams, TorchStepper, generate
+from training.sample import ReferenceSampling, TorchStepper, generate
 
 log = logging.getLogger(__name__)
 
@@ -303,7 +303,7 @@ class Trainer:
             self.vocab,
             prime,
             r.sample_chars,
-            SamplingParams(temperature=0.8, seed=r.sample_seed),
+            ReferenceSampling(temperature=0.8, seed=r.sample_seed),
         )
         self.model.train(was_training)
         with open(log_file, "a", encoding="utf-8") as f:

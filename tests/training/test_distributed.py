@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from service.client import Client
+from charrnn.client import Client
 from tests.conftest import TINY_OVERRIDES
 from tests.service.harness import ServerThread, make_config
 from training.config import TrainingConfig, apply_overrides
@@ -294,21 +294,3 @@ def test_the_environment_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("RANK", "0")
         with pytest.raises(ValueError, match="no CUDA device"):
             setup(apply_overrides(TrainingConfig(), ["run.device=cuda"]).run)
-
-
-@pytest.mark.slow
-def test_bench_train_processes_prints_the_ratio_table(tiny_corpus: Path, tmp_path: Path) -> None:
-    tiny = ["model.hidden_size=24", "model.layers=1", "model.embedding_size=8", "optim.batch_size=8",
-            "optim.seq_len=32", "optim.warmup_steps=5"]  # fmt: skip
-    result = subprocess.run(
-        [sys.executable, "-m", "charrnn.cli", "bench", "train-processes", "--corpus", str(tiny_corpus),
-         "--steps", "15", "--repeats", "1", "--out", str(tmp_path), *tiny],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
-    assert "load average" in lines[0] and lines[1] == "| repeat | processes | chars_per_s | vs_1_process |"
-    rows = json.loads((tmp_path / "bench-train-processes.json").read_text())["rows"]
-    assert [r["processes"] for r in rows] == [1, 2] and rows[0]["vs_1_process"] == 1.0
-    assert all(r["chars_per_s"] > 0 for r in rows)
-    assert load_checkpoint(tmp_path / "r0-p2" / "last.pt")["world_size"] == 2

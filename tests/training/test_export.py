@@ -10,7 +10,7 @@ import pytest
 from charrnn.artifact import ArtifactError, load_manifest
 from tests.conftest import build_artifact
 from training.export import ExportError, export_checkpoint
-from training.sample import OnnxStepper, SamplingParams, TorchStepper, generate
+from training.sample import OnnxStepper, ReferenceSampling, TorchStepper, generate
 from training.train import load_checkpoint, model_from_checkpoint
 
 
@@ -40,7 +40,7 @@ def test_manifest_describes_the_model(tiny_artifact: Path) -> None:
 def test_onnx_sampler_matches_torch_sampler(tiny_artifact: Path) -> None:
     """The same seed gives the same text from the checkpoint and from the exported graph."""
     model, vocab, _ = model_from_checkpoint(load_checkpoint(tiny_artifact.parent / "run" / "best.pt"))
-    params = SamplingParams(temperature=0.9, top_k=10, seed=3)
+    params = ReferenceSampling(temperature=0.9, top_k=10, seed=3)
     assert generate(OnnxStepper(tiny_artifact), vocab, "def ", 60, params) == generate(
         TorchStepper(model), vocab, "def ", 60, params
     )
