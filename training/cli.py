@@ -1,4 +1,4 @@
-"""Subcommands of the offline side: train, export, sample.
+"""Subcommands of the offline side: prepare, train, export, sample.
 
 Nothing heavy is imported here; each handler imports torch (or onnxruntime) when it runs.
 """
@@ -29,12 +29,25 @@ def register(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     train.add_argument("overrides", nargs="*", metavar="section.key=value", help="override a setting")
-    train.add_argument("--corpus", help="file, directory, glob or comma list (default: builtin:python-stdlib)")
+    train.add_argument(
+        "--corpus", help="file, directory, glob, comma list or prepared:DIR (default: builtin:python-stdlib)"
+    )
     train.add_argument("--out", help="run directory (run.out_dir)")
     train.add_argument("--config", type=Path, help="JSON config file (as saved in a run's config.json)")
     train.add_argument("--resume", type=Path, help="continue from a checkpoint (e.g. RUN/last.pt)")
     train.add_argument("--export", type=Path, metavar="DIR", help="export the best checkpoint to DIR afterwards")
     train.set_defaults(handler=_train)
+
+    prepare = sub.add_parser(
+        "prepare",
+        help="encode a corpus once into a memory-mapped token file, for corpora larger than memory",
+        description="Stream the corpus twice (vocabulary scan, then encoding) into DIR; train on it with "
+        "--corpus prepared:DIR. Only data.* settings apply; training adopts the ones recorded here.",
+    )
+    prepare.add_argument("overrides", nargs="*", metavar="data.key=value", help="override a data setting")
+    prepare.add_argument("--corpus", help="file, directory, glob or comma list (default: builtin:python-stdlib)")
+    prepare.add_argument("--out", type=Path, required=True, metavar="DIR", help="directory to write (new or empty)")
+    prepare.set_defaults(handler=_prepare)
 
     export = sub.add_parser("export", help="export a checkpoint to an ONNX model artifact")
     export.add_argument("checkpoint", type=Path, help="checkpoint file (RUN/best.pt)")
@@ -105,15 +118,63 @@ def _load_config(args: argparse.Namespace) -> Any:
     return apply_overrides(config, list(args.overrides))
 
 
+def _prepare(args: argparse.Namespace) -> int:
+    from training.config import TrainingConfig, apply_overrides
+    from training.prepared import PREFIX, prepare_corpus
+
+    config = TrainingConfig()
+    if args.corpus:
+        config.data.corpus = args.corpus
+    try:
+        other = [item for item in args.overrides if not item.startswith("data.")]
+        if other:
+            raise ValueError(f"prepare takes data.* settings only, not {other[0]!r}")
+        apply_overrides(config, list(args.overrides))
+        meta = prepare_corpus(config.data, args.out)
+    except (ValueError, OSError) as exc:
+        print(f"charrnn prepare: {exc}", file=sys.stderr)
+        return 2
+    tokens, split = meta["tokens"], meta["split"]
+    print(
+        f"wrote {args.out}: {tokens['count']} tokens ({tokens['dtype']}) from {meta['corpus']['bytes']} bytes, "
+        f"{split['train_chars']} train / {split['val_chars']} validation; train with --corpus {PREFIX}{args.out}"
+    )
+    return 0
+
+
 def _train(args: argparse.Namespace) -> int:
+    """Also the entry point of every process under torchrun: rank 0 reports and exports, the others train."""
     try:
         config = _load_config(args)
     except ValueError as exc:
         print(f"charrnn train: {exc}", file=sys.stderr)
         return 2
+    from training.distributed import setup, teardown
     from training.train import Trainer
 
-    result = Trainer(config, resume=args.resume).train()
+    try:
+        dist = setup(config.run)
+    except ValueError as exc:
+        print(f"charrnn train: {exc}", file=sys.stderr)
+        return 2
+    if not dist.is_main:
+        logging.getLogger().setLevel(logging.WARNING)  # rank 0 tells the story
+    # A process that dies or hangs makes the others' next collective fail (run.dist_timeout_s at the
+    # latest) with a traceback naming the peer; torchrun then ends the job and reports the first failure.
+    finished = False
+    try:
+        try:
+            trainer = Trainer(config, resume=args.resume, dist=dist)
+        except (ValueError, OSError) as exc:
+            print(f"charrnn train: {exc}", file=sys.stderr)
+            return 2
+        result = trainer.train()
+        del trainer  # its DDP wrapper holds the process group
+        finished = True
+    finally:
+        teardown(dist, synchronize=finished)
+    if not dist.is_main:
+        return 0
     print(
         f"best validation loss {result.best_val_loss:.4f} nats ({result.best_val_bpc:.4f} bits/char) "
         f"after {result.steps} steps, {result.wall_time_s / 60:.1f} min; checkpoint {result.best_checkpoint}"
