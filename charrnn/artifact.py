@@ -84,6 +84,26 @@ class OnnxSpec:
 
 
 @dataclass(frozen=True)
+class UnitNote:
+    """A hidden unit that `charrnn analyze units` found tracking a feature of the text (optional metadata:
+    the HTTP playground offers these units first, with what they track)."""
+
+    kind: str  # "h" or "c", a state of the graph
+    layer: int
+    index: int
+    feature: str  # the analysis' feature name, e.g. "in_string"
+    tracks: str  # what the feature is, in words
+    metric: str  # "auc" (binary feature) or "r" (correlation)
+    score: float  # on held-out text, the unit's sign applied
+    sign: int  # +1: the unit goes positive with the feature, -1: negative
+
+    @property
+    def name(self) -> str:
+        """The unit as `charrnn generate --watch` and the analyses write it: "c0:80"."""
+        return f"{self.kind}{self.layer}:{self.index}"
+
+
+@dataclass(frozen=True)
 class Manifest:
     format_version: int
     model: ModelSpec
@@ -92,6 +112,7 @@ class Manifest:
     # Free-form facts for people and dashboards; the server reads none of them.
     training: dict[str, Any] = field(default_factory=dict)
     export: dict[str, Any] = field(default_factory=dict)
+    units: list[UnitNote] = field(default_factory=list)  # interpretable units; absent from older manifests
 
     @property
     def state_shape(self) -> tuple[int, int]:
@@ -124,6 +145,7 @@ class Manifest:
                 ),
                 training=dict(data.get("training", {})),
                 export=dict(data.get("export", {})),
+                units=[UnitNote(**u) for u in data.get("units", [])],
             )
         except ArtifactError:
             raise
@@ -150,6 +172,9 @@ class Manifest:
             raise ArtifactError(f"a {m.cell} graph carries states {expected_states}")
         if self.onnx.logits.shape[-1] != m.vocab_size:
             raise ArtifactError("logits' last dimension does not match the vocabulary size")
+        for note in self.units:
+            if note.kind not in expected_states or not (0 <= note.layer < m.layers and 0 <= note.index < m.hidden_size):
+                raise ArtifactError(f"units: {note.name} is not a unit of this {m.cell} {m.layers}x{m.hidden_size}")
 
 
 def write_manifest(directory: Path, manifest: Manifest) -> Path:
