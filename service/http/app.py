@@ -121,12 +121,11 @@ class HttpFace:
         if config.http_port < 0:
             return
         app = build_app(config, self.runtime, self.metrics)
-        self.runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        self.runner = web.AppRunner(
+            app, handler_cancellation=True, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S
+        )
         await self.runner.setup()
-        site = web.TCPSite(
-            self.runner, config.host, config.http_port, ssl_context=_ssl_context(config),
-            shutdown_timeout=SHUTDOWN_TIMEOUT_S, reuse_port=False,
-        )  # fmt: skip
+        site = web.TCPSite(self.runner, config.host, config.http_port, ssl_context=_ssl_context(config))
         await site.start()
         self.port = int(self.runner.addresses[0][1])
         scheme = "http" if config.tls_cert is None else "https"

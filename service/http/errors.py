@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from charrnn.vocab import UnknownCharactersError
-from service.errors import InvalidRequest
+from service.errors import InvalidRequest, ServiceError
 from service.http import sse
 from service.status import edge_status, retry_after_ms
 
@@ -45,13 +45,14 @@ class ParameterError(InvalidRequest):
 
 @contextmanager
 def about(param: str) -> Iterator[None]:
-    """Refusals raised inside name `param` (the checks and their words stay the shared Validator's)."""
+    """Refusals raised inside name `param` in the error body; their class (so their status) and their words
+    stay what the shared code made them."""
     try:
         yield
-    except ParameterError:
+    except (ServiceError, UnknownCharactersError) as exc:
+        if getattr(exc, "param", None) is None:
+            setattr(exc, "param", param)  # noqa: B010 (an attribute the exception classes do not declare)
         raise
-    except (InvalidRequest, UnknownCharactersError) as exc:
-        raise ParameterError(param, str(exc)) from exc
 
 
 def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
