@@ -30,7 +30,7 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(
         CHROMIUM is None or CHROMEDRIVER is None,
-        reason="the browser test needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)",
+        reason="the browser test needs Debian's chromium and chromium-driver (apt-get install them)",
     ),
 ]
 
