@@ -218,3 +218,20 @@ def test_tls_serves_https_only_with_the_grpc_certificate(model_dir: Path, certif
         assert plain.stdout is not None
         assert plain.stdout.read() in (b"000", b"400"), "plaintext must not get the API"
         plain.wait(30)
+
+
+def test_requests_are_counted_by_route_and_status_and_characters_in_the_shared_series(server: ServerThread) -> None:
+    url = f"{base_url(server)}/v1/completions"
+    assert post(url, {"prompt": PROMPT, "max_tokens": 30})[0] == 200
+    curl_output(url, body={"prompt": PROMPT, "max_tokens": 70, "stream": True})
+    curl_output(f"{base_url(server)}/v1/models")
+    reg = registry(server)
+    assert requests_counted(server, "POST", "/v1/completions", 200) == 2
+    assert requests_counted(server, "GET", "/v1/models", 200) == 1
+    duration = value(
+        reg, "http_server_request_duration_seconds_count", method="POST", route="/v1/completions", code="200"
+    )
+    assert duration == 2
+    assert value(reg, "charrnn_generated_chars_total") == 100, "HTTP streams count in the scheduler's series"
+    assert value(reg, "grpc_server_started_total", grpc_service="charrnn.v1.CharRNN", grpc_method="Generate",
+                 grpc_type="server_stream") == 0  # fmt: skip
