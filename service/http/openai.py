@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
+import numpy as np
+
 from charrnn.artifact import Manifest
 from charrnn.client.options import parse_units
 from service.config import Limits
@@ -151,7 +153,9 @@ def usage(finished: Finished) -> dict[str, int]:
 
 
 def rounded(values: list[float]) -> list[float]:
-    return [round(v, VALUES_DECIMALS) for v in values]
+    """Shorter JSON numbers (one vectorised call: a Python round() per value cost ~0.5 us each)."""
+    result: list[float] = np.round(np.asarray(values, np.float64), VALUES_DECIMALS).tolist()
+    return result
 
 
 def final_extension(model: LoadedModel, finished: Finished) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from service.context import Context
-from service.errors import InvalidRequest, ServiceError
+from service.errors import InvalidRequest
 from service.http import errors, openai, sse
 from service.http.errors import ParameterError, about
 from service.registry import LoadedModel
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 COMPLETIONS = "/v1/completions"
 # Set on a request whose client went away mid-response (counted as status 499, nginx's "client closed").
-CLIENT_GONE = "charrnn.client_gone"
+CLIENT_GONE = web.RequestKey("charrnn_client_gone", bool)
 CLIENT_CLOSED = 499
 
 
@@ -119,11 +119,11 @@ class Routes:
             if completion.include_usage and finished is not None:
                 await response.write(sse.event(openai.body(cid, created, name, [], usage=openai.usage(finished))))
             await response.write(sse.DONE)
-        except ServiceError as exc:  # the server shut down mid-stream: the 200 is gone, say it in the body
-            await response.write(errors.error_event(exc))
         except ConnectionResetError:  # the client went away between two writes
             request[CLIENT_GONE] = True
             return response
+        except Exception as exc:  # the server shut down mid-stream (or a bug): the 200 is gone, say it in the body
+            await response.write(errors.error_event(exc))
         await response.write_eof()
         return response
 

@@ -34,11 +34,19 @@ def curl(*args: str, body: Any = None) -> subprocess.Popen[bytes]:
     return proc
 
 
+def rest_of(proc: subprocess.Popen[bytes]) -> bytes:
+    """Everything curl still writes, once it has exited."""
+    assert proc.stdout is not None
+    with proc.stdout:
+        out = proc.stdout.read()
+    proc.wait(60)
+    return out
+
+
 def curl_output(*args: str, body: Any = None) -> bytes:
     proc = curl(*args, body=body)
-    assert proc.stdout is not None
-    out = proc.stdout.read()
-    assert proc.wait(60) == 0
+    out = rest_of(proc)
+    assert proc.returncode == 0
     return out
 
 
@@ -152,7 +160,7 @@ def _long_stream(server: ServerThread) -> subprocess.Popen[bytes]:
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     proc.kill()
-    proc.wait(10)
+    rest_of(proc)
 
 
 def test_a_client_that_disconnects_frees_its_slot(server: ServerThread) -> None:
@@ -194,6 +202,17 @@ def test_draining_is_503_with_retry_after(model_dir: Path) -> None:
         assert "shutting down" in body["error"]["message"] and body["error"]["code"] == "unavailable"
 
 
+def test_a_stream_cut_by_shutdown_ends_with_an_error_event(model_dir: Path) -> None:
+    with ServerThread(make_config(model_dir, http_port=0)) as srv:
+        proc = _long_stream(srv)
+        srv.stop(0.0)  # no grace: the live stream is failed
+        rest = rest_of(proc)
+    last = rest.rstrip(b"\n").split(b"\n\n")[-1]
+    error = json.loads(last[len(b"data: ") :])["error"]
+    assert error["code"] == "unavailable" and "shut down before the stream finished" in error["message"]
+    assert b"[DONE]" not in rest
+
+
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
     tmp = tmp_path_factory.mktemp("tls")
@@ -215,9 +234,7 @@ def test_tls_serves_https_only_with_the_grpc_certificate(model_dir: Path, certif
         with urllib.request.urlopen(url, timeout=10, context=context) as response:
             assert json.loads(response.read())["data"][0]["id"] == MODEL
         plain = curl("-w", "%{http_code}", "-o", "/dev/null", url.replace("https", "http"))
-        assert plain.stdout is not None
-        assert plain.stdout.read() in (b"000", b"400"), "plaintext must not get the API"
-        plain.wait(30)
+        assert rest_of(plain) in (b"000", b"400"), "plaintext must not get the API"
 
 
 def test_requests_are_counted_by_route_and_status_and_characters_in_the_shared_series(server: ServerThread) -> None:
