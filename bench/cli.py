@@ -56,11 +56,18 @@ def register(sub: Any) -> None:
     )
     s.add_argument("--model", type=Path, default=Path("models/default"), help="model artifact directory")
     s.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
-    s.add_argument("--streams", type=int, nargs="+", default=[1, 16, 64], help="concurrent streams to measure")
+    s.add_argument("--streams", type=int, nargs="+", default=[1, 16, 64, 256], help="concurrent streams to measure")
     s.add_argument("--max-chars", type=int, default=2000, help="characters per request")
     s.add_argument("--out", type=Path, default=Path("bench-results/serve"), help="directory for JSON and PNG")
-    s.add_argument("--intra-op-threads", type=int, default=1, help="ONNX Runtime threads (server and ceiling)")
     s.add_argument("--flush-interval-ms", type=float, default=100.0, help="server coalescing interval")
+    s.add_argument(
+        "--both-cores",
+        type=shlex.split,
+        default=["--decode-workers", "2"],
+        help="extra `charrnn serve` flags (one quoted string) of the server that uses both cores",
+    )
+    s.add_argument("--unbatched", action="store_true", help="also measure a server with batching off")
+    s.add_argument("--skip-interference", action="store_true", help="skip the Score/feed interference case")
     s.set_defaults(handler=_serve)
 
     e = which.add_parser("sse", help="server CPU per character: SSE (HTTP) vs gRPC streams", formatter_class=_DEFAULTS)
@@ -83,6 +90,14 @@ def register(sub: Any) -> None:
     f.add_argument("--events", type=int, nargs="+", default=[1, 100], help="events per request")
     f.add_argument("--out", type=Path, default=Path("bench-results/http-frameworks"), help="directory for the JSON")
     f.set_defaults(handler=_frameworks)
+
+    m = which.add_parser(
+        "sessions", help="RSS per server-side session vs its raw state bytes", formatter_class=_DEFAULTS
+    )
+    m.add_argument("--model", type=Path, default=Path("models/default"), help="model artifact directory")
+    m.add_argument("--sessions", type=int, default=4000, help="sessions to create")
+    m.add_argument("--out", type=Path, default=Path("bench-results/sessions"), help="directory for the JSON")
+    m.set_defaults(handler=_sessions)
 
     o = which.add_parser(
         "overload", help="10x the stream limit: refusals, admitted streams' pace, RSS", formatter_class=_DEFAULTS
@@ -219,6 +234,12 @@ def _frameworks(args: argparse.Namespace) -> int:
     from bench.http import main_frameworks
 
     return main_frameworks(args)
+
+
+def _sessions(args: argparse.Namespace) -> int:
+    from bench.sessions import main
+
+    return main(args)
 
 
 def _overload(args: argparse.Namespace) -> int:

@@ -873,6 +873,7 @@ class Limits(_message.Message):
     SESSION_TTL_SECONDS_FIELD_NUMBER: _builtins.int
     MAX_WATCHED_UNITS_FIELD_NUMBER: _builtins.int
     MIN_CHECKPOINT_CHARS_FIELD_NUMBER: _builtins.int
+    MAX_SESSION_STREAMS_FIELD_NUMBER: _builtins.int
     max_live_streams: _builtins.int
     """Streams advanced together (the batch size); more wait in the queue."""
     max_queued_streams: _builtins.int
@@ -897,6 +898,8 @@ class Limits(_message.Message):
     """Most hidden units one Generate may watch (GenerateRequest.activations)."""
     min_checkpoint_chars: _builtins.int
     """Smallest non-zero GenerateRequest.checkpoint_every_chars accepted."""
+    max_session_streams: _builtins.int
+    """Open Session streams; beyond: RESOURCE_EXHAUSTED with a retry hint."""
     def __init__(
         self,
         *,
@@ -912,10 +915,11 @@ class Limits(_message.Message):
         session_ttl_seconds: _builtins.float = ...,
         max_watched_units: _builtins.int = ...,
         min_checkpoint_chars: _builtins.int = ...,
+        max_session_streams: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_max_chars", b"default_max_chars", "max_chars", b"max_chars", "max_live_streams", b"max_live_streams", "max_prompt_chars", b"max_prompt_chars", "max_queued_streams", b"max_queued_streams", "max_score_chars", b"max_score_chars", "max_sessions", b"max_sessions", "max_stop_chars", b"max_stop_chars", "max_stop_strings", b"max_stop_strings", "max_watched_units", b"max_watched_units", "min_checkpoint_chars", b"min_checkpoint_chars", "session_ttl_seconds", b"session_ttl_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_max_chars", b"default_max_chars", "max_chars", b"max_chars", "max_live_streams", b"max_live_streams", "max_prompt_chars", b"max_prompt_chars", "max_queued_streams", b"max_queued_streams", "max_score_chars", b"max_score_chars", "max_session_streams", b"max_session_streams", "max_sessions", b"max_sessions", "max_stop_chars", b"max_stop_chars", "max_stop_strings", b"max_stop_strings", "max_watched_units", b"max_watched_units", "min_checkpoint_chars", b"min_checkpoint_chars", "session_ttl_seconds", b"session_ttl_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -8,11 +8,13 @@ scheduler drops its row at the next step (aiohttp cancels the handler when the c
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from aiohttp import web
 
 from service.context import Context
@@ -21,8 +23,8 @@ from service.http import errors, openai, sse
 from service.http.errors import ParameterError, about
 from service.registry import LoadedModel
 from service.requests import Validator
-from service.scheduler import Chunk, Stream
 from service.status import RequestTooLarge
+from service.stream import Chunk, Delivery, Stream
 
 if TYPE_CHECKING:
     from service.metrics import Metrics
@@ -73,6 +75,7 @@ class Routes:
             raise InvalidRequest(f"the request body is not valid JSON: {exc}") from exc
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
+        arrived = time.monotonic()
         completion = openai.parse(await self._json(request))
         ctx = Context()
         if completion.resume_token is not None:
@@ -83,29 +86,38 @@ class Routes:
         if completion.model not in (None, name):
             raise ParameterError("model", f"model {completion.model!r} is not served here (GET /v1/models: {name!r})")
         stream = model.scheduler.submit(openai.job(self.validator, model, ctx, completion.request))
+        delivery = Delivery(self.rt.delivery, arrived)
         if completion.stream:
-            return await self._events(request, completion, model, stream)
-        return await self._whole(completion, model, stream)
+            return await self._events(request, completion, model, stream, delivery)
+        return await self._whole(completion, model, stream, delivery)
 
-    async def _whole(self, completion: openai.Completion, model: LoadedModel, stream: Stream) -> web.Response:
+    async def _whole(
+        self, completion: openai.Completion, model: LoadedModel, stream: Stream, delivery: Delivery
+    ) -> web.Response:
         parts: list[str] = []
-        values: list[float] = []
+        values: list[np.ndarray] = []
         async with aclosing(chunks(stream)) as flushed:
             async for chunk in flushed:
                 parts.append(chunk.text)
-                values.extend(chunk.values)
+                values.append(chunk.values)
         finished = stream.finished
         assert finished is not None
         extension = openai.final_extension(model, finished)
         if completion.request.watch:
-            extension["values"] = openai.rounded(values)
+            extension["values"] = openai.rounded(np.concatenate(values))
+        delivery.sending("".join(parts))  # one message: its text goes out now
         choice = openai.choice("".join(parts), finished.reason.value)
         name = model.manifest.model.name
         body = openai.body(openai.completion_id(), openai.now(), name, [choice], usage=openai.usage(finished))
         return web.json_response({**body, openai.OWNER: extension})
 
     async def _events(
-        self, request: web.Request, completion: openai.Completion, model: LoadedModel, stream: Stream
+        self,
+        request: web.Request,
+        completion: openai.Completion,
+        model: LoadedModel,
+        stream: Stream,
+        delivery: Delivery,
     ) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": sse.CONTENT_TYPE, **sse.HEADERS})
         cid, created, name = openai.completion_id(), openai.now(), model.manifest.model.name
@@ -114,7 +126,7 @@ class Routes:
             await response.prepare(request)
             async with aclosing(chunks(stream)) as flushed:
                 async for chunk in flushed:
-                    await self._write_chunk(response, chunk, model, cid, created, watching)
+                    await self._write_chunk(response, chunk, model, cid, created, watching, delivery)
             finished = stream.finished
             if completion.include_usage and finished is not None:
                 await response.write(sse.event(openai.body(cid, created, name, [], usage=openai.usage(finished))))
@@ -128,7 +140,14 @@ class Routes:
         return response
 
     async def _write_chunk(
-        self, response: web.StreamResponse, chunk: Chunk, model: LoadedModel, cid: str, created: int, watching: bool
+        self,
+        response: web.StreamResponse,
+        chunk: Chunk,
+        model: LoadedModel,
+        cid: str,
+        created: int,
+        watching: bool,
+        delivery: Delivery,
     ) -> None:
         finished = chunk.finished
         if not chunk.text and finished is None:
@@ -141,7 +160,9 @@ class Routes:
         reason = None if finished is None else finished.reason.value
         extra = {openai.OWNER: extension} if extension else {}
         choices = [openai.choice(chunk.text, reason)]
-        await response.write(sse.event(openai.body(cid, created, model.manifest.model.name, choices, **extra)))
+        event = sse.event(openai.body(cid, created, model.manifest.model.name, choices, **extra))
+        delivery.sending(chunk.text)
+        await response.write(event)
         self.events.inc()
 
     async def models(self, request: web.Request) -> web.Response:

@@ -250,5 +250,6 @@ def test_requests_are_counted_by_route_and_status_and_characters_in_the_shared_s
     )
     assert duration == 2
     assert value(reg, "charrnn_generated_chars_total") == 100, "HTTP streams count in the scheduler's series"
+    assert value(reg, "charrnn_time_to_first_char_seconds_count") == 2, "timed at the HTTP edge too"
     assert value(reg, "grpc_server_started_total", grpc_service="charrnn.v1.CharRNN", grpc_method="Generate",
                  grpc_type="server_stream") == 0  # fmt: skip
