@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncGenerator
-from contextlib import aclosing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,16 +37,12 @@ CLIENT_CLOSED = 499
 
 
 async def chunks(stream: Stream) -> AsyncGenerator[Chunk, None]:
-    """A stream's chunks until it ends; leaving early (the client went away) cancels it."""
-    try:
-        while True:
-            chunk = await stream.next_chunk()
-            yield chunk
-            if chunk.finished is not None:
-                return
-    finally:
-        if stream.finished is None:
-            stream.cancel()
+    """A stream's chunks until it ends."""
+    while True:
+        chunk = await stream.next_chunk()
+        yield chunk
+        if chunk.finished is not None:
+            return
 
 
 class Routes:
@@ -87,26 +82,29 @@ class Routes:
             raise ParameterError("model", f"model {completion.model!r} is not served here (GET /v1/models: {name!r})")
         stream = model.scheduler.submit(openai.job(self.validator, model, ctx, completion.request))
         delivery = Delivery(self.rt.delivery, arrived)
-        if completion.stream:
-            return await self._events(request, completion, model, stream, delivery)
-        return await self._whole(completion, model, stream, delivery)
+        try:
+            if completion.stream:
+                return await self._events(request, completion, model, stream, delivery)
+            return await self._whole(completion, model, stream, delivery)
+        finally:  # a client that went away (the handler is cancelled, or a write failed) frees its row
+            stream.cancel()  # a no-op once the stream has finished
 
     async def _whole(
         self, completion: openai.Completion, model: LoadedModel, stream: Stream, delivery: Delivery
     ) -> web.Response:
         parts: list[str] = []
         values: list[np.ndarray] = []
-        async with aclosing(chunks(stream)) as flushed:
-            async for chunk in flushed:
-                parts.append(chunk.text)
-                values.append(chunk.values)
+        async for chunk in chunks(stream):
+            parts.append(chunk.text)
+            values.append(chunk.values)
         finished = stream.finished
         assert finished is not None
         extension = openai.final_extension(model, finished)
         if completion.request.watch:
             extension["values"] = openai.rounded(np.concatenate(values))
-        delivery.sending("".join(parts))  # one message: its text goes out now
-        choice = openai.choice("".join(parts), finished.reason.value)
+        text = "".join(parts)
+        delivery.sending(text)  # one message: its text goes out now
+        choice = openai.choice(text, finished.reason.value)
         name = model.manifest.model.name
         body = openai.body(openai.completion_id(), openai.now(), name, [choice], usage=openai.usage(finished))
         return web.json_response({**body, openai.OWNER: extension})
@@ -124,9 +122,8 @@ class Routes:
         watching = bool(completion.request.watch)
         try:
             await response.prepare(request)
-            async with aclosing(chunks(stream)) as flushed:
-                async for chunk in flushed:
-                    await self._write_chunk(response, chunk, model, cid, created, watching, delivery)
+            async for chunk in chunks(stream):
+                await self._write_chunk(response, chunk, model, cid, created, watching, delivery)
             finished = stream.finished
             if completion.include_usage and finished is not None:
                 await response.write(sse.event(openai.body(cid, created, name, [], usage=openai.usage(finished))))
