@@ -169,7 +169,7 @@ class Metrics(SchedulerObserver, DeliveryObserver):
             registry=r,
         )
         self.model_info = Gauge(
-            "charrnn_model_info", "The served model (value 1).", ("name", "version", "sha256"), registry=r
+            "charrnn_model_info", "The served model (value 1).", ("name", "version", "sha256", "precision"), registry=r
         )
         self.serving = Gauge(
             "charrnn_serving", "1 once the model is loaded and warmed up and until draining starts.", registry=r
@@ -198,7 +198,8 @@ class Metrics(SchedulerObserver, DeliveryObserver):
     def set_model(self, manifest: Manifest) -> None:
         """Publish the current model's identity (after a reload, only the new one's series remains)."""
         self.model_info.clear()
-        self.model_info.labels(manifest.model.name, manifest.model.version, manifest.onnx.sha256).set(1)
+        m = manifest
+        self.model_info.labels(m.model.name, m.model.version, m.onnx.sha256, m.precision).set(1)
 
     # --- SchedulerObserver -------------------------------------------------------------------
     def on_step(self, batch: int, model_s: float, sampling_s: float) -> None:

@@ -184,6 +184,7 @@ def model_card(manifest: Manifest, limits: Limits) -> dict[str, Any]:
         OWNER: {
             "version": m.version,
             "sha256": manifest.onnx.sha256,
+            "precision": manifest.precision,
             "cell": m.cell,
             "layers": m.layers,
             "hidden_size": m.hidden_size,
