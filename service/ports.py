@@ -11,6 +11,8 @@ import socket
 
 from service.config import ConfigError
 
+# Ports that -1 turns off (the gRPC port cannot be).
+OPTIONAL_PORT_FLAGS = ("--metrics-port", "--http-port")
 # What to do about the usual causes, by errno; anything else gets the system's words only.
 _ADVICE = {
     errno.EADDRINUSE: "another process is listening there; stop it or choose another {flag} ({free})",
@@ -22,7 +24,7 @@ _ADVICE = {
 def bind_error(what: str, host: str, port: int, flags: tuple[str, str], exc: OSError) -> ConfigError:
     """The error for `what` (e.g. "gRPC") failing to bind host:port; `flags` are its (port, host) flags."""
     flag, host_flag = flags
-    free = "0 = any free port" + (", -1 = off" if flag == "--metrics-port" else "")
+    free = "0 = any free port" + (", -1 = off" if flag in OPTIONAL_PORT_FLAGS else "")
     reason = exc.strerror or str(exc)
     advice = _ADVICE.get(exc.errno or 0, "check {flag} and {host_flag}").format(
         flag=flag, host_flag=host_flag, free=free

@@ -39,7 +39,9 @@ from service.tokens import TokenCodec
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = charrnn_pb2.DESCRIPTOR.services_by_name["CharRNN"].full_name
-GRPC_FLAGS = ("--port", "--host")  # the flags that choose the gRPC address, named when it cannot be bound
+# The flags that choose each address, named when it cannot be bound.
+GRPC_FLAGS = ("--port", "--host")
+HTTP_FLAGS = ("--http-port", "--host")
 
 
 def load_model(config: ServerConfig, key: bytes, metrics: Metrics | None = None) -> LoadedModel:
@@ -120,6 +122,8 @@ class CharRNNServer:
         address = f"{host}:{port}"
         credentials = _tls_credentials(self.config)
         check_bindable("gRPC", host, port, GRPC_FLAGS)  # gRPC's own failure names neither cause nor flag
+        if self.config.http_port > 0:  # before the warm-up, so a busy port fails at once
+            check_bindable("HTTP", host, self.config.http_port, HTTP_FLAGS)
         try:
             if credentials is None:
                 self.port = self.server.add_insecure_port(address)
@@ -137,7 +141,10 @@ class CharRNNServer:
         await self.server.start()
         await asyncio.to_thread(self.scheduler.engine.warm_up, self.config.limits.max_live_streams)
         self.scheduler.start()
-        await self.http.start(_write_port)
+        try:
+            await self.http.start(_write_port)
+        except OSError as exc:  # taken since the check
+            raise bind_error("HTTP", host, self.config.http_port, HTTP_FLAGS, exc) from exc
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         self.metrics.serving.set(1)
         if self.metrics_http is not None and self.config.metrics_port_file is not None:

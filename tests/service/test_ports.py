@@ -16,11 +16,12 @@ from tests.service.harness import REPO, TEST_KEY, ServerProcess, charrnn_cmd
 
 
 @pytest.fixture(scope="module")
-def first(lstm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, int]]:
-    """A running server and its /metrics port."""
+def first(lstm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, int, int]]:
+    """A running server, its /metrics port and its HTTP port."""
     tmp = tmp_path_factory.mktemp("first")
-    server = ServerProcess(lstm_dir, tmp, "--metrics-port-file", str(tmp / "metrics")).wait_ready()
-    yield server, int((tmp / "metrics").read_text())
+    extra = ["--metrics-port-file", str(tmp / "metrics"), "--http-port", "0", "--http-port-file", str(tmp / "http")]
+    server = ServerProcess(lstm_dir, tmp, *extra).wait_ready()
+    yield server, int((tmp / "metrics").read_text()), int((tmp / "http").read_text())
     server.stop()
 
 
@@ -40,19 +41,29 @@ def _one_line(result: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
-def test_busy_grpc_port_names_the_address_and_port_flag(lstm_dir: Path, first: tuple[ServerProcess, int]) -> None:
-    server, _ = first
+def test_busy_grpc_port_names_the_address_and_port_flag(lstm_dir: Path, first: tuple[ServerProcess, int, int]) -> None:
+    server, _, _ = first
     line = _one_line(_second(lstm_dir, "--port", str(server.port), "--metrics-port", "-1"))
     assert f"127.0.0.1:{server.port}" in line and "address already in use" in line, line
     assert "choose another --port" in line, line
     assert server.proc.poll() is None, "the first server keeps serving"
 
 
-def test_busy_metrics_port_names_the_address_and_metrics_flag(lstm_dir: Path, first: tuple[ServerProcess, int]) -> None:
-    server, metrics_port = first
+def test_busy_metrics_port_names_the_address_and_metrics_flag(
+    lstm_dir: Path, first: tuple[ServerProcess, int, int]
+) -> None:
+    server, metrics_port, _ = first
     line = _one_line(_second(lstm_dir, "--port", "0", "--metrics-port", str(metrics_port)))
     assert f"/metrics on 127.0.0.1:{metrics_port}" in line and "address already in use" in line, line
     assert "choose another --metrics-port" in line, line
+    assert server.proc.poll() is None
+
+
+def test_busy_http_port_names_the_address_and_http_flag(lstm_dir: Path, first: tuple[ServerProcess, int, int]) -> None:
+    server, _, http_port = first
+    line = _one_line(_second(lstm_dir, "--port", "0", "--metrics-port", "-1", "--http-port", str(http_port)))
+    assert f"HTTP on 127.0.0.1:{http_port}" in line and "address already in use" in line, line
+    assert "choose another --http-port (0 = any free port, -1 = off)" in line, line
     assert server.proc.poll() is None
 
 
