@@ -27,6 +27,18 @@ def value(registry: CollectorRegistry, name: str, **labels: str) -> float:
     raise MissingSeries(f"no series {name}{labels} ({where})")
 
 
+SUFFIXES = ("", "_total", "_created", "_bucket", "_count", "_sum", "_info")  # a family's sample names
+
+
+def series(registry: CollectorRegistry, name: str) -> list[dict[str, str]]:
+    """The label sets of the samples named `name` (an empty list before the first event), or MissingSeries
+    when no registered metric has that name: "none counted yet" must not pass for a misspelt name."""
+    families = list(registry.collect())
+    if not any(name == f.name + suffix for f in families for suffix in SUFFIXES):
+        raise MissingSeries(f"no metric has samples named {name}")
+    return [dict(s.labels) for f in families for s in f.samples if s.name == name]
+
+
 def scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     """Every sample on a /metrics page, keyed by (name, labels); a missing key is a KeyError."""
     with urllib.request.urlopen(url, timeout=10) as response:

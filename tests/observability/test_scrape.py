@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from service.metrics import Metrics
-from tests.observability.scrape import MissingSeries, value
+from tests.observability.scrape import MissingSeries, series, value
 
 
 def test_a_missing_series_fails_and_an_existing_zero_reads_zero() -> None:
@@ -15,3 +15,11 @@ def test_a_missing_series_fails_and_an_existing_zero_reads_zero() -> None:
         value(reg, "charrnn_rejection_total", reason="queue_full")  # misspelt name
     with pytest.raises(MissingSeries, match=r"series of charrnn_rejections_total: .*queue_full"):
         value(reg, "charrnn_rejections_total", reason="queue-full")  # misspelt label value
+
+
+def test_series_lists_none_before_the_first_event_and_fails_on_an_unknown_name() -> None:
+    reg = Metrics().registry
+    assert series(reg, "grpc_server_started_total") == []  # registered, no call yet
+    assert {"reason": "queue_full"} in series(reg, "charrnn_rejections_total")
+    with pytest.raises(MissingSeries, match="no metric has samples named grpc_server_started_totl"):
+        series(reg, "grpc_server_started_totl")
