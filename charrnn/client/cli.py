@@ -11,10 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from charrnn.client.balancing import Balancing, grpc_target
 from charrnn.settings import SettingError, add_flags, build, setting
 
 if TYPE_CHECKING:
@@ -30,13 +31,20 @@ _REQUEST_ERRORS = ("INVALID_ARGUMENT", "FAILED_PRECONDITION", "NOT_FOUND", "OUT_
 class Connection:
     """Where the server is and how to reach it."""
 
-    target: str = setting(DEFAULT_TARGET, "server address HOST:PORT")
+    target: str = setting(
+        DEFAULT_TARGET,
+        "server address HOST:PORT; several replicas: IP:PORT,IP:PORT,... or dns:///NAME:PORT (every address of NAME)",
+    )
     tls: bool = setting(False, "connect with TLS (the system's CAs unless --tls-ca)")
     tls_ca: Path | None = setting(None, "PEM CA bundle to verify the server (implies --tls)")
     tls_client_cert: Path | None = setting(None, "PEM client certificate for mutual TLS")
     tls_client_key: Path | None = setting(None, "PEM key of --tls-client-cert")
     auth_token: str | None = setting(None, "bearer token sent as 'authorization: Bearer ...'")
     timeout: float | None = setting(None, "deadline per call, seconds")
+    balancing: Balancing = field(default_factory=Balancing)
+
+    def __post_init__(self) -> None:
+        grpc_target(self.target)  # a SettingError now, while the command can still say it in one line
 
     def client(self) -> Client:
         from charrnn.client import Client
@@ -52,6 +60,7 @@ class Connection:
             tls_cert=pem(self.tls_client_cert),
             tls_key=pem(self.tls_client_key),
             auth_token=self.auth_token,
+            balancing=self.balancing,
         )
 
 
