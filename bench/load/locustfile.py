@@ -2,6 +2,9 @@
 
     locust -f bench/load/locustfile.py --headless --host 127.0.0.1:50051 -u 4 -r 4 -t 10s
 
+`--host` may name several replicas: `10.0.0.1:50051,10.0.0.2:50051` or `dns:///NAME:PORT` (every address
+of NAME). Each user's channel then balances its calls over all of them (round robin, health-checked).
+
 Request events (type "grpc"), so Locust's tables and charts keep them apart:
 - "Generate ttfc": time to the first character; "Generate stream": the whole stream (its length
   is the characters received); "Generate chars/s": the stream's characters per second, reported
@@ -102,10 +105,10 @@ class CharRNNUser(User):
     abstract = True
 
     def on_start(self) -> None:
-        assert self.host, "give the server as --host HOST:PORT"
+        assert self.host, "give the server as --host HOST:PORT (or several: IP:PORT,IP:PORT or dns:///NAME:PORT)"
         self.mix = MIX or _Mix(self.environment.parsed_options)
         target = self.host.removeprefix("grpc://").removeprefix("http://").rstrip("/")
-        self.client = Client(target, timeout=self.mix.timeout)
+        self.client = Client(target, timeout=self.mix.timeout)  # balanced over the target's replicas
 
     def on_stop(self) -> None:
         self.client.close()

@@ -43,10 +43,21 @@ class Balancing:
             raise SettingError(f"--keepalive-timeout-ms must be 1 or more, got {self.keepalive_timeout_ms}")
 
 
-def grpc_target(target: str) -> str:
+def grpc_target(target: str, *, tls: bool = False) -> str:
     """The gRPC target for `target`: a comma-separated list of IP:PORT becomes gRPC's static address list
     (`ipv4:a:p,b:p` or `ipv6:[a]:p,...`); anything else (HOST:PORT, `dns:///NAME:PORT`, a target with a
-    scheme) is gRPC's already. SettingError for a list gRPC cannot take."""
+    scheme) is gRPC's already. SettingError for a list gRPC cannot take, or cannot check certificates for
+    under `tls` (TLS verifies the target's name, and a list has none)."""
+    resolved = _grpc_target(target)
+    if tls and resolved.startswith(("ipv4:", "ipv6:")) and "," in resolved:
+        raise SettingError(
+            f"target {target!r}: TLS checks the server's name, which a list of addresses does not give; "
+            f"name the replicas with dns:///NAME:PORT (a name their certificate holds)"
+        )
+    return resolved
+
+
+def _grpc_target(target: str) -> str:
     target = target.strip()
     if not target:
         raise SettingError("the target is empty: give HOST:PORT, a list IP:PORT,IP:PORT or dns:///NAME:PORT")

@@ -89,10 +89,11 @@ def open_channel(
     alive as `balancing` says (default: round_robin). `tls` (implied by any PEM given): TLS with `tls_ca`
     (else the system's CAs); `tls_cert` and `tls_key`: a client certificate for mutual TLS. `auth_token`:
     sent as `authorization: Bearer`."""
-    resolved = grpc_target(target)
+    tls = bool(tls or tls_ca or tls_cert or tls_key)
+    resolved = grpc_target(target, tls=tls)
     options = channel_options(balancing or Balancing())
     channel: grpc.Channel
-    if tls or tls_ca or tls_cert or tls_key:
+    if tls:
         credentials = grpc.ssl_channel_credentials(tls_ca, tls_key, tls_cert)
         channel = grpc.secure_channel(resolved, credentials, options=options)
     else:

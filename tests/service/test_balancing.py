@@ -56,6 +56,13 @@ def test_targets_grpc_cannot_take_are_refused_saying_why(given: str, words: str)
         FailoverClient(given.split(","))
 
 
+def test_tls_refuses_a_list_of_addresses_and_takes_a_name() -> None:
+    with pytest.raises(SettingError, match="dns:///NAME:PORT"):
+        grpc_target("10.0.0.1:50051,10.0.0.2:50051", tls=True)
+    assert grpc_target("dns:///charrnn-headless:50051", tls=True) == "dns:///charrnn-headless:50051"
+    assert grpc_target("10.0.0.1:50051", tls=True) == "10.0.0.1:50051"
+
+
 def test_the_cli_refuses_bad_targets_and_balancing_settings_in_one_line(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -66,6 +73,7 @@ def test_the_cli_refuses_bad_targets_and_balancing_settings_in_one_line(
         return err
 
     assert "is not IP:PORT" in refusal("--target", "localhost:1,localhost:2")
+    assert "TLS checks the server's name" in refusal("--target", "127.0.0.1:1,127.0.0.1:2", "--tls")
     assert "--lb-policy must be one of round_robin, pick_first" in refusal("--lb-policy", "random")
     assert "--keepalive-ms must be 0 (off) or more" in refusal("--keepalive-ms", "-1")
     monkeypatch.setenv("CHARRNN_KEEPALIVE_TIMEOUT_MS", "0")
