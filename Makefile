@@ -8,7 +8,7 @@ SERVE_VENV ?= .venv-serve
 TOOLS_VENV ?= .venv-tools
 
 .DEFAULT_GOAL := help
-.PHONY: help install serve sample test lint typecheck unit model proto bench-quality load deploy-check fuzz bench-overload bench-soak clean
+.PHONY: help install serve sample test lint typecheck unit model proto bench-quality bench-quantize load deploy-check fuzz bench-overload bench-soak clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
@@ -35,8 +35,8 @@ $(TOOLS_VENV)/.installed:
 
 install: $(VENV)/.installed  ## the development environment (all extras) in .venv
 
-serve: $(SERVE_VENV)/.installed  ## serve models/default on 127.0.0.1:50051 (no torch; --dev unless CHARRNN_HMAC_KEY is set)
-	$(SERVE_VENV)/bin/charrnn serve --model models/default $(if $(CHARRNN_HMAC_KEY),,--dev)
+serve: $(SERVE_VENV)/.installed  ## serve models/default: gRPC on 127.0.0.1:50051, HTTP + playground on :8000 (no torch)
+	$(SERVE_VENV)/bin/charrnn serve --model models/default --http-port 8000 $(if $(CHARRNN_HMAC_KEY),,--dev)
 
 sample: $(SERVE_VENV)/.installed  ## sample locally from the shipped default model (no server, no torch)
 	$(SERVE_VENV)/bin/charrnn sample --model models/default --prompt 'def ' --chars 400
@@ -64,6 +64,9 @@ QUALITY_CONFIG := model.hidden_size=512 model.embedding_size=128 model.dropout=0
 bench-quality: install  ## 30-minute quality benchmark on tiny shakespeare (see docs/benchmarks.md)
 	$(BIN)/charrnn bench quality --corpus ../shared/data/tinyshakespeare.txt --minutes 30 \
 		--out runs/bench-quality $(QUALITY_CONFIG) $(QUALITY_ARGS)
+
+bench-quantize: install  ## int8 decode ceiling: fp32 vs per-row int8 vs ONNX Runtime's per-tensor int8 (docs/benchmarks.md)
+	$(BIN)/charrnn bench quantize --model models/default --out bench-results/quantize $(QUANTIZE_ARGS)
 
 bench-overload: install  ## overload benchmark: 10x the stream limit (docs/benchmarks.md)
 	$(BIN)/charrnn bench overload --model models/default --max-live-streams 16 --max-queued-streams 16 --factor 10 \

@@ -19,7 +19,7 @@ import grpc
 import numpy as np
 
 from charrnn.artifact import Manifest
-from charrnn.protocol import CELL_TYPES, FINISH_REASONS, STATE_KINDS, UNKNOWN_POLICIES
+from charrnn.protocol import CELL_TYPES, FINISH_REASONS, PRECISION_TYPES, STATE_KINDS, UNKNOWN_POLICIES
 from charrnn.v1 import charrnn_pb2 as pb
 from charrnn.v1 import charrnn_pb2_grpc as pb_grpc
 from service.config import Limits
@@ -206,6 +206,7 @@ class CharRNNServicer(pb_grpc.CharRNNServicer):
             unknown_policy=UNKNOWN_POLICIES[m.vocabulary.unknown_policy],
             unknown_char=m.vocabulary.unknown_char or "",
             sha256=m.onnx.sha256,
+            precision=PRECISION_TYPES[m.precision],
             limits=pb.Limits(
                 max_live_streams=lim.max_live_streams,
                 max_queued_streams=lim.max_queued_streams,
