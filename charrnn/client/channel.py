@@ -11,9 +11,19 @@ import grpc
 from charrnn.client.balancing import Balancing, grpc_target
 from charrnn.v1 import charrnn_pb2 as pb
 
-# The service whose health round_robin watches on each replica (the server reports NOT_SERVING while
-# it loads, warms up or drains, so such a replica gets no new calls).
-HEALTH_SERVICE = pb.DESCRIPTOR.services_by_name["CharRNN"].full_name
+# The API's service: its calls are retried, and round_robin watches its health on each replica (the server
+# reports NOT_SERVING while it loads, warms up or drains, so such a replica gets no new calls).
+SERVICE = pb.DESCRIPTOR.services_by_name["CharRNN"].full_name
+# gRPC retries a call that failed with UNAVAILABLE before any answer arrived (a replica that died or is
+# draining, a connection that broke as the call left), after the server's `grpc-retry-pushback-ms` when it
+# sent one, else after a jittered backoff. A call that has had an answer is never retried.
+RETRY_POLICY = {
+    "maxAttempts": 3,
+    "initialBackoff": "0.1s",
+    "maxBackoff": "1s",
+    "backoffMultiplier": 2,
+    "retryableStatusCodes": ["UNAVAILABLE"],
+}
 
 
 class _Details(NamedTuple):
@@ -61,9 +71,12 @@ def channel_options(balancing: Balancing) -> list[tuple[str, str | int]]:
     on a stream where only the server sends (`max_pings_without_data` 0), so the servers must accept a
     ping every `keepalive_ms` (their `--min-ping-interval-seconds`).
     """
-    config: dict[str, Any] = {"loadBalancingConfig": [{balancing.lb_policy: {}}]}
+    config: dict[str, Any] = {
+        "loadBalancingConfig": [{balancing.lb_policy: {}}],
+        "methodConfig": [{"name": [{"service": SERVICE}], "retryPolicy": RETRY_POLICY}],
+    }
     if balancing.lb_policy == "round_robin":
-        config["healthCheckConfig"] = {"serviceName": HEALTH_SERVICE}
+        config["healthCheckConfig"] = {"serviceName": SERVICE}
     options: list[tuple[str, str | int]] = [("grpc.service_config", json.dumps(config))]
     if balancing.keepalive_ms:
         options += [

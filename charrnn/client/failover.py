@@ -132,7 +132,9 @@ class FailoverClient:
     balances over the replicas (round robin unless `balancing` says otherwise), so generations spread over
     them. `generate` requests resume points every `checkpoint_every_chars`; when a stream breaks with
     UNAVAILABLE it continues from the last one through the same channel, which by then has taken the
-    broken replica out of its rotation (at most `max_failovers` times per call). `options` are `Client`'s.
+    broken replica out of its rotation (at most `max_failovers` times per call); under pick_first the
+    continuation reaches another replica only once the failed one's connection is gone (a crash, not a
+    drain). `options` are `Client`'s.
     A generation that starts from a server-side session cannot move and is not offered here.
     """
 

@@ -13,6 +13,7 @@ import grpc
 import pytest
 
 from charrnn.client import Balancing, CharRNNError, Client, FailoverClient
+from charrnn.client.channel import RETRY_POLICY
 from service.config import ConfigError
 from tests.service.harness import ServerThread, make_config, wait_until
 from tests.service.replicas import ConnectionBalancer, Replica, started
@@ -111,3 +112,16 @@ def test_keepalive_finds_a_frozen_replica_and_the_stream_continues_on_another(ls
     finally:
         frozen.proc.send_signal(signal.SIGCONT)
         frozen.stop()
+
+
+def test_a_call_refused_before_any_answer_is_retried(lstm_dir: Path) -> None:
+    """A replica that refuses new streams with UNAVAILABLE (here: it stopped accepting, as when draining)
+    gets the call again after its retry hint, up to the policy's attempts; then the refusal surfaces."""
+    with ServerThread(make_config(lstm_dir, retry_pushback_ms=50)) as srv, Client(srv.target, timeout=30) as client:
+        assert srv.server is not None
+        client.info()
+        srv.server.scheduler.stop_accepting()
+        with pytest.raises(CharRNNError) as err:
+            client.generate(PROMPT, max_chars=10).text()
+        assert err.value.code == grpc.StatusCode.UNAVAILABLE and err.value.retry_pushback_ms == 50
+        assert started(srv, "Generate") == RETRY_POLICY["maxAttempts"] == 3
