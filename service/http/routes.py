@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,15 +33,6 @@ COMPLETIONS = "/v1/completions"
 # Set on a request whose client went away mid-response (counted as status 499, nginx's "client closed").
 CLIENT_GONE = web.RequestKey("charrnn_client_gone", bool)
 CLIENT_CLOSED = 499
-
-
-async def chunks(stream: Stream) -> AsyncGenerator[Chunk, None]:
-    """A stream's chunks until it ends."""
-    while True:
-        chunk = await stream.next_chunk()
-        yield chunk
-        if chunk.finished is not None:
-            return
 
 
 class Routes:
@@ -94,7 +84,7 @@ class Routes:
     ) -> web.Response:
         parts: list[str] = []
         values: list[np.ndarray] = []
-        async for chunk in chunks(stream):
+        async for chunk in stream.chunks():
             parts.append(chunk.text)
             values.append(chunk.values)
         finished = stream.finished
@@ -122,7 +112,7 @@ class Routes:
         watching = bool(completion.request.watch)
         try:
             await response.prepare(request)
-            async for chunk in chunks(stream):
+            async for chunk in stream.chunks():
                 await self._write_chunk(response, chunk, model, cid, created, watching, delivery)
             finished = stream.finished
             if completion.include_usage and finished is not None:
