@@ -17,7 +17,18 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
+# torch is installed first, alone, from PyTorch's wheel index for TORCH_BUILD (default cpu): the `+cpu` build
+# has no CUDA and pulls no nvidia-* wheels, and the extras' `torch==` pin then finds it installed. PyPI's Linux
+# torch is the CUDA build (gigabytes). A machine that cannot reach the index falls back, after pip's retries
+# (about 10 s), to a wheel in its pip find-links or local indexes; a CUDA build is never a fallback.
+# A CUDA build on purpose: `make install TORCH_BUILD=cu128` (any build PyTorch publishes for this version).
+TORCH_VERSION := $(shell sed -n 's/^ *"torch==\([^"]*\)".*/\1/p' pyproject.toml)
+TORCH_BUILD   ?= $(if $(filter Darwin,$(shell uname -s)),,cpu)
+TORCH_INDEX   ?= https://download.pytorch.org/whl/$(TORCH_BUILD)
+TORCH_REQ     := torch==$(TORCH_VERSION)$(if $(TORCH_BUILD),+$(TORCH_BUILD))
+
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q --no-deps $(if $(TORCH_BUILD),--index-url $(TORCH_INDEX)) '$(TORCH_REQ)'
 	$(BIN)/pip install -q -e '.[serve,train,load,dev]'
 	touch $@
 
