@@ -95,9 +95,7 @@ def test_the_extras_install_a_cpu_torch_and_no_cuda_package(venv: tuple[Path, li
     assert sorted(n for n in everything if CUDA_NAMES.match(n)) == []
 
 
-def test_a_torch_only_published_for_cuda_is_refused_not_installed(
-    venv: tuple[Path, list[str]], tmp_path: Path
-) -> None:
+def test_a_torch_only_published_for_cuda_is_refused_not_installed(venv: tuple[Path, list[str]], tmp_path: Path) -> None:
     path, _ = venv
     # The control: the newest torch this machine's indexes offer, as a plain requirement would get it.
     control = subprocess.run(
