@@ -15,6 +15,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_DIR = "models/default"
+PRIME_CHARS = 40  # a corpus' first line, cut to this, primes the training samples
 
 
 def register(sub: Any) -> None:
@@ -34,13 +35,13 @@ def register(sub: Any) -> None:
     train.add_argument("--config", type=Path, help="JSON config file (as saved in a run's config.json)")
     train.add_argument("--resume", type=Path, help="continue from a checkpoint (e.g. RUN/last.pt)")
     train.add_argument("--export", type=Path, metavar="DIR", help="export the best checkpoint to DIR afterwards")
+    _name_args(train, " (with --export)")
     train.set_defaults(handler=_train)
 
     export = sub.add_parser("export", help="export a checkpoint to an ONNX model artifact")
     export.add_argument("checkpoint", type=Path, help="checkpoint file (RUN/best.pt)")
     export.add_argument("--out", type=Path, required=True, help="artifact directory to write")
-    export.add_argument("--name", default="charrnn", help="model name for the manifest")
-    export.add_argument("--version", default="1", help="model version for the manifest")
+    _name_args(export, "")
     export.set_defaults(handler=_export)
 
     sample = sub.add_parser("sample", help="sample text locally from an artifact or a checkpoint")
@@ -56,6 +57,12 @@ def register(sub: Any) -> None:
     sample.set_defaults(handler=_sample)
 
 
+def _name_args(parser: argparse.ArgumentParser, when: str) -> None:
+    """--name/--version: what the manifest, the server's Info and `charrnn info` call the model."""
+    parser.add_argument("--name", help=f"model name in the manifest{when}; unset: the exporter's default")
+    parser.add_argument("--version", help=f"model version in the manifest{when}; unset: the exporter's default")
+
+
 def _load_config(args: argparse.Namespace) -> Any:
     from training.config import TrainingConfig, apply_overrides
 
@@ -66,17 +73,42 @@ def _load_config(args: argparse.Namespace) -> Any:
         config.data.corpus = args.corpus
     if args.out:
         config.run.out_dir = str(args.out)
-    return apply_overrides(config, list(args.overrides))
+    config = apply_overrides(config, list(args.overrides))
+    primed = args.config is not None or any(o.partition("=")[0].strip() == "run.sample_prime" for o in args.overrides)
+    if not primed:
+        config.run.sample_prime = _default_prime(config.data.corpus, config.run.sample_prime)
+    return config
+
+
+def _default_prime(corpus: str, builtin_prime: str) -> str:
+    """The samples' prime when none is given: the config's (`def `) for the builtin Python corpus, else the
+    corpus' first line (cut to PRIME_CHARS; empty when that line is), since `def ` means nothing in prose."""
+    from training.config import BUILTIN_CORPUS
+    from training.data import load_corpus
+
+    if corpus == BUILTIN_CORPUS:
+        return builtin_prime
+    prime = load_corpus(corpus).text.split("\n", 1)[0][:PRIME_CHARS]
+    log.info("training samples start from the corpus' first line %r (run.sample_prime=... to change it)", prime)
+    return prime
 
 
 def _train(args: argparse.Namespace) -> int:
     try:
+        if (args.name or args.version) and not args.export:
+            raise ValueError("--name and --version name the exported model: add --export DIR")
         config = _load_config(args)
-    except ValueError as exc:
+    except (ValueError, FileNotFoundError) as exc:
         print(f"charrnn train: {exc}", file=sys.stderr)
         return 2
     from training.train import Trainer
 
+    if not config.optim.max_minutes:
+        log.warning(
+            "no time budget: training runs for optim.max_steps=%d steps, which can take hours on a CPU; "
+            "optim.max_minutes=N stops it after N minutes (the learning rate anneals over the budget)",
+            config.optim.max_steps,
+        )
     result = Trainer(config, resume=args.resume).train()
     print(
         f"best validation loss {result.best_val_loss:.4f} nats ({result.best_val_bpc:.4f} bits/char) "
@@ -84,7 +116,7 @@ def _train(args: argparse.Namespace) -> int:
     )
     if args.export:
         return _export(
-            argparse.Namespace(checkpoint=result.best_checkpoint, out=args.export, name="charrnn", version="1")
+            argparse.Namespace(checkpoint=result.best_checkpoint, out=args.export, name=args.name, version=args.version)
         )
     return 0
 
@@ -93,13 +125,15 @@ def _export(args: argparse.Namespace) -> int:
     from training.export import ExportError, export_checkpoint
 
     try:
-        manifest = export_checkpoint(args.checkpoint, args.out, name=args.name, version=args.version)
+        named = {key: value for key, value in (("name", args.name), ("version", args.version)) if value}
+        manifest = export_checkpoint(args.checkpoint, args.out, **named)
     except ExportError as exc:
         print(f"charrnn export: {exc}", file=sys.stderr)
         return 1
     parity = manifest.export["parity"]
     print(
-        f"wrote {args.out}: {manifest.model.cell} {manifest.model.layers}x{manifest.model.hidden_size}, "
+        f"wrote {args.out} ({manifest.model.name} {manifest.model.version}): "
+        f"{manifest.model.cell} {manifest.model.layers}x{manifest.model.hidden_size}, "
         f"vocab {manifest.model.vocab_size}, val {manifest.training['val_bits_per_char']:.4f} bits/char, "
         f"parity max |Δ| {max(parity['max_abs_error_logits'], parity['max_abs_error_state']):.1e}"
     )
