@@ -95,5 +95,5 @@ fuzz: install  ## the fuzz suite at 10x its default size (CHARRNN_FUZZ_EXAMPLES)
 proto: install  ## regenerate charrnn/v1 from proto/ (a test fails when the committed code is stale)
 	PYTHON=$(BIN)/python scripts/gen_proto.sh
 
-clean:  ## remove environments and run outputs
-	rm -rf $(VENV) $(SERVE_VENV) $(TOOLS_VENV) runs .mypy_cache .ruff_cache .pytest_cache
+clean:  ## remove environments and run outputs (runs/, load-results/, bench-results/)
+	rm -rf $(VENV) $(SERVE_VENV) $(TOOLS_VENV) runs load-results bench-results .mypy_cache .ruff_cache .pytest_cache
