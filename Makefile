@@ -72,8 +72,11 @@ QUALITY_CONFIG := model.hidden_size=512 model.embedding_size=128 model.dropout=0
 	optim.seq_len=128 optim.lr=0.002 optim.warmup_steps=150 optim.max_steps=4000 run.eval_interval=250 \
 	run.sample_interval=250 run.threads=1 run.sample_prime=ROMEO:
 
-bench-quality: install  ## 30-minute quality benchmark on tiny shakespeare (see docs/benchmarks.md)
-	$(BIN)/charrnn bench quality --corpus ../shared/data/tinyshakespeare.txt --minutes 30 \
+# char-rnn's tinyshakespeare/input.txt (1.1 MB), which the repository does not include.
+TINY_SHAKESPEARE ?= ../shared/data/tinyshakespeare.txt
+
+bench-quality: install  ## 30-minute quality benchmark on tiny shakespeare (TINY_SHAKESPEARE=path; docs/benchmarks.md)
+	$(BIN)/charrnn bench quality --corpus $(TINY_SHAKESPEARE) --minutes 30 \
 		--out runs/bench-quality $(QUALITY_CONFIG) $(QUALITY_ARGS)
 
 bench-overload: install  ## overload benchmark: 10x the stream limit (docs/benchmarks.md)
