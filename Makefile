@@ -8,7 +8,7 @@ SERVE_VENV ?= .venv-serve
 TOOLS_VENV ?= .venv-tools
 
 .DEFAULT_GOAL := help
-.PHONY: help install serve sample test lint typecheck unit model proto bench-quality load deploy-check fuzz bench-overload bench-soak clean
+.PHONY: help install serve sample test lint typecheck unit model proto bench-quality bench-quantize load deploy-check fuzz bench-overload bench-soak clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
@@ -78,6 +78,9 @@ TINY_SHAKESPEARE ?= ../shared/data/tinyshakespeare.txt
 bench-quality: install  ## 30-minute quality benchmark on tiny shakespeare (TINY_SHAKESPEARE=path; docs/benchmarks.md)
 	$(BIN)/charrnn bench quality --corpus $(TINY_SHAKESPEARE) --minutes 30 \
 		--out runs/bench-quality $(QUALITY_CONFIG) $(QUALITY_ARGS)
+
+bench-quantize: install  ## int8 decode ceiling: fp32 vs per-row int8 vs ONNX Runtime's per-tensor int8 (docs/benchmarks.md)
+	$(BIN)/charrnn bench quantize --model models/default --out bench-results/quantize $(QUANTIZE_ARGS)
 
 bench-overload: install  ## overload benchmark: 10x the stream limit (docs/benchmarks.md)
 	$(BIN)/charrnn bench overload --model models/default --max-live-streams 16 --max-queued-streams 16 --factor 10 \

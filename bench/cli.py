@@ -40,6 +40,19 @@ def register(sub: Any) -> None:
     k.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     k.set_defaults(handler=_kernels)
 
+    t = which.add_parser(
+        "train-processes",
+        help="training chars/s of one process against N under torchrun (one thread each)",
+        formatter_class=_DEFAULTS,
+    )
+    t.add_argument("--corpus", required=True, help="corpus file, directory, glob or prepared:DIR")
+    t.add_argument("--processes", type=int, nargs="+", default=[1, 2], help="process counts, 1 (the baseline) first")
+    t.add_argument("--steps", type=int, default=40, help="optimiser steps per run")
+    t.add_argument("--repeats", type=int, default=2, help="runs per process count (the order alternates)")
+    t.add_argument("--out", type=Path, default=Path("runs/bench-train-processes"), help="run directories")
+    t.add_argument("overrides", nargs="*", metavar="section.key=value", help="settings for every run")
+    t.set_defaults(handler=_train_processes)
+
     c = which.add_parser(
         "cells", help="tanh RNN vs LSTM vs GRU at equal parameters and wall-clock", formatter_class=_DEFAULTS
     )
@@ -56,12 +69,40 @@ def register(sub: Any) -> None:
     )
     s.add_argument("--model", type=Path, default=Path("models/default"), help="model artifact directory")
     s.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
-    s.add_argument("--streams", type=int, nargs="+", default=[1, 16, 64], help="concurrent streams to measure")
+    s.add_argument("--streams", type=int, nargs="+", default=[1, 16, 64, 256], help="concurrent streams to measure")
     s.add_argument("--max-chars", type=int, default=2000, help="characters per request")
     s.add_argument("--out", type=Path, default=Path("bench-results/serve"), help="directory for JSON and PNG")
-    s.add_argument("--intra-op-threads", type=int, default=1, help="ONNX Runtime threads (server and ceiling)")
     s.add_argument("--flush-interval-ms", type=float, default=100.0, help="server coalescing interval")
+    s.add_argument(
+        "--both-cores",
+        type=shlex.split,
+        default=["--decode-workers", "2"],
+        help="extra `charrnn serve` flags (one quoted string) of the server that uses both cores",
+    )
+    s.add_argument("--unbatched", action="store_true", help="also measure a server with batching off")
+    s.add_argument("--skip-interference", action="store_true", help="skip the Score/feed interference case")
     s.set_defaults(handler=_serve)
+
+    z = which.add_parser(
+        "quantize",
+        help="decode ceiling in-process: fp32 vs per-row int8 vs ONNX Runtime's per-tensor int8",
+        formatter_class=_DEFAULTS,
+    )
+    z.add_argument("--model", type=Path, default=Path("models/default"), help="fp32 model artifact directory")
+    z.add_argument("--batch", type=int, nargs="+", default=[1, 64, 256], help="rows per decode step")
+    z.add_argument("--seconds", type=float, default=0.5, help="length of one timed run")
+    z.add_argument("--rounds", type=int, default=7, help="timed runs per form and batch size, interleaved")
+    z.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
+    z.add_argument("--out", type=Path, help="directory for the JSON")
+    z.set_defaults(handler=_quantize)
+
+    m = which.add_parser(
+        "sessions", help="RSS per server-side session vs its raw state bytes", formatter_class=_DEFAULTS
+    )
+    m.add_argument("--model", type=Path, default=Path("models/default"), help="model artifact directory")
+    m.add_argument("--sessions", type=int, default=4000, help="sessions to create")
+    m.add_argument("--out", type=Path, default=Path("bench-results/sessions"), help="directory for the JSON")
+    m.set_defaults(handler=_sessions)
 
     o = which.add_parser(
         "overload", help="10x the stream limit: refusals, admitted streams' pace, RSS", formatter_class=_DEFAULTS
@@ -153,6 +194,37 @@ def _kernels(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_processes(args: argparse.Namespace) -> int:
+    import os
+    import statistics
+
+    from bench.train_processes import run
+    from training.config import TrainingConfig, apply_overrides
+
+    try:
+        if args.processes[0] != 1 or min(args.processes) < 1:
+            raise ValueError("--processes must start with 1 (the baseline) and hold positive counts")
+        config = apply_overrides(TrainingConfig(), list(args.overrides))
+    except ValueError as exc:
+        return _usage("train-processes", exc)
+    m, o = config.model, config.optim
+    load_before = os.getloadavg()
+    rows = run(args.processes, args.corpus, args.out, args.steps, args.repeats, list(args.overrides))
+    load_after = os.getloadavg()
+    print(
+        f"{m.cell} {m.layers}x{m.hidden_size}, global batch {o.batch_size} x {o.seq_len}, {args.steps} steps, "
+        f"one torch thread per process, {os.cpu_count()} CPUs; load average {load_before[0]:.2f} before, "
+        f"{load_after[0]:.2f} after"
+    )
+    print_table(rows)
+    for count in args.processes[1:]:
+        ratios = [r["vs_1_process"] for r in rows if r["processes"] == count]
+        print(f"{count} processes: median {statistics.median(ratios):.2f}x one process over {len(ratios)} repeats")
+    report = {"load_average": [load_before, load_after], "config": config.to_dict(), "rows": rows}
+    (args.out / "bench-train-processes.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
 def _cells(args: argparse.Namespace) -> int:
     from bench.cells import CELLS, base_config, load_result, run_cells, write_report
 
@@ -184,6 +256,18 @@ def _cells(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from bench.serve import main
+
+    return main(args)
+
+
+def _quantize(args: argparse.Namespace) -> int:
+    from bench.quantize import main
+
+    return main(args)
+
+
+def _sessions(args: argparse.Namespace) -> int:
+    from bench.sessions import main
 
     return main(args)
 

@@ -27,6 +27,9 @@ CELL_TYPES: dict[str, pb.CellType.ValueType] = {
     "gru": pb.CELL_TYPE_GRU,
 }
 
+# Keys: charrnn.artifact.PRECISIONS.
+PRECISION_TYPES: dict[str, pb.Precision.ValueType] = {"fp32": pb.PRECISION_FP32, "int8": pb.PRECISION_INT8}
+
 UNKNOWN_POLICIES: dict[str, pb.UnknownPolicy.ValueType] = {
     "refuse": pb.UNKNOWN_POLICY_REFUSE,
     "replace": pb.UNKNOWN_POLICY_REPLACE,

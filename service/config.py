@@ -14,6 +14,7 @@ from pathlib import Path
 
 from charrnn.engine import EngineOptions
 from charrnn.settings import setting
+from service.stream import FlushPolicy
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,9 @@ class Limits:
     min_checkpoint_chars: int = setting(
         64, "smallest non-zero `checkpoint_every_chars`: bounds the cost of mid-stream resume tokens"
     )
+    max_session_streams: int = setting(
+        256, "open Session streams; beyond: RESOURCE_EXHAUSTED with the retry hint (each holds a state in memory)"
+    )
     max_sessions: int = setting(1024, "server-side sessions kept; the least recently used is evicted beyond it")
     session_ttl_seconds: float = setting(600.0, "idle seconds before a session expires", aliases=("--session-ttl",))
     session_memory_mb: float = setting(64.0, "memory bound on the sessions' state; least recently used evicted")
@@ -60,15 +64,17 @@ class Limits:
 
 
 @dataclass(frozen=True)
-class FlushPolicy:
-    """When a stream's characters go out: a gRPC message costs more CPU than a model step (docs/api.md)."""
+class SchedulingOptions:
+    """How the decode workers share the machine (docs/benchmarks.md has the measurements behind the defaults)."""
 
-    flush_interval_ms: float = setting(100.0, "send a stream's accumulated text at most this often")
-    max_chunk_chars: int = setting(256, "... or as soon as this many characters wait")
-
-    @property
-    def interval_s(self) -> float:
-        return self.flush_interval_ms / 1000.0
+    decode_workers: int = setting(1, "decode threads, each stepping its own rows (the model calls run in parallel)")
+    prefill_chunk_chars: int = setting(
+        256, "prompts, Score texts and Session feeds run this many characters per model call, between decode steps"
+    )
+    max_prefill_rows: int = setting(32, "texts advanced together by one prefill call")
+    prefill_share: float = setting(
+        0.5, "while streams decode, the share of a worker's time prefill may take (the rest is decoding)"
+    )
 
 
 @dataclass(frozen=True)
@@ -97,6 +103,7 @@ class ServerConfig:
     auth_tokens: str = setting("", "bearer tokens, comma-separated (added to the file's)", env_only=True, shown="–")
     limits: Limits = field(default_factory=Limits)
     flush: FlushPolicy = field(default_factory=FlushPolicy)
+    scheduling: SchedulingOptions = field(default_factory=SchedulingOptions)
     engine: EngineOptions = field(default_factory=EngineOptions)
 
     def bearer_tokens(self) -> tuple[str, ...]:
@@ -128,6 +135,7 @@ class ServerConfig:
         checks = {
             "--max-live-streams must be >= 1": lim.max_live_streams >= 1,
             "--max-queued-streams must be >= 0": lim.max_queued_streams >= 0,
+            "--max-session-streams must be >= 0": lim.max_session_streams >= 0,
             "--max-watched-units must be >= 0": lim.max_watched_units >= 0,
             "--min-checkpoint-chars must be >= 1": lim.min_checkpoint_chars >= 1,
             "--default-max-chars must be in [1, --max-request-chars]": 1
@@ -139,6 +147,10 @@ class ServerConfig:
             "--grace-seconds must be >= 0": self.grace_seconds >= 0,
             "--metrics-port must be -1 (off) or a port": -1 <= self.metrics_port <= 65535,
             "--intra-op-threads must be >= 0": self.engine.intra_op_threads >= 0,
+            "--decode-workers must be >= 1": self.scheduling.decode_workers >= 1,
+            "--prefill-chunk-chars must be >= 1": self.scheduling.prefill_chunk_chars >= 1,
+            "--max-prefill-rows must be >= 1": self.scheduling.max_prefill_rows >= 1,
+            "--prefill-share must be in (0, 1)": 0.0 < self.scheduling.prefill_share < 1.0,
             "--tls-cert and --tls-key go together": (self.tls_cert is None) == (self.tls_key is None),
             "--tls-client-ca needs --tls-cert": self.tls_client_ca is None or self.tls_cert is not None,
         }

@@ -17,7 +17,7 @@ from service.context import Context
 from service.errors import InvalidRequest
 from service.registry import LoadedModel
 from service.sampling import SamplingParams
-from service.scheduler import Job, WatchedUnit
+from service.stream import Job, WatchedUnit
 
 MAX_TEMPERATURE = 100.0
 

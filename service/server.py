@@ -30,6 +30,7 @@ from service.registry import LoadedModel, ModelRegistry
 from service.scheduler import Scheduler
 from service.servicer import CharRNNServicer, Runtime
 from service.sessions import SessionStore
+from service.stream import DeliveryObserver
 from service.tokens import TokenCodec
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ def load_model(config: ServerConfig, key: bytes, metrics: Metrics | None = None)
         engine = Engine(config.model_dir, config.engine, manifest=manifest)
     except Exception as exc:  # onnxruntime raises its own types for unreadable graphs
         raise ArtifactError(f"{Path(config.model_dir) / manifest.onnx.file} could not be loaded: {exc}") from exc
-    scheduler = Scheduler(engine, config.limits, config.flush, metrics)
+    scheduler = Scheduler(engine, config.limits, config.flush, config.scheduling, metrics)
     on_refuse = metrics.on_token_refused if metrics is not None else None
     codec = TokenCodec(
         key, manifest.onnx.sha256, engine.num_states, engine.layers, engine.hidden, engine.vocab_size, on_refuse
@@ -69,6 +70,7 @@ def build_runtime(config: ServerConfig, metrics: Metrics | None = None) -> Runti
         models=ModelRegistry(model),
         sessions=SessionStore(lim.max_sessions, lim.session_ttl_seconds, lim.session_memory_bytes, on_evict=on_evict),
         limits=lim,
+        delivery=metrics if metrics is not None else DeliveryObserver(),
     )
 
 
@@ -123,8 +125,7 @@ class CharRNNServer:
             log.info("metrics on http://%s:%d/metrics", metrics_host, self.metrics_http.port)
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
-        engine = self.scheduler.engine
-        await self.scheduler.call(lambda: engine.warm_up(self.config.limits.max_live_streams))
+        await asyncio.to_thread(self.scheduler.engine.warm_up, self.config.limits.max_live_streams)
         self.scheduler.start()
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         self.metrics.serving.set(1)
@@ -167,9 +168,8 @@ class CharRNNServer:
                 return "unchanged"
             model = known  # back to a model that was still retiring
         else:
-            engine = model.scheduler.engine
             try:
-                await model.scheduler.call(lambda: engine.warm_up(self.config.limits.max_live_streams))
+                await asyncio.to_thread(model.scheduler.engine.warm_up, self.config.limits.max_live_streams)
             except Exception as exc:  # onnxruntime's own types: the graph's shapes don't fit the manifest
                 log.error(
                     "model reload refused (warm-up failed), still serving %s…: %s", models.current.sha256[:12], exc

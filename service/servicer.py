@@ -10,25 +10,27 @@ import asyncio
 import contextlib
 import logging
 import math
+import time
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import grpc
 import numpy as np
 
 from charrnn.artifact import Manifest
-from charrnn.protocol import CELL_TYPES, FINISH_REASONS, STATE_KINDS, UNKNOWN_POLICIES
+from charrnn.protocol import CELL_TYPES, FINISH_REASONS, PRECISION_TYPES, STATE_KINDS, UNKNOWN_POLICIES
 from charrnn.v1 import charrnn_pb2 as pb
 from charrnn.v1 import charrnn_pb2_grpc as pb_grpc
 from service.config import Limits
 from service.context import Context
-from service.errors import InvalidRequest, ShuttingDown
+from service.errors import InvalidRequest, LimitExceeded
 from service.registry import LoadedModel, ModelRegistry
 from service.requests import GenerationRequest, Validator
-from service.scheduler import Chunk, Finished, ResumePoint, Scheduler, Stream, run_text
+from service.scheduler import Scheduler
 from service.sessions import SessionStore
 from service.status import abort
+from service.stream import Chunk, Delivery, DeliveryObserver, Finished, ResumePoint, Stream
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,8 @@ class Runtime:
     models: ModelRegistry
     sessions: SessionStore
     limits: Limits
+    delivery: DeliveryObserver = field(default_factory=DeliveryObserver)  # times what clients see (metrics)
+    session_streams: int = 0  # open Session RPCs (the event loop's count; a gauge reads it)
 
     @property
     def manifest(self) -> Manifest:
@@ -104,6 +108,7 @@ class CharRNNServicer(pb_grpc.CharRNNServicer):
     async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateResponse]:
+        arrived = time.monotonic()
         session_id = request.session_id if request.WhichOneof("start") == "session_id" else ""
         acquired = False
         final: Context | None = None
@@ -120,17 +125,21 @@ class CharRNNServicer(pb_grpc.CharRNNServicer):
                 self.rt.sessions.release(session_id, None)
             await abort(context, exc)
             return
+        delivery = Delivery(self.rt.delivery, arrived)
         try:
             async for text, finished, values, checkpoint in _chunks(stream):
                 if finished is None:
                     signed = self._signed(model, checkpoint)
-                    yield pb.GenerateResponse(text=text, activations=values, checkpoint=signed)
+                    delivery.sending(text)
+                    yield pb.GenerateResponse(text=text, activations=values.tolist(), checkpoint=signed)
                     continue
                 final = finished.context
                 if request.create_session and not session_id:
                     session_id = self.rt.sessions.create(finished.context)
-                yield pb.GenerateResponse(text=text, done=self._done(model, finished, session_id), activations=values)
-        except ShuttingDown as exc:
+                done = self._done(model, finished, session_id)
+                delivery.sending(text)
+                yield pb.GenerateResponse(text=text, done=done, activations=values.tolist())
+        except Exception as exc:  # mid-stream: a draining server's ShuttingDown, or a bug (INTERNAL)
             await abort(context, exc)
         finally:
             if acquired:
@@ -139,14 +148,22 @@ class CharRNNServicer(pb_grpc.CharRNNServicer):
     async def Session(
         self, request_iterator: AsyncIterator[pb.SessionRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.SessionResponse]:
+        lim = self.rt.limits
+        if self.rt.session_streams >= lim.max_session_streams:
+            refusal = LimitExceeded(
+                f"all {lim.max_session_streams} Session streams (max_session_streams) are open; retry later",
+                lim.retry_pushback_ms,
+            )
+            await abort(context, refusal)
+        self.rt.session_streams += 1
         conversation = _Conversation(self)
         try:
             async for response in conversation.run(request_iterator):
                 yield response
         except Exception as exc:
-            if isinstance(exc, asyncio.CancelledError):
-                raise
             await abort(context, exc)
+        finally:
+            self.rt.session_streams -= 1
 
     async def Score(self, request: pb.ScoreRequest, context: grpc.aio.ServicerContext) -> pb.ScoreResponse:
         try:
@@ -156,29 +173,19 @@ class CharRNNServicer(pb_grpc.CharRNNServicer):
             model = self.rt.models.for_context(ctx)
             limit = self.rt.limits.max_score_chars
             ids = np.asarray(self.validator.encode(model, request.text, limit, "text"), np.int64)
-            engine = model.scheduler.engine
-            logits, after = await model.scheduler.call(lambda: run_text(engine, ctx, ids))
+            run = await model.scheduler.feed(ctx, ids, logprobs=True)
         except Exception as exc:
             await abort(context, exc)
             raise AssertionError("unreachable") from exc
-        predictors = logits[:-1]
-        first = 1
-        if ctx.logits is not None:
-            predictors = np.concatenate([ctx.logits[None, :], predictors])
-            first = 0
-        targets = ids[first:]
-        x = predictors.astype(np.float64)
-        peak = x.max(axis=1, keepdims=True)
-        log_z = peak[:, 0] + np.log(np.exp(x - peak).sum(axis=1))
-        logprobs = x[np.arange(len(targets)), targets] - log_z
-        nats = float(-logprobs.sum())
-        bpc = nats / len(targets) / math.log(2) if len(targets) else 0.0
+        assert run.logprobs is not None
+        nats = float(-run.logprobs.sum())
+        bpc = nats / len(run.logprobs) / math.log(2) if len(run.logprobs) else 0.0
         return pb.ScoreResponse(
-            logprobs=logprobs.tolist(),
-            first_scored=first,
+            logprobs=run.logprobs.tolist(),
+            first_scored=run.first_scored,
             total_nats=nats,
             bits_per_char=bpc,
-            resume_token=model.codec.encode(after),
+            resume_token=model.codec.encode(run.after()),
         )
 
     async def GetModelInfo(
@@ -199,6 +206,7 @@ class CharRNNServicer(pb_grpc.CharRNNServicer):
             unknown_policy=UNKNOWN_POLICIES[m.vocabulary.unknown_policy],
             unknown_char=m.vocabulary.unknown_char or "",
             sha256=m.onnx.sha256,
+            precision=PRECISION_TYPES[m.precision],
             limits=pb.Limits(
                 max_live_streams=lim.max_live_streams,
                 max_queued_streams=lim.max_queued_streams,
@@ -212,6 +220,7 @@ class CharRNNServicer(pb_grpc.CharRNNServicer):
                 session_ttl_seconds=lim.session_ttl_seconds,
                 max_watched_units=lim.max_watched_units,
                 min_checkpoint_chars=lim.min_checkpoint_chars,
+                max_session_streams=lim.max_session_streams,
             ),
         )
         value = m.training.get("val_bits_per_char")  # training/export.py writes it; absent for other artifacts
@@ -289,11 +298,11 @@ class _Conversation:
         model = self.rt.models.for_context(self.ctx)
         limit = self.rt.limits.max_prompt_chars
         ids = np.asarray(self.servicer.validator.encode(model, text, limit, "fed text"), np.int64)
-        engine, ctx = model.scheduler.engine, self.ctx
-        _, self.ctx = await model.scheduler.call(lambda: run_text(engine, ctx, ids))
+        self.ctx = (await model.scheduler.feed(self.ctx, ids)).after()
 
     async def _generate(self, action: pb.GenerateAction) -> AsyncIterator[pb.SessionResponse]:
         s = self.servicer
+        delivery = Delivery(self.rt.delivery, time.monotonic())
         model = self.rt.models.for_context(self.ctx)
         stream = model.scheduler.submit(s.validator.job(model, self.ctx, s._request(action)))
         chunks = _chunks(stream)
@@ -314,14 +323,13 @@ class _Conversation:
                         self.backlog.append(request)  # runs after this generation
                 if pending_chunk.done():
                     text, finished, _, _ = pending_chunk.result()
+                    if text:
+                        delivery.sending(text)
+                        yield pb.SessionResponse(text=text)
                     if finished is not None:
                         self.ctx = finished.context
-                        if text:
-                            yield pb.SessionResponse(text=text)
                         yield pb.SessionResponse(done=s._done(model, finished))
                         return
-                    if text:
-                        yield pb.SessionResponse(text=text)
                     pending_chunk = asyncio.ensure_future(anext(chunks))
         finally:
             if incoming is not None:

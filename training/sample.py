@@ -86,10 +86,11 @@ class TorchStepper:
     def step(self, tokens: np.ndarray, state: StateArrays | None) -> tuple[np.ndarray, StateArrays]:
         import torch
 
+        device = next(self.model.parameters()).device
         with torch.no_grad():
-            torch_state = None if state is None else tuple(torch.from_numpy(s) for s in state)
-            logits, new_state = self.model(torch.from_numpy(tokens), torch_state)
-        return logits.numpy(), tuple(s.numpy() for s in new_state)
+            torch_state = None if state is None else tuple(torch.from_numpy(s).to(device) for s in state)
+            logits, new_state = self.model(torch.from_numpy(tokens).to(device), torch_state)
+        return logits.cpu().numpy(), tuple(s.cpu().numpy() for s in new_state)
 
 
 class OnnxStepper:

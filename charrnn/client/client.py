@@ -13,7 +13,7 @@ from charrnn.client.channel import open_channel
 from charrnn.client.errors import CharRNNError
 from charrnn.client.options import GenerationOptions, Unit, add_units, sampling_message
 from charrnn.client.results import GenerationResult, ModelInfo, ResumePoint, ScoreResult
-from charrnn.protocol import CELL_TYPES, UNKNOWN_POLICIES, name_of
+from charrnn.protocol import CELL_TYPES, PRECISION_TYPES, UNKNOWN_POLICIES, name_of
 from charrnn.v1 import charrnn_pb2 as pb
 from charrnn.v1 import charrnn_pb2_grpc as pb_grpc
 
@@ -171,6 +171,7 @@ class Client:
             val_bits_per_char=r.val_bits_per_char if r.HasField("val_bits_per_char") else None,
             sha256=r.sha256,
             limits={f.name: v for f, v in r.limits.ListFields()},
+            precision=name_of(PRECISION_TYPES, r.precision),
         )
 
     def health(self, service: str = "") -> str:

@@ -55,6 +55,7 @@ class ResumableGeneration(Iterator[str]):
         self._expect = ""  # text the current attempt must repeat before new text
         self.delivered = 0
         self.failovers = 0
+        self.resumed_at: list[int] = []  # per failover: the characters its resume point covered
         self.result: GenerationResult | None = None
         self._gen = self._start()
 
@@ -77,6 +78,7 @@ class ResumableGeneration(Iterator[str]):
         target = self._owner.advance()
         covered = self._checkpoint.chars if self._checkpoint is not None else 0
         log.warning("stream broke after %d chars (%s); resuming at %d on %s", self.delivered, exc, covered, target)
+        self.resumed_at.append(covered)
         self._base = covered
         self._expect = "".join(self._delivered)[covered:]
         self._gen = self._start()

@@ -57,6 +57,7 @@ class ModelInfo:
     val_bits_per_char: float | None
     sha256: str
     limits: dict[str, float]
+    precision: str  # "fp32" or "int8"; "unspecified" from a server that predates the field
 
 
 class ResumePoint(NamedTuple):

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -180,3 +181,26 @@ def test_resume_on_a_second_server_process_through_the_cli(lstm_dir: Path, tmp_p
     finally:
         assert a.stop() == 0
         assert b.stop() == 0
+
+
+def test_a_failure_mid_stream_ends_internal_and_the_server_keeps_serving(lstm_dir: Path) -> None:
+    with ServerThread(make_config(lstm_dir)) as srv, Client(srv.target, timeout=30) as c:
+        assert srv.server is not None
+        engine = srv.server.scheduler.engine
+        real_run = engine.run
+        calls = [0]
+
+        def failing_run(tokens: Any, states: Any) -> Any:
+            calls[0] += 1
+            if calls[0] == 30:
+                raise RuntimeError("injected failure in the model step")
+            return real_run(tokens, states)
+
+        engine.run = failing_run  # type: ignore[method-assign]
+        gen = c.generate("def ", max_chars=5000, seed=1)
+        with pytest.raises(CharRNNError) as err:
+            gen.text()
+        engine.run = real_run  # type: ignore[method-assign]
+        assert err.value.code == grpc.StatusCode.INTERNAL, err.value
+        assert "injected" not in err.value.details, "the client gets a generic message; the log has the traceback"
+        assert len(c.generate("def ", max_chars=50, seed=1).text()) == 50

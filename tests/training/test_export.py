@@ -80,3 +80,9 @@ def test_failed_parity_writes_no_artifact(tiny_artifact: Path, tmp_path: Path) -
     with pytest.raises(ExportError, match="differs from PyTorch"):
         export_checkpoint(tiny_artifact.parent / "run" / "best.pt", out, tolerance=-1.0)
     assert not (out / "manifest.json").exists()
+
+
+def test_export_of_a_model_with_dropout_leaves_it_in_eval_mode(tmp_path: Path, tiny_corpus: Path) -> None:
+    """Dropout is off at inference: the parity check compares ONNX with the model in eval mode."""
+    artifact = build_artifact(tmp_path, tiny_corpus, "model.layers=2", "model.dropout=0.3")
+    assert load_manifest(artifact).export["parity"]["max_abs_error_logits"] <= 1e-4
