@@ -89,3 +89,14 @@ def test_an_explicit_prime_wins_and_no_budget_is_warned(tiny_corpus: Path, tmp_p
 def test_train_mistakes_are_one_line(args: list[str], message: str, tmp_path: Path) -> None:
     result = charrnn("train", "--out", str(tmp_path / "run"), *args)
     assert result.returncode == 2 and result.stderr == message + "\n"
+
+
+def test_a_prepared_corpus_primes_samples_with_its_first_line(tiny_corpus: Path, tmp_path: Path) -> None:
+    prepared, run = tmp_path / "prepared", tmp_path / "run"
+    assert charrnn("prepare", "--corpus", str(tiny_corpus), "--out", str(prepared)).returncode == 0
+    trained = charrnn("train", "--corpus", f"prepared:{prepared}", "--out", str(run), *TINY_OVERRIDES,
+                      "optim.max_steps=4")  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    first_line = tiny_corpus.read_text(encoding="utf-8").split("\n", 1)[0][:40]
+    primes = {json.loads(line)["prime"] for line in (run / "samples.jsonl").read_text().splitlines()}
+    assert primes == {first_line}
