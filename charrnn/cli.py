@@ -20,6 +20,12 @@ from charrnn.settings import SettingError
 COMMAND_MODULES = ("training.cli", "training.analysis.cli", "service.cli", "charrnn.client.cli", "bench.cli")
 
 
+# A dependency missing at run time → the extra that brings it (a command of a part installed without its extra).
+_EXTRAS = {"grpc": "client", "grpc_health": "client", "google": "client", "onnxruntime": "serve",
+           "aiohttp": "serve", "prometheus_client": "serve", "torch": "train", "onnx": "train",
+           "matplotlib": "train", "locust": "load"}  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="charrnn",
@@ -50,6 +56,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = args.handler(args)
     except SettingError as exc:  # a malformed flag or CHARRNN_* variable: the user's to fix
         print(f"charrnn {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        extra = _EXTRAS.get((exc.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(f"charrnn {args.command}: needs the {extra!r} extra: pip install 'charrnn[{extra}]'", file=sys.stderr)
         return 2
     return int(result or 0)
 

@@ -90,7 +90,7 @@ def _name_args(parser: argparse.ArgumentParser, when: str) -> None:
 
 
 def _add_gate_arguments(parser: argparse.ArgumentParser) -> None:
-    from training.quantize import QualityGate
+    from training.config import QualityGate
 
     default = QualityGate()
     parser.add_argument(
@@ -108,7 +108,7 @@ def _add_gate_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _gate(args: argparse.Namespace) -> Any:
-    from training.quantize import QualityGate
+    from training.config import QualityGate
 
     return QualityGate(args.max_loss_increase, args.allow_loss_increase, args.val_chars, args.corpus)
 

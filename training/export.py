@@ -36,8 +36,9 @@ from charrnn.artifact import (
     write_manifest,
 )
 from training.analysis.progression import manifest_samples, run_samples
+from training.config import QualityGate
 from training.model import CharRNN, state_kinds
-from training.quantize import QualityGate, quantize_artifact
+from training.quantize import quantize_artifact
 from training.sample import OnnxStepper, TorchStepper
 from training.train import load_checkpoint, model_from_checkpoint
 

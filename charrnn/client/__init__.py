@@ -20,12 +20,34 @@ one, its retry hint (`grpc-retry-pushback-ms`). The client needs only the `clien
 grpcio-health-checking, protobuf): none of the server's code.
 """
 
-from charrnn.client.client import Client, Generation
-from charrnn.client.errors import CharRNNError
-from charrnn.client.failover import FAILOVER_CODES, FailoverClient, ResumableGeneration
-from charrnn.client.options import GenerationOptions, Unit, parse_units
-from charrnn.client.results import GenerationResult, ModelInfo, ResumePoint, ScoreResult
-from charrnn.client.session import SessionClient
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from charrnn.client.client import Client, Generation
+    from charrnn.client.errors import CharRNNError
+    from charrnn.client.failover import FAILOVER_CODES, FailoverClient, ResumableGeneration
+    from charrnn.client.options import GenerationOptions, Unit, parse_units
+    from charrnn.client.results import GenerationResult, ModelInfo, ResumePoint, ScoreResult
+    from charrnn.client.session import SessionClient
+
+# Loaded on first use, so that `charrnn.client.cli` (imported by the `charrnn` command at startup) needs no
+# grpc until a client command runs: an install without the `client` extra still has a working `charrnn`.
+_EXPORTS = {
+    "Client": "client", "Generation": "client", "CharRNNError": "errors", "FAILOVER_CODES": "failover",
+    "FailoverClient": "failover", "ResumableGeneration": "failover", "GenerationOptions": "options",
+    "Unit": "options", "parse_units": "options", "GenerationResult": "results", "ModelInfo": "results",
+    "ResumePoint": "results", "ScoreResult": "results", "SessionClient": "session",
+}  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'charrnn.client' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"charrnn.client.{_EXPORTS[name]}"), name)
+
 
 __all__ = [
     "FAILOVER_CODES",
