@@ -12,6 +12,7 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from charrnn.settings import SettingError
 
@@ -26,8 +27,16 @@ _EXTRAS = {"grpc": "client", "grpc_health": "client", "google": "client", "onnxr
            "matplotlib": "train", "locust": "load"}  # fmt: skip
 
 
+class _Parser(argparse.ArgumentParser):
+    """A command-line mistake is one line naming the problem and where the help is, exit code 2 (argparse
+    prints the whole usage block first); subcommands' parsers are of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="charrnn",
         description="Character-level RNN language model: train, export, serve, analyze.",
     )

@@ -11,9 +11,11 @@
 With `watch=[("h", 1, 17)]` the server also streams each generated character's value of that hidden
 unit: `gen.chunks()` yields (text, values per character) and `gen.activations` collects them.
 
-With several replicas, `FailoverClient([a, b]).generate(...)` asks for mid-stream resume points and, when a
-stream breaks (UNAVAILABLE: a crash, a reset connection, a draining server), continues from the last one on
-the next replica; the caller sees one uninterrupted text. `Client.session()` opens a Session stream.
+With several replicas in one target (`"10.0.0.1:50051,10.0.0.2:50051"` or `"dns:///name:50051"`), calls
+spread over them round robin (`Balancing` chooses the policy and keepalive). `FailoverClient(target)
+.generate(...)` also asks for mid-stream resume points and, when a stream breaks (UNAVAILABLE: a crash, a
+reset connection, a draining server), continues from the last one on another replica; the caller sees one
+uninterrupted text. `Client.session()` opens a Session stream, which stays on one replica.
 
 Failures surface as `CharRNNError` with the status code, the server's message and, when the server sent
 one, its retry hint (`grpc-retry-pushback-ms`). The client needs only the `client` extra (grpcio,
@@ -26,6 +28,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from charrnn.client.balancing import Balancing
     from charrnn.client.client import Client, Generation
     from charrnn.client.errors import CharRNNError
     from charrnn.client.failover import FAILOVER_CODES, FailoverClient, ResumableGeneration
@@ -36,7 +39,8 @@ if TYPE_CHECKING:
 # Loaded on first use, so that `charrnn.client.cli` (imported by the `charrnn` command at startup) needs no
 # grpc until a client command runs: an install without the `client` extra still has a working `charrnn`.
 _EXPORTS = {
-    "Client": "client", "Generation": "client", "CharRNNError": "errors", "FAILOVER_CODES": "failover",
+    "Balancing": "balancing", "Client": "client", "Generation": "client", "CharRNNError": "errors",
+    "FAILOVER_CODES": "failover",
     "FailoverClient": "failover", "ResumableGeneration": "failover", "GenerationOptions": "options",
     "Unit": "options", "parse_units": "options", "GenerationResult": "results", "ModelInfo": "results",
     "ResumePoint": "results", "ScoreResult": "results", "SessionClient": "session",
@@ -51,6 +55,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "FAILOVER_CODES",
+    "Balancing",
     "CharRNNError",
     "Client",
     "FailoverClient",
