@@ -123,11 +123,14 @@ def _load_config(args: argparse.Namespace) -> Any:
         config.data.corpus = args.corpus
     if args.out:
         config.run.out_dir = str(args.out)
-    config = apply_overrides(config, list(args.overrides))
+    return apply_overrides(config, list(args.overrides))
+
+
+def _prime(args: argparse.Namespace, config: Any) -> None:
+    """Default the samples' prime (`_default_prime`) unless the command line or a config file gave one."""
     primed = args.config is not None or any(o.partition("=")[0].strip() == "run.sample_prime" for o in args.overrides)
     if not primed:
         config.run.sample_prime = _default_prime(config.data, config.run.sample_prime)
-    return config
 
 
 def _default_prime(data: Any, builtin_prime: str) -> str:
@@ -186,6 +189,7 @@ def _train(args: argparse.Namespace) -> int:
         config = _load_config(args)
         # Before torch loads and before the run directory exists: a bad corpus (CorpusError) is one line.
         dataset = load_dataset(config.data)
+        _prime(args, config)
     except (ValueError, OSError) as exc:
         print(f"charrnn train: {exc}", file=sys.stderr)
         return 2

@@ -106,7 +106,11 @@ def test_an_explicit_prime_wins_and_no_budget_is_warned(tiny_corpus: Path, tmp_p
     ("args", "message"),
     [
         (["--name", "mine"], "charrnn train: --name and --version name the exported model: add --export DIR"),
-        (["--corpus", "/nonexistent/texts"], "charrnn train: corpus path '/nonexistent/texts' does not exist"),
+        (
+            ["--corpus", "/nonexistent/texts"],
+            "charrnn train: corpus path '/nonexistent/texts' does not exist; give files, a directory, a glob or a "
+            "comma list of them, or builtin:python-stdlib (--corpus)",
+        ),
     ],
 )
 def test_train_mistakes_are_one_line(args: list[str], message: str, tmp_path: Path) -> None:
