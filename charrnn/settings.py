@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+from charrnn.quoting import quote
+
 ENV_PREFIX = "CHARRNN_"
 T = TypeVar("T")
 _TRUE = ("1", "true", "yes", "on")
@@ -100,22 +102,19 @@ class Setting:
             value = raw.strip().lower()
             if value in _TRUE or value in _FALSE:
                 return value in _TRUE
-            raise SettingError(f"{source}={raw!r}: expected 1/true/yes/on or 0/false/no/off")
+            raise SettingError(f"{source}={quote(raw)}: expected 1/true/yes/on or 0/false/no/off")
         if self.optional and raw == "":
             return None
         try:
             return self.kind(raw)
         except ValueError:
             expected = {int: "an integer", float: "a number"}.get(self.kind, self.kind.__name__)
-            raise SettingError(f"{source}={_shorten(raw)!r} is not {expected} ({self.flag})") from None
+            raise SettingError(f"{source}={quote(raw)} is not {expected} ({self.flag})") from None
 
 
 def env_name(flag: str) -> str:
     return ENV_PREFIX + flag.lstrip("-").upper().replace("-", "_")
 
-
-def _shorten(text: str, limit: int = 64) -> str:
-    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def settings_of(cls: type, prefix: tuple[str, ...] = ()) -> Iterator[Setting]:

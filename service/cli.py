@@ -39,6 +39,5 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(serve(config))
     except (ArtifactError, ConfigError, OSError) as exc:
-        log.error("cannot start: %s", exc)
-        print(f"charrnn serve: cannot start: {exc}", file=sys.stderr)
+        print(f"charrnn serve: cannot start: {exc}", file=sys.stderr)  # one line; nothing else to log
         return 2

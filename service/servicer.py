@@ -274,10 +274,16 @@ class _Conversation:
                     continue  # nothing running: nothing to cancel
                 else:
                     raise InvalidRequest("session request has no action")
-        finally:
+        except BaseException:
+            # The action's own error is the stream's status: whatever the reader failed with since (an
+            # unparsable later message, say) must not replace it.
             reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(BaseException):
                 await reader
+            raise
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
 
     async def _feed(self, text: str) -> None:
         if not text:

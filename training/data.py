@@ -130,7 +130,7 @@ def load_corpus(spec: str) -> Corpus:
             continue
         parts.append(text)
     if refused:
-        raise CorpusError(_refusal(refused, spec))
+        raise CorpusError(refusal(refused, spec))
     text = "\n".join(parts)
     if len(text) < 2:
         raise CorpusError(f"corpus {spec!r} is too short to train on (under 2 characters); {_SELECT}")
@@ -138,7 +138,7 @@ def load_corpus(spec: str) -> Corpus:
     return Corpus(name=name, text=text, sha256=digest, files=len(paths))
 
 
-def _refusal(refused: list[tuple[Path, str]], spec: str) -> str:
+def refusal(refused: list[tuple[Path, str]], spec: str) -> str:
     """One line: the first file that is not text, how many more, and what to do."""
     directories = [Path(p.strip()) for p in spec.split(",") if p.strip() and Path(p.strip()).is_dir()]
     path, why = refused[0]

@@ -25,7 +25,7 @@ import numpy as np
 
 from charrnn.vocab import Vocabulary
 from training.config import DataConfig
-from training.data import CorpusInfo, Dataset, prepare, resolve_corpus, split_point
+from training.data import CorpusError, CorpusInfo, Dataset, prepare, refusal, resolve_corpus, split_point
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,14 @@ class _Chunk:
     chars: int
 
 
+class _NotText(Exception):
+    """A corpus file that is not UTF-8 text (the streamed twin of `load_corpus`' refusal)."""
+
+    def __init__(self, path: Path, why: str):
+        super().__init__(path, why)
+        self.path, self.why = path, why
+
+
 def _chunks(paths: list[Path], chunk_chars: int) -> Iterator[tuple[_Chunk, str]]:
     """The corpus as `training.data.load_corpus` joins it (newline between files), in chunks."""
     for index, path in enumerate(paths):
@@ -60,7 +68,9 @@ def _chunks(paths: list[Path], chunk_chars: int) -> Iterator[tuple[_Chunk, str]]
                 try:
                     text = f.read(chunk_chars)
                 except UnicodeDecodeError as exc:
-                    raise ValueError(f"corpus file {path} is not UTF-8 ({exc.reason})") from exc
+                    raise _NotText(path, f"is not UTF-8 text ({exc.reason})") from exc
+                if "\x00" in text:
+                    raise _NotText(path, "is binary, not text (it holds NUL bytes)")
                 if not text:
                     break
                 yield _Chunk(index, cookie, len(text)), text
@@ -142,7 +152,10 @@ def prepare_corpus(config: DataConfig, out_dir: Path, chunk_chars: int = CHUNK_C
     if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / META_FILE).exists())):
         raise ValueError(f"{out_dir} exists and is not a prepared corpus: give a new or empty directory")
     name, paths = resolve_corpus(config.corpus)
-    scan = _scan(name, paths, chunk_chars)
+    try:
+        scan = _scan(name, paths, chunk_chars)
+    except _NotText as exc:  # the same one line as training from the corpus directly
+        raise CorpusError(refusal([(exc.path, exc.why)], config.corpus)) from None
     if scan.info.chars < 2:
         raise ValueError(f"corpus {config.corpus!r} is too short to train on")
     cut = split_point(scan.info.chars, config.train_fraction)

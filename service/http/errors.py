@@ -16,6 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
+from charrnn.quoting import quote
 from charrnn.vocab import UnknownCharactersError
 from service.errors import InvalidRequest, ServiceError
 from service.http import sse
@@ -85,9 +86,9 @@ def error_event(exc: BaseException) -> bytes:
 def routing_error_response(request: web.Request, exc: web.HTTPException) -> web.Response:
     """aiohttp's own refusals (no such route, method not allowed) in the same shape."""
     if exc.status == 404:
-        message = f"no route {request.method} {request.path}; the API is POST /v1/completions and GET /v1/models"
+        message = f"no route {request.method} {quote(request.path)}; the API is POST /v1/completions and GET /v1/models"
     elif exc.status == 405:
-        message = f"{request.method} is not allowed on {request.path} (allowed: {exc.headers.get('Allow', '')})"
+        message = f"{request.method} is not allowed on {quote(request.path)} (allowed: {exc.headers.get('Allow', '')})"
     else:
         message = exc.reason
     headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else {}

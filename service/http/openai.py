@@ -20,6 +20,7 @@ import numpy as np
 
 from charrnn.artifact import Manifest
 from charrnn.client.options import parse_units
+from charrnn.quoting import QUOTE_CHARS, quote
 from service.config import Limits
 from service.context import Context
 from service.errors import InvalidRequest
@@ -69,7 +70,7 @@ def parse(body: Any) -> Completion:
         raise InvalidRequest("the request body must be a JSON object")
     for name in body:
         if name not in KNOWN and name not in NEUTRAL and name != OWNER:
-            raise ParameterError(name, f"unknown parameter {name!r} (extensions go under {OWNER!r})")
+            raise ParameterError(name[:QUOTE_CHARS], f"unknown parameter {quote(name)} (extensions go under {OWNER!r})")
     for name, neutral in NEUTRAL.items():
         if body.get(name) not in neutral:
             raise ParameterError(name, f"{name} is not supported (leave it out, or {neutral[-1]!r})")
@@ -83,7 +84,8 @@ def parse(body: Any) -> Completion:
     ext = _get(body, OWNER, (dict,), "an object") or {}
     for name in ext:
         if name not in EXTENSIONS:
-            raise ParameterError(f"{OWNER}.{name}", f"unknown extension {OWNER}.{name} (known: {sorted(EXTENSIONS)})")
+            known = sorted(EXTENSIONS)
+            raise ParameterError(f"{OWNER}.{name[:QUOTE_CHARS]}", f"unknown extension {quote(name)} (known: {known})")
     watch = _get(ext, "watch", (list,), 'a list of units like "c0:80"', f"{OWNER}.watch") or []
     if not all(isinstance(spec, str) for spec in watch):
         raise ParameterError(f"{OWNER}.watch", f'{OWNER}.watch must be a list of units like "c0:80"')

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from aiohttp import web
 
+from charrnn.quoting import quote
 from service.context import Context
 from service.errors import InvalidRequest
 from service.http import errors, openai, sse
@@ -69,7 +70,8 @@ class Routes:
         model = self.rt.models.for_context(ctx)
         name = model.manifest.model.name
         if completion.model not in (None, name):
-            raise ParameterError("model", f"model {completion.model!r} is not served here (GET /v1/models: {name!r})")
+            served = f"GET /v1/models: {name!r}"
+            raise ParameterError("model", f"model {quote(completion.model)} is not served here ({served})")
         stream = model.scheduler.submit(openai.job(self.validator, model, ctx, completion.request))
         delivery = Delivery(self.rt.delivery, arrived)
         try:

@@ -519,13 +519,8 @@ def test_session_actions_get_the_first_failing_actions_code(
         token = (target.tokens if kind == "valid" else target.foreign)[index]
         request = pb.SessionRequest(load=pb.LoadAction(resume_token=token)).SerializeToString()
         messages = [*messages[:where], request, *messages[where:]]
-    expected, read = expect_session(target, messages)
+    expected, _ = expect_session(target, messages)
     outcome = _call(target, "Session", messages)
-    if outcome.code is C.INVALID_ARGUMENT and not all(_parses(m) for m in messages[read:]):
-        # Known defect, pinned by tests/service/test_session_order.py (xfail): an unparsable message after
-        # the failing action can mask its code. Only that exact case is let through.
-        COUNTS["session cases masked by a later unparsable message"] += 1
-        expected = C.INVALID_ARGUMENT
     _check(outcome, expected, messages)
     COUNTS["request cases"] += 1
     COUNTS[f"request cases: Session {expected.name}"] += 1

@@ -102,6 +102,7 @@ def test_event_stream_framing(server: ServerThread, tmp_path: Path) -> None:
         ({"charrnn": {"resume_token": "AAAA"}}, "charrnn.resume_token", "resume token"),
         ({"charrnn": {"top_k": -1}}, "charrnn.top_k", "top_k must be 0 (off) or more"),
         ({"model": "gpt-4"}, "model", "is not served here"),
+        ({"m" * 10_000: 1}, "m" * 32, "(10000 characters)"),  # client input is quoted in part, never whole
     ],
 )
 def test_bad_parameters_are_400_naming_the_parameter(
@@ -124,7 +125,7 @@ def test_malformed_bodies_routes_and_methods(server: ServerThread) -> None:
     status, headers, body = post(f"{base_url(server)}/v1/models", {})
     assert status == 405 and headers["Allow"] == "GET,HEAD" and body["error"]["type"] == "invalid_request_error"
     out = curl_output("-w", "\n%{http_code}", f"{base_url(server)}/v1/chat/completions")
-    assert out.endswith(b"\n404") and b"no route GET /v1/chat/completions" in out
+    assert out.endswith(b"\n404") and b"no route GET '/v1/chat/completions'" in out
     assert requests_counted(server, "GET", "unmatched", 404) == 1
 
 

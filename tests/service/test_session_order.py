@@ -21,11 +21,6 @@ def session_rpc(lstm_dir: Path) -> Iterator[grpc.StreamStreamMultiCallable]:
         yield ch.stream_stream("/charrnn.v1.CharRNN/Session", request_serializer=bytes, response_deserializer=bytes)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="service/servicer.py _Conversation.run: `await reader` in its finally re-raises the reader's "
-    "MalformedMessage over the action's own error",
-)
 def test_an_unparsable_message_does_not_mask_an_earlier_failure(session_rpc: grpc.StreamStreamMultiCallable) -> None:
     # A generation long enough for the reader to take in every later message before the load runs.
     generate = pb.SessionRequest(

@@ -118,10 +118,14 @@ def test_prepare_then_train_from_the_command_line(tmp_path: Path, tiny_corpus: P
         (["--corpus", "{corpus}", "model.layers=3"], "prepare takes data.* settings only, not 'model.layers=3'"),
         (["--corpus", "{corpus}", "data.train_fraction=2"], "data.train_fraction must be in (0, 1)"),
         (["--corpus", "{bad}"], "is not UTF-8"),
+        (["--corpus", "{tmp}/texts"], "{tmp}/texts/zz.bin is binary, not text (it holds NUL bytes)"),
     ],
 )
 def test_prepare_refuses_mistakes_in_one_line(tmp_path: Path, tiny_corpus: Path, args: list[str], message: str) -> None:
     (tmp_path / "bad.txt").write_bytes(b"fine \xff\xfe")
+    (tmp_path / "texts").mkdir()
+    (tmp_path / "texts" / "a.txt").write_text("plain text\n", encoding="utf-8")
+    (tmp_path / "texts" / "zz.bin").write_bytes(b"text\x00with a NUL")  # valid UTF-8, but not text
     subs = {"tmp": str(tmp_path), "corpus": str(tiny_corpus), "bad": str(tmp_path / "bad.txt")}
     result = charrnn("prepare", *[a.format(**subs) for a in args], "--out", str(tmp_path / "out"))
     assert result.returncode == 2
