@@ -1,7 +1,8 @@
 """`charrnn bench serve`: the serving core against the model's own speed, through real gRPC.
 
 For each stream count (default 1, 16, 64, 256) and a fixed duration, an asyncio client (one process, one
-event loop: light enough not to be what is measured) drives that many concurrent Generate streams against
+event loop: light enough not to be what is measured) drives that many concurrent Generate streams (their
+first requests spread over half a second, as independent clients' would be, then back to back) against
 servers started as separate processes: `batched` (the default settings: one decode worker, one ONNX Runtime
 thread), `both-cores` (the settings in --both-cores, e.g. two decode workers) and, with --unbatched, batching
 off (--max-live-streams 1). The ceiling is the in-process ONNX Runtime loop (one decode step for the whole
@@ -36,6 +37,7 @@ from charrnn.v1 import charrnn_pb2_grpc as pb_grpc
 log = logging.getLogger(__name__)
 
 PROMPT = "def main(argv):\n    "
+RAMP_S = 0.5  # the streams' first requests are spread over this long
 
 
 @dataclass
@@ -72,6 +74,7 @@ async def _streams(stub: Any, n: int, end: float, max_chars: int, tally: _Tally)
 
     async def one(i: int) -> None:
         seed = i * 1_000_003
+        await asyncio.sleep(RAMP_S * i / n)  # independent clients arrive spread out, not all in one instant
         while time.perf_counter() < end:
             seed += 1
             request = pb.GenerateRequest(prompt=PROMPT, max_chars=max_chars,
