@@ -1,10 +1,13 @@
 """The stand-in for `python:3.11-slim-bookworm` when Docker Hub cannot be reached: Debian's Python 3.11 in a
-minimal root filesystem made by mmdebstrap from Debian packages, imported into the engine.
+minimal root filesystem made by mmdebstrap from Debian packages, imported into the engine. The `essential`
+variant (no apt: nothing in the images installs Debian packages) plus `passwd` for the Dockerfile's useradd and
+libstdc++ for the native wheels (grpcio, onnxruntime), which the official image has as well.
 
 The filesystem is cached as a tarball under the system temp dir, keyed by everything that goes into it (the
 package list, the mmdebstrap options and the host's local CA certificates), so only the first run on a machine
-pays for it (about 20 s to 80 s, mostly downloads). An imported image has no configuration, so the import sets
-PATH and LANG itself; the Dockerfile's `ENV PATH=/opt/venv/bin:$PATH` builds on that PATH.
+pays for it (20 s to 2 min, mostly downloads and dpkg); CHARRNN_FRESH_CONTAINER_BASE=1 remakes it. An
+imported image has no configuration, so the import sets PATH and LANG itself; the Dockerfile's
+`ENV PATH=/opt/venv/bin:$PATH` builds on that PATH.
 
 The image trusts what the host trusts: the certificates in the host's CA bundle that Debian's ca-certificates
 package does not ship (locally added ones, such as an egress proxy's CA) are added with update-ca-certificates,
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import os
 import re
 import shlex
 import subprocess
@@ -27,7 +31,8 @@ from tests.containers.engine import Engine, EngineError
 CACHE_ROOT = Path(tempfile.gettempdir()) / "charrnn-container-base"
 STALE_AFTER_S = 7 * 24 * 3600
 SUITE = "bookworm"
-PACKAGES = ("python3.11", "python3.11-venv", "python-is-python3", "ca-certificates")
+VARIANT = "essential"
+PACKAGES = ("python3.11", "python3.11-venv", "python-is-python3", "ca-certificates", "passwd", "libstdc++6")
 # Documentation and translations nothing in the images reads.
 EXCLUDED_PATHS = ("/usr/share/doc/*", "/usr/share/man/*", "/usr/share/info/*", "/usr/share/locale/*")
 IMAGE_ENV = (
@@ -59,7 +64,7 @@ def local_ca_certificates(bundle: Path = HOST_BUNDLE, shipped: Path = DEBIAN_CER
 
 
 def _mmdebstrap_args(cert_files: list[Path], out: Path) -> list[str]:
-    args = ["mmdebstrap", "--variant=minbase", "--include=" + ",".join(PACKAGES)]
+    args = ["mmdebstrap", f"--variant={VARIANT}", "--include=" + ",".join(PACKAGES)]
     args += [f"--dpkgopt=path-exclude={p}" for p in EXCLUDED_PATHS]
     if cert_files:
         args += [
@@ -70,7 +75,7 @@ def _mmdebstrap_args(cert_files: list[Path], out: Path) -> list[str]:
 
 
 def _key(certs: list[str]) -> str:
-    digest = hashlib.sha256(repr((SUITE, PACKAGES, EXCLUDED_PATHS, IMAGE_ENV)).encode())
+    digest = hashlib.sha256(repr((SUITE, VARIANT, PACKAGES, EXCLUDED_PATHS, IMAGE_ENV)).encode())
     for cert in certs:
         digest.update(cert.encode())
     return digest.hexdigest()[:16]
@@ -84,6 +89,7 @@ def _prune(keep: Path) -> None:
 
 def base_tarball(fresh: bool = False) -> Path:
     """The cached root filesystem tarball, made now if missing (one maker per key; others wait)."""
+    fresh = fresh or os.environ.get("CHARRNN_FRESH_CONTAINER_BASE") == "1"
     certs = local_ca_certificates()
     CACHE_ROOT.mkdir(parents=True, exist_ok=True)
     key = _key(certs)

@@ -14,13 +14,11 @@ from typing import Any
 import pytest
 
 from tests.containers.base_image import import_base
-from tests.containers.deployment import ContainerRun, container_run
+from tests.containers.deployment import OVERLAY, ContainerRun, container_run
 from tests.containers.engine import Engine, engine_in_tempdir, missing
 from tests.containers.images import build_target
 from tests.containers.running import Container, start
 from tests.deploy.tools import K8S, KUBECTL, kustomize
-
-OVERLAY = "dev"  # the overlay whose Deployment the containers reproduce (1 CPU, 512 MiB, one replica)
 
 
 def pytest_configure(config: pytest.Config) -> None:

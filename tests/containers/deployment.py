@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+OVERLAY = "dev"  # the overlay whose Deployment the container tests reproduce (1 CPU, 512 MiB, one replica)
 # Container fields that have a translation below or do not change how the process runs in isolation.
 KNOWN_CONTAINER_FIELDS = {
     "name", "image", "imagePullPolicy", "ports", "envFrom", "env", "resources", "startupProbe",

@@ -107,10 +107,11 @@ def test_serving_stage(stages: dict[str, Stage]) -> None:
         (["/opt/venv"], "/opt/venv", "serve-build"),
         (["models/default"], "./models/default", None),
     ]
-    build = " ".join(args for op, args in stages["serve-build"].instructions if op == "RUN")
+    chain = stage_chain(list(stages.values()), "serve-build")
+    build = " ".join(args for stage in chain for op, args in stage.instructions if op == "RUN")
     assert "'.[serve]'" in build and "deploy/slim_venv.py /opt/venv" in build and "[train]" not in build
     # The serving environment is installed from the shared packages only: no training code in the image.
-    sources = context_copy_sources(stage_chain(list(stages.values()), "serve-build"))
+    sources = context_copy_sources(chain)
     assert set(sources) == {"pyproject.toml", "README.md", "deploy/slim_venv.py", "charrnn", "service"}, sources
     # Non-root numeric user, exec-form entry point, grpc health check, read-only-root-friendly environment.
     users = [args for op, args in instructions if op == "USER"]
