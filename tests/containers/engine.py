@@ -11,7 +11,8 @@ images hold tens of thousands of files (torch alone 15 000); deleting them one b
 mounted with online discard, unmounting and deleting the one file takes a second.
 
 Only one engine runs per machine at a time (a lock under the system temp dir): dockerd's iptables chains are
-machine-wide.
+machine-wide. Each engine records what it changed on the host in its directory, so when a run is killed before
+it can clean up, the next engine stops the daemons that run left and undoes its changes first.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ DOCKER_CLI = "/usr/bin/docker"
 CONTAINERD = "/usr/bin/containerd"
 LOCK_FILE = Path(tempfile.gettempdir()) / "charrnn-container-engine.lock"
 # Candidate subnets for the engine's own bridge; the first one no host route overlaps is taken.
-BRIDGE_SUBNETS = [ipaddress.ip_network(f"10.213.{i}.0/24") for i in range(0, 256, 8)]
+BRIDGE_SUBNETS = [ipaddress.IPv4Network(f"10.213.{i}.0/24") for i in range(0, 256, 8)]
 IPTABLES_TABLES = ("filter", "nat")
 DISK_BYTES = 24 << 30  # the sparse file's size: an upper bound, only what is written takes space
 
@@ -98,12 +99,12 @@ def _undo_iptables(before: dict[str, list[str]]) -> None:
 
 def _free_subnet() -> ipaddress.IPv4Network:
     routes = _run(["ip", "-4", "route", "show"]).stdout.split("\n")
-    used = []
+    used: list[ipaddress.IPv4Network] = []
     for line in routes:
         word = line.split(" ", 1)[0]
         if word and word != "default":
             with contextlib.suppress(ValueError):
-                used.append(ipaddress.ip_network(word, strict=False))
+                used.append(ipaddress.IPv4Network(word, strict=False))
     for subnet in BRIDGE_SUBNETS:
         if not any(subnet.overlaps(u) for u in used):
             return subnet
@@ -128,6 +129,58 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 """
 
 
+STATE_FILE = "engine.json"  # what an engine changed on the host, so that a later run can undo it after a crash
+
+
+def _terminate(pid: int, root: Path, timeout: float = 60) -> None:
+    """SIGTERM a daemon an engine under `root` started (its command line names `root`; a reused pid does not),
+    SIGKILL if it is still there after `timeout`."""
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    with contextlib.suppress(OSError):
+        if str(root).encode() not in cmdline.read_bytes():
+            return
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while cmdline.exists() and cmdline.read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if cmdline.exists() and cmdline.read_bytes():
+            os.kill(pid, signal.SIGKILL)
+
+
+def _unmount_under(root: Path) -> None:
+    """The engine's file system and whatever the daemons left mounted under `root`, deepest first."""
+    prefix = str(root) + "/"
+    mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+    for mount in sorted((m for m in mounts if m.startswith(prefix)), key=len, reverse=True):
+        if _run(["umount", mount], check=False).returncode != 0:
+            _run(["umount", "--lazy", mount], check=False)
+
+
+def _undo_host_changes(root: Path, state: dict[str, Any]) -> None:
+    """Mounts, the bridge, iptables and IPv4 forwarding back as they were; then the directory goes."""
+    _unmount_under(root)
+    if "bridge" in state:
+        _run(["ip", "link", "del", state["bridge"]], check=False)
+    if "iptables" in state:
+        _undo_iptables(state["iptables"])
+    if "ip_forward" in state:
+        Path("/proc/sys/net/ipv4/ip_forward").write_text(state["ip_forward"] + "\n")
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _reap_stale_engines(keep: Path) -> None:
+    """Engines a killed test run left behind (only one engine runs at a time, so any other is stale)."""
+    for root in Path(tempfile.gettempdir()).glob("charrnn-engine-*"):
+        state_file = root / STATE_FILE
+        if root == keep or not state_file.exists():
+            continue
+        log.warning("removing an engine left by an interrupted run: %s", root)
+        state = json.loads(state_file.read_text())
+        for pid in reversed(state.get("pids", [])):  # dockerd (stops its containers), then containerd
+            _terminate(pid, root)
+        _undo_host_changes(root, state)
+
+
 class Engine:
     """`with Engine(root) as engine:` → `engine.docker("ps")`; everything under `root`, removed at the end."""
 
@@ -139,9 +192,7 @@ class Engine:
         self.config_dir = root / "docker-config"  # the CLI's own config: no credentials or contexts of the host
         self._lock: IO[str] | None = None
         self._procs: list[subprocess.Popen[bytes]] = []
-        self._iptables: dict[str, list[str]] | None = None
-        self._ip_forward: str | None = None
-        self._bridge_made = False
+        self._state: dict[str, Any] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------------------
 
@@ -156,18 +207,23 @@ class Engine:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def _record(self, **changes: Any) -> None:
+        self._state.update(changes)
+        (self.root / STATE_FILE).write_text(json.dumps(self._state))
+
     def start(self, timeout: float = 90) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
         self._lock = open(LOCK_FILE, "w")  # noqa: SIM115 (held until stop)
         fcntl.flock(self._lock, fcntl.LOCK_EX)  # another engine on this machine: wait for it to finish
-        self._iptables = _iptables_state()
-        self._ip_forward = Path("/proc/sys/net/ipv4/ip_forward").read_text().strip()
+        _reap_stale_engines(keep=self.root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._record(iptables=_iptables_state(), ip_forward=Path("/proc/sys/net/ipv4/ip_forward").read_text().strip())
         subnet = _free_subnet()
         _run(["ip", "link", "add", "name", self.bridge, "type", "bridge"])
-        self._bridge_made = True
+        self._record(bridge=self.bridge)
         _run(["ip", "addr", "add", f"{subnet[1]}/{subnet.prefixlen}", "dev", self.bridge])
         _run(["ip", "link", "set", self.bridge, "up"])
         self._mount_disk()
+        self.config_dir.mkdir()
 
         config = self.root / "containerd.toml"
         config.write_text(CONTAINERD_CONFIG.format(root=self.root, disk=self.disk))
@@ -186,11 +242,6 @@ class Engine:
                 "--storage-driver", "overlay2",
             ],
         )  # fmt: skip
-        plugins = self.config_dir / "cli-plugins"
-        plugins.mkdir(parents=True, exist_ok=True)
-        compose = compose_binary()
-        if compose is not None:
-            (plugins / "docker-compose").symlink_to(compose)
         deadline = time.monotonic() + timeout
         while self.docker("version", check=False, timeout=10).returncode != 0:
             if time.monotonic() > deadline or any(p.poll() is not None for p in self._procs):
@@ -209,6 +260,7 @@ class Engine:
     def _spawn(self, name: str, args: list[str]) -> None:
         with open(self.root / f"{name}.log", "wb") as out:
             self._procs.append(subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
+        self._record(pids=[p.pid for p in self._procs])
 
     def _wait_for(self, path: Path, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -238,28 +290,12 @@ class Engine:
                     proc.kill()
                     proc.wait(timeout=30)
         self._procs.clear()
-        self._unmount_under_root()
-        if self._bridge_made:
-            _run(["ip", "link", "del", self.bridge], check=False)
-            self._bridge_made = False
-        if self._iptables is not None:
-            _undo_iptables(self._iptables)
-            self._iptables = None
-        if self._ip_forward is not None:
-            Path("/proc/sys/net/ipv4/ip_forward").write_text(self._ip_forward + "\n")
-            self._ip_forward = None
-        shutil.rmtree(self.root, ignore_errors=True)
+        if self.root.exists():
+            _undo_host_changes(self.root, self._state)
+        self._state = {}
         if self._lock is not None:
             self._lock.close()
             self._lock = None
-
-    def _unmount_under_root(self) -> None:
-        """The engine's file system, and mounts a killed daemon may leave (overlays, netns, shm), deepest first."""
-        prefix = str(self.root) + "/"
-        mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
-        for mount in sorted((m for m in mounts if m.startswith(prefix)), key=len, reverse=True):
-            if _run(["umount", mount], check=False).returncode != 0:
-                _run(["umount", "--lazy", mount], check=False)
 
     # -- clients -----------------------------------------------------------------------------------------
 

@@ -1,5 +1,6 @@
 """`docker compose up` for real, from docker-compose.yml plus a test override that only swaps where images
-come from (tests/containers/compose.override.yml): the server and Prometheus, Prometheus scraping the server
+come from (tests/containers/compose.override.yml): `compose build` makes the images the suite built, the
+server and Prometheus, Prometheus scraping the server
 over the project network, the `load` profile's Locust driving the server and leaving its report in a
 volume, and the `train` profile training a tiny model into the `artifacts` volume that the recreated server
 then serves. Grafana is not started (no image can be had offline); tests/deploy checks it statically."""
@@ -21,7 +22,7 @@ import pytest
 from service.client import Client
 from tests.conftest import TINY_OVERRIDES
 from tests.containers.engine import Engine, EngineError
-from tests.containers.images import COMPOSE_OVERRIDE, build_prometheus_standin
+from tests.containers.images import COMPOSE_OVERRIDE, build_prometheus_standin, local_torch_wheel
 from tests.containers.running import metric_value
 from tests.deploy import tools
 
@@ -72,6 +73,15 @@ class Stack:
 def stack(engine: Engine, base_image: str, serve_image: str, load_image: str, train_image: str) -> Iterator[Stack]:
     build_prometheus_standin(engine, base_image)
     running = Stack(engine)
+    # Compose's own build sections make the images the suite built: the same layers (all cached); only the
+    # labels Compose adds differ.
+    built = {image: engine.inspect(image)[0]["RootFS"]["Layers"] for image in (serve_image, load_image, train_image)}
+    with local_torch_wheel():
+        running.compose(
+            "--profile", "train", "--profile", "load", "build", "--build-arg", f"PYTHON_IMAGE={base_image}",
+            "--build-arg", "TORCH_INDEX_URL=", "server", "trainer", "locust",
+        )  # fmt: skip
+    assert {image: engine.inspect(image)[0]["RootFS"]["Layers"] for image in built} == built
     try:
         running.compose("up", "--detach", "--wait", "server", "prometheus")
         yield running
