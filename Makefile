@@ -8,7 +8,7 @@ SERVE_VENV ?= .venv-serve
 TOOLS_VENV ?= .venv-tools
 
 .DEFAULT_GOAL := help
-.PHONY: help install serve sample test lint typecheck unit model proto bench-quality load deploy-check container-test container-bench fuzz bench-overload bench-soak clean
+.PHONY: help install serve sample test lint typecheck unit model proto bench-quality bench-quantize load deploy-check container-test container-bench fuzz bench-overload bench-soak clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
@@ -65,15 +65,18 @@ bench-quality: install  ## 30-minute quality benchmark on tiny shakespeare (see 
 	$(BIN)/charrnn bench quality --corpus ../shared/data/tinyshakespeare.txt --minutes 30 \
 		--out runs/bench-quality $(QUALITY_CONFIG) $(QUALITY_ARGS)
 
+bench-quantize: install  ## int8 decode ceiling: fp32 vs per-row int8 vs ONNX Runtime's per-tensor int8 (docs/benchmarks.md)
+	$(BIN)/charrnn bench quantize --model models/default --out bench-results/quantize $(QUANTIZE_ARGS)
+
 bench-overload: install  ## overload benchmark: 10x the stream limit (docs/benchmarks.md)
-	$(BIN)/charrnn bench overload --model models/default --max-batch 16 --max-queue 16 --factor 10 \
+	$(BIN)/charrnn bench overload --model models/default --max-live-streams 16 --max-queued-streams 16 --factor 10 \
 		--seconds 60 --out bench-results/overload $(OVERLOAD_ARGS)
 
 bench-soak: install  ## soak benchmark: streams, session churn, cancellations (SOAK_MINUTES, default 10)
 	$(BIN)/charrnn bench soak --model models/default --minutes $${SOAK_MINUTES:-10} --out bench-results/soak $(SOAK_ARGS)
 
 load: install  ## Locust load test: starts a server unless LOAD_ARGS has --target; reports in load-results/
-	$(BIN)/python tests/load/run.py $(LOAD_ARGS)
+	$(BIN)/python bench/load/run.py $(LOAD_ARGS)
 
 deploy-check: install $(TOOLS_VENV)/.installed  ## Dockerfile, compose, kustomize, checkov and serve-only checks
 	$(BIN)/pytest -q tests/deploy

@@ -20,6 +20,8 @@ ONNX_FILE = "model.onnx"
 
 CELLS = ("rnn", "lstm", "gru")
 UNKNOWN_POLICIES = ("refuse", "replace")
+# The arithmetic of the graph: "fp32" as exported from PyTorch, "int8" from `charrnn quantize`.
+PRECISIONS = ("fp32", "int8")
 
 
 class ArtifactError(Exception):
@@ -81,6 +83,29 @@ class OnnxSpec:
     tokens: TensorSpec  # [batch, time] int64
     logits: TensorSpec  # [batch, time, vocab] float32
     states: list[StateSpec]  # each [layers, batch, hidden] float32
+    precision: str = "fp32"  # one of PRECISIONS; manifests written before int8 existed omit it
+
+
+@dataclass(frozen=True)
+class QuantizationSpec:
+    """How an int8 graph was made from an fp32 one, and what it cost in validation loss."""
+
+    method: str  # how activations and weights were quantized (training/quantize_graph.py)
+    batch_invariant: bool  # a row's logits and state do not depend on the rows beside it
+    source_sha256: str  # the fp32 model.onnx it was made from
+    val_chars: int  # validation characters both losses were measured on
+    val_loss_nats_fp32: float  # the fp32 graph, measured with ONNX Runtime
+    val_loss_nats: float  # this graph, same characters, same procedure
+    max_loss_increase: float  # the quality gate's tolerance in nats/char
+
+    @property
+    def loss_increase(self) -> float:
+        return self.val_loss_nats - self.val_loss_nats_fp32
+
+    @property
+    def within_tolerance(self) -> bool:
+        """False only for an artifact written past the quality gate (--allow-loss-increase)."""
+        return self.loss_increase <= self.max_loss_increase
 
 
 @dataclass(frozen=True)
@@ -92,6 +117,11 @@ class Manifest:
     # Free-form facts for people and dashboards; the server reads none of them.
     training: dict[str, Any] = field(default_factory=dict)
     export: dict[str, Any] = field(default_factory=dict)
+    quantization: QuantizationSpec | None = None  # present exactly when onnx.precision is not "fp32"
+
+    @property
+    def precision(self) -> str:
+        return self.onnx.precision
 
     @property
     def state_shape(self) -> tuple[int, int]:
@@ -99,7 +129,10 @@ class Manifest:
         return self.model.layers, self.model.hidden_size
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n"
+        data = asdict(self)
+        if self.quantization is None:
+            del data["quantization"]
+        return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
 
     @staticmethod
     def from_dict(data: dict[str, Any]) -> Manifest:
@@ -121,9 +154,11 @@ class Manifest:
                     tokens=TensorSpec(**onnx["tokens"]),
                     logits=TensorSpec(**onnx["logits"]),
                     states=[StateSpec(**s) for s in onnx["states"]],
+                    precision=str(onnx.get("precision", "fp32")),
                 ),
                 training=dict(data.get("training", {})),
                 export=dict(data.get("export", {})),
+                quantization=QuantizationSpec(**data["quantization"]) if data.get("quantization") else None,
             )
         except ArtifactError:
             raise
@@ -150,6 +185,10 @@ class Manifest:
             raise ArtifactError(f"a {m.cell} graph carries states {expected_states}")
         if self.onnx.logits.shape[-1] != m.vocab_size:
             raise ArtifactError("logits' last dimension does not match the vocabulary size")
+        if self.onnx.precision not in PRECISIONS:
+            raise ArtifactError(f"precision {self.onnx.precision!r} is not one of {PRECISIONS}")
+        if (self.quantization is None) != (self.onnx.precision == "fp32"):
+            raise ArtifactError("a quantization record belongs with a non-fp32 precision, and only there")
 
 
 def write_manifest(directory: Path, manifest: Manifest) -> Path:

@@ -13,9 +13,11 @@ import logging
 import sys
 from collections.abc import Sequence
 
-# Modules that contribute subcommands. A module missing from the install (say, an
-# optional part not yet present) is skipped rather than breaking the whole command.
-COMMAND_MODULES = ("training.cli", "service.cli", "training.analysis.cli")
+from charrnn.settings import SettingError
+
+# Modules that contribute subcommands. A part missing from the install is skipped rather than breaking the
+# whole command: the serving image has no `training` and no `bench`, a client-only install only the client.
+COMMAND_MODULES = ("training.cli", "training.analysis.cli", "service.cli", "charrnn.client.cli", "bench.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,8 +27,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    bench = sub.add_parser("bench", help="benchmarks (quality, serve, cells, ...)")
-    bench_sub = bench.add_subparsers(dest="bench", metavar="BENCHMARK", required=True)
     for name in COMMAND_MODULES:
         try:
             module = importlib.import_module(name)
@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
             if exc.name is not None and name.startswith(exc.name):
                 continue
             raise
-        module.register(sub, bench_sub)
+        module.register(sub)
     return parser
 
 
@@ -46,7 +46,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    result = args.handler(args)
+    try:
+        result = args.handler(args)
+    except SettingError as exc:  # a malformed flag or CHARRNN_* variable: the user's to fix
+        print(f"charrnn {args.command}: {exc}", file=sys.stderr)
+        return 2
     return int(result or 0)
 
 

@@ -1,7 +1,8 @@
-"""Server configuration: every knob with its default in one place (docs/api.md lists them).
+"""Server configuration: every setting with its default, declared once (charrnn.settings).
 
-Light on purpose (no grpc, no onnxruntime): the CLI builds these from flags and `CHARRNN_*`
-environment variables before anything heavy is imported.
+The dataclasses are the source of the flags, the `CHARRNN_*` variables, `--help` and the settings table
+in docs/operations.md (a test compares them). Light on purpose (no grpc, no onnxruntime): the CLI builds
+them before anything heavy is imported.
 """
 
 from __future__ import annotations
@@ -10,6 +11,10 @@ import hmac
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from charrnn.engine import EngineOptions
+from charrnn.settings import setting
+from service.stream import FlushPolicy
 
 log = logging.getLogger(__name__)
 
@@ -24,61 +29,87 @@ class ConfigError(Exception):
 
 
 @dataclass(frozen=True)
-class EngineOptions:
-    """ONNX Runtime session options. Defaults measured on the 2-vCPU box (docs/api.md)."""
+class Limits:
+    """Admission, request-size and session limits; beyond them requests fail with a status naming the limit."""
 
-    intra_op_threads: int = 1
-    inter_op_threads: int = 1
-    # Spinning keeps a core busy between calls; on 2 shared vCPUs it steals time from gRPC.
-    allow_spinning: bool = False
+    max_live_streams: int = setting(
+        64, "live streams advanced together per step; 1 turns batching off", aliases=("--max-batch",)
+    )
+    max_queued_streams: int = setting(
+        256, "streams waiting for a slot; beyond: RESOURCE_EXHAUSTED", aliases=("--max-queue",)
+    )
+    max_prompt_chars: int = setting(8192, "longest prompt or fed text")
+    max_request_chars: int = setting(20000, "largest `max_chars` a request may ask for", aliases=("--max-chars-limit",))
+    default_max_chars: int = setting(256, "`max_chars` when a request leaves it 0")
+    max_stop_strings: int = setting(8, "stop strings per request")
+    max_stop_chars: int = setting(64, "longest stop string")
+    max_score_chars: int = setting(65536, "longest text for `Score`")
+    max_watched_units: int = setting(16, "hidden units one `Generate` may watch (0 turns watching off)")
+    min_checkpoint_chars: int = setting(
+        64, "smallest non-zero `checkpoint_every_chars`: bounds the cost of mid-stream resume tokens"
+    )
+    max_session_streams: int = setting(
+        256, "open Session streams; beyond: RESOURCE_EXHAUSTED with the retry hint (each holds a state in memory)"
+    )
+    max_sessions: int = setting(1024, "server-side sessions kept; the least recently used is evicted beyond it")
+    session_ttl_seconds: float = setting(600.0, "idle seconds before a session expires", aliases=("--session-ttl",))
+    session_memory_mb: float = setting(64.0, "memory bound on the sessions' state; least recently used evicted")
+    retry_pushback_ms: int = setting(
+        1000, "retry hint (`grpc-retry-pushback-ms`) sent with draining UNAVAILABLE and RESOURCE_EXHAUSTED"
+    )
+
+    @property
+    def session_memory_bytes(self) -> int:
+        return int(self.session_memory_mb * (1 << 20))
 
 
 @dataclass(frozen=True)
-class Limits:
-    """Admission and request-size limits; beyond them requests fail with a status naming the limit."""
+class SchedulingOptions:
+    """How the decode workers share the machine (docs/benchmarks.md has the measurements behind the defaults)."""
 
-    max_live_streams: int = 64  # rows advanced together per step; 1 turns batching off
-    max_queued_streams: int = 256  # waiting for a slot; beyond: RESOURCE_EXHAUSTED
-    max_prompt_chars: int = 8192  # prompt / fed text
-    max_chars: int = 20000  # largest max_chars a request may ask for
-    default_max_chars: int = 256  # when a request leaves max_chars 0
-    max_stop_strings: int = 8
-    max_stop_chars: int = 64
-    max_score_chars: int = 65536
-    max_sessions: int = 1024  # least recently used evicted beyond it
-    session_ttl_s: float = 600.0  # idle time before a session expires
-    session_memory_bytes: int = 64 << 20  # total state bytes held by sessions (LRU eviction)
-    max_watched_units: int = 16  # hidden units one Generate may stream values of
-    min_checkpoint_chars: int = 64  # smallest checkpoint_every_chars: bounds the cost of mid-stream tokens
+    decode_workers: int = setting(1, "decode threads, each stepping its own rows (the model calls run in parallel)")
+    prefill_chunk_chars: int = setting(
+        256, "prompts, Score texts and Session feeds run this many characters per model call, between decode steps"
+    )
+    max_prefill_rows: int = setting(32, "texts advanced together by one prefill call")
+    prefill_share: float = setting(
+        0.5, "while streams decode, the share of a worker's time prefill may take (the rest is decoding)"
+    )
 
 
 @dataclass(frozen=True)
 class ServerConfig:
-    model_dir: Path = Path("models/default")
-    host: str = "127.0.0.1"
-    port: int = 50051
-    port_file: Path | None = None  # written once SERVING (useful with --port 0)
-    metrics_port: int | None = None  # /metrics over HTTP on `host`; 0 = any free port; None = not served
-    metrics_port_file: Path | None = None  # the bound metrics port, written once SERVING
+    """Everything `charrnn serve` is told; each field is a flag and a `CHARRNN_*` variable (charrnn.settings)."""
+
+    model_dir: Path = setting(Path("models/default"), "model artifact directory", aliases=("--model",))
+    host: str = setting("127.0.0.1", "address to bind (0.0.0.0 in containers)")
+    port: int = setting(50051, "gRPC port (0 = any free port)")
+    port_file: Path | None = setting(None, "write the bound port here once SERVING (useful with --port 0)")
+    metrics_port: int = setting(DEFAULT_METRICS_PORT, "/metrics HTTP port (0 = any free port, -1 = off)")
+    metrics_host: str | None = setting(None, "/metrics bind address; unset: --host (keep it private)")
+    metrics_port_file: Path | None = setting(None, "write the bound /metrics port here once SERVING")
+    grace_seconds: float = setting(20.0, "SIGTERM: how long live streams may drain", aliases=("--grace",))
+    hmac_key: str | None = setting(None, "secret that signs resume tokens (this or --hmac-key-file unless --dev)")
+    hmac_key_file: Path | None = setting(
+        None, "file holding the HMAC key (a mounted Secret); one trailing newline ignored"
+    )
+    dev: bool = setting(False, "allow the published development HMAC key when no key is set (logs a warning)")
+    tls_cert: Path | None = setting(None, "PEM certificate chain: serve gRPC over TLS only (with --tls-key)")
+    tls_key: Path | None = setting(None, "PEM private key of --tls-cert")
+    tls_client_ca: Path | None = setting(None, "PEM CA bundle: require client certificates signed by it (mutual TLS)")
+    auth_token_file: Path | None = setting(
+        None, "bearer tokens, one per line; when any is set, every RPC but health needs one"
+    )
+    auth_tokens: str = setting("", "bearer tokens, comma-separated (added to the file's)", env_only=True, shown="–")
     limits: Limits = field(default_factory=Limits)
+    flush: FlushPolicy = field(default_factory=FlushPolicy)
+    scheduling: SchedulingOptions = field(default_factory=SchedulingOptions)
     engine: EngineOptions = field(default_factory=EngineOptions)
-    flush_interval_s: float = 0.1  # coalescing: wake a stream's sender at most this often
-    max_chunk_chars: int = 256  # ... or once this many characters wait
-    grace_s: float = 20.0  # SIGTERM: how long live streams may drain
-    retry_pushback_ms: int = 1000  # grpc-retry-pushback-ms sent with UNAVAILABLE (draining) and RESOURCE_EXHAUSTED
-    hmac_key: str | None = None
-    hmac_key_file: Path | None = None  # a file holding the key (a mounted Secret); one trailing newline ignored
-    dev: bool = False  # allow the published development key when no key is set
-    metrics_host: str | None = None  # /metrics bind address; None = `host` (docs/operations.md: keep it private)
-    tls_cert: Path | None = None  # PEM server certificate chain; with tls_key, gRPC is served over TLS only
-    tls_key: Path | None = None  # PEM private key of tls_cert
-    tls_client_ca: Path | None = None  # PEM CA bundle: require client certificates signed by it (mutual TLS)
-    auth_tokens: tuple[str, ...] = ()  # bearer tokens accepted (with auth_token_file's); none = no authentication
-    auth_token_file: Path | None = None  # one token per line; health stays open without a token
 
     def bearer_tokens(self) -> tuple[str, ...]:
         """Accepted bearer tokens: `auth_tokens` plus the file's (ConfigError if it can't be read)."""
-        return self.auth_tokens + (read_token_file(self.auth_token_file) if self.auth_token_file else ())
+        listed = tuple(t.strip() for t in self.auth_tokens.split(",") if t.strip())
+        return listed + (read_token_file(self.auth_token_file) if self.auth_token_file else ())
 
     def resume_key(self) -> bytes:
         """The HMAC key for resume tokens; refuses to invent one unless --dev."""
@@ -99,26 +130,33 @@ class ServerConfig:
         )
 
     def validate(self) -> None:
-        lim = self.limits
+        """ConfigError naming every setting out of its range (by flag, as a person would type it)."""
+        lim, flush = self.limits, self.flush
         checks = {
-            "max_live_streams": lim.max_live_streams >= 1,
-            "max_watched_units": lim.max_watched_units >= 0,
-            "min_checkpoint_chars": lim.min_checkpoint_chars >= 1,
-            "max_queued_streams": lim.max_queued_streams >= 0,
-            "default_max_chars": 1 <= lim.default_max_chars <= lim.max_chars,
-            "flush_interval": self.flush_interval_s >= 0,
-            "max_chunk_chars": self.max_chunk_chars >= 1,
-            "grace": self.grace_s >= 0,
-            "retry_pushback_ms": self.retry_pushback_ms >= 0,
-            "metrics_port": self.metrics_port is None or 0 <= self.metrics_port <= 65535,
-            "intra_op_threads": self.engine.intra_op_threads >= 0,
-            "tls_cert/tls_key (both or neither)": (self.tls_cert is None) == (self.tls_key is None),
-            "tls_client_ca (needs tls_cert)": self.tls_client_ca is None or self.tls_cert is not None,
-            "auth_tokens (empty token)": all(t.strip() for t in self.auth_tokens),
+            "--max-live-streams must be >= 1": lim.max_live_streams >= 1,
+            "--max-queued-streams must be >= 0": lim.max_queued_streams >= 0,
+            "--max-session-streams must be >= 0": lim.max_session_streams >= 0,
+            "--max-watched-units must be >= 0": lim.max_watched_units >= 0,
+            "--min-checkpoint-chars must be >= 1": lim.min_checkpoint_chars >= 1,
+            "--default-max-chars must be in [1, --max-request-chars]": 1
+            <= lim.default_max_chars
+            <= lim.max_request_chars,
+            "--retry-pushback-ms must be >= 0": lim.retry_pushback_ms >= 0,
+            "--flush-interval-ms must be >= 0": flush.flush_interval_ms >= 0,
+            "--max-chunk-chars must be >= 1": flush.max_chunk_chars >= 1,
+            "--grace-seconds must be >= 0": self.grace_seconds >= 0,
+            "--metrics-port must be -1 (off) or a port": -1 <= self.metrics_port <= 65535,
+            "--intra-op-threads must be >= 0": self.engine.intra_op_threads >= 0,
+            "--decode-workers must be >= 1": self.scheduling.decode_workers >= 1,
+            "--prefill-chunk-chars must be >= 1": self.scheduling.prefill_chunk_chars >= 1,
+            "--max-prefill-rows must be >= 1": self.scheduling.max_prefill_rows >= 1,
+            "--prefill-share must be in (0, 1)": 0.0 < self.scheduling.prefill_share < 1.0,
+            "--tls-cert and --tls-key go together": (self.tls_cert is None) == (self.tls_key is None),
+            "--tls-client-ca needs --tls-cert": self.tls_client_ca is None or self.tls_cert is not None,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
-            raise ConfigError(f"invalid settings: {', '.join(bad)}")
+            raise ConfigError(f"invalid settings: {'; '.join(bad)}")
 
 
 def read_token_file(path: Path) -> tuple[str, ...]:
@@ -139,8 +177,3 @@ def read_key_file(path: Path) -> str:
     if not key:
         raise ConfigError(f"the HMAC key file {path} is empty")
     return key
-
-
-def split_tokens(value: str | None) -> tuple[str, ...]:
-    """Comma-separated bearer tokens (CHARRNN_AUTH_TOKENS)."""
-    return tuple(t.strip() for t in (value or "").split(",") if t.strip())

@@ -2,50 +2,24 @@
 
 The server installs them as `[metrics, auth, decode guard]`: the metrics interceptor is the
 outermost, so refused calls (UNAUTHENTICATED, INVALID_ARGUMENT for unparsable messages) are
-counted like any other status. Both refusals go through `errors.status_for` (the one table).
+counted like any other status. Both refusals go through `service.status` (the one table).
 """
 
 from __future__ import annotations
 
 import hmac
-import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
 
-from service.errors import InvalidRequest, ServiceError, Unauthenticated, status_for
+from service.errors import InvalidRequest, Unauthenticated
+from service.rpc import HEALTH_SERVICE, Continuation, behavior_of, rebuild, responses_of, service_and_method
+from service.status import abort
 
 log = logging.getLogger(__name__)
-
-HEALTH_SERVICE = "grpc.health.v1.Health"
-# Streaming flags → the handler attribute holding the behaviour, and the factory that rebuilds it.
-_KINDS: dict[tuple[bool, bool], tuple[str, Callable[..., grpc.RpcMethodHandler]]] = {
-    (False, False): ("unary_unary", grpc.unary_unary_rpc_method_handler),
-    (False, True): ("unary_stream", grpc.unary_stream_rpc_method_handler),
-    (True, False): ("stream_unary", grpc.stream_unary_rpc_method_handler),
-    (True, True): ("stream_stream", grpc.stream_stream_rpc_method_handler),
-}
-Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
-
-
-def _kind(handler: grpc.RpcMethodHandler) -> tuple[str, Callable[..., grpc.RpcMethodHandler]]:
-    return _KINDS[bool(handler.request_streaming), bool(handler.response_streaming)]
-
-
-def _rebuild(
-    handler: grpc.RpcMethodHandler, behavior: Callable[..., Any], deserializer: Callable[[bytes], Any] | None
-) -> grpc.RpcMethodHandler:
-    """`handler` of the same kind with another behaviour and request deserializer."""
-    _, factory = _kind(handler)
-    return factory(behavior, request_deserializer=deserializer, response_serializer=handler.response_serializer)
-
-
-async def _abort(context: grpc.aio.ServicerContext, exc: ServiceError) -> None:
-    code, message = status_for(exc)
-    await context.abort(code, message)
 
 
 # --- authentication --------------------------------------------------------------------------
@@ -83,7 +57,7 @@ class BearerAuthInterceptor(grpc.aio.ServerInterceptor):
         self, continuation: Continuation, details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler | None:
         handler = await continuation(details)
-        service = details.method.lstrip("/").rpartition("/")[0]
+        service, _ = service_and_method(details)
         if handler is None or service in self._exempt:
             return handler
         token = bearer_token(details.invocation_metadata)
@@ -93,9 +67,9 @@ class BearerAuthInterceptor(grpc.aio.ServerInterceptor):
         refusal = Unauthenticated(f"{why}: send metadata 'authorization: Bearer <token>' with a configured token")
 
         async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
-            await _abort(context, refusal)
+            await abort(context, refusal)
 
-        return _rebuild(handler, refuse, handler.request_deserializer)
+        return rebuild(handler, refuse)
 
 
 # --- undecodable messages ---------------------------------------------------------------------
@@ -150,20 +124,16 @@ def _guarded(behavior: Callable[..., Any], streaming_in: bool, streaming_out: bo
             try:
                 return await behavior(checked(request), context)
             except MalformedMessage as exc:
-                await _abort(context, exc)
+                await abort(context, exc)
 
         return unary_out
 
     async def stream_out(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         try:
-            responses = behavior(checked(request), context)
-            if inspect.isawaitable(responses):  # a handler that writes with context.write (health Watch)
-                await responses
-                return
-            async for response in responses:
+            async for response in responses_of(behavior(checked(request), context)):
                 yield response
         except MalformedMessage as exc:
-            await _abort(context, exc)
+            await abort(context, exc)
 
     return stream_out
 
@@ -182,6 +152,6 @@ class DecodeGuardInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None or handler.request_deserializer is None:
             return handler
-        attr, _ = _kind(handler)
-        behavior = _guarded(getattr(handler, attr), bool(handler.request_streaming), bool(handler.response_streaming))
-        return _rebuild(handler, behavior, _tolerant(handler.request_deserializer))
+        streaming = bool(handler.request_streaming), bool(handler.response_streaming)
+        behavior = _guarded(behavior_of(handler), *streaming)
+        return rebuild(handler, behavior, _tolerant(handler.request_deserializer))

@@ -10,16 +10,17 @@ per-request or per-session labels.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from service.scheduler import Finished, FinishReason, SchedulerObserver
+from service.rpc import Continuation, behavior_of, kind_of, rebuild, responses_of, service_and_method
+from service.scheduler import SchedulerObserver
+from service.stream import DeliveryObserver, Finished, FinishReason
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -33,7 +34,9 @@ log = logging.getLogger(__name__)
 # 512x2); prefill and time to first character are milliseconds unless queued; streams last up to
 # minutes. Roughly x2-x2.5 steps keep quantile interpolation error within a bucket's width.
 STEP_BUCKETS = (0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Fine below 20 ms, where an idle server's time to first character lies, and around the flush interval.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075,
+                   0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)  # fmt: skip
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 256)
 
@@ -52,7 +55,7 @@ def grpc_code_name(code: grpc.StatusCode) -> str:
     return "".join(part.capitalize() for part in code.name.split("_"))
 
 
-class Metrics(SchedulerObserver):
+class Metrics(SchedulerObserver, DeliveryObserver):
     """All service metrics; the scheduler calls the observer hooks, `bind` attaches the runtime."""
 
     def __init__(self, registry: CollectorRegistry | None = None):
@@ -80,13 +83,13 @@ class Metrics(SchedulerObserver):
 
         self.ttfc = Histogram(
             "charrnn_time_to_first_char_seconds",
-            "From submission (queueing and prefill included) to the first character out.",
+            "From the request's arrival to its first text handed to the transport (what the client sees).",
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.chunk_gap = Histogram(
             "charrnn_inter_chunk_gap_seconds",
-            "Between successive flushes of a stream's text (coalescing).",
+            "Between successive messages with text of one stream, as handed to the transport.",
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
@@ -101,11 +104,13 @@ class Metrics(SchedulerObserver):
         )
         self.generated = Counter("charrnn_generated_chars_total", "Characters sampled by generations.", registry=r)
         self.prefilled = Counter(
-            "charrnn_prefilled_chars_total", "Prompt characters run through the model before generating.", registry=r
+            "charrnn_prefilled_chars_total",
+            "Characters of prompts, Score texts and feeds run through the model.",
+            registry=r,
         )
         self.prefill_seconds = Histogram(
             "charrnn_prefill_duration_seconds",
-            "One admission's batched prefill (all joining prompts).",
+            "One prefill chunk: the texts advanced together by one model call.",
             buckets=STEP_BUCKETS,
             registry=r,
         )
@@ -124,6 +129,9 @@ class Metrics(SchedulerObserver):
         self.live = Gauge("charrnn_live_streams", "Streams in the batch now.", registry=r)
         self.queued = Gauge("charrnn_queued_streams", "Streams waiting for a slot now.", registry=r)
         self.sessions = Gauge("charrnn_sessions", "Open server-side sessions.", registry=r)
+        self.session_streams = Gauge(
+            "charrnn_session_streams", "Open Session streams (bidirectional RPCs).", registry=r
+        )
         self.rejections = Counter(
             "charrnn_rejections_total", "Streams refused at admission, by reason.", ("reason",), registry=r
         )
@@ -140,7 +148,7 @@ class Metrics(SchedulerObserver):
             registry=r,
         )
         self.model_info = Gauge(
-            "charrnn_model_info", "The served model (value 1).", ("name", "version", "sha256"), registry=r
+            "charrnn_model_info", "The served model (value 1).", ("name", "version", "sha256", "precision"), registry=r
         )
         self.serving = Gauge(
             "charrnn_serving", "1 once the model is loaded and warmed up and until draining starts.", registry=r
@@ -163,12 +171,14 @@ class Metrics(SchedulerObserver):
         self.live.set_function(lambda: sum(m.scheduler.live for m in models))  # a retiring model's too
         self.queued.set_function(lambda: sum(m.scheduler.queued for m in models))
         self.sessions.set_function(lambda: len(sessions))
+        self.session_streams.set_function(lambda: runtime.session_streams)
         self.set_model(runtime.manifest)
 
     def set_model(self, manifest: Manifest) -> None:
         """Publish the current model's identity (after a reload, only the new one's series remains)."""
         self.model_info.clear()
-        self.model_info.labels(manifest.model.name, manifest.model.version, manifest.onnx.sha256).set(1)
+        m = manifest
+        self.model_info.labels(m.model.name, m.model.version, m.onnx.sha256, m.precision).set(1)
 
     # --- SchedulerObserver -------------------------------------------------------------------
     def on_step(self, batch: int, model_s: float, sampling_s: float) -> None:
@@ -177,7 +187,7 @@ class Metrics(SchedulerObserver):
         self.step_model.observe(model_s)
         self.step_sampling.observe(sampling_s)
 
-    def on_prefill(self, streams: int, chars: int, seconds: float) -> None:
+    def on_prefill(self, rows: int, chars: int, seconds: float) -> None:
         self.prefilled.inc(chars)
         self.prefill_seconds.observe(seconds)
 
@@ -206,14 +216,6 @@ class Metrics(SchedulerObserver):
 
     def interceptor(self) -> GrpcMetricsInterceptor:
         return GrpcMetricsInterceptor(self)
-
-
-_TYPES = {
-    (False, False): "unary",
-    (False, True): "server_stream",
-    (True, False): "client_stream",
-    (True, True): "bidi_stream",
-}
 
 
 class _Call:
@@ -265,23 +267,19 @@ class GrpcMetricsInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Continuation,
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler | None:
         handler = await continuation(details)
         if handler is None:
             return handler
-        service, _, method = details.method.lstrip("/").rpartition("/")
+        service, method = service_and_method(details)
         streaming_in, streaming_out = handler.request_streaming, handler.response_streaming
-        labels = (service, method, _TYPES[streaming_in, streaming_out])
+        labels = (service, method, kind_of(handler).label)
         metrics = self.metrics
-        serdes = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
+        behavior = behavior_of(handler)
 
         if not streaming_out:
-            behavior = handler.stream_unary if streaming_in else handler.unary_unary
 
             async def unary_out(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 call = _Call(metrics, labels)
@@ -298,10 +296,7 @@ class GrpcMetricsInterceptor(grpc.aio.ServerInterceptor):
                 call.done(_code(context) or grpc.StatusCode.OK)
                 return response
 
-            factory = grpc.stream_unary_rpc_method_handler if streaming_in else grpc.unary_unary_rpc_method_handler
-            return factory(unary_out, **serdes)
-
-        stream_behavior = handler.stream_stream if streaming_in else handler.unary_stream
+            return rebuild(handler, unary_out)
 
         async def stream_out(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             call = _Call(metrics, labels)
@@ -310,20 +305,15 @@ class GrpcMetricsInterceptor(grpc.aio.ServerInterceptor):
             else:
                 call.received.inc()
             try:
-                responses = stream_behavior(request, context)
-                if inspect.isawaitable(responses):  # a handler that writes with context.write (health Watch)
-                    await responses
-                else:
-                    async for response in responses:
-                        call.sent.inc()
-                        yield response
+                async for response in responses_of(behavior(request, context)):
+                    call.sent.inc()
+                    yield response
             except BaseException as exc:
                 call.fail(exc, context)
                 raise
             call.done(_code(context) or grpc.StatusCode.OK)
 
-        factory = grpc.stream_stream_rpc_method_handler if streaming_in else grpc.unary_stream_rpc_method_handler
-        return factory(stream_out, **serdes)
+        return rebuild(handler, stream_out)
 
 
 class MetricsHTTPServer:

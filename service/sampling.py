@@ -37,8 +37,27 @@ def _mix64(z: np.ndarray) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 
+_MASK = (1 << 64) - 1
+_SMALL_BATCH = 8  # below this, Python integers beat a dozen numpy calls on tiny arrays
+
+
+def _mix64_int(z: int) -> int:
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK
+    return z ^ (z >> 31)
+
+
 def uniforms(seeds: np.ndarray, positions: np.ndarray) -> np.ndarray:
-    """Uniform float64 in [0, 1) for each (seed, position) pair: a pure function of the pair."""
+    """Uniform float64 in [0, 1) for each (seed, position) pair: a pure function of the pair.
+
+    Small batches take the same arithmetic on Python integers (wrapping at 2**64 by masking): the same bits.
+    """
+    if len(seeds) < _SMALL_BATCH:
+        return np.array(
+            [(_mix64_int((_mix64_int(int(s)) + (int(p) + 1) * 0x9E3779B97F4A7C15) & _MASK) >> 11) * _TWO_POW_MINUS_53
+             for s, p in zip(seeds.tolist(), positions.tolist(), strict=True)],
+            np.float64,
+        )  # fmt: skip
     with np.errstate(over="ignore"):
         s = np.asarray(seeds, dtype=np.uint64)
         p = np.asarray(positions, dtype=np.uint64)
@@ -61,6 +80,8 @@ def sample(
     softmax in vocabulary order; otherwise inverse-CDF over the candidates sorted by
     probability (stable: ties resolve to the lower id), cut by top-k and top-p and renormalised.
     """
+    if temperature.min(initial=1.0) > 0 and top_k.max(initial=0) == 0 and top_p.min(initial=1.0) >= 1.0:
+        return _sample_plain(logits, temperature, uniforms(seeds, positions))  # every row plain: no masks, no copies
     batch = logits.shape[0]
     out = np.empty(batch, np.int64)
     greedy = temperature <= 0
@@ -78,6 +99,17 @@ def sample(
             uniforms(seeds[filtered], positions[filtered]),
         )  # fmt: skip
     return out
+
+
+def _sample_plain(logits: np.ndarray, temperature: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """The plain path for a whole batch, in place: the same operations, in the same order, as `sample`'s."""
+    x = logits.astype(np.float64)
+    if not (temperature == 1.0).all():  # x / 1.0 is x: skip the pass
+        x /= temperature[:, None]
+    x -= x.max(axis=1, keepdims=True)
+    np.exp(x, out=x)
+    np.cumsum(x, axis=1, out=x)
+    return _inverse_cdf(x, u)
 
 
 def _inverse_cdf(cumulative: np.ndarray, u: np.ndarray) -> np.ndarray:

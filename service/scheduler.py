@@ -1,369 +1,145 @@
-"""Continuous (iteration-level) batching: one asyncio loop advances every live stream together.
+"""Continuous batching on decode worker threads; the event loop only does I/O, admission and cancellation.
 
-Each step: cancelled streams leave; waiting streams join (their prompts prefilled with the
-full-sequence graph, one ONNX Runtime call per distinct prompt length); one character is sampled
-for every live row in one vectorised call; finished rows leave carrying their final context;
-the rest advance one character in ONE `Engine.run` call. ONNX Runtime runs on a single dedicated
-thread so the event loop keeps serving gRPC while the model computes.
+A worker owns a `Batch` of live rows and loops where the model runs:
 
-Streams coalesce output: the consumer is woken for the first character at once, then when
-`flush_interval_s` has passed since the last wake-up or `max_chunk_chars` are waiting, so one
-gRPC message carries many characters (a message costs more CPU than a model step).
+    take new streams (free slots permitting) and text runs → drop cancelled rows →
+    one prefill chunk (prompts, Score texts, Session feeds; service/feed.py) →
+    one decode step: sample every row, ONE model call for all rows, record, flush due chunks
 
-A stream that asks for checkpoints (`Job.checkpoint_every`) gets, at the first flush at or after
-each multiple of that many characters, its row's context copied out after the step's model call:
-exactly the state after the characters handed out with that flush. A flush with a possible stop
-string held back is skipped (its state would cover characters the client has not seen); the next
-one takes the checkpoint. Signing happens in the consumer, off the scheduler loop.
+Chunks reach the event loop in batches: one `call_soon_threadsafe` per iteration that flushed anything,
+waking those streams' consumers (service/stream.py). ONNX Runtime releases the GIL while it computes, so the
+event loop's gRPC work overlaps the model's; with `decode_workers` > 1 each worker steps its own rows (the
+engine's session is shared and thread-safe), which lets two model calls run at once.
 
-Streams that watch hidden units get, per generated character, the watched units' values in the
-state after the model read that character (gathered in one vectorised call per state kind for
-just the watching rows); a batch without watchers does no extra work.
+Every row's result depends only on its own inputs (the model's rows are independent and sampling is
+counter-based), so which worker, batch or chunk a stream lands in never changes its text.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import enum
 import logging
-import secrets
+import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import NamedTuple, TypeVar
 
 import numpy as np
 
-from service.engine import Engine, States
+from charrnn.engine import Engine
+from service.batch import Batch, Row, StopMatcher
+from service.config import FlushPolicy, Limits, SchedulingOptions
+from service.context import Context
 from service.errors import LimitExceeded, ShuttingDown
-from service.sampling import SamplingParams, sample
-from service.state import Context
+from service.feed import TextRun, next_group, run_chunk
+from service.sampling import sample
+from service.stream import NO_VALUES, Chunk, Finished, FinishReason, Job, ResumePoint, Stream
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
-
-class FinishReason(enum.Enum):
-    LENGTH = "length"
-    STOP = "stop"
-    CANCELLED = "cancelled"
-
-
-@dataclass(frozen=True)
-class SchedulerConfig:
-    max_live_streams: int = 64  # rows per step (the batch size); 1 turns batching off
-    max_queued_streams: int = 256
-    flush_interval_s: float = 0.1
-    max_chunk_chars: int = 256
-    retry_pushback_ms: int = 1000  # hint sent with refusals (draining, queue full): retry after this long
-
-
-@dataclass(frozen=True)
-class Unit:
-    """A watched hidden unit: `state` indexes the engine's states (manifest order: h, then c)."""
-
-    state: int
-    layer: int
-    index: int
-
-
-@dataclass(frozen=True)
-class Job:
-    """One generation, already validated and encoded."""
-
-    context: Context
-    prompt: tuple[int, ...]
-    max_chars: int
-    sampling: SamplingParams
-    stops: tuple[str, ...] = ()
-    seed: int | None = None  # None: continue the context's generator, else pick one
-    watch: tuple[Unit, ...] = ()  # hidden units whose values go with each generated character
-    checkpoint_every: int = 0  # hand out this stream's context about every this many chars; 0 = never
-
-    def resolved_rng(self) -> tuple[int, int]:
-        """(seed, position): an explicit seed restarts the generator; else continue the context's."""
-        if self.seed is not None:
-            return self.seed, 0
-        if self.context.seed is not None:
-            return self.context.seed, self.context.position
-        return secrets.randbits(64), 0
-
-
-@dataclass(frozen=True)
-class Finished:
-    reason: FinishReason
-    context: Context  # where the text stands after this generation
-    prompt_chars: int
-    generated_chars: int
-    seed: int
-    stop: str = ""
-
 
 class SchedulerObserver:
-    """Hooks for metrics (service/metrics.py subclasses this); the defaults do nothing."""
+    """Hooks for metrics (service/metrics.py subclasses this); called from worker threads; defaults do nothing."""
 
     def on_step(self, batch: int, model_s: float, sampling_s: float) -> None:
         """One decode step advanced `batch` rows."""
 
-    def on_prefill(self, streams: int, chars: int, seconds: float) -> None:
-        """Waiting streams joined after their prompts ran through the model."""
-
-    def on_first_char(self, seconds: float) -> None:
-        """A stream's first character was handed to its consumer, `seconds` after submission."""
-
-    def on_chunk(self, gap_s: float) -> None:
-        """A stream's accumulated text was flushed to its consumer, `gap_s` after its previous flush."""
+    def on_prefill(self, rows: int, chars: int, seconds: float) -> None:
+        """One prefill chunk: `rows` texts advanced by `chars` characters in all."""
 
     def on_finish(self, finished: Finished, seconds: float) -> None:
-        """A stream left with this result."""
+        """A stream left with this result, `seconds` after submission."""
 
     def on_reject(self, reason: str) -> None:
         """A stream was refused ("queue_full", "shutting_down")."""
 
-    def on_queue(self, live: int, queued: int) -> None:
-        """Live and waiting stream counts changed."""
-
-
-class _StopMatcher:
-    """Finds stop strings at the end of the text and how many trailing chars might start one."""
-
-    def __init__(self, stops: Sequence[str]):
-        self.stops = tuple(s for s in stops if s)
-        self.longest = max((len(s) for s in self.stops), default=0)
-
-    def check(self, tail: str) -> tuple[str | None, int]:
-        """(matched stop, chars to hold back) for `tail`, the last `longest` characters."""
-        hold = 0
-        for stop in self.stops:
-            if tail.endswith(stop):
-                return stop, len(stop)
-            for n in range(min(len(stop) - 1, len(tail)), hold, -1):
-                if tail.endswith(stop[:n]):
-                    hold = n
-                    break
-        return None, hold
-
-
-class Checkpoint(NamedTuple):
-    """A stream's context after exactly `chars` generated characters."""
-
-    chars: int
-    context: Context
-
-
-class Chunk(NamedTuple):
-    """What one wake-up hands the consumer."""
-
-    text: str
-    finished: Finished | None
-    values: list[float]  # watched units' values, [len(text) x units] row-major; empty without a watch
-    checkpoint: Checkpoint | None = None  # covers exactly the text handed out so far, this chunk's included
-
-
-class Stream:
-    """A generation's handle: the scheduler appends characters; one consumer reads chunks."""
-
-    def __init__(self, job: Job, on_cancel: Callable[[], None] | None = None):
-        self.job = job
-        self._on_cancel = on_cancel
-        self.seed, self.position = job.resolved_rng()
-        self.submitted = time.monotonic()
-        self.chars: list[str] = []
-        self.emitted = 0  # chars safe to hand out (a possible stop-string prefix is held back)
-        self.sent = 0  # chars handed out
-        self.last_flush = 0.0
-        self.finished: Finished | None = None
-        self.error: Exception | None = None
-        self.cancelled = False
-        self.stop = ""  # the stop string that matched
-        self.matcher = _StopMatcher(job.stops) if job.stops else None
-        self.units = len(job.watch)
-        # Watched values of chars `sent`, `sent + 1`, ...: one row per char, appended after the model step
-        # (views of the step's gather buffer; a row leaves once its char is handed out).
-        self.values: list[np.ndarray] = []
-        self.next_checkpoint = job.checkpoint_every or 0  # chars at which the next checkpoint is due
-        self.checkpoint: Checkpoint | None = None  # taken, not yet handed out
-        self._event = asyncio.Event()
-
-    def wake(self) -> None:
-        self._event.set()
-
-    def cancel(self) -> None:
-        """Ask the scheduler to drop this stream at its next step (it ends as CANCELLED)."""
-        self.cancelled = True
-        if self._on_cancel is not None:
-            self._on_cancel()
-
-    async def next_chunk(self) -> Chunk:
-        """Wait for the next flush: the new text, the result if the stream ended, and watched values."""
-        await self._event.wait()
-        self._event.clear()
-        if self.error is not None:
-            raise self.error
-        start, end = self.sent, self.emitted
-        finished, checkpoint = self.finished, None
-        if self.units:  # a char appended in this step gets its values after the model call; it waits for them
-            end = min(end, start + len(self.values))
-        if self.checkpoint is not None and finished is None:
-            # The message carrying a checkpoint ends exactly where the checkpoint does; the rest follows.
-            checkpoint, self.checkpoint = self.checkpoint, None
-            if checkpoint.chars < end:
-                end = checkpoint.chars
-                self._event.set()
-        values: list[float] = []
-        if self.units and end > start:
-            values = np.concatenate(self.values[: end - start]).tolist()
-            del self.values[: end - start]
-        self.sent = end
-        return Chunk("".join(self.chars[start:end]), finished, values, checkpoint)
-
-
-class _Gather:
-    """Picks every watched unit of every watching row out of the states: one `np.take` per state kind."""
-
-    def __init__(self, streams: Sequence[Stream], layers: int, hidden: int):
-        batch = len(streams)
-        picks: dict[int, tuple[list[int], list[int]]] = {}  # state -> (flat indices, output positions)
-        self.spans: list[tuple[Stream, int, int]] = []
-        pos = 0
-        for row, stream in enumerate(streams):
-            if not stream.units:
-                continue
-            self.spans.append((stream, pos, pos + stream.units))
-            for unit in stream.job.watch:
-                flat, out = picks.setdefault(unit.state, ([], []))
-                flat.append((unit.layer * batch + row) * hidden + unit.index)
-                out.append(pos)
-                pos += 1
-        self.size = pos
-        self.picks = [(k, np.array(flat, np.int64), np.array(out, np.int64)) for k, (flat, out) in picks.items()]
-
-    def __call__(self, states: States) -> None:
-        """Append each watching row's values in `states` (the state after this step's character)."""
-        values = np.empty(self.size, np.float32)
-        for state, flat, out in self.picks:
-            values[out] = np.take(states[state], flat)
-        for stream, a, b in self.spans:
-            stream.values.append(values[a:b])
-
-
-class _Batch:
-    """Live rows: streams plus their stacked states, next-char logits and sampling parameters."""
-
-    _COLUMNS = ("logits", "temperature", "top_k", "top_p", "seeds", "positions", "generated", "max_chars")
-
-    def __init__(self, engine: Engine):
-        self.layers, self.hidden = engine.layers, engine.hidden
-        self.model = engine.sha256
-        self.gather: _Gather | None = None  # None while no live row watches units
-        self.streams: list[Stream] = []
-        self.states: States = engine.zero_states(0)
-        self.logits = np.zeros((0, engine.vocab_size), np.float32)
-        self.temperature = np.zeros(0, np.float64)
-        self.top_k = np.zeros(0, np.int64)
-        self.top_p = np.zeros(0, np.float64)
-        self.seeds = np.zeros(0, np.uint64)
-        self.positions = np.zeros(0, np.uint64)
-        self.generated = np.zeros(0, np.int64)
-        self.max_chars = np.zeros(0, np.int64)
-
-    def __len__(self) -> int:
-        return len(self.streams)
-
-    def add(self, streams: list[Stream], states: States, logits: np.ndarray) -> None:
-        self.streams.extend(streams)
-        self.states = tuple(np.concatenate([a, b], axis=1) for a, b in zip(self.states, states, strict=True))
-        new = {
-            "logits": logits,
-            "temperature": np.array([s.job.sampling.temperature for s in streams], np.float64),
-            "top_k": np.array([s.job.sampling.top_k for s in streams], np.int64),
-            "top_p": np.array([s.job.sampling.top_p for s in streams], np.float64),
-            "seeds": np.array([s.seed for s in streams], np.uint64),
-            "positions": np.array([s.position for s in streams], np.uint64),
-            "generated": np.zeros(len(streams), np.int64),
-            "max_chars": np.array([s.job.max_chars for s in streams], np.int64),
-        }
-        for name in self._COLUMNS:
-            setattr(self, name, np.concatenate([getattr(self, name), new[name]]))
-        self._regather()
-
-    def keep(self, mask: np.ndarray) -> None:
-        self.streams = [s for s, k in zip(self.streams, mask, strict=True) if k]
-        self.states = tuple(s[:, mask] for s in self.states)
-        for name in self._COLUMNS:
-            setattr(self, name, getattr(self, name)[mask])
-        self._regather()
-
-    def _regather(self) -> None:
-        """Rows moved: rebuild the gather indices (only when rows join or leave, never per step)."""
-        watching = any(s.units for s in self.streams)
-        self.gather = _Gather(self.streams, self.layers, self.hidden) if watching else None
-
-    def context(self, i: int) -> Context:
-        """Row i's context: its state, next-char logits and generator position, copied out."""
-        return Context(
-            tuple(s[:, i].copy() for s in self.states),
-            self.logits[i].copy(),
-            self.streams[i].seed,
-            int(self.positions[i]),
-            self.model,
-        )
-
 
 class Scheduler:
-    """Owns the engine's thread and the one loop that advances all streams."""
+    """The streams of one model: admission on the event loop, decoding on `decode_workers` threads."""
 
-    def __init__(self, engine: Engine, config: SchedulerConfig, observer: SchedulerObserver | None = None):
+    def __init__(
+        self,
+        engine: Engine,
+        limits: Limits,
+        flush: FlushPolicy,
+        options: SchedulingOptions | None = None,
+        observer: SchedulerObserver | None = None,
+    ):
         self.engine = engine
-        self.config = config
+        self.limits = limits
+        self.flush = flush
+        self.options = options or SchedulingOptions()
         self.observer = observer or SchedulerObserver()
-        self.chars = engine.manifest.vocabulary.chars
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="ort")
-        self._waiting: deque[Stream] = deque()
-        self._batch = _Batch(engine)
-        self._wakeup: asyncio.Event | None = None
-        self._task: asyncio.Task[None] | None = None
+        self.vocab = engine.manifest.vocabulary.chars
+        self._workers = [_Worker(self, i) for i in range(self.options.decode_workers)]
         self._accepting = True
-        self.steps = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
 
-    # --- public API -----------------------------------------------------------------------
+    # --- the event loop's side -------------------------------------------------------------------
     @property
     def live(self) -> int:
-        return len(self._batch)
+        return sum(w.live for w in self._workers)
 
     @property
     def queued(self) -> int:
-        return len(self._waiting)
+        return sum(len(w.waiting) for w in self._workers)
 
     def start(self) -> None:
-        self._wakeup = asyncio.Event()
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="scheduler")
+        self._loop = asyncio.get_running_loop()
+        for worker in self._workers:
+            worker.start()
 
     def submit(self, job: Job) -> Stream:
         """Queue a generation; ShuttingDown while draining, LimitExceeded when the queue is full."""
         if not self._accepting:
             self.observer.on_reject("shutting_down")
-            raise ShuttingDown("server is shutting down; retry on another replica", self.config.retry_pushback_ms)
-        c = self.config
-        if self.live + len(self._waiting) >= c.max_live_streams + c.max_queued_streams:
+            raise ShuttingDown("server is shutting down; retry on another replica", self.limits.retry_pushback_ms)
+        lim = self.limits
+        if self.live + self.queued >= lim.max_live_streams + lim.max_queued_streams:
             self.observer.on_reject("queue_full")
             raise LimitExceeded(
-                f"all {c.max_live_streams} stream slots (max_live_streams) are busy and the queue of "
-                f"{c.max_queued_streams} (max_queued_streams) is full; retry later",
-                c.retry_pushback_ms,
+                f"all {lim.max_live_streams} stream slots (max_live_streams) are busy and the queue of "
+                f"{lim.max_queued_streams} (max_queued_streams) is full; retry later",
+                lim.retry_pushback_ms,
             )
-        stream = Stream(job, self.notify)
-        self._waiting.append(stream)
-        self.notify()
+        worker = min(self._workers, key=lambda w: w.live + len(w.waiting))
+        stream = Stream(job, worker.cancel)
+        worker.waiting.append(stream)
+        worker.signal.set()
         return stream
 
-    async def call(self, fn: Callable[[], T]) -> T:
-        """Run `fn` on the engine thread (serialised with the scheduler's own model calls)."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+    async def feed(self, context: Context, ids: np.ndarray, logprobs: bool = False) -> TextRun:
+        """Run `ids` (non-empty) from `context`, interleaved with decoding; the finished run (its `after()`
+        context, and with `logprobs` each character's log-probability)."""
+        assert self._loop is not None, "start() the scheduler first"
+        run = TextRun(ids, context, self.engine, logprobs)
+        future: asyncio.Future[TextRun] = self._loop.create_future()
+        run.on_done = lambda r: self._resolve(future, r)
+        worker = min(self._workers, key=lambda w: len(w.runs))
+        worker.runs_in.append(run)
+        worker.signal.set()
+        try:
+            await future
+        except asyncio.CancelledError:
+            run.cancelled = True  # the caller went away: the worker drops the run at its next chunk
+            raise
+        if run.error is not None:
+            raise run.error
+        return run
+
+    def _resolve(self, future: asyncio.Future[TextRun], run: TextRun) -> None:
+        """From a worker thread: complete `future` on the event loop (unless its caller went away)."""
+        assert self._loop is not None
+
+        def resolve() -> None:
+            if not future.done():
+                future.set_result(run)
+
+        self._loop.call_soon_threadsafe(resolve)
+
+    def wake(self, streams: list[Stream]) -> None:
+        """From a worker thread: wake these streams' consumers on the event loop, in one call."""
+        if streams and self._loop is not None:
+            self._loop.call_soon_threadsafe(_wake_all, streams)
 
     def stop_accepting(self) -> None:
         self._accepting = False
@@ -376,213 +152,225 @@ class Scheduler:
         return not (self.live or self.queued)
 
     async def close(self) -> None:
-        """Fail whatever is left with ShuttingDown, stop the loop and the engine thread."""
+        """Fail whatever is left with ShuttingDown and stop the workers."""
         error = ShuttingDown(
             "server shut down before the stream finished; resume from its last checkpoint on another replica",
-            self.config.retry_pushback_ms,
+            self.limits.retry_pushback_ms,
         )
-        for stream in [*self._batch.streams, *self._waiting]:
-            stream.error = error
-            stream.wake()
-        self._batch.keep(np.zeros(self.live, bool))
-        self._waiting.clear()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        self._executor.shutdown(wait=True)
+        for worker in self._workers:
+            worker.close(error)
+        for worker in self._workers:
+            if worker.is_alive():
+                await asyncio.to_thread(worker.join, 10.0)
 
-    # --- the loop ---------------------------------------------------------------------------
-    def notify(self) -> None:
-        """Wake the loop (new work or a cancellation)."""
-        if self._wakeup is not None:
-            self._wakeup.set()
 
-    async def _run(self) -> None:
-        assert self._wakeup is not None
-        while True:
+def _wake_all(streams: list[Stream]) -> None:
+    for stream in streams:
+        stream.wake()
+
+
+class _Worker(threading.Thread):
+    """One decode loop: its own batch, its own waiting streams and text runs, the shared engine."""
+
+    def __init__(self, scheduler: Scheduler, index: int):
+        super().__init__(name=f"decode-{index}", daemon=True)
+        self.s = scheduler
+        engine = scheduler.engine
+        self.batch = Batch(
+            engine.layers, engine.hidden, engine.num_states, scheduler.vocab, engine.sha256, scheduler.flush,
+            scheduler.limits.max_stop_chars,
+        )  # fmt: skip
+        self.signal = threading.Event()
+        self.waiting: deque[Stream] = deque()  # submitted, waiting for a slot
+        self.cancelled: deque[Stream] = deque()  # cancelled by their consumers, not yet dropped
+        self.runs_in: deque[TextRun] = deque()  # Score texts and Session feeds, handed in
+        self.runs: deque[TextRun] = deque()  # text runs in progress (prompts included), round robin
+        self.prefilling: dict[TextRun, Stream] = {}  # prompt runs of streams that join once they are done
+        self.error: BaseException | None = None  # set by close(): fail everything, then stop
+        self._closed = False
+        # Prefill time not yet paid back by decoding: while streams decode, prefill runs only when it is
+        # paid back, so it takes at most `prefill_share` of the worker's time.
+        self._prefill_debt = 0.0
+        share = scheduler.options.prefill_share
+        self._payback = share / (1.0 - share)
+
+    @property
+    def live(self) -> int:
+        return len(self.batch) + len(self.prefilling)
+
+    def cancel(self, stream: Stream) -> None:
+        """From the event loop: drop `stream` at the next iteration."""
+        self.cancelled.append(stream)
+        self.signal.set()
+
+    def close(self, error: BaseException) -> None:
+        self.error = error
+        self._closed = True
+        self.signal.set()
+
+    # --- the loop -------------------------------------------------------------------------------------
+    def run(self) -> None:
+        while not self._closed:
             try:
-                if not self._batch.streams and not self._waiting:
-                    self._wakeup.clear()
-                    await self._wakeup.wait()
-                    continue
-                await self.step()
-            except asyncio.CancelledError:
-                raise
+                self._iterate()
             except Exception as exc:  # a bug: fail the streams in flight rather than hang them
-                log.exception("scheduler step failed")
-                for stream in [*self._batch.streams]:
-                    stream.error = exc
-                    stream.wake()
-                self._batch.keep(np.zeros(self.live, bool))
+                log.exception("decode worker failed")
+                self._fail_all(exc)
+        assert self.error is not None
+        self._fail_all(self.error)
 
-    async def step(self) -> None:
-        """One iteration: leave, join, sample, emit, advance; finished rows leave after the advance."""
+    def _iterate(self) -> None:
+        self._admit()
         self._drop_cancelled()
-        await self._admit()
-        batch = self._batch
-        if not batch.streams:
+        woken: list[Stream] = []
+        if self.runs and (self._prefill_debt <= 0.0 or not len(self.batch)):
+            self._prefill(woken)
+        if len(self.batch):
+            self._decode(woken)
+        else:
+            self._prefill_debt = 0.0
+        self.s.wake(woken)
+        if not (self.runs or len(self.batch)):
+            self._idle()
+
+    def _idle(self) -> None:
+        self.signal.clear()
+        if self.waiting or self.runs_in or self.cancelled or self._closed:
             return
-        t0 = time.perf_counter()
-        ids = sample(batch.logits, batch.temperature, batch.top_k, batch.top_p, batch.seeds, batch.positions)
-        batch.positions += np.uint64(1)
-        batch.generated += 1
-        t1 = time.perf_counter()
-        deferred: list[Stream] = []
-        checkpoints: list[int] = []
-        done = self._emit(ids, deferred, checkpoints)
-        # Finished rows take this step too: their final context is the state after their last
-        # character plus the logits for the next one, exactly what a continuation needs.
-        states = batch.states
-        logits, batch.states = await self.call(lambda: self.engine.run(ids[:, None], states))
-        batch.logits = logits[:, -1, :]
-        if batch.gather is not None:
-            batch.gather(batch.states)  # the state after reading this step's character
-        for row in checkpoints:
-            self._checkpoint(row)
-        for stream in deferred:
-            stream.wake()
-        self.steps += 1
-        self.observer.on_step(len(batch), time.perf_counter() - t1, t1 - t0)
-        if done.any():
-            for i in np.flatnonzero(done):
-                self._end_row(int(i))
-            batch.keep(~done)
-            self.observer.on_queue(self.live, self.queued)
+        self.signal.wait()
+
+    def _admit(self) -> None:
+        """Waiting streams take free slots (their prompts start prefilling); handed-in runs join the runs."""
+        while self.runs_in:
+            self.runs.append(self.runs_in.popleft())
+        free = self.s.limits.max_live_streams - self.live
+        joining: list[Stream] = []
+        while free > 0 and self.waiting:
+            stream = self.waiting.popleft()
+            free -= 1
+            job = stream.job
+            if job.prompt:
+                run = TextRun(np.asarray(job.prompt, np.int64), job.context, self.s.engine)
+                self.prefilling[run] = stream
+                self.runs.append(run)
+            else:
+                joining.append(stream)  # continues its context: no model call needed
+        if joining:
+            self._join(joining, [s.job.context for s in joining])
+
+    def _join(self, streams: list[Stream], contexts: list[Context]) -> None:
+        """Streams enter the decode batch from these contexts (states after their prompts, next logits)."""
+        engine = self.s.engine
+        n = len(streams)
+        states = engine.zero_states(n)
+        logits = np.empty((n, engine.vocab_size), np.float32)
+        for i, ctx in enumerate(contexts):
+            if ctx.states is not None:
+                for dst, src in zip(states, ctx.states, strict=True):
+                    dst[:, i] = src
+            assert ctx.logits is not None, "validated at the edge: a stream starts after a prompt or a state"
+            logits[i] = ctx.logits
+        rows = [Row(s, len(s.job.prompt), StopMatcher(s.job.stops) if s.job.stops else None) for s in streams]
+        first = len(self.batch)
+        self.batch.concatenate(rows, states, logits)
+        woken = []
+        for i, stream in enumerate(streams):
+            if stream.job.checkpoint_every:  # a resume point at 0 chars: failover works from the start
+                stream.put(Chunk("", None, NO_VALUES, ResumePoint(0, self.batch.context(first + i))))
+                woken.append(stream)
+        self.s.wake(woken)
 
     def _drop_cancelled(self) -> None:
-        if any(s.cancelled for s in self._waiting):
-            for s in self._waiting:
-                if s.cancelled:
-                    self._end(s, Finished(FinishReason.CANCELLED, s.job.context, 0, 0, s.seed))
-            self._waiting = deque(s for s in self._waiting if not s.cancelled)
-        batch = self._batch
-        cancelled = np.fromiter((s.cancelled for s in batch.streams), bool, len(batch))
-        if cancelled.any():
-            for i in np.flatnonzero(cancelled):
-                self._end_row(int(i))
-            batch.keep(~cancelled)
-            self.observer.on_queue(self.live, self.queued)
-
-    async def _admit(self) -> None:
-        free = self.config.max_live_streams - len(self._batch)
-        if free <= 0 or not self._waiting:
+        if not self.cancelled:
             return
-        joining = [self._waiting.popleft() for _ in range(min(free, len(self._waiting)))]
+        gone = set()
+        while self.cancelled:
+            gone.add(self.cancelled.popleft())
+        woken = []
+        for stream in [s for s in self.waiting if s in gone]:
+            self.waiting.remove(stream)
+            woken.append(self._end_cancelled(stream))
+        for run, stream in list(self.prefilling.items()):
+            if stream in gone:
+                del self.prefilling[run]
+                run.cancelled = True
+                woken.append(self._end_cancelled(stream))
+        keep = np.array([r.stream not in gone for r in self.batch.rows], bool)
+        if not keep.all():
+            for i in np.flatnonzero(~keep):
+                stream = self.batch.cancel(int(i))
+                assert stream.finished is not None
+                self.s.observer.on_finish(stream.finished, time.monotonic() - stream.submitted)
+                woken.append(stream)
+            self.batch.filter(keep)
+        self.s.wake(woken)
+
+    def _end_cancelled(self, stream: Stream) -> Stream:
+        """A stream cancelled before it joined the batch ends where it started."""
+        finished = Finished(FinishReason.CANCELLED, stream.job.context, 0, 0, stream.seed)
+        stream.put(Chunk("", finished, NO_VALUES))
+        self.s.observer.on_finish(finished, time.monotonic() - stream.submitted)
+        return stream
+
+    def _prefill(self, woken: list[Stream]) -> None:
+        """One model call: the next chunk of the first waiting run and of every run whose chunk matches it."""
+        while self.runs and self.runs[0].cancelled:
+            self.runs.popleft()
+        if not self.runs:
+            return
+        options = self.s.options
+        group = next_group([r for r in self.runs if not r.cancelled], options.prefill_chunk_chars,
+                           options.max_prefill_rows)  # fmt: skip
         t0 = time.perf_counter()
-        states, logits = await self.call(lambda: self._prefill(joining))
-        self._batch.add(joining, states, logits)
-        chars = sum(len(s.job.prompt) for s in joining)
-        self.observer.on_prefill(len(joining), chars, time.perf_counter() - t0)
-        self.observer.on_queue(self.live, self.queued)
+        chars = run_chunk(self.s.engine, group, options.prefill_chunk_chars)
+        elapsed = time.perf_counter() - t0
+        self._prefill_debt += elapsed
+        self.s.observer.on_prefill(len(group), chars, elapsed)
+        for run in group:  # round robin: advanced runs go to the back
+            self.runs.remove(run)
+            if not run.done:
+                self.runs.append(run)
+        joining = [run for run in group if run.done and run in self.prefilling]
+        if joining:
+            self._join([self.prefilling.pop(r) for r in joining], [r.after() for r in joining])
+        for run in group:
+            if run.done and run.on_done is not None:
+                run.on_done(run)
 
-    def _prefill(self, streams: list[Stream]) -> tuple[States, np.ndarray]:
-        """Run each stream's prompt from its state; one model call per distinct length (pad-free).
+    def _decode(self, woken: list[Stream]) -> None:
+        """One step for every live row: sample, ONE model call, record, flush; done rows leave."""
+        b = self.batch
+        t0 = time.perf_counter()
+        ids = sample(b.logits, b.temperature, b.top_k, b.top_p, b.seeds, b.positions)
+        t1 = time.perf_counter()
+        # Done rows take this step too: their final context is the state after their last character plus
+        # the logits for the next one, exactly what a continuation needs.
+        logits, b.states = self.s.engine.run(ids[:, None], b.states)
+        t2 = time.perf_counter()
+        b.logits = logits[:, -1, :]
+        done = b.record(ids)
+        woken.extend(b.flush(done, time.monotonic()))
+        self._prefill_debt = max(0.0, self._prefill_debt - (time.perf_counter() - t0) * self._payback)
+        self.s.observer.on_step(len(b), t2 - t1, t1 - t0)
+        if done.any():
+            for i in np.flatnonzero(done):
+                stream = b.rows[int(i)].stream
+                assert stream.finished is not None
+                self.s.observer.on_finish(stream.finished, time.monotonic() - stream.submitted)
+            b.filter(~done)
 
-        A stream with no prompt continues from its context's logits without a model call.
-        """
-        engine = self.engine
-        n = len(streams)
-        out_states = engine.zero_states(n)
-        out_logits = np.empty((n, engine.vocab_size), np.float32)
-        for i, stream in enumerate(streams):
-            ctx = stream.job.context
-            if ctx.states is not None:
-                for dst, src in zip(out_states, ctx.states, strict=True):
-                    dst[:, i] = src
-            if not stream.job.prompt:
-                assert ctx.logits is not None, "validated at the edge: an empty prompt needs a state"
-                out_logits[i] = ctx.logits
-        groups: dict[int, list[int]] = {}
-        for i, stream in enumerate(streams):
-            if stream.job.prompt:
-                groups.setdefault(len(stream.job.prompt), []).append(i)
-        for rows in groups.values():
-            tokens = np.array([streams[i].job.prompt for i in rows], np.int64)
-            logits, states = engine.run(tokens, tuple(s[:, rows] for s in out_states))
-            out_logits[rows] = logits[:, -1, :]
-            for dst, src in zip(out_states, states, strict=True):
-                dst[:, rows] = src
-        return out_states, out_logits
-
-    def _emit(self, ids: np.ndarray, deferred: list[Stream], checkpoints: list[int]) -> np.ndarray:
-        """Append each row's character, wake consumers per the coalescing policy; returns rows that are done.
-
-        A stream watching units, or due a checkpoint (its row goes on `checkpoints`), is put on `deferred`
-        instead of woken: its values and its context come after the model step.
-        """
-        batch = self._batch
-        chars = self.chars
-        now = time.monotonic()
-        interval = self.config.flush_interval_s
-        max_chunk = self.config.max_chunk_chars
-        done = batch.generated >= batch.max_chars
-        for i, (stream, token) in enumerate(zip(batch.streams, ids.tolist(), strict=True)):
-            stream.chars.append(chars[token])
-            if stream.matcher is None:
-                stream.emitted += 1
-            else:
-                matched, hold = stream.matcher.check("".join(stream.chars[-stream.matcher.longest :]))
-                stream.emitted = len(stream.chars) - hold
-                if matched is not None:
-                    stream.stop = matched
-                    done[i] = True
-            if stream.last_flush == 0.0:
-                if stream.emitted == 0:
-                    continue
-                self.observer.on_first_char(now - stream.submitted)
-            elif stream.emitted - stream.sent >= max_chunk or now - stream.last_flush >= interval:
-                self.observer.on_chunk(now - stream.last_flush)
-            else:
-                continue
-            stream.last_flush = now
-            due = stream.next_checkpoint > 0 and stream.emitted >= stream.next_checkpoint
-            if due and stream.emitted == len(stream.chars) and not done[i]:
-                checkpoints.append(i)
-                deferred.append(stream)
-            elif stream.units:
-                deferred.append(stream)
-            else:
-                stream.wake()
-        return done
-
-    def _checkpoint(self, i: int) -> None:
-        """Row i's context after this step's model call: it covers every character it has emitted."""
-        stream = self._batch.streams[i]
-        chars, every = len(stream.chars), stream.job.checkpoint_every
-        stream.checkpoint = Checkpoint(chars, self._batch.context(i))
-        stream.next_checkpoint = (chars // every + 1) * every
-
-    def _end_row(self, i: int) -> None:
-        stream = self._batch.streams[i]
-        if stream.cancelled:
-            reason = FinishReason.CANCELLED
-        elif stream.stop:
-            reason = FinishReason.STOP
-        else:
-            reason = FinishReason.LENGTH
-            stream.emitted = len(stream.chars)  # a held-back partial stop string is plain text after all
-        finished = Finished(
-            reason, self._batch.context(i), len(stream.job.prompt), len(stream.chars), stream.seed, stream.stop
-        )
-        self._end(stream, finished)
-
-    def _end(self, stream: Stream, finished: Finished) -> None:
-        stream.finished = finished
-        stream.wake()
-        self.observer.on_finish(finished, time.monotonic() - stream.submitted)
-
-
-def run_text(engine: Engine, ctx: Context, ids: np.ndarray) -> tuple[np.ndarray, Context]:
-    """Run `ids` (non-empty) from `ctx` at batch 1: (logits [len(ids), vocab], context after them).
-
-    For Score and Session feeds; call it on the engine thread (`Scheduler.call`).
-    """
-    states = engine.zero_states(1)
-    if ctx.states is not None:
-        states = tuple(s[:, None, :].copy() for s in ctx.states)
-    logits, new_states = engine.run(ids[None, :], states)
-    after = Context(
-        tuple(s[:, 0].copy() for s in new_states), logits[0, -1].copy(), ctx.seed, ctx.position, engine.sha256
-    )
-    return logits[0], after
+    def _fail_all(self, error: BaseException) -> None:
+        """End every stream this worker holds with `error`, and every text run."""
+        streams = [r.stream for r in self.batch.rows] + list(self.prefilling.values()) + list(self.waiting)
+        self.batch.filter(np.zeros(len(self.batch), bool))
+        self.prefilling.clear()
+        self.waiting.clear()
+        for stream in streams:
+            stream.fail(error)
+        for run in [*self.runs, *self.runs_in]:
+            if run.on_done is not None:
+                run.error = error
+                run.on_done(run)
+        self.runs.clear()
+        self.runs_in.clear()
+        self.s.wake(streams)

@@ -20,23 +20,25 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import REGISTRY
 
 from charrnn.artifact import ArtifactError, load_manifest
+from charrnn.engine import Engine
 from charrnn.v1 import charrnn_pb2, charrnn_pb2_grpc
 from charrnn.vocab import Vocabulary
 from service.config import ConfigError, ServerConfig
-from service.engine import Engine
 from service.interceptors import BearerAuthInterceptor, DecodeGuardInterceptor
 from service.metrics import Metrics, MetricsHTTPServer
-from service.models import Model, Models
-from service.scheduler import Scheduler, SchedulerConfig
+from service.registry import LoadedModel, ModelRegistry
+from service.scheduler import Scheduler
 from service.servicer import CharRNNServicer, Runtime
-from service.state import SessionStore, TokenCodec
+from service.sessions import SessionStore
+from service.stream import DeliveryObserver
+from service.tokens import TokenCodec
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = charrnn_pb2.DESCRIPTOR.services_by_name["CharRNN"].full_name
 
 
-def load_model(config: ServerConfig, key: bytes, metrics: Metrics | None = None) -> Model:
+def load_model(config: ServerConfig, key: bytes, metrics: Metrics | None = None) -> LoadedModel:
     """Load and check the artifact in `config.model_dir` with its own engine and (unstarted) scheduler.
 
     ArtifactError if it cannot work (missing, hash mismatch, unreadable graph). Blocking: at start-up,
@@ -47,23 +49,12 @@ def load_model(config: ServerConfig, key: bytes, metrics: Metrics | None = None)
         engine = Engine(config.model_dir, config.engine, manifest=manifest)
     except Exception as exc:  # onnxruntime raises its own types for unreadable graphs
         raise ArtifactError(f"{Path(config.model_dir) / manifest.onnx.file} could not be loaded: {exc}") from exc
-    lim = config.limits
-    scheduler = Scheduler(
-        engine,
-        SchedulerConfig(
-            lim.max_live_streams,
-            lim.max_queued_streams,
-            config.flush_interval_s,
-            config.max_chunk_chars,
-            config.retry_pushback_ms,
-        ),
-        metrics,
-    )
+    scheduler = Scheduler(engine, config.limits, config.flush, config.scheduling, metrics)
     on_refuse = metrics.on_token_refused if metrics is not None else None
     codec = TokenCodec(
         key, manifest.onnx.sha256, engine.num_states, engine.layers, engine.hidden, engine.vocab_size, on_refuse
     )
-    return Model(manifest, Vocabulary.from_spec(manifest.vocabulary), codec, scheduler)
+    return LoadedModel(manifest, Vocabulary.from_spec(manifest.vocabulary), codec, scheduler)
 
 
 def build_runtime(config: ServerConfig, metrics: Metrics | None = None) -> Runtime:
@@ -76,9 +67,10 @@ def build_runtime(config: ServerConfig, metrics: Metrics | None = None) -> Runti
     lim = config.limits
     on_evict = metrics.on_evict if metrics is not None else None
     return Runtime(
-        models=Models(model),
-        sessions=SessionStore(lim.max_sessions, lim.session_ttl_s, lim.session_memory_bytes, on_evict=on_evict),
+        models=ModelRegistry(model),
+        sessions=SessionStore(lim.max_sessions, lim.session_ttl_seconds, lim.session_memory_bytes, on_evict=on_evict),
         limits=lim,
+        delivery=metrics if metrics is not None else DeliveryObserver(),
     )
 
 
@@ -127,14 +119,13 @@ class CharRNNServer:
             self.port = self.server.add_secure_port(address, credentials)
         if self.port == 0:
             raise OSError(f"could not bind {address}")
-        if self.config.metrics_port is not None:
+        if self.config.metrics_port >= 0:
             metrics_host = self.config.metrics_host or self.config.host
             self.metrics_http = MetricsHTTPServer(self.metrics.registry, metrics_host, self.config.metrics_port)
             log.info("metrics on http://%s:%d/metrics", metrics_host, self.metrics_http.port)
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
-        engine = self.scheduler.engine
-        await self.scheduler.call(lambda: engine.warm_up(self.config.limits.max_live_streams))
+        await asyncio.to_thread(self.scheduler.engine.warm_up, self.config.limits.max_live_streams)
         self.scheduler.start()
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         self.metrics.serving.set(1)
@@ -177,9 +168,8 @@ class CharRNNServer:
                 return "unchanged"
             model = known  # back to a model that was still retiring
         else:
-            engine = model.scheduler.engine
             try:
-                await model.scheduler.call(lambda: engine.warm_up(self.config.limits.max_live_streams))
+                await asyncio.to_thread(model.scheduler.engine.warm_up, self.config.limits.max_live_streams)
             except Exception as exc:  # onnxruntime's own types: the graph's shapes don't fit the manifest
                 log.error(
                     "model reload refused (warm-up failed), still serving %s…: %s", models.current.sha256[:12], exc
@@ -198,7 +188,7 @@ class CharRNNServer:
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Drain: NOT_SERVING, refuse new streams, let live ones finish within the grace, then stop."""
-        grace = self.config.grace_s if grace_s is None else grace_s
+        grace = self.config.grace_seconds if grace_s is None else grace_s
         await self.health.enter_graceful_shutdown()
         self.metrics.serving.set(0)
         for task in self._retiring:

@@ -10,44 +10,43 @@ import asyncio
 import contextlib
 import logging
 import math
+import time
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass, field, replace
 
 import grpc
 import numpy as np
 
 from charrnn.artifact import Manifest
+from charrnn.protocol import CELL_TYPES, FINISH_REASONS, PRECISION_TYPES, STATE_KINDS, UNKNOWN_POLICIES
 from charrnn.v1 import charrnn_pb2 as pb
 from charrnn.v1 import charrnn_pb2_grpc as pb_grpc
 from service.config import Limits
-from service.errors import InvalidRequest, ShuttingDown, status_for, trailers_for
-from service.models import Model, Models
-from service.sampling import MAX_SEED, SamplingParams
-from service.scheduler import Checkpoint, Chunk, Finished, FinishReason, Job, Scheduler, Stream, Unit, run_text
-from service.state import Context, SessionStore
+from service.context import Context
+from service.errors import InvalidRequest, LimitExceeded
+from service.registry import LoadedModel, ModelRegistry
+from service.requests import GenerationRequest, Validator
+from service.scheduler import Scheduler
+from service.sessions import SessionStore
+from service.status import abort
+from service.stream import Chunk, Delivery, DeliveryObserver, Finished, ResumePoint, Stream
 
 log = logging.getLogger(__name__)
 
-MAX_TEMPERATURE = 100.0
-_FINISH = {
-    FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
-    FinishReason.STOP: pb.FINISH_REASON_STOP,
-    FinishReason.CANCELLED: pb.FINISH_REASON_CANCELLED,
-}
-_CELLS = {"rnn": pb.CELL_TYPE_RNN, "lstm": pb.CELL_TYPE_LSTM, "gru": pb.CELL_TYPE_GRU}
-_POLICIES = {"refuse": pb.UNKNOWN_POLICY_REFUSE, "replace": pb.UNKNOWN_POLICY_REPLACE}
-_STATE_KINDS = {pb.STATE_KIND_UNSPECIFIED: "h", pb.STATE_KIND_H: "h", pb.STATE_KIND_C: "c"}
-_VAL_BPC_KEYS = ("val_bits_per_char", "val_bpc", "validation_bits_per_char", "best_val_bits_per_char")
+# A watched unit's kind by its protobuf value (unspecified means h, the state every cell has).
+_KIND_NAMES = {value: name for name, value in STATE_KINDS.items()} | {pb.STATE_KIND_UNSPECIFIED: "h"}
 
 
 @dataclass
 class Runtime:
     """Everything a request needs, built once by the server (the models change on a hot reload)."""
 
-    models: Models
+    models: ModelRegistry
     sessions: SessionStore
     limits: Limits
+    delivery: DeliveryObserver = field(default_factory=DeliveryObserver)  # times what clients see (metrics)
+    session_streams: int = 0  # open Session RPCs (the event loop's count; a gauge reads it)
 
     @property
     def manifest(self) -> Manifest:
@@ -61,66 +60,24 @@ class Runtime:
 class CharRNNServicer(pb_grpc.CharRNNServicer):
     def __init__(self, runtime: Runtime):
         self.rt = runtime
+        self.validator = Validator(runtime.limits)
 
-    # --- conversion and validation ----------------------------------------------------------
-    def _encode(self, model: Model, text: str, limit: int, what: str) -> tuple[int, ...]:
-        if len(text) > limit:
-            raise InvalidRequest(f"{what} has {len(text)} characters; the limit is {limit} ({what} limit)")
-        return tuple(model.vocab.encode(text).tolist())
-
-    def _sampling(self, msg: pb.SamplingParams) -> tuple[SamplingParams, int | None]:
-        temperature = msg.temperature if msg.HasField("temperature") else 1.0
-        if not (math.isfinite(temperature) and 0.0 <= temperature <= MAX_TEMPERATURE):
-            raise InvalidRequest(f"temperature must be in [0, {MAX_TEMPERATURE:g}], got {temperature}")
-        top_p = msg.top_p if msg.HasField("top_p") else 1.0
-        if not (math.isfinite(top_p) and 0.0 < top_p <= 1.0):
-            raise InvalidRequest(f"top_p must be in (0, 1], got {top_p}")
-        seed = msg.seed if msg.HasField("seed") else None
-        assert seed is None or 0 <= seed <= MAX_SEED
-        return SamplingParams(float(temperature), int(msg.top_k), float(top_p)), seed
-
-    def _max_chars(self, requested: int) -> int:
-        lim = self.rt.limits
-        if requested > lim.max_chars:
-            raise InvalidRequest(f"max_chars {requested} exceeds the limit of {lim.max_chars} (max_chars)")
-        return requested or lim.default_max_chars
-
-    def _stops(self, stops: Sequence[str]) -> tuple[str, ...]:
-        lim = self.rt.limits
-        if len(stops) > lim.max_stop_strings:
-            raise InvalidRequest(f"{len(stops)} stop strings; the limit is {lim.max_stop_strings} (max_stop_strings)")
-        for stop in stops:
-            if not stop or len(stop) > lim.max_stop_chars:
-                raise InvalidRequest(f"stop strings must have 1 to {lim.max_stop_chars} characters (max_stop_chars)")
-        return tuple(stops)
-
-    def _watch(self, model: Model, request: pb.ActivationRequest) -> tuple[Unit, ...]:
-        """The watched units as state/layer/index, refusing any the model lacks or more than the limit."""
-        units = request.units
-        limit = self.rt.limits.max_watched_units
-        if len(units) > limit:
-            raise InvalidRequest(f"{len(units)} watched units; the limit is {limit} (max_watched_units)")
-        kinds = [s.kind for s in model.manifest.onnx.states]
-        layers, hidden = model.manifest.state_shape
-        out = []
-        for i, unit in enumerate(units):
-            kind = _STATE_KINDS.get(unit.kind, f"kind {unit.kind}")
-            name = f"watched unit {i} ({kind}:{unit.layer}:{unit.index})"
-            if kind not in kinds:
-                cell, have = model.manifest.model.cell, "/".join(kinds)
-                raise InvalidRequest(f"{name}: the {cell} model has no such state (it has {have})")
-            if unit.layer >= layers or unit.index >= hidden:
-                raise InvalidRequest(f"{name}: out of range (layers {layers}, hidden_size {hidden})")
-            out.append(Unit(kinds.index(kind), unit.layer, unit.index))
-        return tuple(out)
-
-    def _checkpoint_every(self, every: int) -> int:
-        minimum = self.rt.limits.min_checkpoint_chars
-        if 0 < every < minimum:
-            raise InvalidRequest(
-                f"checkpoint_every_chars {every} is below the limit of {minimum} (min_checkpoint_chars)"
-            )
-        return every
+    # --- conversion: protobuf → domain types ------------------------------------------------
+    def _request(self, msg: pb.GenerateRequest | pb.GenerateAction) -> GenerationRequest:
+        sampling = msg.sampling
+        request = GenerationRequest(
+            prompt=msg.prompt,
+            max_chars=msg.max_chars,
+            temperature=sampling.temperature if sampling.HasField("temperature") else None,
+            top_k=sampling.top_k,
+            top_p=sampling.top_p if sampling.HasField("top_p") else None,
+            seed=sampling.seed if sampling.HasField("seed") else None,
+            stop=tuple(msg.stop),
+        )
+        if not isinstance(msg, pb.GenerateRequest):
+            return request
+        watch = tuple((_KIND_NAMES.get(u.kind, f"kind {u.kind}"), u.layer, u.index) for u in msg.activations.units)
+        return replace(request, watch=watch, checkpoint_every=msg.checkpoint_every_chars)
 
     def _context(self, which: str | None, token: bytes, session_id: str) -> Context:
         """The context a request's token/session oneof names (`which`); sessions are read, not taken."""
@@ -130,27 +87,10 @@ class CharRNNServicer(pb_grpc.CharRNNServicer):
             return self.rt.sessions.get(session_id)
         return Context()
 
-    def _job(
-        self,
-        model: Model,
-        ctx: Context,
-        prompt: str,
-        max_chars: int,
-        sampling: pb.SamplingParams,
-        stops: Sequence[str],
-        watch: tuple[Unit, ...] = (),
-        checkpoint_every: int = 0,
-    ) -> Job:
-        ids = self._encode(model, prompt, self.rt.limits.max_prompt_chars, "prompt")
-        if not ids and ctx.logits is None:
-            raise InvalidRequest("prompt is empty and there is no state to continue from")
-        params, seed = self._sampling(sampling)
-        return Job(ctx, ids, self._max_chars(max_chars), params, self._stops(stops), seed, watch, checkpoint_every)
-
-    def _done(self, model: Model, finished: Finished, session_id: str = "") -> pb.GenerateDone:
+    def _done(self, model: LoadedModel, finished: Finished, session_id: str = "") -> pb.GenerateDone:
         """The final message; signed by the stream's own model (it may have been retired meanwhile)."""
         return pb.GenerateDone(
-            finish_reason=_FINISH[finished.reason],
+            finish_reason=FINISH_REASONS[finished.reason.value],
             usage=pb.Usage(prompt_chars=finished.prompt_chars, generated_chars=finished.generated_chars),
             resume_token=model.codec.encode(finished.context),
             session_id=session_id,
@@ -158,7 +98,7 @@ class CharRNNServicer(pb_grpc.CharRNNServicer):
             stop=finished.stop,
         )
 
-    def _signed(self, model: Model, checkpoint: Checkpoint | None) -> pb.GenerateCheckpoint | None:
+    def _signed(self, model: LoadedModel, checkpoint: ResumePoint | None) -> pb.GenerateCheckpoint | None:
         if checkpoint is None:
             return None
         token = model.codec.encode(checkpoint.context)
@@ -168,6 +108,7 @@ class CharRNNServicer(pb_grpc.CharRNNServicer):
     async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateResponse]:
+        arrived = time.monotonic()
         session_id = request.session_id if request.WhichOneof("start") == "session_id" else ""
         acquired = False
         final: Context | None = None
@@ -178,27 +119,28 @@ class CharRNNServicer(pb_grpc.CharRNNServicer):
             else:
                 ctx = self._context(request.WhichOneof("start"), request.resume_token, "")
             model = self.rt.models.for_context(ctx)
-            watch = self._watch(model, request.activations) if request.activations.units else ()
-            every = self._checkpoint_every(request.checkpoint_every_chars)
-            job = self._job(model, ctx, request.prompt, request.max_chars, request.sampling, request.stop, watch, every)
-            stream = model.scheduler.submit(job)
+            stream = model.scheduler.submit(self.validator.job(model, ctx, self._request(request)))
         except Exception as exc:
             if acquired:
                 self.rt.sessions.release(session_id, None)
-            await _abort(context, exc)
+            await abort(context, exc)
             return
+        delivery = Delivery(self.rt.delivery, arrived)
         try:
             async for text, finished, values, checkpoint in _chunks(stream):
                 if finished is None:
                     signed = self._signed(model, checkpoint)
-                    yield pb.GenerateResponse(text=text, activations=values, checkpoint=signed)
+                    delivery.sending(text)
+                    yield pb.GenerateResponse(text=text, activations=values.tolist(), checkpoint=signed)
                     continue
                 final = finished.context
                 if request.create_session and not session_id:
                     session_id = self.rt.sessions.create(finished.context)
-                yield pb.GenerateResponse(text=text, done=self._done(model, finished, session_id), activations=values)
-        except ShuttingDown as exc:
-            await _abort(context, exc)
+                done = self._done(model, finished, session_id)
+                delivery.sending(text)
+                yield pb.GenerateResponse(text=text, done=done, activations=values.tolist())
+        except Exception as exc:  # mid-stream: a draining server's ShuttingDown, or a bug (INTERNAL)
+            await abort(context, exc)
         finally:
             if acquired:
                 self.rt.sessions.release(session_id, final)
@@ -206,14 +148,22 @@ class CharRNNServicer(pb_grpc.CharRNNServicer):
     async def Session(
         self, request_iterator: AsyncIterator[pb.SessionRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.SessionResponse]:
+        lim = self.rt.limits
+        if self.rt.session_streams >= lim.max_session_streams:
+            refusal = LimitExceeded(
+                f"all {lim.max_session_streams} Session streams (max_session_streams) are open; retry later",
+                lim.retry_pushback_ms,
+            )
+            await abort(context, refusal)
+        self.rt.session_streams += 1
         conversation = _Conversation(self)
         try:
             async for response in conversation.run(request_iterator):
                 yield response
         except Exception as exc:
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            await _abort(context, exc)
+            await abort(context, exc)
+        finally:
+            self.rt.session_streams -= 1
 
     async def Score(self, request: pb.ScoreRequest, context: grpc.aio.ServicerContext) -> pb.ScoreResponse:
         try:
@@ -221,30 +171,21 @@ class CharRNNServicer(pb_grpc.CharRNNServicer):
             if not request.text:
                 raise InvalidRequest("text must not be empty")
             model = self.rt.models.for_context(ctx)
-            ids = np.asarray(self._encode(model, request.text, self.rt.limits.max_score_chars, "text"), np.int64)
-            engine = model.scheduler.engine
-            logits, after = await model.scheduler.call(lambda: run_text(engine, ctx, ids))
+            limit = self.rt.limits.max_score_chars
+            ids = np.asarray(self.validator.encode(model, request.text, limit, "text"), np.int64)
+            run = await model.scheduler.feed(ctx, ids, logprobs=True)
         except Exception as exc:
-            await _abort(context, exc)
+            await abort(context, exc)
             raise AssertionError("unreachable") from exc
-        predictors = logits[:-1]
-        first = 1
-        if ctx.logits is not None:
-            predictors = np.concatenate([ctx.logits[None, :], predictors])
-            first = 0
-        targets = ids[first:]
-        x = predictors.astype(np.float64)
-        peak = x.max(axis=1, keepdims=True)
-        log_z = peak[:, 0] + np.log(np.exp(x - peak).sum(axis=1))
-        logprobs = x[np.arange(len(targets)), targets] - log_z
-        nats = float(-logprobs.sum())
-        bpc = nats / len(targets) / math.log(2) if len(targets) else 0.0
+        assert run.logprobs is not None
+        nats = float(-run.logprobs.sum())
+        bpc = nats / len(run.logprobs) / math.log(2) if len(run.logprobs) else 0.0
         return pb.ScoreResponse(
-            logprobs=logprobs.tolist(),
-            first_scored=first,
+            logprobs=run.logprobs.tolist(),
+            first_scored=run.first_scored,
             total_nats=nats,
             bits_per_char=bpc,
-            resume_token=model.codec.encode(after),
+            resume_token=model.codec.encode(run.after()),
         )
 
     async def GetModelInfo(
@@ -255,42 +196,37 @@ class CharRNNServicer(pb_grpc.CharRNNServicer):
         info = pb.GetModelInfoResponse(
             name=m.model.name,
             version=m.model.version,
-            cell=_CELLS[m.model.cell],
+            cell=CELL_TYPES[m.model.cell],
             layers=m.model.layers,
             hidden_size=m.model.hidden_size,
             embedding_size=m.model.embedding_size,
             vocab_size=m.model.vocab_size,
             parameters=m.model.parameters,
             vocabulary=list(m.vocabulary.chars),
-            unknown_policy=_POLICIES[m.vocabulary.unknown_policy],
+            unknown_policy=UNKNOWN_POLICIES[m.vocabulary.unknown_policy],
             unknown_char=m.vocabulary.unknown_char or "",
             sha256=m.onnx.sha256,
+            precision=PRECISION_TYPES[m.precision],
             limits=pb.Limits(
                 max_live_streams=lim.max_live_streams,
                 max_queued_streams=lim.max_queued_streams,
                 max_prompt_chars=lim.max_prompt_chars,
-                max_chars=lim.max_chars,
+                max_chars=lim.max_request_chars,
                 default_max_chars=lim.default_max_chars,
                 max_stop_strings=lim.max_stop_strings,
                 max_stop_chars=lim.max_stop_chars,
                 max_score_chars=lim.max_score_chars,
                 max_sessions=lim.max_sessions,
-                session_ttl_seconds=lim.session_ttl_s,
+                session_ttl_seconds=lim.session_ttl_seconds,
                 max_watched_units=lim.max_watched_units,
                 min_checkpoint_chars=lim.min_checkpoint_chars,
+                max_session_streams=lim.max_session_streams,
             ),
         )
-        for key in _VAL_BPC_KEYS:
-            value = m.training.get(key)
-            if isinstance(value, int | float):
-                info.val_bits_per_char = float(value)
-                break
+        value = m.training.get("val_bits_per_char")  # training/export.py writes it; absent for other artifacts
+        if isinstance(value, int | float):
+            info.val_bits_per_char = float(value)
         return info
-
-
-async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
-    code, message = status_for(exc)
-    await context.abort(code, message, trailing_metadata=trailers_for(exc))
 
 
 async def _chunks(stream: Stream) -> AsyncGenerator[Chunk, None]:
@@ -360,15 +296,15 @@ class _Conversation:
         if not text:
             return
         model = self.rt.models.for_context(self.ctx)
-        ids = np.asarray(self.servicer._encode(model, text, self.rt.limits.max_prompt_chars, "fed text"), np.int64)
-        engine, ctx = model.scheduler.engine, self.ctx
-        _, self.ctx = await model.scheduler.call(lambda: run_text(engine, ctx, ids))
+        limit = self.rt.limits.max_prompt_chars
+        ids = np.asarray(self.servicer.validator.encode(model, text, limit, "fed text"), np.int64)
+        self.ctx = (await model.scheduler.feed(self.ctx, ids)).after()
 
     async def _generate(self, action: pb.GenerateAction) -> AsyncIterator[pb.SessionResponse]:
         s = self.servicer
+        delivery = Delivery(self.rt.delivery, time.monotonic())
         model = self.rt.models.for_context(self.ctx)
-        job = s._job(model, self.ctx, action.prompt, action.max_chars, action.sampling, action.stop)
-        stream = model.scheduler.submit(job)
+        stream = model.scheduler.submit(s.validator.job(model, self.ctx, s._request(action)))
         chunks = _chunks(stream)
         incoming: asyncio.Task[pb.SessionRequest | None] | None = None
         try:
@@ -387,14 +323,13 @@ class _Conversation:
                         self.backlog.append(request)  # runs after this generation
                 if pending_chunk.done():
                     text, finished, _, _ = pending_chunk.result()
+                    if text:
+                        delivery.sending(text)
+                        yield pb.SessionResponse(text=text)
                     if finished is not None:
                         self.ctx = finished.context
-                        if text:
-                            yield pb.SessionResponse(text=text)
                         yield pb.SessionResponse(done=s._done(model, finished))
                         return
-                    if text:
-                        yield pb.SessionResponse(text=text)
                     pending_chunk = asyncio.ensure_future(anext(chunks))
         finally:
             if incoming is not None:

@@ -1,4 +1,4 @@
-"""Subcommands of the offline side: train, export, sample, bench quality.
+"""Subcommands of the offline side: prepare, train, export, sample.
 
 Nothing heavy is imported here; each handler imports torch (or onnxruntime) when it runs.
 """
@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL_DIR = "models/default"
 
 
-def register(sub: Any, bench_sub: Any) -> None:
+def register(sub: Any) -> None:
     from training.config import describe_settings
 
     settings_help = "settings (section.key=value), with their defaults:\n" + describe_settings()
@@ -29,19 +29,44 @@ def register(sub: Any, bench_sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     train.add_argument("overrides", nargs="*", metavar="section.key=value", help="override a setting")
-    train.add_argument("--corpus", help="file, directory, glob or comma list (default: builtin:python-stdlib)")
+    train.add_argument(
+        "--corpus", help="file, directory, glob, comma list or prepared:DIR (default: builtin:python-stdlib)"
+    )
     train.add_argument("--out", help="run directory (run.out_dir)")
     train.add_argument("--config", type=Path, help="JSON config file (as saved in a run's config.json)")
     train.add_argument("--resume", type=Path, help="continue from a checkpoint (e.g. RUN/last.pt)")
     train.add_argument("--export", type=Path, metavar="DIR", help="export the best checkpoint to DIR afterwards")
     train.set_defaults(handler=_train)
 
+    prepare = sub.add_parser(
+        "prepare",
+        help="encode a corpus once into a memory-mapped token file, for corpora larger than memory",
+        description="Stream the corpus twice (vocabulary scan, then encoding) into DIR; train on it with "
+        "--corpus prepared:DIR. Only data.* settings apply; training adopts the ones recorded here.",
+    )
+    prepare.add_argument("overrides", nargs="*", metavar="data.key=value", help="override a data setting")
+    prepare.add_argument("--corpus", help="file, directory, glob or comma list (default: builtin:python-stdlib)")
+    prepare.add_argument("--out", type=Path, required=True, metavar="DIR", help="directory to write (new or empty)")
+    prepare.set_defaults(handler=_prepare)
+
     export = sub.add_parser("export", help="export a checkpoint to an ONNX model artifact")
     export.add_argument("checkpoint", type=Path, help="checkpoint file (RUN/best.pt)")
     export.add_argument("--out", type=Path, required=True, help="artifact directory to write")
     export.add_argument("--name", default="charrnn", help="model name for the manifest")
     export.add_argument("--version", default="1", help="model version for the manifest")
+    export.add_argument(
+        "--quantize", choices=["int8"], help="write the int8 artifact instead (batch invariant; see docs/training.md)"
+    )
+    _add_gate_arguments(export)
     export.set_defaults(handler=_export)
+
+    quantize = sub.add_parser(
+        "quantize", help="write the int8 artifact of an fp32 artifact, refused if validation loss grows too much"
+    )
+    quantize.add_argument("model", type=Path, help="fp32 artifact directory (e.g. models/default)")
+    quantize.add_argument("--out", type=Path, required=True, help="int8 artifact directory to write")
+    _add_gate_arguments(quantize)
+    quantize.set_defaults(handler=_quantize)
 
     sample = sub.add_parser("sample", help="sample text locally from an artifact or a checkpoint")
     source = sample.add_mutually_exclusive_group()
@@ -55,21 +80,29 @@ def register(sub: Any, bench_sub: Any) -> None:
     sample.add_argument("--seed", type=int, default=0)
     sample.set_defaults(handler=_sample)
 
-    quality = bench_sub.add_parser("quality", help="train for a wall-clock budget and report validation loss")
-    quality.add_argument("--corpus", required=True, help="corpus (e.g. ../shared/data/tinyshakespeare.txt)")
-    quality.add_argument("--minutes", type=float, required=True, help="training wall-clock budget")
-    quality.add_argument("--out", default="runs/bench-quality", help="run directory")
-    quality.add_argument("overrides", nargs="*", metavar="section.key=value", help="override a setting")
-    quality.set_defaults(handler=_bench_quality)
 
-    kernels = bench_sub.add_parser("train-kernels", help="training step time with oneDNN kernels on and off")
-    kernels.add_argument("--layers", type=int, default=2)
-    kernels.add_argument("--hidden", type=int, default=256)
-    kernels.add_argument("--batch", type=int, action="append", help="batch sizes (repeatable; default 16, 64)")
-    kernels.add_argument("--seq-len", type=int, default=128)
-    kernels.add_argument("--repeats", type=int, default=5)
-    kernels.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
-    kernels.set_defaults(handler=_bench_kernels)
+def _add_gate_arguments(parser: argparse.ArgumentParser) -> None:
+    from training.quantize import QualityGate
+
+    default = QualityGate()
+    parser.add_argument(
+        "--max-loss-increase", type=float, default=default.max_loss_increase, metavar="NATS",
+        help=f"refuse when int8 validation loss exceeds fp32 by more (nats/char; default {default.max_loss_increase})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--allow-loss-increase", action="store_true", help="write the int8 artifact anyway, with a warning"
+    )
+    parser.add_argument(
+        "--val-chars", type=int, default=default.val_chars, metavar="N",
+        help="score only the first N validation characters (default: the whole split)",
+    )  # fmt: skip
+    parser.add_argument("--corpus", help="the training corpus, if not where the manifest says (checked by sha256)")
+
+
+def _gate(args: argparse.Namespace) -> Any:
+    from training.quantize import QualityGate
+
+    return QualityGate(args.max_loss_increase, args.allow_loss_increase, args.val_chars, args.corpus)
 
 
 def _load_config(args: argparse.Namespace) -> Any:
@@ -85,32 +118,90 @@ def _load_config(args: argparse.Namespace) -> Any:
     return apply_overrides(config, list(args.overrides))
 
 
+def _prepare(args: argparse.Namespace) -> int:
+    from training.config import TrainingConfig, apply_overrides
+    from training.prepared import PREFIX, prepare_corpus
+
+    config = TrainingConfig()
+    if args.corpus:
+        config.data.corpus = args.corpus
+    try:
+        other = [item for item in args.overrides if not item.startswith("data.")]
+        if other:
+            raise ValueError(f"prepare takes data.* settings only, not {other[0]!r}")
+        apply_overrides(config, list(args.overrides))
+        meta = prepare_corpus(config.data, args.out)
+    except (ValueError, OSError) as exc:
+        print(f"charrnn prepare: {exc}", file=sys.stderr)
+        return 2
+    tokens, split = meta["tokens"], meta["split"]
+    print(
+        f"wrote {args.out}: {tokens['count']} tokens ({tokens['dtype']}) from {meta['corpus']['bytes']} bytes, "
+        f"{split['train_chars']} train / {split['val_chars']} validation; train with --corpus {PREFIX}{args.out}"
+    )
+    return 0
+
+
 def _train(args: argparse.Namespace) -> int:
+    """Also the entry point of every process under torchrun: rank 0 reports and exports, the others train."""
     try:
         config = _load_config(args)
     except ValueError as exc:
         print(f"charrnn train: {exc}", file=sys.stderr)
         return 2
+    from training.distributed import setup, teardown
     from training.train import Trainer
 
-    result = Trainer(config, resume=args.resume).train()
+    try:
+        dist = setup(config.run)
+    except ValueError as exc:
+        print(f"charrnn train: {exc}", file=sys.stderr)
+        return 2
+    if not dist.is_main:
+        logging.getLogger().setLevel(logging.WARNING)  # rank 0 tells the story
+    # A process that dies or hangs makes the others' next collective fail (run.dist_timeout_s at the
+    # latest) with a traceback naming the peer; torchrun then ends the job and reports the first failure.
+    finished = False
+    try:
+        try:
+            trainer = Trainer(config, resume=args.resume, dist=dist)
+        except (ValueError, OSError) as exc:
+            print(f"charrnn train: {exc}", file=sys.stderr)
+            return 2
+        result = trainer.train()
+        del trainer  # its DDP wrapper holds the process group
+        finished = True
+    finally:
+        teardown(dist, synchronize=finished)
+    if not dist.is_main:
+        return 0
     print(
         f"best validation loss {result.best_val_loss:.4f} nats ({result.best_val_bpc:.4f} bits/char) "
         f"after {result.steps} steps, {result.wall_time_s / 60:.1f} min; checkpoint {result.best_checkpoint}"
     )
     if args.export:
         return _export(
-            argparse.Namespace(checkpoint=result.best_checkpoint, out=args.export, name="charrnn", version="1")
+            argparse.Namespace(
+                checkpoint=result.best_checkpoint, out=args.export, name="charrnn", version="1", quantize=None
+            )
         )
     return 0
 
 
 def _export(args: argparse.Namespace) -> int:
-    from training.export import ExportError, export_checkpoint
+    from training.export import ExportError, export_checkpoint, export_int8
+    from training.quantize import LossIncreaseError, QuantizeError
 
     try:
+        if args.quantize:
+            manifest = export_int8(args.checkpoint, args.out, _gate(args), name=args.name, version=args.version)
+            print(_describe_int8(args.out, manifest))
+            return 0
         manifest = export_checkpoint(args.checkpoint, args.out, name=args.name, version=args.version)
-    except ExportError as exc:
+    except QuantizeError as exc:
+        print(f"charrnn export: {exc}", file=sys.stderr)
+        return 2
+    except (ExportError, LossIncreaseError) as exc:
         print(f"charrnn export: {exc}", file=sys.stderr)
         return 1
     parity = manifest.export["parity"]
@@ -122,10 +213,35 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sample(args: argparse.Namespace) -> int:
-    from training.sample import OnnxStepper, SamplingParams, Stepper, TorchStepper, generate
+def _quantize(args: argparse.Namespace) -> int:
+    from training.quantize import LossIncreaseError, QuantizeError, quantize_artifact
 
-    params = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    try:
+        manifest = quantize_artifact(args.model, args.out, _gate(args))
+    except QuantizeError as exc:
+        print(f"charrnn quantize: {exc}", file=sys.stderr)
+        return 2
+    except LossIncreaseError as exc:
+        print(f"charrnn quantize: {exc}", file=sys.stderr)
+        return 1
+    print(_describe_int8(args.out, manifest))
+    return 0
+
+
+def _describe_int8(out: Path, manifest: Any) -> str:
+    q = manifest.quantization
+    size_mb = (out / manifest.onnx.file).stat().st_size / 1e6
+    return (
+        f"wrote {out}: int8 {manifest.model.cell} {manifest.model.layers}x{manifest.model.hidden_size}, "
+        f"{size_mb:.2f} MB; validation {q.val_loss_nats:.4f} nats/char vs {q.val_loss_nats_fp32:.4f} fp32 "
+        f"({q.loss_increase:+.4f}) on {q.val_chars} characters"
+    )
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from training.sample import OnnxStepper, ReferenceSampling, Stepper, TorchStepper, generate
+
+    params = ReferenceSampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     stepper: Stepper
     if args.checkpoint:
         from training.train import load_checkpoint, model_from_checkpoint
@@ -142,56 +258,4 @@ def _sample(args: argparse.Namespace) -> int:
             return 1
         stepper, vocab = onnx_stepper, onnx_stepper.vocab
     sys.stdout.write(args.prompt + generate(stepper, vocab, args.prompt, args.chars, params) + "\n")
-    return 0
-
-
-def _print_table(rows: list[dict[str, Any]]) -> None:
-    print("| " + " | ".join(rows[0]) + " |")
-    print("|" + "---|" * len(rows[0]))
-    for row in rows:
-        print("| " + " | ".join(str(v) for v in row.values()) + " |")
-
-
-def _bench_kernels(args: argparse.Namespace) -> int:
-    import torch
-
-    from training.bench_kernels import run
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    print(
-        f"LSTM/GRU/RNN {args.layers}x{args.hidden}, T={args.seq_len}, median of {args.repeats} steps, "
-        f"{torch.get_num_threads()} torch threads"
-    )
-    _print_table(run(args.layers, args.hidden, args.batch or [16, 64], args.seq_len, args.repeats))
-    return 0
-
-
-def _bench_quality(args: argparse.Namespace) -> int:
-    from training.config import TrainingConfig, apply_overrides
-    from training.train import Trainer
-
-    config = TrainingConfig()
-    config.data.corpus = args.corpus
-    config.run.out_dir = args.out
-    config.optim.max_minutes = args.minutes
-    try:
-        apply_overrides(config, list(args.overrides))
-    except ValueError as exc:
-        print(f"charrnn bench quality: {exc}", file=sys.stderr)
-        return 2
-    result = Trainer(config).train()
-    row = {
-        "corpus": config.data.corpus,
-        "minutes": args.minutes,
-        "cell": config.model.cell,
-        "layers": config.model.layers,
-        "hidden": config.model.hidden_size,
-        "steps": result.steps,
-        "val_nats": round(result.best_val_loss, 4),
-        "val_bpc": round(result.best_val_bpc, 4),
-        "wall_min": round(result.wall_time_s / 60, 1),
-    }
-    _print_table([row])
-    (Path(args.out) / "bench-quality.json").write_text(json.dumps(row, indent=2) + "\n", encoding="utf-8")
     return 0

@@ -66,6 +66,8 @@ class RunConfig:
     threads: int = 0  # torch intra-op threads; 0 = torch's default
     mkldnn: str = "on"  # oneDNN kernels "on" or "off": on was faster or equal in every cell (bench train-kernels)
     progress: bool = True  # progress bar on stderr
+    device: str = "cpu"  # "cpu" or "cuda" (under torchrun, each process takes the GPU of its LOCAL_RANK)
+    dist_timeout_s: float = 300.0  # under torchrun: a collective waiting longer fails the job (a rank hung)
 
 
 @dataclass
@@ -92,6 +94,8 @@ class TrainingConfig:
             (o.clip_mode in ("norm", "value", "none"), "optim.clip_mode must be norm, value or none"),
             (o.max_steps >= 1, "optim.max_steps must be >= 1"),
             (self.run.mkldnn in ("on", "off"), "run.mkldnn must be on or off"),
+            (self.run.device in ("cpu", "cuda"), "run.device must be cpu or cuda"),
+            (self.run.dist_timeout_s > 0, "run.dist_timeout_s must be > 0"),
         ]
         for ok, message in checks:
             if not ok:

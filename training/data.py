@@ -25,8 +25,22 @@ _STDLIB_PREFIX = "python-stdlib"
 
 
 @dataclass(frozen=True)
+class CorpusInfo:
+    """The facts that identify a corpus (recorded in checkpoints and manifests), without its text."""
+
+    name: str
+    sha256: str  # of the joined text, UTF-8 encoded
+    bytes: int
+    chars: int
+    files: int
+
+    def describe(self) -> dict[str, object]:
+        return {"name": self.name, "sha256": self.sha256, "bytes": self.bytes, "chars": self.chars, "files": self.files}
+
+
+@dataclass(frozen=True)
 class Corpus:
-    """A text with the facts that identify it (recorded in checkpoints and manifests)."""
+    """A text held in memory with the facts that identify it."""
 
     name: str
     text: str
@@ -37,14 +51,12 @@ class Corpus:
     def size_bytes(self) -> int:
         return len(self.text.encode("utf-8"))
 
+    @property
+    def info(self) -> CorpusInfo:
+        return CorpusInfo(self.name, self.sha256, self.size_bytes, len(self.text), self.files)
+
     def describe(self) -> dict[str, object]:
-        return {
-            "name": self.name,
-            "sha256": self.sha256,
-            "bytes": self.size_bytes,
-            "chars": len(self.text),
-            "files": self.files,
-        }
+        return self.info.describe()
 
 
 def stdlib_files() -> list[Path]:
@@ -54,7 +66,8 @@ def stdlib_files() -> list[Path]:
     return sorted((p for p in root.glob("*.py") if p.is_file()), key=lambda p: p.name)
 
 
-def _resolve(spec: str) -> tuple[str, list[Path]]:
+def resolve_corpus(spec: str) -> tuple[str, list[Path]]:
+    """The corpus' name and its files in reading order (a path, directory, glob, comma list or the builtin)."""
     if spec == BUILTIN_CORPUS:
         return f"{_STDLIB_PREFIX}-{sysconfig.get_python_version()}", stdlib_files()
     paths: list[Path] = []
@@ -80,7 +93,7 @@ def load_corpus(spec: str) -> Corpus:
     Files are joined in sorted order with a newline between them. Files that are not valid
     UTF-8 are refused with their name, rather than silently mangled.
     """
-    name, paths = _resolve(spec)
+    name, paths = resolve_corpus(spec)
     parts = []
     for path in paths:
         try:
@@ -96,9 +109,13 @@ def load_corpus(spec: str) -> Corpus:
 
 @dataclass(frozen=True)
 class Dataset:
-    """The encoded split and the vocabulary built from its training part."""
+    """The encoded split and the vocabulary built from its training part.
 
-    corpus: Corpus
+    The id arrays are in memory (`prepare`) or memory-mapped from a prepared corpus (training/prepared.py);
+    both are read only through slices, so neither path copies the whole split.
+    """
+
+    corpus: CorpusInfo
     vocab: Vocabulary
     train_ids: np.ndarray
     val_ids: np.ndarray
@@ -114,11 +131,17 @@ class Dataset:
         }
 
 
+def split_point(chars: int, train_fraction: float) -> int:
+    """How many of `chars` characters train: the first `train_fraction` of them, at least one each side."""
+    cut = int(chars * train_fraction)
+    if cut < 1 or cut >= chars:
+        raise ValueError(f"train_fraction {train_fraction} leaves an empty split of {chars} characters")
+    return cut
+
+
 def split_text(text: str, train_fraction: float) -> tuple[str, str]:
     """Contiguous split: the first `train_fraction` of characters trains, the rest validates."""
-    cut = int(len(text) * train_fraction)
-    if cut < 1 or cut >= len(text):
-        raise ValueError(f"train_fraction {train_fraction} leaves an empty split of {len(text)} characters")
+    cut = split_point(len(text), train_fraction)
     return text[:cut], text[cut:]
 
 
@@ -132,7 +155,7 @@ def prepare(config: DataConfig, corpus: Corpus | None = None) -> Dataset:
         log.info("%d rare training characters folded into the unknown character", folded)
     if unknown:
         log.info("%d validation characters are outside the vocabulary (%s)", unknown, vocab.unknown_policy)
-    return Dataset(corpus, vocab, train_ids, val_ids, config.train_fraction, unknown)
+    return Dataset(corpus.info, vocab, train_ids, val_ids, config.train_fraction, unknown)
 
 
 class BpttBatches:
@@ -142,23 +165,32 @@ class BpttBatches:
     holds characters [k*T, (k+1)*T) of every stream, so row b of window k+1 continues row b
     of window k and the hidden state can be carried across windows (detached, not reset).
     `window(i)` is a pure function of i: resuming a run at step i yields the same batches.
+
+    `part=(p, n)` keeps rows [p*B/n, (p+1)*B/n) of that same layout: n processes of B/n rows
+    each see exactly the windows one process of B rows sees (distributed training).
     """
 
-    def __init__(self, ids: np.ndarray, batch_size: int, seq_len: int):
+    def __init__(self, ids: np.ndarray, batch_size: int, seq_len: int, part: tuple[int, int] = (0, 1)):
+        index, parts = part
+        if batch_size % parts:
+            raise ValueError(f"optim.batch_size={batch_size} does not split evenly over {parts} processes")
         stream_len = (ids.size - 1) // batch_size
         if stream_len < 1:
             raise ValueError(f"{ids.size} tokens cannot fill {batch_size} streams; lower optim.batch_size")
         self.seq_len = min(seq_len, stream_len)
         self.windows_per_epoch = max(1, stream_len // self.seq_len)
+        self.rows = batch_size // parts
         usable = stream_len * batch_size
-        self.inputs = ids[:usable].reshape(batch_size, stream_len)
-        self.targets = ids[1 : usable + 1].reshape(batch_size, stream_len)
+        rows = slice(index * self.rows, (index + 1) * self.rows)
+        # Views, not copies: a memory-mapped split stays on disk until a window is read.
+        self.inputs = ids[:usable].reshape(batch_size, stream_len)[rows]
+        self.targets = ids[1 : usable + 1].reshape(batch_size, stream_len)[rows]
 
     def window(self, index: int) -> tuple[np.ndarray, np.ndarray, bool]:
-        """(inputs [B, T], targets [B, T], starts_epoch). The state must be reset when starts_epoch."""
+        """(inputs [B/n, T], targets [B/n, T], starts_epoch) as int64. Reset the state when starts_epoch."""
         k = index % self.windows_per_epoch
         cols = slice(k * self.seq_len, (k + 1) * self.seq_len)
-        return self.inputs[:, cols], self.targets[:, cols], k == 0
+        return self.inputs[:, cols].astype(np.int64), self.targets[:, cols].astype(np.int64), k == 0
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray, bool]]:
         for k in range(self.windows_per_epoch):
@@ -166,7 +198,7 @@ class BpttBatches:
 
 
 def eval_streams(
-    ids: np.ndarray, streams: int, seq_len: int, min_stream_len: int = 1000
+    ids: np.ndarray, streams: int, seq_len: int, min_stream_len: int = 1000, part: tuple[int, int] = (0, 1)
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Windows covering the whole validation split once, state to be carried throughout.
 
@@ -174,11 +206,19 @@ def eval_streams(
     every character but the first of each stream is scored exactly once. Streams are kept
     at least `min_stream_len` long (fewer streams for a short split), since each one starts
     from a zero state and its first characters are scored without context.
+
+    `part=(p, n)` yields only the p-th of n contiguous groups of those streams (as equal as the
+    count allows; a group may be empty), so n processes together score the split exactly once.
     """
     streams = max(1, min(streams, (ids.size - 1) // min_stream_len))
     stream_len = (ids.size - 1) // streams
     usable = stream_len * streams
-    inputs = ids[:usable].reshape(streams, stream_len)
-    targets = ids[1 : usable + 1].reshape(streams, stream_len)
+    index, parts = part
+    first, last = index * streams // parts, (index + 1) * streams // parts
+    if first == last:
+        return
+    inputs = ids[:usable].reshape(streams, stream_len)[first:last]
+    targets = ids[1 : usable + 1].reshape(streams, stream_len)[first:last]
     for start in range(0, stream_len, seq_len):
-        yield inputs[:, start : start + seq_len], targets[:, start : start + seq_len]
+        cols = slice(start, start + seq_len)
+        yield inputs[:, cols].astype(np.int64), targets[:, cols].astype(np.int64)

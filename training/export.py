@@ -36,6 +36,7 @@ from charrnn.artifact import (
     write_manifest,
 )
 from training.model import CharRNN, state_kinds
+from training.quantize import QualityGate, quantize_artifact
 from training.sample import OnnxStepper, TorchStepper
 from training.train import load_checkpoint, model_from_checkpoint
 
@@ -121,7 +122,9 @@ def _export_graph(model: CharRNN, path: Path) -> list[StateSpec]:
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message="The feature will be removed")
         torch.onnx.export(
-            _GraphModule(model),
+            # In eval mode: the exporter restores the wrapper's mode afterwards, recursively, and a
+            # wrapper left in training mode would switch the model's dropout on for the parity check.
+            _GraphModule(model).eval(),
             (tokens, *state),
             str(path),
             input_names=[TOKENS, *(s.input for s in specs)],
@@ -203,6 +206,18 @@ def export_checkpoint(
         for item in (ONNX_FILE, "manifest.json"):
             shutil.move(str(tmp / item), str(out_dir / item))
     return load_manifest(out_dir)
+
+
+def export_int8(
+    checkpoint: Path, out_dir: Path, gate: QualityGate, *, name: str = "charrnn", version: str = "1"
+) -> Manifest:
+    """`export --quantize int8`: the fp32 artifact (parity-checked) in a temporary directory,
+    then its int8 artifact behind the quality gate in `out_dir`."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=".export-fp32-") as tmp:
+        fp32_dir = Path(tmp) / "fp32"
+        export_checkpoint(checkpoint, fp32_dir, name=name, version=version)
+        return quantize_artifact(fp32_dir, out_dir, gate)
 
 
 def _training_facts(data: dict[str, Any], val_loss: float) -> dict[str, Any]:

@@ -22,7 +22,9 @@ StateArrays = tuple[np.ndarray, ...]
 
 
 @dataclass(frozen=True)
-class SamplingParams:
+class ReferenceSampling:
+    """The reference sampler's settings (numpy's generator, unlike the server's counter-based one)."""
+
     temperature: float = 1.0  # 0 = greedy (argmax)
     top_k: int = 0  # keep the k most likely characters; 0 = all
     top_p: float = 1.0  # keep the smallest set whose probability reaches top_p; 1 = all
@@ -35,7 +37,7 @@ class Stepper(Protocol):
         ...
 
 
-def filtered_probabilities(logits: np.ndarray, params: SamplingParams) -> np.ndarray:
+def filtered_probabilities(logits: np.ndarray, params: ReferenceSampling) -> np.ndarray:
     """Probabilities after temperature, top-k and top-p (float64, sums to 1)."""
     z = logits.astype(np.float64) / params.temperature
     if 0 < params.top_k < z.size:
@@ -54,14 +56,14 @@ def filtered_probabilities(logits: np.ndarray, params: SamplingParams) -> np.nda
     return p
 
 
-def sample_next(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> int:
+def sample_next(logits: np.ndarray, params: ReferenceSampling, rng: np.random.Generator) -> int:
     if params.temperature == 0:
         return int(np.argmax(logits))
     p = filtered_probabilities(logits, params)
     return int(rng.choice(p.size, p=p))
 
 
-def generate(stepper: Stepper, vocab: Vocabulary, prompt: str, n_chars: int, params: SamplingParams) -> str:
+def generate(stepper: Stepper, vocab: Vocabulary, prompt: str, n_chars: int, params: ReferenceSampling) -> str:
     """Feed `prompt` (zero initial state), then sample `n_chars` characters one at a time."""
     if not prompt:
         raise ValueError("the reference sampler needs a non-empty prompt")
@@ -84,22 +86,22 @@ class TorchStepper:
     def step(self, tokens: np.ndarray, state: StateArrays | None) -> tuple[np.ndarray, StateArrays]:
         import torch
 
+        device = next(self.model.parameters()).device
         with torch.no_grad():
-            torch_state = None if state is None else tuple(torch.from_numpy(s) for s in state)
-            logits, new_state = self.model(torch.from_numpy(tokens), torch_state)
-        return logits.numpy(), tuple(s.numpy() for s in new_state)
+            torch_state = None if state is None else tuple(torch.from_numpy(s).to(device) for s in state)
+            logits, new_state = self.model(torch.from_numpy(tokens).to(device), torch_state)
+        return logits.cpu().numpy(), tuple(s.cpu().numpy() for s in new_state)
 
 
 class OnnxStepper:
-    """Steps an exported artifact with the server's own ONNX Runtime engine (no sampling, no batching).
+    """Steps an exported artifact with the shared ONNX Runtime engine (no sampling, no batching).
 
-    Reusing `service.engine.Engine` means export's parity check and the reference sampler run the graph
-    exactly as the server does; the engine imports only onnxruntime, numpy and the artifact contract.
+    `charrnn.engine.Engine` is the same wrapper the server steps with, so export's parity check and the
+    reference sampler run the graph exactly as the server does.
     """
 
     def __init__(self, model_dir: Path | str, threads: int = 1):
-        from service.config import EngineOptions
-        from service.engine import Engine
+        from charrnn.engine import Engine, EngineOptions
 
         self.engine = Engine(model_dir, EngineOptions(intra_op_threads=threads))
         self.manifest = self.engine.manifest

@@ -1,9 +1,14 @@
 """The training loop: truncated BPTT, AdamW with warm-up and cosine decay, clipping, evaluation,
 fixed-seed samples, checkpoints that can resume exactly, a metrics log and loss curves.
+
+Under torchrun the same loop runs in every process: each trains its share of the batch's streams,
+DistributedDataParallel averages the gradients, validation is sharded and its sums reduced, and rank 0
+alone writes anything (training/distributed.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -16,18 +21,22 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from charrnn.vocab import Vocabulary
 from training.config import TrainingConfig
-from training.data import BpttBatches, Dataset, eval_streams, prepare
+from training.data import BpttBatches, Dataset, eval_streams
+from training.distributed import Distributed, training_device
 from training.model import CharRNN, State, detach_state
+from training.prepared import load_dataset
 from training.progress import Progress
-from training.sample import SamplingParams, TorchStepper, generate
+from training.sample import ReferenceSampling, TorchStepper, generate
 
 log = logging.getLogger(__name__)
 
 LN2 = math.log(2.0)
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: per-process RNG states and the world size; format 1 is still read
 EVAL_STREAMS = 32
 EVAL_SEQ_LEN = 256
 
@@ -59,21 +68,24 @@ def build_optimizer(model: CharRNN, config: TrainingConfig) -> torch.optim.AdamW
 
 
 @torch.no_grad()
-def evaluate(model: CharRNN, ids: np.ndarray, max_chars: int = 0) -> float:
-    """Mean validation loss in nats over the whole split, carrying the state through it."""
+def evaluate(model: CharRNN, ids: np.ndarray, max_chars: int = 0, part: tuple[int, int] = (0, 1)) -> tuple[float, int]:
+    """(summed nats, characters scored) over this process' part of the validation split, carrying the
+    state through it; the parts' sums add up to the whole split's."""
     was_training = model.training
     model.eval()
     if max_chars and ids.size > max_chars:
         ids = ids[:max_chars]
+    device = next(model.parameters()).device
     state: State | None = None
     total, count = 0.0, 0
-    for x, y in eval_streams(ids, EVAL_STREAMS, EVAL_SEQ_LEN):
-        logits, state = model(torch.from_numpy(x), state)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), torch.from_numpy(y).reshape(-1), reduction="sum")
+    for x, y in eval_streams(ids, EVAL_STREAMS, EVAL_SEQ_LEN, part=part):
+        logits, state = model(torch.from_numpy(x).to(device), state)
+        targets = torch.from_numpy(y).to(device).reshape(-1)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets, reduction="sum")
         total += float(loss)
         count += y.size
     model.train(was_training)
-    return total / max(1, count)
+    return total, count
 
 
 def clip_gradients(model: CharRNN, config: TrainingConfig) -> tuple[float, bool]:
@@ -105,17 +117,22 @@ class TrainResult:
         return self.best_val_loss / LN2
 
 
-def _rng_state() -> dict[str, Any]:
+def _rng_state(device: torch.device) -> dict[str, Any]:
     np_state: tuple[Any, ...] = np.random.get_state(legacy=True)  # type: ignore[assignment]
-    return {
+    state = {
         "torch": torch.get_rng_state(),
         "python": json.dumps(random.getstate()),
         "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2])},
     }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
     py = json.loads(state["python"])
     random.setstate((py[0], tuple(py[1]), py[2]))
     np.random.set_state(("MT19937", state["numpy"]["keys"].numpy().astype(np.uint32), state["numpy"]["pos"], 0, 0.0))
@@ -130,9 +147,27 @@ def save_checkpoint(path: Path, **payload: Any) -> None:
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
     data: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+    if data.get("format") == 1:  # one process' RNG state
+        data.update(format=CHECKPOINT_FORMAT, rng=[data["rng"]], world_size=1)
     if data.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a charrnn checkpoint (format {data.get('format')!r})")
     return data
+
+
+def _keep_rows_until(log_path: Path, step: int) -> None:
+    """Drop a JSON-lines log's rows after `step`: a run stopped between checkpoints (killed, or a
+    failed process) logged steps that its resumed run logs again."""
+    if not log_path.exists():
+        return
+    if step == 0:
+        log_path.unlink()
+        return
+    lines = log_path.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = [line for line in lines if json.loads(line)["step"] <= step]
+    if len(kept) < len(lines):
+        tmp = log_path.with_suffix(".tmp")
+        tmp.write_text("".join(kept), encoding="utf-8")
+        tmp.replace(log_path)
 
 
 def model_from_checkpoint(data: dict[str, Any]) -> tuple[CharRNN, Vocabulary, TrainingConfig]:
@@ -145,34 +180,56 @@ def model_from_checkpoint(data: dict[str, Any]) -> tuple[CharRNN, Vocabulary, Tr
 
 
 class Trainer:
-    """One run: owns the model, optimiser, data, logs and checkpoints of `config.run.out_dir`."""
+    """One run: owns the model, optimiser, data, logs and checkpoints of `config.run.out_dir`.
 
-    def __init__(self, config: TrainingConfig, dataset: Dataset | None = None, resume: Path | None = None):
+    `dist` places the run in a torchrun job (training/distributed.py); without it the run is one
+    process on `run.device`.
+    """
+
+    def __init__(
+        self,
+        config: TrainingConfig,
+        dataset: Dataset | None = None,
+        resume: Path | None = None,
+        dist: Distributed | None = None,
+    ):
         config.validate()
         self.config = config
+        self.dist = dist or Distributed(device=training_device(config.run))
         self.out_dir = Path(config.run.out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
         torch.backends.mkldnn.enabled = config.run.mkldnn == "on"  # type: ignore[assignment]
         if config.run.threads:
             torch.set_num_threads(config.run.threads)
         self._seed(config.run.seed)
-        self.dataset = dataset or prepare(config.data)
+        self.dataset = dataset or load_dataset(config.data)
         self.vocab = self.dataset.vocab
         if self.vocab.unknown_char is None and self.vocab.unknown(config.run.sample_prime):
             raise ValueError(f"run.sample_prime has characters outside the vocabulary: {config.run.sample_prime!r}")
-        self.model = CharRNN(config.model, len(self.vocab))
+        self.batches = BpttBatches(
+            self.dataset.train_ids, config.optim.batch_size, config.optim.seq_len, part=self.dist.part
+        )
+        self.model = CharRNN(config.model, len(self.vocab)).to(self.dist.device)
         self.optimizer = build_optimizer(self.model, config)
-        self.batches = BpttBatches(self.dataset.train_ids, config.optim.batch_size, config.optim.seq_len)
+        # What the training step calls: DDP averages the gradients over the processes during backward().
+        self.forward: nn.Module = self.model
+        if self.dist.enabled:
+            cuda = self.dist.device.type == "cuda"
+            self.forward = DistributedDataParallel(
+                self.model, device_ids=[self.dist.device] if cuda else None, forward_sync_buffers=False
+            )
+            self._seed(config.run.seed + self.dist.rank)  # the same init everywhere, then own dropout masks
         self.step = 0
         self.best_val = math.inf
         self.evals_without_gain = 0
         self.elapsed = 0.0  # training wall time so far, across resumes
         self.clipped_steps = 0
-        self.state: State = self.model.initial_state(config.optim.batch_size)
+        self.state: State = self.model.initial_state(self.batches.rows, self.dist.device)
         if resume is not None:
             self._restore(load_checkpoint(resume))
-        self.vocab.save(self.out_dir / "vocab.json")
-        config.save(self.out_dir / "config.json")
+        if self.dist.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self.vocab.save(self.out_dir / "vocab.json")
+            config.save(self.out_dir / "config.json")
 
     @staticmethod
     def _seed(seed: int) -> None:
@@ -184,6 +241,8 @@ class Trainer:
         saved = TrainingConfig.from_dict(data["config"])
         if saved.model != self.config.model:
             raise ValueError("the checkpoint's model config differs from this run's; resume with the same model")
+        if saved.optim.batch_size != self.config.optim.batch_size:
+            raise ValueError(f"the checkpoint was trained with optim.batch_size={saved.optim.batch_size}: keep it")
         if data["corpus"]["sha256"] != self.dataset.corpus.sha256:
             raise ValueError("the checkpoint was trained on a different corpus (sha256 mismatch)")
         self.model.load_state_dict(data["model"])
@@ -193,11 +252,24 @@ class Trainer:
         self.evals_without_gain = int(data["evals_without_gain"])
         self.elapsed = float(data["wall_time_s"])
         self.clipped_steps = int(data["clipped_steps"])
-        self.state = tuple(data["carried_state"])
-        _set_rng_state(data["rng"])
+        rows = slice(self.dist.rank * self.batches.rows, (self.dist.rank + 1) * self.batches.rows)
+        self.state = tuple(s[:, rows].to(self.dist.device) for s in data["carried_state"])
+        saved_world, rngs = int(data["world_size"]), data["rng"]
+        if saved_world != self.dist.world_size and self.dist.is_main:
+            log.warning(
+                "the checkpoint was written by %d processes and this run has %d: the data order is the same "
+                "(optim.batch_size streams split over the processes), but the processes' random streams "
+                "(dropout) and the order of float reductions change, so this continuation is not the one an "
+                "uninterrupted run would have taken", saved_world, self.dist.world_size,
+            )  # fmt: skip
+        if self.dist.rank < len(rngs):
+            _set_rng_state(rngs[self.dist.rank], self.dist.device)
+        else:
+            self._seed(self.config.run.seed + self.dist.rank + self.step)
         log.info("resumed from step %d (best val %.4f nats)", self.step, self.best_val)
 
     def _checkpoint_payload(self) -> dict[str, Any]:
+        """Called by every process (the carried state and RNG states are gathered); rank 0 saves it."""
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -214,8 +286,10 @@ class Trainer:
             "evals_without_gain": self.evals_without_gain,
             "wall_time_s": self.elapsed,
             "clipped_steps": self.clipped_steps,
-            "carried_state": list(self.state),
-            "rng": _rng_state(),
+            # All optim.batch_size streams, in order, whatever the number of processes.
+            "carried_state": [s.cpu() for s in self.dist.gather_rows(self.state)],
+            "rng": self.dist.gather_objects(_rng_state(self.dist.device)),
+            "world_size": self.dist.world_size,
             "torch_version": str(torch.__version__),
         }
 
@@ -229,7 +303,7 @@ class Trainer:
             self.vocab,
             prime,
             r.sample_chars,
-            SamplingParams(temperature=0.8, seed=r.sample_seed),
+            ReferenceSampling(temperature=0.8, seed=r.sample_seed),
         )
         self.model.train(was_training)
         with open(log_file, "a", encoding="utf-8") as f:
@@ -238,51 +312,68 @@ class Trainer:
     def _train_step(self) -> tuple[float, float, bool]:
         x, y, starts_epoch = self.batches.window(self.step)
         if starts_epoch:
-            self.state = self.model.initial_state(self.config.optim.batch_size)
+            self.state = self.model.initial_state(self.batches.rows, self.dist.device)
         budget_s = self.config.optim.max_minutes * 60.0
         lr = lr_at(self.step, self.config, self.elapsed / budget_s if budget_s else 0.0)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        logits, state = self.model(torch.from_numpy(x), self.state)
+        device = self.dist.device
+        logits, state = self.forward(torch.from_numpy(x).to(device), self.state)
         self.state = detach_state(state)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), torch.from_numpy(y).reshape(-1))
+        # The mean over this process' rows; DDP's average over processes makes it the mean over the batch.
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), torch.from_numpy(y).to(device).reshape(-1))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        norm, clipped = clip_gradients(self.model, self.config)
+        norm, clipped = clip_gradients(self.model, self.config)  # gradients are already averaged: global norm
         self.optimizer.step()
         self.step += 1
         self.clipped_steps += int(clipped)
         return float(loss.detach()), norm, clipped
 
+    def _add_time(self, seconds: float) -> None:
+        """Count wall time; with a budget, every process takes the slowest one's, so all stop together
+        and follow the same time-driven learning-rate decay."""
+        self.elapsed += seconds
+        if self.config.optim.max_minutes:
+            self.elapsed = self.dist.max(self.elapsed)
+
+    def _validate(self) -> float:
+        nats, chars = evaluate(self.model, self.dataset.val_ids, self.config.run.eval_max_chars, self.dist.part)
+        total, count = self.dist.sum(nats, chars)
+        return total / max(1.0, count)
+
     def train(self, stop_at: int | None = None) -> TrainResult:
         """Train to optim.max_steps (or the time budget); `stop_at` pauses earlier, checkpointed,
         so that `--resume` can continue exactly where it left off."""
         c = self.config
+        main = self.dist.is_main
         end = min(c.optim.max_steps, stop_at) if stop_at else c.optim.max_steps
         metrics_path = self.out_dir / "metrics.jsonl"
         samples_path = self.out_dir / "samples.jsonl"
         best_path, last_path = self.out_dir / "best.pt", self.out_dir / "last.pt"
         budget_s = c.optim.max_minutes * 60.0
-        chars_per_step = c.optim.batch_size * self.batches.seq_len
+        chars_per_step = c.optim.batch_size * self.batches.seq_len  # over all processes
         self.model.train()
         log.info(
-            "training %s %dx%d (%d parameters) on %s: %d train / %d val chars, vocab %d",
+            "training %s %dx%d (%d parameters) on %s: %d train / %d val chars, vocab %d, %d process(es)",
             c.model.cell, c.model.layers, c.model.hidden_size, self.model.num_parameters(),
             self.dataset.corpus.name, self.dataset.train_ids.size, self.dataset.val_ids.size, len(self.vocab),
+            self.dist.world_size,
         )  # fmt: skip
-        progress = Progress(total=c.optim.max_steps, initial=self.step, enabled=c.run.progress)
-        if self.step == 0:  # a fresh run owns its logs; only --resume appends to them
+        progress = Progress(total=c.optim.max_steps, initial=self.step, enabled=c.run.progress and main)
+        if main:  # a fresh run owns its logs; --resume appends to them from its checkpoint's step
             for path in (metrics_path, samples_path):
-                path.unlink(missing_ok=True)
-        if self.step == 0 and c.run.sample_interval:
+                _keep_rows_until(path, self.step)
+        if self.step == 0 and c.run.sample_interval and main:
             self._sample(samples_path)
         window_start, window_steps, loss_sum = time.perf_counter(), 0, 0.0
         stop_reason = "max_steps"
-        with open(metrics_path, "a", encoding="utf-8") as metrics:
+        with contextlib.ExitStack() as stack:
+            metrics = stack.enter_context(open(metrics_path, "a", encoding="utf-8")) if main else None
             while self.step < end:
                 t0 = time.perf_counter()
                 loss, norm, _ = self._train_step()
-                self.elapsed += time.perf_counter() - t0
+                self._add_time(time.perf_counter() - t0)
                 window_steps += 1
                 loss_sum += loss
                 now = time.perf_counter()
@@ -290,33 +381,36 @@ class Trainer:
                 progress.update(self.step, loss=loss, chars_per_s=chars_per_s)
                 record: dict[str, Any] = {}
                 if self.step % c.run.log_interval == 0:
+                    (loss_sum,) = self.dist.sum(loss_sum)
                     record.update(
-                        train_loss=loss_sum / window_steps, grad_norm=norm, lr=self.optimizer.param_groups[0]["lr"],
-                        chars_per_s=chars_per_s, clipped_fraction=self.clipped_steps / self.step,
+                        train_loss=loss_sum / window_steps / self.dist.world_size, grad_norm=norm,
+                        lr=self.optimizer.param_groups[0]["lr"], chars_per_s=chars_per_s,
+                        clipped_fraction=self.clipped_steps / self.step,
                     )  # fmt: skip
                     window_start, window_steps, loss_sum = now, 0, 0.0
                 last = self.step == end or (budget_s and self.elapsed >= budget_s)
                 if self.step % c.run.eval_interval == 0 or last:
                     t0 = time.perf_counter()
-                    val = evaluate(self.model, self.dataset.val_ids, c.run.eval_max_chars)
+                    val = self._validate()
                     record.update(val_loss=val, val_bpc=val / LN2)
                     improved = val < self.best_val
                     if improved:
                         self.best_val, self.evals_without_gain = val, 0
                     else:
                         self.evals_without_gain += 1
-                    if c.run.sample_interval and self.step % c.run.sample_interval == 0:
+                    if c.run.sample_interval and self.step % c.run.sample_interval == 0 and main:
                         self._sample(samples_path)
-                    self.elapsed += time.perf_counter() - t0
+                    self._add_time(time.perf_counter() - t0)
                     payload = self._checkpoint_payload()
-                    save_checkpoint(last_path, **payload)
-                    if improved:
-                        save_checkpoint(best_path, **payload)
+                    if main:
+                        save_checkpoint(last_path, **payload)
+                        if improved:
+                            save_checkpoint(best_path, **payload)
                     progress.note(f"step {self.step}: val {val:.4f} nats ({val / LN2:.3f} bits/char)")
                     patience = c.run.early_stop_patience
                     if patience and self.evals_without_gain >= patience:
                         stop_reason = f"early stop: no gain in {patience} evaluations"
-                if record:
+                if record and metrics is not None:
                     record.update(step=self.step, wall_time_s=round(self.elapsed, 3))
                     metrics.write(json.dumps(record) + "\n")
                     metrics.flush()
@@ -327,7 +421,8 @@ class Trainer:
                     break
         progress.close()
         log.info("stopped at step %d (%s); best val %.4f nats", self.step, stop_reason, self.best_val)
-        self._plot(metrics_path)
+        if main:
+            self._plot(metrics_path)
         return TrainResult(self.out_dir, best_path, self.step, self.best_val, self.elapsed)
 
     def _plot(self, metrics_path: Path) -> None:

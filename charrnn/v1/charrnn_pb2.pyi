@@ -101,6 +101,34 @@ CELL_TYPE_GRU: CellType.ValueType  # 3
 """Gated recurrent unit."""
 Global___CellType: _TypeAlias = CellType  # noqa: Y015
 
+class _Precision:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PrecisionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Precision.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PRECISION_UNSPECIFIED: _Precision.ValueType  # 0
+    """Never sent by this server (a server from before the field existed: fp32)."""
+    PRECISION_FP32: _Precision.ValueType  # 1
+    """32-bit floating point, as exported from training."""
+    PRECISION_INT8: _Precision.ValueType  # 2
+    """8-bit integer products with a scale per activation row (`charrnn quantize`);
+    batch invariant like fp32.
+    """
+
+class Precision(_Precision, metaclass=_PrecisionEnumTypeWrapper):
+    """The arithmetic the model's graph runs in."""
+
+PRECISION_UNSPECIFIED: Precision.ValueType  # 0
+"""Never sent by this server (a server from before the field existed: fp32)."""
+PRECISION_FP32: Precision.ValueType  # 1
+"""32-bit floating point, as exported from training."""
+PRECISION_INT8: Precision.ValueType  # 2
+"""8-bit integer products with a scale per activation row (`charrnn quantize`);
+batch invariant like fp32.
+"""
+Global___Precision: _TypeAlias = Precision  # noqa: Y015
+
 class _UnknownPolicy:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -873,6 +901,7 @@ class Limits(_message.Message):
     SESSION_TTL_SECONDS_FIELD_NUMBER: _builtins.int
     MAX_WATCHED_UNITS_FIELD_NUMBER: _builtins.int
     MIN_CHECKPOINT_CHARS_FIELD_NUMBER: _builtins.int
+    MAX_SESSION_STREAMS_FIELD_NUMBER: _builtins.int
     max_live_streams: _builtins.int
     """Streams advanced together (the batch size); more wait in the queue."""
     max_queued_streams: _builtins.int
@@ -897,6 +926,8 @@ class Limits(_message.Message):
     """Most hidden units one Generate may watch (GenerateRequest.activations)."""
     min_checkpoint_chars: _builtins.int
     """Smallest non-zero GenerateRequest.checkpoint_every_chars accepted."""
+    max_session_streams: _builtins.int
+    """Open Session streams; beyond: RESOURCE_EXHAUSTED with a retry hint."""
     def __init__(
         self,
         *,
@@ -912,10 +943,11 @@ class Limits(_message.Message):
         session_ttl_seconds: _builtins.float = ...,
         max_watched_units: _builtins.int = ...,
         min_checkpoint_chars: _builtins.int = ...,
+        max_session_streams: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_max_chars", b"default_max_chars", "max_chars", b"max_chars", "max_live_streams", b"max_live_streams", "max_prompt_chars", b"max_prompt_chars", "max_queued_streams", b"max_queued_streams", "max_score_chars", b"max_score_chars", "max_sessions", b"max_sessions", "max_stop_chars", b"max_stop_chars", "max_stop_strings", b"max_stop_strings", "max_watched_units", b"max_watched_units", "min_checkpoint_chars", b"min_checkpoint_chars", "session_ttl_seconds", b"session_ttl_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_max_chars", b"default_max_chars", "max_chars", b"max_chars", "max_live_streams", b"max_live_streams", "max_prompt_chars", b"max_prompt_chars", "max_queued_streams", b"max_queued_streams", "max_score_chars", b"max_score_chars", "max_session_streams", b"max_session_streams", "max_sessions", b"max_sessions", "max_stop_chars", b"max_stop_chars", "max_stop_strings", b"max_stop_strings", "max_watched_units", b"max_watched_units", "min_checkpoint_chars", b"min_checkpoint_chars", "session_ttl_seconds", b"session_ttl_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -941,6 +973,7 @@ class GetModelInfoResponse(_message.Message):
     VAL_BITS_PER_CHAR_FIELD_NUMBER: _builtins.int
     SHA256_FIELD_NUMBER: _builtins.int
     LIMITS_FIELD_NUMBER: _builtins.int
+    PRECISION_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Model name from the manifest."""
     version: _builtins.str
@@ -965,6 +998,10 @@ class GetModelInfoResponse(_message.Message):
     """Validation bits per character measured at training, when the manifest has it."""
     sha256: _builtins.str
     """sha256 of the ONNX model file; resume tokens are bound to it."""
+    precision: Global___Precision.ValueType
+    """The arithmetic of the model file (an int8 and an fp32 file of the same
+    weights are different models: different sha256).
+    """
     @_builtins.property
     def vocabulary(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The vocabulary, in token-id order (one character per entry)."""
@@ -990,10 +1027,11 @@ class GetModelInfoResponse(_message.Message):
         val_bits_per_char: _builtins.float | None = ...,
         sha256: _builtins.str = ...,
         limits: Global___Limits | None = ...,
+        precision: Global___Precision.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_val_bits_per_char", b"_val_bits_per_char", "limits", b"limits", "val_bits_per_char", b"val_bits_per_char"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_val_bits_per_char", b"_val_bits_per_char", "cell", b"cell", "embedding_size", b"embedding_size", "hidden_size", b"hidden_size", "layers", b"layers", "limits", b"limits", "name", b"name", "parameters", b"parameters", "sha256", b"sha256", "unknown_char", b"unknown_char", "unknown_policy", b"unknown_policy", "val_bits_per_char", b"val_bits_per_char", "version", b"version", "vocab_size", b"vocab_size", "vocabulary", b"vocabulary"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_val_bits_per_char", b"_val_bits_per_char", "cell", b"cell", "embedding_size", b"embedding_size", "hidden_size", b"hidden_size", "layers", b"layers", "limits", b"limits", "name", b"name", "parameters", b"parameters", "precision", b"precision", "sha256", b"sha256", "unknown_char", b"unknown_char", "unknown_policy", b"unknown_policy", "val_bits_per_char", b"val_bits_per_char", "version", b"version", "vocab_size", b"vocab_size", "vocabulary", b"vocabulary"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__val_bits_per_char: _TypeAlias = _typing.Literal["val_bits_per_char"]  # noqa: Y015
     _WhichOneofArgType__val_bits_per_char: _TypeAlias = _typing.Literal["_val_bits_per_char", b"_val_bits_per_char"]  # noqa: Y015

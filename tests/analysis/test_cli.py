@@ -46,8 +46,3 @@ def test_other_commands_write_their_outputs(
 def test_missing_model_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["analyze", "units", "--model", str(tmp_path / "none"), "--out", str(tmp_path)]) == 1
     assert "does not exist" in capsys.readouterr().err
-
-
-def test_bench_cells_refuses_unknown_cells(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["bench", "cells", "--corpus", "x", "--minutes", "1", "--cells", "rnn,transformer"]) == 1
-    assert "comma list" in capsys.readouterr().err

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from service.client import CharRNNError, Client
+from charrnn.client import CharRNNError, Client
 from tests.containers.base_image import base_tarball, import_base
 from tests.containers.deployment import OVERLAY, container_run
 from tests.containers.engine import Engine, engine_in_tempdir, missing

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 
-from service.client import CharRNNError, Client, FailoverClient, GenerationResult
+from charrnn.client import CharRNNError, Client, FailoverClient, GenerationResult
 from tests.containers.engine import DOCKER_CLI, Engine
 from tests.containers.running import Container
 

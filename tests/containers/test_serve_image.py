@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from service.client import Client
+from charrnn.client import Client
 from tests.containers.deployment import ContainerRun, quantity
 from tests.containers.engine import Engine
 from tests.containers.running import Container, metric_value

@@ -83,7 +83,7 @@ def test_dockerignore_keeps_the_context_small() -> None:
     for heavy in (".venv/bin/python", ".git/HEAD", "runs/default/last.pt", "docs/api.md", "tests/service/harness.py",
                   "service/__pycache__/cli.cpython-311.pyc"):  # fmt: skip
         assert is_excluded(heavy, rules), heavy
-    for needed in ("pyproject.toml", "service/cli.py", "models/default/manifest.json", "tests/load/locustfile.py"):
+    for needed in ("pyproject.toml", "service/cli.py", "models/default/manifest.json", "bench/load/locustfile.py"):
         assert not is_excluded(needed, rules), needed
 
 

@@ -205,3 +205,74 @@ def test_training_job_writes_to_the_claim_and_waits_to_be_started(overlay: tuple
     assert trainer["args"][0] == "train" and export.startswith(mounts["artifacts"] + "/")
     assert trainer["securityContext"]["readOnlyRootFilesystem"] is True and mounts["tmp"] == "/tmp"
     assert trainer["image"].split("/")[-1].startswith("charrnn-train:")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Distributed training (deploy/k8s/distributed-training, optional component distributed-gpu)
+
+DISTRIBUTED = K8S / "distributed-training"
+
+
+def _flag(args: list[str], name: str) -> str:
+    (value,) = [a.split("=", 1)[1] for a in args if a.startswith(f"--{name}=")]
+    return value
+
+
+@pytest.fixture(scope="module", params=["cpu", "gpu"])
+def distributed(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[str, list[dict[str, Any]]]:
+    if request.param == "cpu":
+        return "cpu", kustomize(DISTRIBUTED)
+    root = tmp_path_factory.mktemp("distributed-gpu")
+    kustomization = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": [os.path.relpath(DISTRIBUTED, root)],
+        "components": [os.path.relpath(K8S / "components" / "distributed-gpu", root)],
+    }
+    (root / "kustomization.yaml").write_text(yaml.safe_dump(kustomization), encoding="utf-8")
+    return "gpu", kustomize(root)
+
+
+def test_distributed_training_validates_strictly(distributed: tuple[str, list[dict[str, Any]]]) -> None:
+    _, distributed = distributed
+    lines = validate_all(distributed)
+    assert {o["kind"] for o in distributed} == {"Job", "Service", "PersistentVolumeClaim", "NetworkPolicy"}
+    assert len(lines) == len(distributed)
+
+
+def test_distributed_training_is_torchrun_in_an_indexed_job(distributed: tuple[str, list[dict[str, Any]]]) -> None:
+    device, distributed = distributed
+    job = one(distributed, "Job", "charrnn-train-dist")
+    spec, pod = job["spec"], job["spec"]["template"]["spec"]
+    assert "suspend" not in spec or spec["suspend"] is False, "applying it starts the run"
+    assert spec["completionMode"] == "Indexed" and spec["backoffLimit"] == 0
+    (trainer,) = pod["containers"]
+    args = trainer["args"]
+    assert trainer["command"] == ["torchrun"]
+    assert int(_flag(args, "nnodes")) == spec["completions"] == spec["parallelism"], "one pod per node"
+    assert _flag(args, "rdzv-backend") == "c10d" and _flag(args, "max-restarts") == "0"
+    assert args[args.index("--no-python") + 1 : args.index("--no-python") + 3] == ["charrnn", "train"]
+    # The rendezvous endpoint is pod 0's stable name under the headless Service, on the port it exposes.
+    service = one(distributed, "Service", pod["subdomain"])
+    assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"] is True
+    assert selects(service["spec"]["selector"], job["spec"]["template"]["metadata"]["labels"])
+    host, port = _flag(args, "rdzv-endpoint").rsplit(":", 1)
+    assert host == f"{job['metadata']['name']}-0.{service['metadata']['name']}"
+    (service_port,) = service["spec"]["ports"]
+    container_ports = {p["name"]: p["containerPort"] for p in trainer["ports"]}
+    assert int(port) == service_port["port"] == container_ports[service_port["targetPort"]]
+    assert pod["enableServiceLinks"] is False and pod["automountServiceAccountToken"] is False
+    # Torch threads are the CPU limit; rank 0 writes to a claim every pod can mount.
+    threads = [a for a in args if a.startswith("run.threads=")]
+    assert threads == [f"run.threads={math.ceil(cpu_cores(str(trainer['resources']['limits']['cpu'])))}"]
+    mounts = {m["name"]: m["mountPath"] for m in trainer["volumeMounts"]}
+    assert _flag(args, "out").startswith(mounts["shared"] + "/") and _flag(args, "export").startswith(mounts["shared"])
+    claim = {v["name"]: v for v in pod["volumes"]}["shared"]["persistentVolumeClaim"]["claimName"]
+    assert one(distributed, "PersistentVolumeClaim", claim)["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert trainer["securityContext"]["readOnlyRootFilesystem"] is True and mounts["tmp"] == "/tmp"
+    policy = one(distributed, "NetworkPolicy", "charrnn-train-dist")
+    assert selects(policy["spec"]["podSelector"]["matchLabels"], job["spec"]["template"]["metadata"]["labels"])
+    gpus = trainer["resources"]["limits"].get("nvidia.com/gpu")
+    assert (gpus == "1") == ("run.device=cuda" in args) == (device == "gpu"), "GPUs and CUDA training come together"

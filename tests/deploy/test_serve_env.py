@@ -123,12 +123,13 @@ def _python(venv: Path, code: str, cwd: Path, *args: str) -> subprocess.Complete
 
 WHERE_AND_TORCH = """
 import importlib.util, json, service, charrnn
-print(json.dumps({"service": service.__file__, "torch": importlib.util.find_spec("torch") is not None}))
+found = {name: importlib.util.find_spec(name) is not None for name in ("torch", "training", "bench")}
+print(json.dumps({"service": service.__file__, **found}))
 """
 
 STREAM = """
 import json, sys
-from service.client import Client
+from charrnn.client import Client
 with Client(sys.argv[1], timeout=60) as c:
     health = c.health()
     gen = c.generate("def main():\\n", max_chars=300, temperature=0.8, seed=5)
@@ -143,6 +144,7 @@ def test_the_serve_extra_alone_serves_the_default_model_without_torch(serve_venv
     assert where.returncode == 0, where.stderr
     facts = json.loads(where.stdout)
     assert facts["torch"] is False, "torch is importable in the serve-only environment"
+    assert facts["training"] is False and facts["bench"] is False, "training or benchmark code in the serving env"
     assert Path(facts["service"]).is_relative_to(serve_venv), f"imported the repo's code: {facts['service']}"
     size = tree_bytes(serve_venv)
     assert size < MAX_SERVE_ENV_BYTES, f"the serve-only environment grew to {size / 1e6:.0f} MB"

@@ -20,15 +20,15 @@ from tests.service.tinymodel import TinySpec, export
 COUNTS: Counter[str] = Counter()
 # Small limits keep valid requests cheap; the fuzzer still reaches every limit.
 FUZZ_LIMITS = {
-    "--max-chars-limit": 24,
+    "--max-request-chars": 24,
     "--default-max-chars": 4,
     "--max-prompt-chars": 64,
     "--max-score-chars": 64,
     "--max-stop-strings": 4,
     "--max-stop-chars": 8,
     "--max-sessions": 32,
-    "--max-batch": 8,
-    "--max-queue": 64,
+    "--max-live-streams": 8,
+    "--max-queued-streams": 64,
 }
 
 

@@ -27,9 +27,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from charrnn.client import Client
 from charrnn.v1 import charrnn_pb2 as pb
-from service.client import Client
-from service.state import _HEADER, _MAC_SIZE, TOKEN_MAGIC, TOKEN_VERSION
+from service.tokens import _HEADER, _MAC_SIZE, TOKEN_MAGIC, TOKEN_VERSION
 from tests.fuzz.conftest import COUNTS, FUZZ_LIMITS, examples
 from tests.service.harness import TEST_KEY, ServerProcess
 
@@ -44,7 +44,7 @@ FUZZ = settings(
 )
 MAX_PROMPT = FUZZ_LIMITS["--max-prompt-chars"]
 MAX_SCORE = FUZZ_LIMITS["--max-score-chars"]
-MAX_CHARS = FUZZ_LIMITS["--max-chars-limit"]
+MAX_CHARS = FUZZ_LIMITS["--max-request-chars"]
 MAX_STOPS = FUZZ_LIMITS["--max-stop-strings"]
 MAX_STOP_CHARS = FUZZ_LIMITS["--max-stop-chars"]
 RAW = {"request_serializer": bytes, "response_deserializer": bytes}

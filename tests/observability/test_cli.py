@@ -7,16 +7,21 @@ from pathlib import Path
 import pytest
 
 from charrnn.cli import build_parser
+from charrnn.settings import build
+from service.config import ServerConfig
 from tests.observability.scrape import scrape
 from tests.service.harness import ServerProcess, wait_until
 
 
 def test_metrics_port_flag_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    def metrics_port(*argv: str) -> int:
+        return build(ServerConfig, build_parser().parse_args(["serve", *argv])).metrics_port
+
     monkeypatch.delenv("CHARRNN_METRICS_PORT", raising=False)
-    assert build_parser().parse_args(["serve"]).metrics_port == 9464
+    assert metrics_port() == 9464
     monkeypatch.setenv("CHARRNN_METRICS_PORT", "0")
-    assert build_parser().parse_args(["serve"]).metrics_port == 0
-    assert build_parser().parse_args(["serve", "--metrics-port", "-1"]).metrics_port == -1
+    assert metrics_port() == 0
+    assert metrics_port("--metrics-port", "-1") == -1
 
 
 def test_served_process_reports_its_metrics_port(model_dir: Path, tmp_path: Path) -> None:

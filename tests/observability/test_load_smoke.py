@@ -1,4 +1,4 @@
-"""CI load smoke: `tests/load/run.py` starts a server, runs Locust (all three users) ~15 s, fails on any failure."""
+"""CI load smoke: `bench/load/run.py` starts a server, runs Locust (all three users) ~15 s, fails on any failure."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def test_load_smoke(model_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "load"
     cmd = [
         sys.executable,
-        str(REPO / "tests" / "load" / "run.py"),
+        str(REPO / "bench" / "load" / "run.py"),
         "--model",
         str(model_dir),
         "--users",

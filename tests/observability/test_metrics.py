@@ -10,11 +10,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from charrnn.artifact import load_manifest
+from charrnn.client import CharRNNError, Client
 from charrnn.v1 import charrnn_pb2 as pb
 from charrnn.v1 import charrnn_pb2_grpc as pb_grpc
-from service.client import CharRNNError, Client
 from service.metrics import grpc_code_name
-from service.state import TokenCodec
+from service.tokens import TokenCodec
 from tests.observability.scrape import scrape, value
 from tests.service.harness import TEST_KEY, ServerThread, make_config, wait_until
 
@@ -174,7 +174,8 @@ def test_model_info_serving_and_http_endpoint(server: ServerThread, model_dir: P
     url = f"http://127.0.0.1:{server.server.metrics_http.port}/metrics"
     samples = scrape(url)
     m = load_manifest(model_dir)
-    info = frozenset({"name": m.model.name, "version": m.model.version, "sha256": m.onnx.sha256}.items())
+    labels = {"name": m.model.name, "version": m.model.version, "sha256": m.onnx.sha256, "precision": "fp32"}
+    info = frozenset(labels.items())
     assert samples[("charrnn_model_info", info)] == 1
     assert samples[("charrnn_serving", frozenset())] == 1
     reg = registry(server)

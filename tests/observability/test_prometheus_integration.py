@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from service.client import Client
+from charrnn.client import Client
 from tests.observability.promtool import require
 from tests.observability.test_deploy_config import dashboard_exprs
 from tests.service.harness import ServerThread

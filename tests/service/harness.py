@@ -15,7 +15,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-from service.config import Limits, ServerConfig
+from charrnn.settings import settings_of
+from service.config import ServerConfig
 from service.server import CharRNNServer
 
 T = TypeVar("T")
@@ -24,11 +25,17 @@ TEST_KEY = "test-hmac-key"
 
 
 def make_config(model_dir: Path, **overrides: Any) -> ServerConfig:
-    limit_fields = set(Limits.__dataclass_fields__)
-    limits = replace(Limits(), **{k: v for k, v in overrides.items() if k in limit_fields})
-    rest = {k: v for k, v in overrides.items() if k not in limit_fields}
-    rest.setdefault("flush_interval_s", 0.01)
-    return ServerConfig(model_dir=model_dir, host="127.0.0.1", port=0, hmac_key=TEST_KEY, limits=limits, **rest)
+    """A loopback test server's config; `overrides` are settings by name, nested or not (max_sessions=2)."""
+    paths = {s.name: s.path for s in settings_of(ServerConfig)}
+    values: dict[tuple[str, ...], Any] = {("flush", "flush_interval_ms"): 10.0, ("metrics_port",): -1}
+    values |= {paths[name]: value for name, value in overrides.items()}
+    top = {path[0]: v for path, v in values.items() if len(path) == 1}
+    nested: dict[str, dict[str, Any]] = {}
+    for path, v in values.items():
+        if len(path) == 2:
+            nested.setdefault(path[0], {})[path[1]] = v
+    sections = {name: replace(getattr(ServerConfig(), name), **fields) for name, fields in nested.items()}
+    return ServerConfig(model_dir=model_dir, host="127.0.0.1", port=0, hmac_key=TEST_KEY, **top, **sections)
 
 
 class ServerThread:

@@ -1,8 +1,8 @@
 """Watching hidden units: Generate streams each generated character's unit values.
 
-The reference is computed independently: the prompt and then each returned character run
-through `training.sample.OnnxStepper` one step at a time; the value for a character is the
-unit in the state after that character was read.
+The reference is computed independently: the prompt and then each returned character run through a
+bare ONNX Runtime session (tests/reference.py, none of the server's code) one step at a time; the value
+for a character is the unit in the state after that character was read.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ import grpc
 import numpy as np
 import pytest
 
+from charrnn.client import CharRNNError, Client, Unit, parse_units
 from charrnn.v1 import charrnn_pb2 as pb
 from charrnn.v1 import charrnn_pb2_grpc as pb_grpc
-from service.client import CharRNNError, Client, Unit, parse_units
+from tests.reference import PlainOnnxStepper
 from tests.service.harness import REPO, ServerThread, charrnn_cmd, generate_together, make_config
-from training.sample import OnnxStepper
 
 PROMPT = "def main(argv):\n    "
 WATCH: list[Unit] = [("h", 1, 3), ("c", 0, 5), ("h", 0, 23), ("c", 1, 0)]
@@ -41,13 +41,12 @@ def client(server: ServerThread) -> Iterator[Client]:
 
 def reference(model_dir: Path, prompt: str, text: str, units: Sequence[Unit]) -> np.ndarray:
     """[len(text), units]: each unit after each character of `text` was read, stepping one char at a time."""
-    stepper = OnnxStepper(model_dir)
-    kinds = [s.kind for s in stepper.manifest.onnx.states]
-    _, state = stepper.step(stepper.vocab.encode(prompt)[None, :], None)
+    stepper = PlainOnnxStepper(model_dir)
+    _, state = stepper.step(stepper.encode(prompt), None)
     rows = []
     for ch in text:
-        _, state = stepper.step(stepper.vocab.encode(ch)[None, :], state)
-        rows.append([state[kinds.index(kind)][layer, 0, index] for kind, layer, index in units])
+        _, state = stepper.step(stepper.encode(ch), state)
+        rows.append([state[stepper.kinds.index(kind)][layer, 0, index] for kind, layer, index in units])
     return np.array(rows, np.float32)
 
 

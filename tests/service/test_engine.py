@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.engine import Engine
+from charrnn.engine import Engine
 
 
 def _rows_alone_vs_batched(model_dir: Path, time: int) -> list[bool]:

@@ -1,18 +1,20 @@
 """Mid-stream checkpoints and transparent failover: a checkpoint covers exactly the text delivered up to
-its message, and a FailoverClient survives `kill -9` of the replica it streams from without losing or
-repeating a character."""
+its message, one arrives at 0 characters and at every multiple asked for, and a FailoverClient survives
+`kill -9` of the replica it streams from, seeded or not, before or after the first periodic checkpoint,
+without losing or repeating a character."""
 
 from __future__ import annotations
 
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 
+from charrnn.client import CharRNNError, Client, FailoverClient
 from charrnn.v1 import charrnn_pb2 as pb
 from charrnn.v1 import charrnn_pb2_grpc as pb_grpc
-from service.client import CharRNNError, Client, FailoverClient
 from tests.service.harness import ServerProcess, ServerThread, make_config
 
 PROMPT = "def main(argv):\n"
@@ -21,7 +23,7 @@ STOPS = ("eQ#", "\n\n\n\n")
 
 
 def test_each_checkpoint_covers_exactly_the_text_delivered_so_far(lstm_dir: Path) -> None:
-    config = make_config(lstm_dir, min_checkpoint_chars=16, flush_interval_s=0.0, max_chunk_chars=7)
+    config = make_config(lstm_dir, min_checkpoint_chars=16, flush_interval_ms=0.0, max_chunk_chars=7)
     sampling = pb.SamplingParams(temperature=1.0, seed=5)
     request = pb.GenerateRequest(prompt=PROMPT, max_chars=900, sampling=sampling, stop=STOPS, checkpoint_every_chars=40)
     with ServerThread(config) as srv, Client(srv.target, timeout=30) as c, grpc.insecure_channel(srv.target) as ch:
@@ -34,8 +36,11 @@ def test_each_checkpoint_covers_exactly_the_text_delivered_so_far(lstm_dir: Path
                 checkpoints.append((delivered, response.checkpoint))
             finish = response.done.finish_reason
         assert len(checkpoints) >= 5
-        multiples = [cp.generated_chars // 40 for _, cp in checkpoints]  # at most one per multiple of 40
-        assert multiples == sorted(set(multiples)) and multiples[0] >= 1
+        assert checkpoints[0][1].generated_chars == 0, "the first message carries a resume point at 0 chars"
+        multiples = [cp.generated_chars // 40 for _, cp in checkpoints]
+        assert multiples == list(range(len(multiples))), "exactly one per multiple of 40, none skipped"
+        held = max(len(s) for s in STOPS) - 1  # a possible stop string delays a checkpoint by at most this
+        assert all(cp.generated_chars - 40 * k <= held for k, (_, cp) in enumerate(checkpoints))
         for head, cp in checkpoints[::4]:
             rest = c.generate(
                 max_chars=900 - cp.generated_chars, temperature=1.0, stop=STOPS, resume_token=cp.resume_token
@@ -52,22 +57,43 @@ def test_checkpoint_interval_below_the_limit_is_refused(lstm_dir: Path) -> None:
         assert c.info().limits["min_checkpoint_chars"] == 64
 
 
-def test_kill_9_mid_stream_continues_on_another_replica_without_loss(lstm_dir: Path, tmp_path: Path) -> None:
-    extra = ("--max-chars-limit", "100000", "--flush-interval-ms", "5")
-    a = ServerProcess(lstm_dir, tmp_path, *extra).wait_ready()
-    b = ServerProcess(lstm_dir, tmp_path, *extra).wait_ready()
-    n = 30000
+@pytest.fixture(scope="module")
+def replica_b(lstm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    b = ServerProcess(lstm_dir, tmp_path_factory.mktemp("b"), *REPLICA_FLAGS).wait_ready()
+    yield b
+    assert b.stop() == 0
+
+
+REPLICA_FLAGS = ("--max-request-chars", "100000", "--flush-interval-ms", "5", "--max-chunk-chars", "16")
+EVERY = 256
+
+
+@pytest.mark.parametrize("seeded", [True, False], ids=["seeded", "unseeded"])
+@pytest.mark.parametrize("checkpoints_before_kill", [0, 3], ids=["before-first-checkpoint", "after-3-checkpoints"])
+def test_kill_9_mid_stream_continues_from_the_last_checkpoint(
+    lstm_dir: Path, tmp_path: Path, replica_b: ServerProcess, seeded: bool, checkpoints_before_kill: int
+) -> None:
+    a = ServerProcess(lstm_dir, tmp_path, *REPLICA_FLAGS).wait_ready()
+    n = 20000  # longer than the kill takes: the stream must still be running when its replica dies
+    seed = {"seed": 11} if seeded else {}
     try:
-        with Client(b.target, timeout=60) as direct:
-            expected = direct.generate(PROMPT, max_chars=n, temperature=0.9, seed=11, stop=STOPS).text()
-        with FailoverClient([a.target, b.target], timeout=60) as fc:
-            gen = fc.generate(PROMPT, max_chars=n, temperature=0.9, seed=11, stop=STOPS, checkpoint_every_chars=64)
-            parts = [next(gen), next(gen)]
+        with FailoverClient([a.target, replica_b.target], timeout=60) as fc:
+            gen = fc.generate(PROMPT, max_chars=n, temperature=0.9, stop=STOPS, checkpoint_every_chars=EVERY, **seed)
+            parts = [next(gen)]
+            while len("".join(parts)) < checkpoints_before_kill * EVERY + 1:
+                parts.append(next(gen))
             a.proc.send_signal(signal.SIGKILL)
             parts.extend(gen)
-        assert gen.failovers == 1 and len(expected) > 2000
+        assert gen.result is not None
+        with Client(replica_b.target, timeout=60) as direct:  # the uninterrupted run of the same seed
+            expected = direct.generate(PROMPT, max_chars=n, temperature=0.9, seed=gen.result.seed, stop=STOPS).text()
+        assert gen.failovers == 1 and len(expected) > 2 * EVERY
+        # It resumed from the last resume point it had received, not from a restart: the point at 0
+        # characters before the first periodic one, else a multiple of EVERY (plus a held-back stop prefix).
+        (resumed,) = gen.resumed_at
+        held = max(len(s) for s in STOPS) - 1
+        assert resumed == 0 if checkpoints_before_kill == 0 else checkpoints_before_kill * EVERY <= resumed
+        assert resumed % EVERY <= held
         assert "".join(parts) == expected
-        assert gen.result is not None and gen.result.generated_chars >= len(expected)
     finally:
         a.stop()
-        assert b.stop() == 0

@@ -9,7 +9,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from service.client import CharRNNError, Client
+from charrnn.client import CharRNNError, Client
 from tests.service.conftest import SPECS
 from tests.service.harness import ServerThread, generate_together, make_config
 from tests.service.tinymodel import greedy_reference

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -18,7 +19,7 @@ from google.protobuf.descriptor_pool import DescriptorPool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
-from service.client import CharRNNError, Client, FailoverClient
+from charrnn.client import CharRNNError, Client, FailoverClient
 from service.server import CharRNNServer
 from tests.service.harness import REPO, ServerProcess, ServerThread, charrnn_cmd, make_config, wait_until
 
@@ -72,7 +73,7 @@ def test_sigterm_drains_live_streams_then_exits(lstm_dir: Path, tmp_path: Path) 
     """Live streams run on through the grace period; new ones are refused with UNAVAILABLE and the
     retry hint, and a failover client sends them to another replica instead."""
     other = ServerProcess(lstm_dir, tmp_path).wait_ready()
-    args = ("--grace", "3", "--max-chars-limit", "1000000", "--retry-pushback-ms", "250")
+    args = ("--grace-seconds", "3", "--max-request-chars", "1000000", "--retry-pushback-ms", "250")
     proc = ServerProcess(lstm_dir, tmp_path, *args).wait_ready()
     try:
         with Client(proc.target, timeout=30) as c, FailoverClient([proc.target, other.target], timeout=30) as fc:
@@ -130,6 +131,7 @@ def test_refuses_to_start_on_a_missing_or_corrupt_artifact_or_without_a_key(lstm
 
 NO_TORCH = """
 import asyncio, sys
+from pathlib import Path
 from charrnn.cli import main
 try:
     main(["serve", "--help"])
@@ -139,7 +141,7 @@ assert "torch" not in sys.modules, "charrnn serve --help imported torch"
 from service.config import ServerConfig
 from service.server import CharRNNServer
 async def run():
-    server = CharRNNServer(ServerConfig(model_dir=sys.argv[1], port=0, hmac_key="k"))
+    server = CharRNNServer(ServerConfig(model_dir=Path(sys.argv[1]), port=0, metrics_port=-1, hmac_key="k"))
     await server.start()
     await server.stop(0)
 asyncio.run(run())
@@ -158,7 +160,7 @@ def test_serving_never_imports_torch(lstm_dir: Path) -> None:
 
 def test_resume_on_a_second_server_process_through_the_cli(lstm_dir: Path, tmp_path: Path) -> None:
     a = ServerProcess(lstm_dir, tmp_path).wait_ready()
-    b = ServerProcess(lstm_dir, tmp_path, env={"CHARRNN_MAX_BATCH": "8"}).wait_ready()
+    b = ServerProcess(lstm_dir, tmp_path, env={"CHARRNN_MAX_LIVE_STREAMS": "8"}).wait_ready()
     try:
 
         def generate(*args: str) -> str:
@@ -179,3 +181,26 @@ def test_resume_on_a_second_server_process_through_the_cli(lstm_dir: Path, tmp_p
     finally:
         assert a.stop() == 0
         assert b.stop() == 0
+
+
+def test_a_failure_mid_stream_ends_internal_and_the_server_keeps_serving(lstm_dir: Path) -> None:
+    with ServerThread(make_config(lstm_dir)) as srv, Client(srv.target, timeout=30) as c:
+        assert srv.server is not None
+        engine = srv.server.scheduler.engine
+        real_run = engine.run
+        calls = [0]
+
+        def failing_run(tokens: Any, states: Any) -> Any:
+            calls[0] += 1
+            if calls[0] == 30:
+                raise RuntimeError("injected failure in the model step")
+            return real_run(tokens, states)
+
+        engine.run = failing_run  # type: ignore[method-assign]
+        gen = c.generate("def ", max_chars=5000, seed=1)
+        with pytest.raises(CharRNNError) as err:
+            gen.text()
+        engine.run = real_run  # type: ignore[method-assign]
+        assert err.value.code == grpc.StatusCode.INTERNAL, err.value
+        assert "injected" not in err.value.details, "the client gets a generic message; the log has the traceback"
+        assert len(c.generate("def ", max_chars=50, seed=1).text()) == 50

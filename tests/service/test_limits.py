@@ -7,7 +7,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from service.client import CharRNNError, Client
+from charrnn.client import CharRNNError, Client
 from tests.service.harness import ServerThread, make_config, wait_until
 
 LONG = 1_000_000  # never finishes within a test: the stream must be ended by the client
@@ -15,7 +15,7 @@ LONG = 1_000_000  # never finishes within a test: the stream must be ended by th
 
 @pytest.fixture(scope="module")
 def small(lstm_dir: Path) -> ServerThread:
-    with ServerThread(make_config(lstm_dir, max_live_streams=2, max_queued_streams=1, max_chars=LONG)) as srv:
+    with ServerThread(make_config(lstm_dir, max_live_streams=2, max_queued_streams=1, max_request_chars=LONG)) as srv:
         yield srv
 
 
@@ -57,7 +57,10 @@ def test_deadline_is_honoured_mid_stream_and_frees_the_slot(small: ServerThread)
 
 
 def test_a_queued_stream_that_is_cancelled_never_runs(lstm_dir: Path) -> None:
-    with ServerThread(make_config(lstm_dir, max_live_streams=1, max_chars=LONG)) as srv, Client(srv.target) as c:
+    with (
+        ServerThread(make_config(lstm_dir, max_live_streams=1, max_request_chars=LONG)) as srv,
+        Client(srv.target) as c,
+    ):
         first = c.generate("a", max_chars=LONG)
         next(first)
         waiting = c.generate("b", max_chars=LONG)

@@ -1,22 +1,18 @@
-"""The server on an artifact from the real training/export pipeline: greedy output equals the
-training side's reference sampler, and Score agrees with its bits per char definition."""
+"""The server on an artifact from the real training/export pipeline: greedy output equals a bare ONNX
+Runtime session stepping one character at a time (tests/reference.py, none of the server's code)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from charrnn.artifact import load_manifest
-from charrnn.vocab import Vocabulary
-from service.client import Client
+from charrnn.client import Client
+from tests.reference import PlainOnnxStepper
 from tests.service.harness import ServerThread, make_config
 
 
-def test_served_greedy_text_equals_the_reference_sampler(tiny_artifact: Path) -> None:
-    from training.sample import OnnxStepper, SamplingParams, generate
-
-    vocab = Vocabulary.from_spec(load_manifest(tiny_artifact).vocabulary)
+def test_served_greedy_text_equals_an_independent_reference(tiny_artifact: Path) -> None:
     prompt = "def return"
-    expected = generate(OnnxStepper(tiny_artifact), vocab, prompt, 150, SamplingParams(temperature=0.0))
+    expected = PlainOnnxStepper(tiny_artifact).greedy(prompt, 150)
     with ServerThread(make_config(tiny_artifact)) as srv, Client(srv.target) as client:
         assert client.generate(prompt, max_chars=150, temperature=0).text() == expected
         info = client.info()

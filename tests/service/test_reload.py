@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from service.client import CharRNNError, Client
+from charrnn.client import CharRNNError, Client
 from tests.service.harness import ServerProcess, ServerThread, make_config, wait_until
 
 PROMPT = "import os\n"
@@ -33,7 +33,7 @@ def test_reload_keeps_live_streams_on_their_model(artifacts: dict[str, Path], tm
     model_dir = tmp_path / "model"
     shutil.copytree(artifacts["lstm"], model_dir)
     n = 60000
-    with ServerThread(make_config(model_dir, max_chars=n)) as srv, Client(srv.target, timeout=60) as c:
+    with ServerThread(make_config(model_dir, max_request_chars=n)) as srv, Client(srv.target, timeout=60) as c:
         assert srv.server is not None
         old_sha = c.info().sha256
         expected = c.generate(PROMPT, max_chars=n, seed=4).text()

@@ -11,9 +11,9 @@ import grpc
 import pytest
 from prometheus_client import CollectorRegistry
 
+from charrnn.client import CharRNNError, Client
 from charrnn.v1 import charrnn_pb2 as pb
-from service.client import CharRNNError, Client
-from service.config import DEV_HMAC_KEY, ConfigError, ServerConfig, read_token_file, split_tokens
+from service.config import DEV_HMAC_KEY, ConfigError, ServerConfig, read_token_file
 from tests.service.harness import REPO, ServerThread, charrnn_cmd, make_config, wait_until
 
 TOKEN = "s3cret-token"
@@ -88,9 +88,9 @@ def test_mutual_tls_requires_a_client_certificate(lstm_dir: Path, pki: dict[str,
 
 
 def test_tls_settings_are_validated(lstm_dir: Path, pki: dict[str, Path]) -> None:
-    with pytest.raises(ConfigError, match="tls_cert/tls_key"):
+    with pytest.raises(ConfigError, match="--tls-cert and --tls-key go together"):
         make_config(lstm_dir, tls_cert=pki["server_cert"]).validate()
-    with pytest.raises(ConfigError, match="tls_client_ca"):
+    with pytest.raises(ConfigError, match="--tls-client-ca needs --tls-cert"):
         make_config(lstm_dir, tls_client_ca=pki["ca"]).validate()
 
 
@@ -98,7 +98,7 @@ def test_tls_settings_are_validated(lstm_dir: Path, pki: dict[str, Path]) -> Non
 def auth_server(lstm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
     token_file = tmp_path_factory.mktemp("auth") / "tokens"
     token_file.write_text(f"# comment\n\n{TOKEN}\n")
-    with ServerThread(make_config(lstm_dir, auth_tokens=("other-token",), auth_token_file=token_file)) as srv:
+    with ServerThread(make_config(lstm_dir, auth_tokens="other-token", auth_token_file=token_file)) as srv:
         yield srv
 
 
@@ -146,8 +146,8 @@ def test_health_stays_open_without_a_token(auth_server: ServerThread) -> None:
 
 
 def test_token_sources() -> None:
-    assert split_tokens(" a, ,b ,") == ("a", "b")
-    assert split_tokens(None) == ()
+    assert ServerConfig(auth_tokens=" a, ,b ,").bearer_tokens() == ("a", "b")
+    assert ServerConfig().bearer_tokens() == ()
     with pytest.raises(ConfigError, match="auth token file"):
         read_token_file(Path("/nonexistent/tokens"))
 

@@ -28,7 +28,7 @@ import gevent
 import gevent.event
 import grpc.experimental.gevent
 grpc.experimental.gevent.init_gevent()
-from service.client import Client
+from charrnn.client import Client
 
 client = Client(sys.argv[1], timeout=60)
 outcome = []

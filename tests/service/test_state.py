@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from service.context import Context
 from service.errors import ForeignToken, InvalidToken, SessionBusy, SessionNotFound
-from service.state import Context, SessionStore, TokenCodec
+from service.sessions import SessionStore
+from service.tokens import TokenCodec
 
 SHA_A = "ab" * 32
 SHA_B = "cd" * 32

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from service.client import CharRNNError, Client
+from charrnn.client import CharRNNError, Client
 from tests.service.conftest import SPECS
 from tests.service.harness import ServerThread, make_config
 from tests.service.tinymodel import build_model, vocabulary_chars

@@ -98,3 +98,34 @@ def test_eval_streams_score_every_character_once() -> None:
     targets = np.concatenate([y.reshape(-1) for _, y in eval_streams(ids, streams=4, seq_len=7, min_stream_len=10)])
     assert targets.size == ((ids.size - 1) // 4) * 4
     assert len(set(targets.tolist())) == targets.size
+
+
+def test_bptt_parts_are_the_rows_of_the_whole_batch() -> None:
+    """n processes with B/n rows each see exactly the windows one process with B rows sees."""
+    ids = np.arange(2001, dtype=np.int64)
+    whole = BpttBatches(ids, batch_size=8, seq_len=10)
+    parts = [BpttBatches(ids, batch_size=8, seq_len=10, part=(p, 4)) for p in range(4)]
+    for k in (0, 1, whole.windows_per_epoch):
+        x, y, first = whole.window(k)
+        got = [part.window(k) for part in parts]
+        np.testing.assert_array_equal(np.concatenate([g[0] for g in got]), x)
+        np.testing.assert_array_equal(np.concatenate([g[1] for g in got]), y)
+        assert all(g[2] == first for g in got) and got[1][0].shape == (2, 10)
+    with pytest.raises(ValueError, match="does not split evenly over 3 processes"):
+        BpttBatches(ids, batch_size=8, seq_len=10, part=(0, 3))
+
+
+def test_eval_stream_parts_score_the_split_once_together() -> None:
+    ids = np.arange(1203, dtype=np.int64)
+    whole = [y for _, y in eval_streams(ids, streams=5, seq_len=7, min_stream_len=10)]
+    for parts in (2, 3, 7):  # uneven groups, and more parts than streams (some empty)
+        got = [[y for _, y in eval_streams(ids, 5, 7, 10, part=(p, parts))] for p in range(parts)]
+        rows = [np.concatenate(windows, axis=1) for windows in got if windows]
+        np.testing.assert_array_equal(np.concatenate(rows), np.concatenate(whole, axis=1))
+
+
+def test_windows_are_int64_even_from_narrow_ids() -> None:
+    ids = np.arange(401, dtype=np.int64).astype(np.uint16)
+    x, y, _ = BpttBatches(ids, batch_size=4, seq_len=10).window(0)
+    (ex, ey), *_ = eval_streams(ids, streams=2, seq_len=10, min_stream_len=10)
+    assert {x.dtype, y.dtype, ex.dtype, ey.dtype} == {np.dtype(np.int64)}

@@ -7,7 +7,7 @@ import pytest
 
 from charrnn.artifact import load_manifest, sha256_file
 from tests.conftest import REPO_ROOT
-from training.sample import OnnxStepper, SamplingParams, generate
+from training.sample import OnnxStepper, ReferenceSampling, generate
 
 DEFAULT = REPO_ROOT / "models" / "default"
 
@@ -35,5 +35,5 @@ def test_onnx_runtime_runs_it_with_declared_shapes(batch: int, length: int) -> N
 
 def test_it_writes_python_like_text() -> None:
     stepper = OnnxStepper(DEFAULT)
-    text = generate(stepper, stepper.vocab, "def ", 300, SamplingParams(temperature=0.5, seed=0))
+    text = generate(stepper, stepper.vocab, "def ", 300, ReferenceSampling(temperature=0.5, seed=0))
     assert "(" in text and ":" in text and "\n" in text

@@ -10,7 +10,7 @@ import pytest
 from charrnn.artifact import ArtifactError, load_manifest
 from tests.conftest import build_artifact
 from training.export import ExportError, export_checkpoint
-from training.sample import OnnxStepper, SamplingParams, TorchStepper, generate
+from training.sample import OnnxStepper, ReferenceSampling, TorchStepper, generate
 from training.train import load_checkpoint, model_from_checkpoint
 
 
@@ -40,7 +40,7 @@ def test_manifest_describes_the_model(tiny_artifact: Path) -> None:
 def test_onnx_sampler_matches_torch_sampler(tiny_artifact: Path) -> None:
     """The same seed gives the same text from the checkpoint and from the exported graph."""
     model, vocab, _ = model_from_checkpoint(load_checkpoint(tiny_artifact.parent / "run" / "best.pt"))
-    params = SamplingParams(temperature=0.9, top_k=10, seed=3)
+    params = ReferenceSampling(temperature=0.9, top_k=10, seed=3)
     assert generate(OnnxStepper(tiny_artifact), vocab, "def ", 60, params) == generate(
         TorchStepper(model), vocab, "def ", 60, params
     )
@@ -80,3 +80,9 @@ def test_failed_parity_writes_no_artifact(tiny_artifact: Path, tmp_path: Path) -
     with pytest.raises(ExportError, match="differs from PyTorch"):
         export_checkpoint(tiny_artifact.parent / "run" / "best.pt", out, tolerance=-1.0)
     assert not (out / "manifest.json").exists()
+
+
+def test_export_of_a_model_with_dropout_leaves_it_in_eval_mode(tmp_path: Path, tiny_corpus: Path) -> None:
+    """Dropout is off at inference: the parity check compares ONNX with the model in eval mode."""
+    artifact = build_artifact(tmp_path, tiny_corpus, "model.layers=2", "model.dropout=0.3")
+    assert load_manifest(artifact).export["parity"]["max_abs_error_logits"] <= 1e-4

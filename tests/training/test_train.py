@@ -112,3 +112,14 @@ def test_value_clipping_and_early_stop(tiny_config: ConfigFactory) -> None:
     assert result.steps < 200  # a huge learning rate stops improving long before the end
     rows = [json.loads(line) for line in (Path(config.run.out_dir) / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1].get("clipped_fraction", 1.0) > 0.9 or any(r.get("clipped_fraction", 0) > 0.9 for r in rows)
+
+
+def test_a_format_1_checkpoint_still_resumes(tiny_config: ConfigFactory, tmp_path: Path) -> None:
+    """Format 1 held one RNG state and no world size; it resumes as a one-process checkpoint."""
+    config = tiny_config("optim.max_steps=30")
+    Trainer(config).train(stop_at=20)
+    data = load_checkpoint(Path(config.run.out_dir) / "last.pt")
+    old = {**{k: v for k, v in data.items() if k != "world_size"}, "format": 1, "rng": data["rng"][0]}
+    torch.save(old, tmp_path / "old.pt")
+    resumed = Trainer(config, resume=tmp_path / "old.pt")
+    assert resumed.step == 20 and resumed.train().steps == 30

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ def _text_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chars", type=int, default=24_000, help="held-out characters to use (default %(default)s)")
 
 
-def register(sub: Any, bench_sub: Any) -> None:
+def register(sub: Any) -> None:
     analyze = sub.add_parser("analyze", help="hidden units, gates, gradient flow, the hello model, progression")
     what = analyze.add_subparsers(dest="analysis", metavar="ANALYSIS", required=True)
 
@@ -63,15 +62,6 @@ def register(sub: Any, bench_sub: Any) -> None:
     _model_args(progression, "progression")
     progression.add_argument("--run", type=Path, help="run directory with samples.jsonl (default: the model's)")
     progression.set_defaults(handler=_progression)
-
-    cells = bench_sub.add_parser("cells", help="tanh RNN vs LSTM vs GRU at equal parameters and wall-clock")
-    cells.add_argument("--corpus", help="corpus (e.g. ../shared/data/tinyshakespeare.txt)")
-    cells.add_argument("--minutes", type=float, help="training budget per cell")
-    cells.add_argument("--report-only", action="store_true", help="redo the table and plot from the runs in --out")
-    cells.add_argument("--out", type=Path, default=Path("runs/bench-cells"), help="run and report directory")
-    cells.add_argument("--cells", default="rnn,lstm,gru", help="comma list (default %(default)s)")
-    cells.add_argument("overrides", nargs="*", metavar="section.key=value", help="settings for every cell")
-    cells.set_defaults(handler=_bench_cells)
 
 
 def _load(args: argparse.Namespace) -> Any:
@@ -154,33 +144,4 @@ def _progression(args: argparse.Namespace) -> int:
     except (ArtifactError, FileNotFoundError, ValueError) as exc:
         return _fail("analyze progression", exc)
     print(f"wrote {path}")
-    return 0
-
-
-def _bench_cells(args: argparse.Namespace) -> int:
-    from training.analysis.cells import CELLS, base_config, load_result, run_cells, write_report
-
-    cells = tuple(c.strip() for c in args.cells.split(",") if c.strip())
-    if not cells or any(c not in CELLS for c in cells):
-        return _fail("bench cells", ValueError(f"--cells must be a comma list of {', '.join(CELLS)}"))
-    if args.report_only:
-        try:
-            results = [load_result(args.out / cell) for cell in cells]
-        except (OSError, ValueError) as exc:
-            return _fail("bench cells", exc)
-    elif args.corpus is None or args.minutes is None:
-        return _fail("bench cells", ValueError("--corpus and --minutes are required (or --report-only)"))
-    else:
-        try:
-            base = base_config(args.corpus, args.minutes, args.out, list(args.overrides))
-        except ValueError as exc:
-            return _fail("bench cells", exc)
-        results = run_cells(base, args.out, cells)
-    if args.report_only:
-        command = shlex.join(["charrnn", "bench", "cells", "--report-only", "--out", str(args.out)])
-    else:
-        settings = ["--corpus", args.corpus, "--minutes", f"{args.minutes:g}", "--cells", ",".join(cells)]
-        command = shlex.join(["charrnn", "bench", "cells", *settings, *args.overrides])
-    sys.stdout.write(write_report(results, args.out, command))
-    print(f"wrote {args.out}/cells.md, cells.json, cells.png")
     return 0

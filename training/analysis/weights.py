@@ -105,6 +105,8 @@ def model_from_artifact(model_dir: Path | str) -> LoadedModel:
 
     model_dir = Path(model_dir)
     manifest = load_manifest(model_dir)
+    if manifest.precision != "fp32":
+        raise WeightsError(f"{model_dir} is an {manifest.precision} artifact; analyze the fp32 artifact it came from")
     spec = manifest.model
     saved = manifest.training.get("config")
     config = TrainingConfig.from_dict(saved).model if saved else TrainingConfig().model

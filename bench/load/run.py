@@ -4,7 +4,7 @@ Writes into --out: Locust's CSV files (with full history) and HTML report, `late
 (latency percentiles over time per request name) and `summary.json` (totals and gate results).
 Threshold gates (`--check-*`) belong here, not in unit tests: this machine is too noisy for them.
 
-    python tests/load/run.py --users 16 --duration 60s --out load-results/run1 --check-ttfc-p99-ms 250
+    python bench/load/run.py --users 16 --duration 60s --out load-results/run1 --check-ttfc-p99-ms 250
 """
 
 from __future__ import annotations

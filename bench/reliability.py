@@ -34,13 +34,13 @@ from typing import Any
 
 import grpc
 
-from service.bench import PROMPT, ServerProcess, percentile_ms
-from service.client import CharRNNError, Client, Generation
+from bench.serve import PROMPT, ServerProcess, percentile_ms
+from charrnn.client import CharRNNError, Client, Generation
 
 log = logging.getLogger(__name__)
 
 GAUGES = ("charrnn_live_streams", "charrnn_queued_streams", "charrnn_sessions")
-OVERLOAD_SETTINGS = ("max_batch", "max_queue", "factor", "seconds", "max_chars", "flush_interval_ms")
+OVERLOAD_SETTINGS = ("max_live_streams", "max_queued_streams", "factor", "seconds", "max_chars", "flush_interval_ms")
 SOAK_SETTINGS = ("minutes", "streams", "session_clients", "cancel_share", "max_chars", "session_ttl")
 MAX_BACKOFF_S = 2.0  # cap on a refused client's wait, whatever the hint says
 
@@ -169,10 +169,10 @@ def _settings(args: argparse.Namespace, names: tuple[str, ...], load_start: floa
 
 def overload(args: argparse.Namespace) -> dict[str, Any]:
     load_start = os.getloadavg()[0]
-    capacity = args.max_batch + args.max_queue
+    capacity = args.max_live_streams + args.max_queued_streams
     clients = args.factor * capacity
-    flags = ["--max-batch", str(args.max_batch), "--max-queue", str(args.max_queue),
-             "--max-chars-limit", str(args.max_chars), "--default-max-chars", str(args.max_chars),
+    flags = ["--max-live-streams", str(args.max_live_streams), "--max-queued-streams", str(args.max_queued_streams),
+             "--max-request-chars", str(args.max_chars), "--default-max-chars", str(args.max_chars),
              "--flush-interval-ms", str(args.flush_interval_ms)]  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="charrnn-overload-") as tmp:
         server = ServerProcess(args.model, Path(tmp), "overload", flags)
@@ -237,9 +237,9 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
     load_start = os.getloadavg()[0]
     seconds = args.minutes * 60
     warm_up = min(args.warm_up_seconds, seconds / 3)
-    flags = ["--max-batch", str(args.streams), "--max-queue", str(args.streams + args.session_clients),
-             "--max-chars-limit", str(args.max_chars), "--default-max-chars", str(args.max_chars),
-             "--session-ttl", str(args.session_ttl),
+    flags = ["--max-live-streams", str(args.streams), "--max-queued-streams", str(args.streams + args.session_clients),
+             "--max-request-chars", str(args.max_chars), "--default-max-chars", str(args.max_chars),
+             "--session-ttl-seconds", str(args.session_ttl),
              "--max-sessions", "4096"]  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="charrnn-soak-") as tmp:
         server = ServerProcess(args.model, Path(tmp), "soak", flags, metrics=True)
@@ -306,8 +306,8 @@ def _wait_for_zero(url: str, seconds: float) -> dict[str, float]:
 def overload_table(r: dict[str, Any]) -> str:
     s, u, o = r["settings"], r["unloaded"], r["overloaded"]
     lines = [
-        f"overload: {s['clients']} clients vs {s['capacity']} slots (max-batch {s['max_batch']}, "
-        f"max-queue {s['max_queue']}), {s['seconds']:.0f} s",
+        f"overload: {s['clients']} clients vs {s['capacity']} slots (max-live-streams {s['max_live_streams']}, "
+        f"max-queued-streams {s['max_queued_streams']}), {s['seconds']:.0f} s",
         f"{'phase':<12} {'streams done':>12} {'gap p50 ms':>11} {'gap p99 ms':>11} {'TTFC p99 ms':>12}",
     ]
     for name, g in (("unloaded", u), ("overloaded", o)):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from training.analysis.cells import (
+from bench.cells import (
     CELLS,
     base_config,
     count_parameters,
@@ -15,6 +15,7 @@ from training.analysis.cells import (
     run_cells,
     write_report,
 )
+from charrnn.cli import main
 from training.config import TrainingConfig, apply_overrides
 from training.model import CharRNN
 
@@ -61,3 +62,8 @@ def test_run_cells_trains_each_and_writes_a_table(tiny_corpus: Path, tmp_path: P
 def test_bad_override_is_refused(tiny_corpus: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         base_config(str(tiny_corpus), 1.0, tmp_path, ["model.nope=1"])
+
+
+def test_bench_cells_refuses_unknown_cells(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "cells", "--corpus", "x", "--minutes", "1", "--cells", "rnn,transformer"]) == 2
+    assert "comma list" in capsys.readouterr().err

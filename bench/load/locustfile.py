@@ -1,6 +1,6 @@
 """Locust load test for charrnn over gRPC (no HTTP): streaming, session and scoring users.
 
-    locust -f tests/load/locustfile.py --headless --host 127.0.0.1:50051 -u 4 -r 4 -t 10s
+    locust -f bench/load/locustfile.py --headless --host 127.0.0.1:50051 -u 4 -r 4 -t 10s
 
 Request events (type "grpc"), so Locust's tables and charts keep them apart:
 - "Generate ttfc": time to the first character; "Generate stream": the whole stream (its length
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 # Importing locust monkey-patches the standard library for gevent; grpc must then be switched to gevent
-# (Locust's concurrency) before any channel exists, i.e. before service.client creates one.
+# (Locust's concurrency) before any channel exists, i.e. before charrnn.client creates one.
 from locust import User, events, task
 from locust.env import Environment
 
@@ -32,7 +32,7 @@ import grpc.experimental.gevent as grpc_gevent  # isort: skip
 
 grpc_gevent.init_gevent()
 
-from service.client import CharRNNError, Client  # noqa: E402
+from charrnn.client import CharRNNError, Client  # noqa: E402
 
 DEFAULT_PROMPTS = (
     "def fib(n):\n",

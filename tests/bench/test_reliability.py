@@ -22,7 +22,7 @@ def bench(*args: str, out: Path, name: str) -> tuple[str, dict[str, Any]]:
 
 
 def test_bench_overload_refuses_the_excess_with_resource_exhausted(lstm_dir: Path, tmp_path: Path) -> None:
-    stdout, report = bench("overload", "--model", str(lstm_dir), "--max-batch", "1", "--max-queue", "1",
+    stdout, report = bench("overload", "--model", str(lstm_dir), "--max-live-streams", "1", "--max-queued-streams", "1",
                            "--factor", "5", "--seconds", "2", "--baseline-streams", "1", "--baseline-seconds", "1",
                            "--max-chars", "300", out=tmp_path, name="overload")  # fmt: skip
     assert "refused RESOURCE_EXHAUSTED" in stdout

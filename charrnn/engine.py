@@ -1,5 +1,7 @@
 """ONNX Runtime wrapper: one graph for prefill (time = prompt length) and decode (time = 1).
 
+Shared by the server, the reference sampler and export's parity check, so they run a graph the same way.
+
 The engine knows nothing about requests; it maps (tokens, states) to (logits, states) using
 the input/output names from the manifest. States are tuples of float32 arrays shaped
 [layers, batch, hidden], in manifest order (h, then c for LSTM).
@@ -9,17 +11,29 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
 from charrnn.artifact import Manifest, load_manifest
-from service.config import EngineOptions
+from charrnn.settings import setting
 
 log = logging.getLogger(__name__)
 
 States = tuple[np.ndarray, ...]
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """ONNX Runtime session options (docs/operations.md has the measurements behind the defaults)."""
+
+    intra_op_threads: int = setting(1, "ONNX Runtime threads one model call may use (0: ONNX Runtime chooses)")
+    inter_op_threads: int = setting(1, "ONNX Runtime threads across independent graph nodes")
+    # Spinning keeps a core busy between calls; with two shared cores it steals time from gRPC.
+    allow_spinning: bool = setting(
+        False, "let ONNX Runtime threads spin between calls (costs a core when idle)", aliases=("--spinning",)
+    )
 
 
 class Engine:
@@ -29,6 +43,8 @@ class Engine:
         self.model_dir = Path(model_dir)
         self.manifest = manifest if manifest is not None else load_manifest(self.model_dir)
         self.options = options or EngineOptions()
+        import onnxruntime as ort  # here, not at import: the CLI reads EngineOptions before anything heavy
+
         so = ort.SessionOptions()
         so.intra_op_num_threads = self.options.intra_op_threads
         so.inter_op_num_threads = self.options.inter_op_threads

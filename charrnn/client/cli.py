@@ -1,0 +1,227 @@
+"""Client subcommands: `charrnn generate`, `score` and `info` against a running server.
+
+Light at import (charrnn/cli.py imports every part at startup): grpc loads when a handler runs. The
+connection and sampling flags come from the dataclasses below (charrnn.settings), like the server's.
+Exit codes: 0 done, 2 a mistake in the request (bad flag, or the server says INVALID_ARGUMENT and the
+like), 1 anything else (server unreachable, a failure on its side).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from charrnn.settings import SettingError, add_flags, build, setting
+
+if TYPE_CHECKING:
+    from charrnn.client import Client, GenerationOptions
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+MAX_SEED = 2**64 - 1
+# Server answers that mean the request itself was wrong: the command exits 2, as for a bad flag.
+_REQUEST_ERRORS = ("INVALID_ARGUMENT", "FAILED_PRECONDITION", "NOT_FOUND", "OUT_OF_RANGE", "UNAUTHENTICATED")
+
+
+@dataclass(frozen=True)
+class Connection:
+    """Where the server is and how to reach it."""
+
+    target: str = setting(DEFAULT_TARGET, "server address HOST:PORT")
+    tls: bool = setting(False, "connect with TLS (the system's CAs unless --tls-ca)")
+    tls_ca: Path | None = setting(None, "PEM CA bundle to verify the server (implies --tls)")
+    tls_client_cert: Path | None = setting(None, "PEM client certificate for mutual TLS")
+    tls_client_key: Path | None = setting(None, "PEM key of --tls-client-cert")
+    auth_token: str | None = setting(None, "bearer token sent as 'authorization: Bearer ...'")
+    timeout: float | None = setting(None, "deadline per call, seconds")
+
+    def client(self) -> Client:
+        from charrnn.client import Client
+
+        def pem(path: Path | None) -> bytes | None:
+            return path.read_bytes() if path is not None else None
+
+        return Client(
+            self.target,
+            timeout=self.timeout,
+            tls=self.tls,
+            tls_ca=pem(self.tls_ca),
+            tls_cert=pem(self.tls_client_cert),
+            tls_key=pem(self.tls_client_key),
+            auth_token=self.auth_token,
+        )
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How much to generate and how to sample it (unset: the server's defaults)."""
+
+    max_chars: int = setting(0, "characters to generate (0: the server's default)")
+    temperature: float | None = setting(None, "0 = greedy; unset = 1.0")
+    top_k: int = setting(0, "keep the k most likely characters (0 = off)")
+    top_p: float | None = setting(None, "nucleus mass in (0, 1] (unset = off)")
+    seed: int | None = setting(None, "random seed (unset: continue the state's, or random)")
+
+    def check(self) -> None:
+        """SettingError for values no server would take (so the user gets one line, not a traceback)."""
+        if self.max_chars < 0:
+            raise SettingError(f"--max-chars must be 0 or more, got {self.max_chars}")
+        if self.top_k < 0:
+            raise SettingError(f"--top-k must be 0 or more, got {self.top_k}")
+        if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
+            raise SettingError(f"--seed must be in [0, 2**64 - 1], got {self.seed}")
+
+    def options(self, stop: list[str]) -> GenerationOptions:
+        return {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p, "seed": self.seed,
+                "stop": stop}  # fmt: skip
+
+
+def register(sub: Any) -> None:
+    """Add generate/score/info to `charrnn`."""
+    g = sub.add_parser("generate", help="stream generated text from a server to stdout")
+    g.add_argument("prompt", nargs="?", default="", help="text to continue")
+    add_flags(g, Connection)
+    add_flags(g, Sampling)
+    g.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    g.add_argument("--resume", type=Path, help="continue from a resume token saved with --save-state")
+    g.add_argument("--session", help="continue from (and update) a server-side session id")
+    g.add_argument("--create-session", action="store_true", help="keep the final state in a new session (id to stderr)")
+    g.add_argument("--save-state", type=Path, help="write the final resume token to this file")
+    g.add_argument("--watch", help="hidden units to stream, KIND:LAYER:INDEX,... (KIND h, or c for LSTM)")
+    g.add_argument(
+        "--watch-format",
+        choices=["color", "tsv"],
+        default="color",
+        help="color: text on the first unit's colour (negative blue, positive red); tsv: values per character",
+    )
+    g.add_argument("--watch-scale", type=float, default=1.0, help="value at which the colour saturates")
+    g.add_argument("--color", choices=["auto", "always", "never"], default="auto", help="auto: only on a terminal")
+    g.set_defaults(handler=_generate)
+
+    s = sub.add_parser("score", help="bits per character of a text under the served model")
+    s.add_argument("text", nargs="?", help="text to score (or --file)")
+    s.add_argument("--file", type=Path, help="read the text from a file")
+    add_flags(s, Connection)
+    s.add_argument("--resume", type=Path, help="score as a continuation of a saved state")
+    s.add_argument("--per-char", action="store_true", help="also print each character's log-probability")
+    s.set_defaults(handler=_score)
+
+    i = sub.add_parser("info", help="what the served model is (JSON)")
+    add_flags(i, Connection)
+    i.set_defaults(handler=_info)
+
+
+def _usage(command: str, message: object) -> int:
+    print(f"charrnn {command}: {message}", file=sys.stderr)
+    return 2
+
+
+def _failed(command: str, exc: Exception) -> int:
+    print(f"charrnn {command}: {exc}", file=sys.stderr)
+    code = getattr(getattr(exc, "code", None), "name", "")
+    return 2 if code in _REQUEST_ERRORS else 1
+
+
+def _read(path: Path | None, what: str) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise SettingError(f"cannot read {what} {path}: {exc.strerror}") from None
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from charrnn.client import CharRNNError, heatmap, parse_units
+
+    try:
+        connection = build(Connection, args)
+        sampling = build(Sampling, args)
+        sampling.check()
+        watch = parse_units(args.watch or "")
+        token = _read(args.resume, "the resume token")
+    except (SettingError, ValueError) as exc:
+        return _usage("generate", exc)
+    tsv = bool(watch) and args.watch_format == "tsv"
+    colour = bool(watch) and not tsv and (args.color == "always" or (args.color == "auto" and sys.stdout.isatty()))
+    with connection.client() as client:
+        gen = client.generate(
+            args.prompt,
+            max_chars=sampling.max_chars,
+            resume_token=token,
+            session_id=args.session,
+            create_session=args.create_session,
+            watch=watch,
+            **sampling.options(args.stop),
+        )
+        if tsv:
+            sys.stdout.write(heatmap.tsv_header(watch))
+        try:
+            for chunk, values in gen.chunks():
+                if tsv:
+                    chunk = heatmap.tsv_rows(chunk, values)
+                elif colour:
+                    chunk = heatmap.colour_text(chunk, [v[0] for v in values], args.watch_scale)
+                sys.stdout.write(chunk)
+                sys.stdout.flush()
+        except CharRNNError as exc:
+            return _failed("generate", exc)
+    if sys.stdout.isatty() and not tsv:
+        sys.stdout.write("\n")
+    result = gen.result
+    assert result is not None, "a stream that ends without an error ends with its result"
+    if args.save_state:
+        args.save_state.write_bytes(result.resume_token)
+    if result.session_id:
+        print(f"session: {result.session_id}", file=sys.stderr)
+    return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    from charrnn.client import CharRNNError
+
+    try:
+        connection = build(Connection, args)
+        if (args.text is None) == (args.file is None):
+            raise SettingError("give the text or --file, not both")
+        raw = _read(args.file, "the file")
+        text = args.text if raw is None else raw.decode("utf-8")
+        token = _read(args.resume, "the resume token")
+    except (SettingError, UnicodeDecodeError) as exc:
+        return _usage("score", exc)
+    with connection.client() as client:
+        try:
+            r = client.score(text, resume_token=token)
+        except CharRNNError as exc:
+            return _failed("score", exc)
+    out: dict[str, Any] = {
+        "chars": len(text),
+        "scored_chars": len(r.logprobs),
+        "total_nats": r.total_nats,
+        "bits_per_char": r.bits_per_char,
+    }
+    if args.per_char:
+        out["per_char"] = [[text[r.first_scored + i], lp] for i, lp in enumerate(r.logprobs)]
+    print(json.dumps(out, ensure_ascii=False, indent=1))
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from charrnn.client import CharRNNError
+
+    try:
+        connection = build(Connection, args)
+    except SettingError as exc:
+        return _usage("info", exc)
+    with connection.client() as client:
+        try:
+            info = client.info()
+        except CharRNNError as exc:
+            return _failed("info", exc)
+    data = asdict(info)
+    data["vocabulary"] = "".join(info.vocabulary)
+    print(json.dumps(data, ensure_ascii=False, indent=1))
+    return 0

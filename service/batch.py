@@ -1,0 +1,251 @@
+"""The live rows of a decode batch and their algebra: `concatenate` (rows join), `filter` (rows leave),
+`record` (a step's characters), `flush` (chunks out), `gather` (watched units).
+
+Per-row numbers live in numpy columns so a step costs a few vectorised calls whatever the batch size;
+Python runs per row only for rows that need it (stop strings, watched units, a due flush). Each row's
+characters wait in `pending` (token ids) until its flush: at most `max_chunk_chars` plus a held-back stop
+prefix.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from charrnn.engine import States
+from service.context import Context
+from service.stream import NO_VALUES, Chunk, Finished, FinishReason, FlushPolicy, ResumePoint, Stream
+
+
+class StopMatcher:
+    """Finds stop strings at the end of the text and how many trailing chars might start one."""
+
+    def __init__(self, stops: Sequence[str]):
+        self.stops = tuple(s for s in stops if s)
+        self.longest = max((len(s) for s in self.stops), default=0)
+
+    def check(self, tail: str) -> tuple[str | None, int]:
+        """(matched stop, chars to hold back) for `tail`, the last `longest` characters."""
+        hold = 0
+        for stop in self.stops:
+            if tail.endswith(stop):
+                return stop, len(stop)
+            for n in range(min(len(stop) - 1, len(tail)), hold, -1):
+                if tail.endswith(stop[:n]):
+                    hold = n
+                    break
+        return None, hold
+
+
+@dataclass
+class Row:
+    """What a live row needs beyond its numbers: its stream, stop matching and watched values."""
+
+    stream: Stream
+    prompt_chars: int
+    matcher: StopMatcher | None
+    tail: str = ""  # the last `matcher.longest` characters generated
+    stop: str = ""  # the stop string that matched
+    values: list[np.ndarray] = field(default_factory=list)  # watched values of the pending characters
+
+    @property
+    def units(self) -> int:
+        return len(self.stream.job.watch)
+
+
+class Batch:
+    """Live rows: streams plus their stacked states, next-char logits, sampling and flush columns."""
+
+    _COLUMNS = ("logits", "temperature", "top_k", "top_p", "seeds", "positions", "generated", "max_chars",
+                "pending", "waiting", "held", "flushed_once", "last_flush", "sent", "next_checkpoint")  # fmt: skip
+
+    def __init__(self, layers: int, hidden: int, num_states: int, vocab: Sequence[str], model_sha256: str,
+                 flush: FlushPolicy, max_stop_chars: int):  # fmt: skip
+        self.layers, self.hidden = layers, hidden
+        self.chars = np.array(list(vocab), dtype=object)
+        self.model_sha256 = model_sha256
+        self.flush_policy = flush
+        self.capacity = flush.max_chunk_chars + max_stop_chars + 1
+        self.rows: list[Row] = []
+        self.states: States = tuple(np.zeros((layers, 0, hidden), np.float32) for _ in range(num_states))
+        self.logits = np.zeros((0, len(vocab)), np.float32)
+        self.temperature = np.zeros(0, np.float64)
+        self.top_k = np.zeros(0, np.int64)
+        self.top_p = np.zeros(0, np.float64)
+        self.seeds = np.zeros(0, np.uint64)
+        self.positions = np.zeros(0, np.uint64)
+        self.generated = np.zeros(0, np.int64)  # characters sampled
+        self.max_chars = np.zeros(0, np.int64)
+        self.pending = np.zeros((0, self.capacity), np.int32)  # token ids not yet flushed
+        self.waiting = np.zeros(0, np.int64)  # how many of `pending` are set
+        self.held = np.zeros(0, np.int64)  # trailing pending chars that might start a stop string
+        self.flushed_once = np.zeros(0, bool)
+        self.last_flush = np.zeros(0, np.float64)
+        self.sent = np.zeros(0, np.int64)  # characters handed out
+        self.next_checkpoint = np.zeros(0, np.int64)  # chars at which the next resume point is due; 0 = never
+        self._gather: _Gather | None = None  # None while no row watches units
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    # --- algebra ----------------------------------------------------------------------------------
+    def concatenate(self, rows: list[Row], states: States, logits: np.ndarray) -> None:
+        """Rows join with their states ([layers, n, hidden] each) and next-char logits [n, vocab]."""
+        n = len(rows)
+        jobs = [r.stream.job for r in rows]
+        new = {
+            "logits": logits,
+            "temperature": np.array([j.sampling.temperature for j in jobs], np.float64),
+            "top_k": np.array([j.sampling.top_k for j in jobs], np.int64),
+            "top_p": np.array([j.sampling.top_p for j in jobs], np.float64),
+            "seeds": np.array([r.stream.seed for r in rows], np.uint64),
+            "positions": np.array([r.stream.position for r in rows], np.uint64),
+            "generated": np.zeros(n, np.int64),
+            "max_chars": np.array([j.max_chars for j in jobs], np.int64),
+            "pending": np.zeros((n, self.capacity), np.int32),
+            "waiting": np.zeros(n, np.int64),
+            "held": np.zeros(n, np.int64),
+            "flushed_once": np.zeros(n, bool),
+            "last_flush": np.zeros(n, np.float64),
+            "sent": np.zeros(n, np.int64),
+            "next_checkpoint": np.array([j.checkpoint_every for j in jobs], np.int64),
+        }
+        self.rows.extend(rows)
+        self.states = tuple(np.concatenate([a, b], axis=1) for a, b in zip(self.states, states, strict=True))
+        for name in self._COLUMNS:
+            setattr(self, name, np.concatenate([getattr(self, name), new[name]]))
+        self._regather()
+
+    def filter(self, keep: np.ndarray) -> None:
+        """Keep the rows where `keep` is True."""
+        self.rows = [r for r, k in zip(self.rows, keep, strict=True) if k]
+        self.states = tuple(s[:, keep] for s in self.states)
+        for name in self._COLUMNS:
+            setattr(self, name, getattr(self, name)[keep])
+        self._regather()
+
+    def _regather(self) -> None:
+        """Rows moved: rebuild the gather indices (only when rows join or leave, never per step)."""
+        watching = any(r.units for r in self.rows)
+        self._gather = _Gather(self.rows, self.layers, self.hidden) if watching else None
+
+    # --- a step -----------------------------------------------------------------------------------
+    def record(self, ids: np.ndarray) -> np.ndarray:
+        """Take the step's sampled ids (after the model read them); returns the rows that are done."""
+        n = len(self.rows)
+        rows = np.arange(n)
+        self.pending[rows, self.waiting] = ids
+        self.waiting += 1
+        self.generated += 1
+        self.positions += np.uint64(1)
+        done = self.generated >= self.max_chars
+        for i, row in enumerate(self.rows):
+            if row.matcher is None:
+                continue
+            row.tail = (row.tail + self.chars[ids[i]])[-row.matcher.longest :]
+            matched, hold = row.matcher.check(row.tail)
+            self.held[i] = hold
+            if matched is not None:
+                row.stop = matched
+                done[i] = True
+        if self._gather is not None:
+            self._gather(self.states)  # the state after reading this step's character
+        return done
+
+    def flush(self, done: np.ndarray, now: float) -> list[Stream]:
+        """Hand out the chunks that are due (every done row's last one); returns the streams to wake."""
+        waiting = self.waiting - self.held
+        due = self.flush_policy.due(waiting, self.flushed_once, self.last_flush, now)
+        checkpoint = (self.next_checkpoint > 0) & (self.sent + waiting >= self.next_checkpoint) & (self.held == 0)
+        woken = []
+        for i in np.flatnonzero(due | checkpoint | done):
+            woken.append(self._flush_row(int(i), bool(done[i]), bool(checkpoint[i]), now))
+        return woken
+
+    def _flush_row(self, i: int, done: bool, checkpoint: bool, now: float) -> Stream:
+        row = self.rows[i]
+        stream = row.stream
+        count = int(self.waiting[i])
+        if done and row.stop:
+            count -= len(row.stop)  # the stop string is not part of the text
+        elif not done:
+            count -= int(self.held[i])  # a possible stop string waits until it can't be one
+        text = "".join(self.chars[self.pending[i, :count]]) if count > 0 else ""
+        values = NO_VALUES
+        if row.units and count > 0:
+            values = np.concatenate(row.values[:count])
+            del row.values[:count]
+        self.sent[i] += max(count, 0)
+        rest = int(self.waiting[i]) - max(count, 0)
+        self.pending[i, :rest] = self.pending[i, count : count + rest] if rest > 0 else self.pending[i, :0]
+        self.waiting[i] = rest
+        self.flushed_once[i] |= count > 0
+        self.last_flush[i] = now
+        finished = self._finished(i) if done else None
+        point = None
+        if checkpoint and not done:
+            chars, every = int(self.sent[i]), int(stream.job.checkpoint_every)
+            point = ResumePoint(chars, self.context(i))
+            self.next_checkpoint[i] = (chars // every + 1) * every
+        stream.put(Chunk(text, finished, values, point))
+        return stream
+
+    def _finished(self, i: int) -> Finished:
+        row = self.rows[i]
+        reason = FinishReason.STOP if row.stop else FinishReason.LENGTH
+        return Finished(reason, self.context(i), row.prompt_chars, int(self.generated[i]), row.stream.seed, row.stop)
+
+    def cancel(self, i: int) -> Stream:
+        """End row i as cancelled (what was generated and not yet sent is dropped); the caller filters it."""
+        row = self.rows[i]
+        stream = row.stream
+        finished = Finished(
+            FinishReason.CANCELLED, self.context(i), row.prompt_chars, int(self.generated[i]), stream.seed
+        )
+        stream.put(Chunk("", finished, NO_VALUES))
+        return stream
+
+    def context(self, i: int) -> Context:
+        """Row i's context: its state, next-char logits and generator position, copied out."""
+        return Context(
+            tuple(s[:, i].copy() for s in self.states),
+            self.logits[i].copy(),
+            self.rows[i].stream.seed,
+            int(self.positions[i]),
+            self.model_sha256,
+        )
+
+    def elapsed_since_submit(self, i: int) -> float:
+        return time.monotonic() - self.rows[i].stream.submitted
+
+
+class _Gather:
+    """Picks every watched unit of every watching row out of the states: one `np.take` per state kind."""
+
+    def __init__(self, rows: Sequence[Row], layers: int, hidden: int):
+        batch = len(rows)
+        picks: dict[int, tuple[list[int], list[int]]] = {}  # state -> (flat indices, output positions)
+        self.spans: list[tuple[Row, int, int]] = []
+        pos = 0
+        for i, row in enumerate(rows):
+            if not row.units:
+                continue
+            self.spans.append((row, pos, pos + row.units))
+            for unit in row.stream.job.watch:
+                flat, out = picks.setdefault(unit.state, ([], []))
+                flat.append((unit.layer * batch + i) * hidden + unit.index)
+                out.append(pos)
+                pos += 1
+        self.size = pos
+        self.picks = [(k, np.array(flat, np.int64), np.array(out, np.int64)) for k, (flat, out) in picks.items()]
+
+    def __call__(self, states: States) -> None:
+        """Append each watching row's values in `states` (the state after this step's character)."""
+        values = np.empty(self.size, np.float32)
+        for state, flat, out in self.picks:
+            values[out] = np.take(states[state], flat)
+        for row, a, b in self.spans:
+            row.values.append(values[a:b])

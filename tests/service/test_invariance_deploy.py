@@ -1,0 +1,91 @@
+"""Batch invariance of the shipped model at the ONNX Runtime thread counts the deploy files run it with.
+
+The thread counts come from docker-compose.yml (CHARRNN_INTRA_OP_THREADS' default) and the Kubernetes
+overlays (the CPU limit, which the Deployment passes as the thread count); 1 is the server's default. At
+each: a row's logits and states are bit-identical alone and in batches of 5, 16, 33 and 64, for decoding
+(time 1) and prefill, and a prefill split into chunks equals the whole; end to end, seeded streams give the
+same text alone as beside 63 others and beside a long Score.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+
+import numpy as np
+import pytest
+import yaml
+
+from charrnn.client import Client
+from charrnn.engine import Engine, EngineOptions
+from tests.service.harness import REPO, ServerThread, generate_together, make_config
+
+DEFAULT_MODEL = REPO / "models" / "default"
+
+
+def deploy_thread_counts() -> set[int]:
+    counts = {1}
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text(encoding="utf-8"))
+    env = compose["services"]["server"]["environment"]
+    match = re.fullmatch(r"\$\{CHARRNN_INTRA_OP_THREADS:-(\d+)\}", str(env["CHARRNN_INTRA_OP_THREADS"]))
+    assert match, env["CHARRNN_INTRA_OP_THREADS"]
+    counts.add(int(match[1]))
+    for overlay in (REPO / "deploy" / "k8s" / "overlays").iterdir():
+        for cpu in re.findall(r'limits: \{cpu: "?([\d.m]+)"?', (overlay / "kustomization.yaml").read_text()):
+            counts.add(math.ceil(float(cpu[:-1]) / 1000 if cpu.endswith("m") else float(cpu)))
+    return counts
+
+
+THREADS = sorted(deploy_thread_counts())
+
+
+def test_the_deploy_files_are_read() -> None:
+    assert 2 in THREADS, THREADS
+
+
+@pytest.mark.parametrize("threads", THREADS)
+@pytest.mark.parametrize("time", [1, 9, 300])
+def test_rows_are_bit_identical_alone_and_batched(threads: int, time: int) -> None:
+    engine = Engine(DEFAULT_MODEL, EngineOptions(intra_op_threads=threads))
+    rng = np.random.default_rng(threads * 1000 + time)
+    batch = 64 if time < 300 else 16
+    tokens = rng.integers(0, engine.vocab_size, (batch, time))
+    states = tuple((rng.standard_normal(s.shape) * 0.5).astype(np.float32) for s in engine.zero_states(batch))
+    logits, new = engine.run(tokens, states)
+    for i in (0, batch // 3, batch - 1):
+        alone, after = engine.run(tokens[i : i + 1], tuple(s[:, i : i + 1] for s in states))
+        assert np.array_equal(alone[0], logits[i])
+        assert all(np.array_equal(a[:, 0], b[:, i]) for a, b in zip(after, new, strict=True))
+    for n in (5, 16, 33):
+        n = min(n, batch)
+        part, _ = engine.run(tokens[:n], tuple(s[:, :n] for s in states))
+        assert np.array_equal(part, logits[:n])
+    if time > 1:  # the scheduler runs prompts in chunks: the state after them must be the whole run's
+        _, mid = engine.run(tokens[:, : time // 3], states)
+        tail, end = engine.run(tokens[:, time // 3 :], mid)
+        assert np.array_equal(tail[:, -1], logits[:, -1])
+        assert all(np.array_equal(a, b) for a, b in zip(end, new, strict=True))
+
+
+@pytest.mark.slow
+def test_seeded_streams_are_the_same_alone_and_batched_at_the_deploy_thread_count() -> None:
+    threads = max(THREADS)
+    config = make_config(DEFAULT_MODEL, intra_op_threads=threads, prefill_chunk_chars=64)
+    with ServerThread(config) as server, Client(server.target, timeout=120) as client:
+        requests = [
+            {"prompt": f"def f{i}(x):\n" * (1 + i % 9), "max_chars": 80 + i, "seed": 7 + i,
+             "temperature": [0.0, 0.8, 1.0][i % 3], "top_p": [None, 0.9][i % 2]}
+            for i in range(64)
+        ]  # fmt: skip
+        alone = [client.generate(**r).text() for r in requests]  # type: ignore[arg-type]
+        long_text = (REPO / "service" / "scheduler.py").read_text(encoding="utf-8")[:20000]
+        score_alone = client.score(long_text).logprobs
+        beside: list[list[float]] = []
+        scorer = threading.Thread(target=lambda: beside.append(client.score(long_text).logprobs))
+        scorer.start()  # its chunks interleave with the streams' steps
+        together, peak = generate_together(client, requests, server)
+        scorer.join(120)
+        assert peak > 8, "the streams really shared batches"
+        assert [t for t, _ in together] == alone
+        assert beside == [score_alone]

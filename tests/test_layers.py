@@ -1,0 +1,62 @@
+"""The dependency arrows docs/architecture.md draws, checked on every import statement in the packages.
+
+training → charrnn ← service, the client (charrnn.client) imports neither, nothing imports bench, and the
+serving side never imports torch. A module imported inside a function counts like one at the top.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+# package (or module prefix) -> top-level modules it must never import
+FORBIDDEN = {
+    "service": {"torch", "training", "bench"},
+    "training": {"service", "bench"},
+    "charrnn": {"service", "training", "bench", "torch"},
+}
+
+
+def imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def _modules(package: str) -> list[Path]:
+    return sorted(p for p in (REPO / package).rglob("*.py") if "v1" not in p.relative_to(REPO).parts)
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_packages_import_only_along_the_arrows(package: str) -> None:
+    bad = []
+    for path in _modules(package):
+        for name in imported_modules(path):
+            if name.split(".")[0] in FORBIDDEN[package]:
+                bad.append(f"{path.relative_to(REPO)} imports {name}")
+    assert not bad, "\n".join(bad)
+
+
+def test_the_client_needs_only_its_own_package_and_the_protocol() -> None:
+    allowed = ("charrnn.client", "charrnn.protocol", "charrnn.settings", "charrnn.v1")
+    bad = []
+    for path in _modules("charrnn/client"):
+        for name in imported_modules(path):
+            if name.startswith("charrnn") and not name.startswith(allowed):
+                bad.append(f"{path.relative_to(REPO)} imports {name}")
+    assert not bad, "\n".join(bad)
+
+
+def test_the_checker_sees_nested_imports(tmp_path: Path) -> None:
+    module = tmp_path / "m.py"
+    module.write_text("def f():\n    import torch\n    from training.model import CharRNN\n")
+    assert imported_modules(module) == {"torch", "training.model"}

@@ -1,0 +1,166 @@
+"""`charrnn quantize` and `export --quantize int8`: the artifact, its manifest, the quality gate."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from charrnn.artifact import ArtifactError, Manifest, load_manifest
+from charrnn.engine import Engine
+from tests.conftest import REPO_ROOT
+from training.quantize import LossIncreaseError, QualityGate, QuantizeError, quantize_artifact
+from training.quantize_graph import METHOD
+
+DEFAULT_MODEL = REPO_ROOT / "models" / "default"
+
+
+def charrnn(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "charrnn.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def int8_artifact(tiny_artifact: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("int8") / "artifact"
+    quantize_artifact(tiny_artifact, out)
+    return out
+
+
+def test_manifest_records_precision_method_and_both_losses(tiny_artifact: Path, int8_artifact: Path) -> None:
+    fp32, int8 = load_manifest(tiny_artifact), load_manifest(int8_artifact)
+    assert fp32.precision == "fp32" and fp32.quantization is None
+    q = int8.quantization
+    assert int8.precision == "int8" and q is not None
+    assert q.method == METHOD and q.batch_invariant
+    assert q.source_sha256 == fp32.onnx.sha256 != int8.onnx.sha256
+    assert q.val_chars == fp32.training["split"]["val_chars"]  # the whole validation split by default
+    assert q.max_loss_increase == QualityGate().max_loss_increase and q.within_tolerance
+    # Everything the server reads is unchanged: names, shapes, vocabulary, architecture.
+    assert dataclasses.replace(int8.onnx, sha256="", precision="fp32") == dataclasses.replace(fp32.onnx, sha256="")
+    assert (int8.model, int8.vocabulary) == (fp32.model, fp32.vocabulary)
+
+
+def test_fp32_figure_is_trainings_validation_loss(tiny_artifact: Path, int8_artifact: Path) -> None:
+    """The gate's fp32 baseline (ONNX Runtime) agrees with PyTorch's validation pass during training."""
+    q = load_manifest(int8_artifact).quantization
+    assert q is not None
+    assert q.val_loss_nats_fp32 == pytest.approx(load_manifest(tiny_artifact).training["val_loss_nats"], abs=2e-4)
+
+
+def test_int8_graph_keeps_the_io_contract_and_stays_close_to_fp32(tiny_artifact: Path, int8_artifact: Path) -> None:
+    fp32, int8 = Engine(tiny_artifact), Engine(int8_artifact)
+    rng = np.random.default_rng(0)
+    for batch, steps in ((1, 1), (5, 1), (3, 17)):
+        tokens = rng.integers(0, fp32.vocab_size, (batch, steps))
+        states = tuple((rng.standard_normal(s.shape) * 0.5).astype(np.float32) for s in fp32.zero_states(batch))
+        (ref_logits, ref_states), (logits, new_states) = fp32.run(tokens, states), int8.run(tokens, states)
+        assert logits.shape == ref_logits.shape and logits.dtype == np.float32
+        assert np.abs(logits - ref_logits).max() < 0.05
+        for got, ref in zip(new_states, ref_states, strict=True):
+            assert got.shape == ref.shape and np.abs(got - ref).max() < 0.05
+
+
+def test_quality_gate_refuses_a_loss_increase_beyond_the_tolerance(
+    tiny_artifact: Path, int8_artifact: Path, tmp_path: Path
+) -> None:
+    q = load_manifest(int8_artifact).quantization
+    assert q is not None and q.loss_increase > 0, "this test needs a model that int8 makes (slightly) worse"
+    out = tmp_path / "refused"
+    with pytest.raises(LossIncreaseError, match="artifact not written"):
+        quantize_artifact(tiny_artifact, out, QualityGate(max_loss_increase=q.loss_increase / 2))
+    assert not out.exists() and not list(tmp_path.glob(".quantize-*"))
+    written = quantize_artifact(
+        tiny_artifact, out, QualityGate(max_loss_increase=q.loss_increase / 2, allow_loss_increase=True)
+    )
+    assert written.quantization is not None and not written.quantization.within_tolerance
+
+
+def test_refusals_name_the_problem(tiny_artifact: Path, int8_artifact: Path, tmp_path: Path) -> None:
+    with pytest.raises(QuantizeError, match="already int8"):
+        quantize_artifact(int8_artifact, tmp_path / "twice")
+    other = tmp_path / "other.txt"
+    other.write_text("some other text\n" * 200, encoding="utf-8")
+    with pytest.raises(QuantizeError, match="not the text the model was trained on"):
+        quantize_artifact(tiny_artifact, tmp_path / "x", QualityGate(corpus=str(other)))
+    with pytest.raises(QuantizeError, match="does not exist"):
+        quantize_artifact(tmp_path / "missing", tmp_path / "y")
+    with pytest.raises(QuantizeError, match=">= 0"):
+        quantize_artifact(tiny_artifact, tmp_path / "z", QualityGate(max_loss_increase=-1))
+    with pytest.raises(QuantizeError, match=">= 0"):
+        quantize_artifact(tiny_artifact, tmp_path / "z", QualityGate(val_chars=-5))
+
+
+def test_manifests_without_precision_load_as_fp32_and_records_must_match(int8_artifact: Path) -> None:
+    old = json.loads((DEFAULT_MODEL / "manifest.json").read_text(encoding="utf-8"))
+    assert "precision" not in old["onnx"] and "quantization" not in old  # written before int8 existed
+    assert Manifest.from_dict(old).precision == "fp32"
+    data = json.loads((int8_artifact / "manifest.json").read_text(encoding="utf-8"))
+    assert Manifest.from_dict(json.loads(Manifest.from_dict(data).to_json())) == Manifest.from_dict(data)
+    cases = {
+        "no record": {**data, "quantization": None},
+        "fp32 with a record": {**data, "onnx": {**data["onnx"], "precision": "fp32"}},
+        "unknown precision": {**data, "onnx": {**data["onnx"], "precision": "int4"}},
+    }
+    for name, case in cases.items():
+        with pytest.raises(ArtifactError):
+            Manifest.from_dict(case)
+        assert name
+
+
+def test_cli_quantize_and_export_quantize(tiny_artifact: Path, tmp_path: Path) -> None:
+    done = charrnn("quantize", str(tiny_artifact), "--out", str(tmp_path / "q"), "--val-chars", "500")
+    assert done.returncode == 0, done.stderr
+    quantization = load_manifest(tmp_path / "q").quantization
+    assert "nats/char" in done.stdout and quantization is not None and quantization.val_chars == 500
+    exported = charrnn(
+        "export", str(tiny_artifact.parent / "run" / "best.pt"), "--out", str(tmp_path / "e"), "--quantize", "int8"
+    )
+    assert exported.returncode == 0, exported.stderr
+    manifest = load_manifest(tmp_path / "e")
+    assert manifest.precision == "int8" and manifest.quantization is not None
+    assert manifest.export["parity"]["max_abs_error_logits"] <= 1e-4  # the fp32 export it came from was checked
+    assert not list(tmp_path.glob(".export-*"))
+
+
+def test_cli_errors_are_one_line(tiny_artifact: Path, tmp_path: Path) -> None:
+    missing = charrnn("quantize", str(tmp_path / "missing"), "--out", str(tmp_path / "out"))
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1
+    strict = charrnn("quantize", str(tiny_artifact), "--out", str(tmp_path / "out"), "--max-loss-increase", "0")
+    assert strict.returncode == 1 and "artifact not written" in strict.stderr and not (tmp_path / "out").exists()
+    assert len([line for line in strict.stderr.splitlines() if "charrnn quantize:" in line]) == 1
+    assert "Traceback" not in strict.stderr
+
+
+def test_shipped_model_loses_under_a_hundredth_of_a_nat(tmp_path: Path) -> None:
+    """models/default on the first 30,000 characters of its validation split (the builtin corpus)."""
+    manifest = quantize_artifact(DEFAULT_MODEL, tmp_path / "int8", QualityGate(val_chars=30_000))
+    q = manifest.quantization
+    assert q is not None and q.val_chars == 30_000
+    assert abs(q.loss_increase) < 0.01
+    assert (tmp_path / "int8" / "model.onnx").stat().st_size < (DEFAULT_MODEL / "model.onnx").stat().st_size / 2
+
+
+def test_quantize_reads_the_corpus_from_the_given_path(tiny_artifact: Path, tiny_corpus: Path, tmp_path: Path) -> None:
+    """An artifact whose manifest points at a moved corpus: --corpus names it, and it is checked by sha256."""
+    moved = tmp_path / "moved"
+    shutil.copytree(tiny_artifact, moved)
+    data = json.loads((moved / "manifest.json").read_text(encoding="utf-8"))
+    data["training"]["config"]["data"]["corpus"] = str(tmp_path / "gone.txt")
+    (moved / "manifest.json").write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(QuantizeError, match="cannot read the corpus"):
+        quantize_artifact(moved, tmp_path / "a")
+    assert quantize_artifact(moved, tmp_path / "b", QualityGate(corpus=str(tiny_corpus))).precision == "int8"
+
+
+def test_analysis_says_to_use_the_fp32_artifact(int8_artifact: Path) -> None:
+    from training.analysis.weights import WeightsError, load_model
+
+    with pytest.raises(WeightsError, match="analyze the fp32 artifact"):
+        load_model(int8_artifact)
