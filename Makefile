@@ -35,8 +35,8 @@ $(TOOLS_VENV)/.installed:
 
 install: $(VENV)/.installed  ## the development environment (all extras) in .venv
 
-serve: $(SERVE_VENV)/.installed  ## serve models/default on 127.0.0.1:50051 (no torch; --dev unless CHARRNN_HMAC_KEY is set)
-	$(SERVE_VENV)/bin/charrnn serve --model models/default $(if $(CHARRNN_HMAC_KEY),,--dev)
+serve: $(SERVE_VENV)/.installed  ## serve models/default: gRPC on 127.0.0.1:50051, HTTP + playground on :8000 (no torch)
+	$(SERVE_VENV)/bin/charrnn serve --model models/default --http-port 8000 $(if $(CHARRNN_HMAC_KEY),,--dev)
 
 sample: $(SERVE_VENV)/.installed  ## sample locally from the shipped default model (no server, no torch)
 	$(SERVE_VENV)/bin/charrnn sample --model models/default --prompt 'def ' --chars 400

@@ -83,6 +83,27 @@ def register(sub: Any) -> None:
     s.add_argument("--skip-interference", action="store_true", help="skip the Score/feed interference case")
     s.set_defaults(handler=_serve)
 
+    e = which.add_parser("sse", help="server CPU per character: SSE (HTTP) vs gRPC streams", formatter_class=_DEFAULTS)
+    e.add_argument("--model", type=Path, default=Path("models/default"), help="model artifact directory")
+    e.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
+    e.add_argument("--repeats", type=int, default=3, help="alternating runs per edge and count (the median is shown)")
+    e.add_argument("--streams", type=int, nargs="+", default=[1, 64], help="concurrent streams to measure")
+    e.add_argument("--max-chars", type=int, default=2000, help="characters per request")
+    e.add_argument("--flush-interval-ms", type=float, default=100.0, help="server coalescing interval")
+    e.add_argument("--out", type=Path, default=Path("bench-results/sse"), help="directory for the JSON")
+    e.set_defaults(handler=_sse)
+
+    f = which.add_parser(
+        "http-frameworks",
+        help="event-loop CPU per streamed event: aiohttp vs starlette on uvicorn",
+        formatter_class=_DEFAULTS,
+    )
+    f.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
+    f.add_argument("--streams", type=int, nargs="+", default=[1, 64], help="concurrent requests")
+    f.add_argument("--events", type=int, nargs="+", default=[1, 100], help="events per request")
+    f.add_argument("--out", type=Path, default=Path("bench-results/http-frameworks"), help="directory for the JSON")
+    f.set_defaults(handler=_frameworks)
+
     z = which.add_parser(
         "quantize",
         help="decode ceiling in-process: fp32 vs per-row int8 vs ONNX Runtime's per-tensor int8",
@@ -258,6 +279,18 @@ def _serve(args: argparse.Namespace) -> int:
     from bench.serve import main
 
     return main(args)
+
+
+def _sse(args: argparse.Namespace) -> int:
+    from bench.http import main_sse
+
+    return main_sse(args)
+
+
+def _frameworks(args: argparse.Namespace) -> int:
+    from bench.http import main_frameworks
+
+    return main_frameworks(args)
 
 
 def _quantize(args: argparse.Namespace) -> int:

@@ -165,15 +165,21 @@ def ceiling(model: Path, threads: int, batch: int, duration: float) -> LoadResul
 
 class ServerProcess:
     """`charrnn serve --dev` in a subprocess on a free port (shared by the benchmarks; `flags` are extra
-    serve flags); with `metrics`, /metrics on a free port too, at `metrics_url`."""
+    serve flags); with `metrics`, /metrics on a free port too, at `metrics_url`; with `http`, the HTTP API
+    on a free port, at `http_url`."""
 
-    def __init__(self, model: Path, workdir: Path, name: str, flags: list[str], metrics: bool = False):
+    def __init__(
+        self, model: Path, workdir: Path, name: str, flags: list[str], metrics: bool = False, http: bool = False
+    ):
         port_file = workdir / f"port-{name}"
         metrics_file = workdir / f"metrics-port-{name}"
+        http_file = workdir / f"http-port-{name}"
         metrics_flags = ["--metrics-port", "0", "--metrics-port-file", str(metrics_file)] if metrics else []
+        http_flags = ["--http-port", "0", "--http-port-file", str(http_file)] if http else []
         cmd = [
             sys.executable, "-m", "charrnn.cli", "serve", "--model", str(model), "--host", "127.0.0.1",
-            "--port", "0", "--port-file", str(port_file), "--metrics-port", "-1", *metrics_flags, "--dev", *flags,
+            "--port", "0", "--port-file", str(port_file), "--metrics-port", "-1", *metrics_flags, *http_flags,
+            "--dev", *flags,
         ]  # fmt: skip
         self.log = open(workdir / f"server-{name}.log", "wb")  # noqa: SIM115 (closed in close)
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=os.environ.copy())
@@ -186,6 +192,7 @@ class ServerProcess:
             time.sleep(0.05)
         self.target = f"127.0.0.1:{int(port_file.read_text())}"
         self.metrics_url = f"http://127.0.0.1:{int(metrics_file.read_text())}/metrics" if metrics else ""
+        self.http_url = f"http://127.0.0.1:{int(http_file.read_text())}" if http else ""
 
     @property
     def pid(self) -> int:

@@ -109,6 +109,26 @@ class QuantizationSpec:
 
 
 @dataclass(frozen=True)
+class UnitNote:
+    """A hidden unit that `charrnn analyze units` found tracking a feature of the text (optional metadata:
+    the HTTP playground offers these units first, with what they track)."""
+
+    kind: str  # "h" or "c", a state of the graph
+    layer: int
+    index: int
+    feature: str  # the analysis' feature name, e.g. "in_string"
+    tracks: str  # what the feature is, in words
+    metric: str  # "auc" (binary feature) or "r" (correlation)
+    score: float  # on held-out text, the unit's sign applied
+    sign: int  # +1: the unit goes positive with the feature, -1: negative
+
+    @property
+    def name(self) -> str:
+        """The unit as `charrnn generate --watch` and the analyses write it: "c0:80"."""
+        return f"{self.kind}{self.layer}:{self.index}"
+
+
+@dataclass(frozen=True)
 class Manifest:
     format_version: int
     model: ModelSpec
@@ -118,6 +138,7 @@ class Manifest:
     training: dict[str, Any] = field(default_factory=dict)
     export: dict[str, Any] = field(default_factory=dict)
     quantization: QuantizationSpec | None = None  # present exactly when onnx.precision is not "fp32"
+    units: list[UnitNote] = field(default_factory=list)  # interpretable units; absent from older manifests
 
     @property
     def precision(self) -> str:
@@ -159,6 +180,7 @@ class Manifest:
                 training=dict(data.get("training", {})),
                 export=dict(data.get("export", {})),
                 quantization=QuantizationSpec(**data["quantization"]) if data.get("quantization") else None,
+                units=[UnitNote(**u) for u in data.get("units", [])],
             )
         except ArtifactError:
             raise
@@ -189,6 +211,9 @@ class Manifest:
             raise ArtifactError(f"precision {self.onnx.precision!r} is not one of {PRECISIONS}")
         if (self.quantization is None) != (self.onnx.precision == "fp32"):
             raise ArtifactError("a quantization record belongs with a non-fp32 precision, and only there")
+        for note in self.units:
+            if note.kind not in expected_states or not (0 <= note.layer < m.layers and 0 <= note.index < m.hidden_size):
+                raise ArtifactError(f"units: {note.name} is not a unit of this {m.cell} {m.layers}x{m.hidden_size}")
 
 
 def write_manifest(directory: Path, manifest: Manifest) -> Path:

@@ -1,4 +1,4 @@
-"""Strip a serving virtual environment of what it never runs: the packaging tools and test suites.
+"""Strip a serving virtual environment of what it never runs: packaging tools, test suites, unused tooling.
 
 Used by deploy/Dockerfile's serving stage and by tests/deploy/test_serve_env.py on the same kind of
 environment, so the size the test records is the image's, and the test's server runs from the stripped
@@ -19,6 +19,9 @@ PACKAGING_TOOLS = ("pip", "setuptools", "pkg_resources", "_distutils_hack")
 PACKAGING_FILES = ("distutils-precedence.pth",)
 # Third-party test suites (numpy's alone is 16 MB); `numpy.testing`, a runtime module, is not among them.
 TEST_DIRS = ("tests",)
+# Parts of packages the server never imports: ONNX Runtime's model-conversion and quantization tooling
+# (9 MB of Python; int8 artifacts are quantized offline by `charrnn quantize`, with the train extra).
+UNUSED_PARTS = ("onnxruntime/transformers", "onnxruntime/quantization", "onnxruntime/tools")
 
 
 def site_packages(venv: Path) -> Path:
@@ -36,6 +39,7 @@ def slim(venv: Path) -> int:
         doomed += [root / name, *root.glob(f"{name}-*.dist-info")]
     doomed += [root / name for name in PACKAGING_FILES]
     doomed += [p for name in TEST_DIRS for p in root.glob(f"*/**/{name}") if p.is_dir()]
+    doomed += [root / part for part in UNUSED_PARTS]
     doomed += [p for p in (venv / "bin").glob("pip*")]
     freed = 0
     for path in doomed:

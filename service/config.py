@@ -88,13 +88,18 @@ class ServerConfig:
     metrics_port: int = setting(DEFAULT_METRICS_PORT, "/metrics HTTP port (0 = any free port, -1 = off)")
     metrics_host: str | None = setting(None, "/metrics bind address; unset: --host (keep it private)")
     metrics_port_file: Path | None = setting(None, "write the bound /metrics port here once SERVING")
+    http_port: int = setting(
+        -1, "HTTP port: OpenAI-compatible /v1/completions and the playground page (0 = any free port, -1 = off)"
+    )
+    http_port_file: Path | None = setting(None, "write the bound HTTP port here once SERVING")
+    http_max_body_kb: int = setting(256, "largest HTTP request body; beyond: 413")
     grace_seconds: float = setting(20.0, "SIGTERM: how long live streams may drain", aliases=("--grace",))
     hmac_key: str | None = setting(None, "secret that signs resume tokens (this or --hmac-key-file unless --dev)")
     hmac_key_file: Path | None = setting(
         None, "file holding the HMAC key (a mounted Secret); one trailing newline ignored"
     )
     dev: bool = setting(False, "allow the published development HMAC key when no key is set (logs a warning)")
-    tls_cert: Path | None = setting(None, "PEM certificate chain: serve gRPC over TLS only (with --tls-key)")
+    tls_cert: Path | None = setting(None, "PEM certificate chain: serve gRPC (and HTTP) over TLS only (with --tls-key)")
     tls_key: Path | None = setting(None, "PEM private key of --tls-cert")
     tls_client_ca: Path | None = setting(None, "PEM CA bundle: require client certificates signed by it (mutual TLS)")
     auth_token_file: Path | None = setting(
@@ -146,6 +151,8 @@ class ServerConfig:
             "--max-chunk-chars must be >= 1": flush.max_chunk_chars >= 1,
             "--grace-seconds must be >= 0": self.grace_seconds >= 0,
             "--metrics-port must be -1 (off) or a port": -1 <= self.metrics_port <= 65535,
+            "--http-port must be -1 (off) or a port": -1 <= self.http_port <= 65535,
+            "--http-max-body-kb must be >= 1": self.http_max_body_kb >= 1,
             "--intra-op-threads must be >= 0": self.engine.intra_op_threads >= 0,
             "--decode-workers must be >= 1": self.scheduling.decode_workers >= 1,
             "--prefill-chunk-chars must be >= 1": self.scheduling.prefill_chunk_chars >= 1,

@@ -1,10 +1,10 @@
-"""Prometheus metrics: gRPC RED metrics (interceptor) and the scheduler's own (observer).
+"""Prometheus metrics: gRPC and HTTP RED metrics (interceptor, middleware) and the scheduler's own (observer).
 
 Everything registers in one injectable `CollectorRegistry` (tests use a fresh one) and is served
 over HTTP on its own port. Hot-path cost is a few prometheus_client calls per scheduler step
 (~1 µs each; a step is 40 µs to several ms) and per flushed chunk, never per character. Labels are
-bounded: gRPC method/code, finish/refusal/eviction reasons, and the model's identity; no
-per-request or per-session labels.
+bounded: gRPC method/code, HTTP method/route template/status, finish/refusal/eviction reasons, and the
+model's identity; no per-request or per-session labels.
 """
 
 from __future__ import annotations
@@ -80,6 +80,27 @@ class Metrics(SchedulerObserver, DeliveryObserver):
             "grpc_server_msg_received_total", "Request messages received.", grpc_labels, registry=r
         )
         self.grpc_sent = Counter("grpc_server_msg_sent_total", "Response messages sent.", grpc_labels, registry=r)
+
+        http_labels = ("method", "route", "code")
+        self.http_requests = Counter(
+            "http_server_requests_total",
+            "HTTP requests answered, by route template and status.",
+            http_labels,
+            registry=r,
+        )
+        self.http_seconds = Histogram(
+            "http_server_request_duration_seconds",
+            "Time from an HTTP request to the end of its response (the whole stream for event streams).",
+            http_labels,
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.http_events = Counter(
+            "http_server_sse_events_total",
+            "Server-sent events written (one per flushed chunk).",
+            ("route",),
+            registry=r,
+        )
 
         self.ttfc = Histogram(
             "charrnn_time_to_first_char_seconds",
@@ -213,6 +234,12 @@ class Metrics(SchedulerObserver, DeliveryObserver):
 
     def on_token_refused(self, reason: str) -> None:
         self.tokens_refused.labels(reason).inc()
+
+    def on_http_request(self, method: str, route: str, code: int, seconds: float) -> None:
+        """An HTTP request ended (`route` is the route's template, never the raw path)."""
+        labels = (method, route, str(code))
+        self.http_requests.labels(*labels).inc()
+        self.http_seconds.labels(*labels).observe(seconds)
 
     def interceptor(self) -> GrpcMetricsInterceptor:
         return GrpcMetricsInterceptor(self)

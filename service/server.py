@@ -1,4 +1,5 @@
-"""Wiring: load the artifact, build the runtime, serve gRPC with health and reflection, drain on SIGTERM.
+"""Wiring: load the artifact, build the runtime, serve gRPC with health and reflection (and HTTP when
+`http_port` is set, service/http/), drain on SIGTERM.
 
 Health is NOT_SERVING until the model is loaded and warmed up. On SIGTERM/SIGINT health goes
 NOT_SERVING, new streams are refused with UNAVAILABLE, live ones get `grace_s` to finish, then
@@ -24,6 +25,7 @@ from charrnn.engine import Engine
 from charrnn.v1 import charrnn_pb2, charrnn_pb2_grpc
 from charrnn.vocab import Vocabulary
 from service.config import ConfigError, ServerConfig
+from service.http import HttpFace
 from service.interceptors import BearerAuthInterceptor, DecodeGuardInterceptor
 from service.metrics import Metrics, MetricsHTTPServer
 from service.registry import LoadedModel, ModelRegistry
@@ -91,6 +93,7 @@ class CharRNNServer:
             interceptors=_interceptors(config, self.metrics), options=[("grpc.so_reuseport", 0)]
         )
         self.metrics_http: MetricsHTTPServer | None = None
+        self.http = HttpFace(config, self.runtime, self.metrics)
         charrnn_pb2_grpc.add_CharRNNServicer_to_server(CharRNNServicer(self.runtime), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
@@ -127,6 +130,7 @@ class CharRNNServer:
         await self.server.start()
         await asyncio.to_thread(self.scheduler.engine.warm_up, self.config.limits.max_live_streams)
         self.scheduler.start()
+        await self.http.start(_write_port)
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         self.metrics.serving.set(1)
         if self.metrics_http is not None and self.config.metrics_port_file is not None:
@@ -204,6 +208,7 @@ class CharRNNServer:
                 log.warning("grace period over: failing %d streams", sched.live + sched.queued)
         for sched in schedulers:
             await sched.close()
+        await self.http.stop()
         await self.server.stop(1.0)
         if self.metrics_http is not None:
             self.metrics_http.close()

@@ -12,7 +12,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 
 import grpc
@@ -30,7 +30,7 @@ from service.requests import GenerationRequest, Validator
 from service.scheduler import Scheduler
 from service.sessions import SessionStore
 from service.status import abort
-from service.stream import Chunk, Delivery, DeliveryObserver, Finished, ResumePoint, Stream
+from service.stream import Delivery, DeliveryObserver, Finished, ResumePoint
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ class CharRNNServicer(pb_grpc.CharRNNServicer):
             return
         delivery = Delivery(self.rt.delivery, arrived)
         try:
-            async for text, finished, values, checkpoint in _chunks(stream):
+            async for text, finished, values, checkpoint in stream.chunks():
                 if finished is None:
                     signed = self._signed(model, checkpoint)
                     delivery.sending(text)
@@ -229,19 +229,6 @@ class CharRNNServicer(pb_grpc.CharRNNServicer):
         return info
 
 
-async def _chunks(stream: Stream) -> AsyncGenerator[Chunk, None]:
-    """A stream's flushed chunks until it ends; a caller that goes away cancels the stream."""
-    try:
-        while True:
-            chunk = await stream.next_chunk()
-            yield chunk
-            if chunk.finished is not None:
-                return
-    finally:
-        if stream.finished is None:
-            stream.cancel()
-
-
 class _Conversation:
     """One Session RPC: a context that lives as long as the stream, and the actions on it."""
 
@@ -305,7 +292,7 @@ class _Conversation:
         delivery = Delivery(self.rt.delivery, time.monotonic())
         model = self.rt.models.for_context(self.ctx)
         stream = model.scheduler.submit(s.validator.job(model, self.ctx, s._request(action)))
-        chunks = _chunks(stream)
+        chunks = stream.chunks()
         incoming: asyncio.Task[pb.SessionRequest | None] | None = None
         try:
             pending_chunk = asyncio.ensure_future(anext(chunks))

@@ -1,12 +1,14 @@
-"""The one table from domain errors to gRPC status codes, and the trailers that go with them.
+"""The one table from domain errors to each edge's status: a gRPC code and an HTTP status per error class.
 
-Only the gRPC edge (servicer, interceptors) uses it. Anything not in the table is a bug: it becomes
-INTERNAL with a generic message, and the traceback is logged.
+The gRPC edge (servicer, interceptors) and the HTTP edge (service/http/) both read it, so the two cannot
+disagree about what a refusal means. Anything not in the table is a bug: it becomes INTERNAL (HTTP 500)
+with a generic message, and the traceback is logged.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import NamedTuple
 
 import grpc
 
@@ -26,33 +28,60 @@ from service.errors import (
 
 log = logging.getLogger(__name__)
 
-STATUS_CODES: dict[type[Exception], grpc.StatusCode] = {
-    InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
-    UnknownCharactersError: grpc.StatusCode.INVALID_ARGUMENT,
-    InvalidToken: grpc.StatusCode.INVALID_ARGUMENT,
-    ForeignToken: grpc.StatusCode.FAILED_PRECONDITION,
-    SessionNotFound: grpc.StatusCode.NOT_FOUND,
-    SessionBusy: grpc.StatusCode.FAILED_PRECONDITION,
-    LimitExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    ShuttingDown: grpc.StatusCode.UNAVAILABLE,
-    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+
+class EdgeStatus(NamedTuple):
+    """How one refusal reads on each edge."""
+
+    grpc: grpc.StatusCode
+    http: int
+
+
+class RequestTooLarge(InvalidRequest):
+    """A request body over the edge's size limit (HTTP; gRPC enforces its own message limit the same way)."""
+
+
+INTERNAL = EdgeStatus(grpc.StatusCode.INTERNAL, 500)
+INTERNAL_MESSAGE = "internal error (logged on the server)"
+
+STATUSES: dict[type[Exception], EdgeStatus] = {
+    InvalidRequest: EdgeStatus(grpc.StatusCode.INVALID_ARGUMENT, 400),
+    UnknownCharactersError: EdgeStatus(grpc.StatusCode.INVALID_ARGUMENT, 400),
+    InvalidToken: EdgeStatus(grpc.StatusCode.INVALID_ARGUMENT, 400),
+    RequestTooLarge: EdgeStatus(grpc.StatusCode.RESOURCE_EXHAUSTED, 413),
+    ForeignToken: EdgeStatus(grpc.StatusCode.FAILED_PRECONDITION, 409),
+    SessionNotFound: EdgeStatus(grpc.StatusCode.NOT_FOUND, 404),
+    SessionBusy: EdgeStatus(grpc.StatusCode.FAILED_PRECONDITION, 409),
+    LimitExceeded: EdgeStatus(grpc.StatusCode.RESOURCE_EXHAUSTED, 429),
+    ShuttingDown: EdgeStatus(grpc.StatusCode.UNAVAILABLE, 503),
+    Unauthenticated: EdgeStatus(grpc.StatusCode.UNAUTHENTICATED, 401),
 }
 
 
+def edge_status(exc: BaseException) -> tuple[EdgeStatus, str]:
+    """Both edges' statuses and the client-facing message for `exc` (INTERNAL for anything unexpected)."""
+    for cls in type(exc).__mro__:
+        status = STATUSES.get(cls)
+        if status is not None:
+            return status, str(exc)
+    log.error("internal error", exc_info=exc)
+    return INTERNAL, INTERNAL_MESSAGE
+
+
+def retry_after_ms(exc: BaseException) -> int | None:
+    """The retry hint of a refusal worth retrying (draining, full), or None."""
+    return exc.retry_pushback_ms if isinstance(exc, ServiceError) else None
+
+
 def trailers_for(exc: BaseException) -> tuple[tuple[str, str], ...]:
-    """Trailing metadata that goes with `exc`'s status: the retry hint, when it has one."""
-    pushback = getattr(exc, "retry_pushback_ms", None) if isinstance(exc, ServiceError) else None
+    """Trailing metadata that goes with `exc`'s gRPC status: the retry hint, when it has one."""
+    pushback = retry_after_ms(exc)
     return () if pushback is None else ((RETRY_PUSHBACK_KEY, str(pushback)),)
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    """The status code and client-facing message for `exc` (INTERNAL for anything unexpected)."""
-    for cls in type(exc).__mro__:
-        code = STATUS_CODES.get(cls)
-        if code is not None:
-            return code, str(exc)
-    log.error("internal error", exc_info=exc)
-    return grpc.StatusCode.INTERNAL, "internal error (logged on the server)"
+    """The gRPC status code and client-facing message for `exc` (INTERNAL for anything unexpected)."""
+    status, message = edge_status(exc)
+    return status.grpc, message
 
 
 async def abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:

@@ -17,7 +17,7 @@ import enum
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -141,6 +141,17 @@ class Stream:
         if not self.cancelled and self.finished is None:
             self.cancelled = True
             self._on_cancel(self)
+
+    async def chunks(self) -> AsyncGenerator[Chunk, None]:
+        """The chunks until the stream ends; a consumer that stops early (it went away) cancels the stream."""
+        try:
+            while True:
+                chunk = await self.next_chunk()
+                yield chunk
+                if chunk.finished is not None:
+                    return
+        finally:
+            self.cancel()  # a no-op once the stream has finished
 
     async def next_chunk(self) -> Chunk:
         """The next chunk, waiting for it; raises the error the stream failed with once its chunks are read."""

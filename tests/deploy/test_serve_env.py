@@ -34,7 +34,7 @@ pytestmark = pytest.mark.slow
 
 CACHE_ROOT = Path(tempfile.gettempdir()) / "charrnn-serve-venv"
 STALE_AFTER_S = 24 * 3600
-# Measured 162 MB after deploy/slim_venv.py (docs/benchmarks.md); a train-only environment is 1173 MB.
+# Measured 167 MB after deploy/slim_venv.py with the HTTP face (aiohttp); a train-only environment is 1173 MB.
 # The bound is 15 % of that, the project's goal: a heavy dependency leaking into `serve` breaks it.
 MAX_SERVE_ENV_BYTES = 176 * 1000 * 1000
 

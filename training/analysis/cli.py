@@ -44,6 +44,11 @@ def register(sub: Any) -> None:
     _model_args(units, "units")
     _text_args(units)
     units.add_argument("--unit", help="draw this unit (e.g. c1:42) instead of the best string-tracking one")
+    units.add_argument(
+        "--annotate",
+        action="store_true",
+        help="write the units that clearly track a feature into --model's manifest (the HTTP playground lists them)",
+    )
     units.set_defaults(handler=_units)
 
     gates = what.add_parser("gates", help="how often each LSTM/GRU gate is saturated (< 0.1 or > 0.9)")
@@ -88,10 +93,15 @@ def _hello(args: argparse.Namespace) -> int:
 def _units(args: argparse.Namespace) -> int:
     from charrnn.artifact import ArtifactError
     from training.analysis.heldout import HeldoutError
-    from training.analysis.units import QUOTE_FEATURE, analyze_units, markdown
+    from training.analysis.units import QUOTE_FEATURE, analyze_units, annotate_manifest, markdown, unit_notes
 
+    if args.annotate and args.checkpoint is not None:
+        print("charrnn analyze units: --annotate writes --model's manifest; drop --checkpoint", file=sys.stderr)
+        return 2
     try:
         report = analyze_units(_load(args), args.out, args.text, args.chars, args.unit)
+        notes = unit_notes(report) if args.annotate else []
+        manifest = annotate_manifest(args.model, notes) if args.annotate else None
     except (ArtifactError, HeldoutError, KeyError, ValueError) as exc:
         return _fail("analyze units", exc)
     sys.stdout.write(markdown(report))
@@ -101,6 +111,9 @@ def _units(args: argparse.Namespace) -> int:
         f"(shuffled-label control {quote.control_shuffled:.3f}, shifted {quote.control_shifted:.3f})"
     )
     print(f"wrote {args.out}/units.md, units.json, unit.html, unit.png")
+    if manifest is not None:
+        names = ", ".join(f"{n.name} ({n.feature})" for n in notes) or "none passed"
+        print(f"wrote {len(notes)} interpretable units into {manifest}: {names}")
     return 0
 
 

@@ -2,18 +2,21 @@
 
 Karpathy, Johnson & Fei-Fei (2015) found single LSTM cells that switch on inside quotes
 and count indentation. This records every unit of the model over held-out Python, scores
-each against character features, and draws the chosen unit over the text.
+each against character features, and draws the chosen unit over the text. With `--annotate`, the units
+that clearly track a feature go into the artifact's manifest (`units`), where the HTTP playground reads them.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass
+import re
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from charrnn.artifact import UnitNote, load_manifest, write_manifest
 from training.analysis.features import Feature, document_features, lexable
 from training.analysis.heldout import DEFAULT_MAX_CHARS, heldout_documents
 from training.analysis.record import Recording, record
@@ -25,6 +28,12 @@ log = logging.getLogger(__name__)
 
 QUOTE_FEATURE = "in_string"
 SHOWN_CHARS = 2500  # characters on the HTML page
+# A unit is written into the manifest when its held-out score is at least this far from chance (AUC 0.5,
+# r 0) and this many times farther than either control: both far above what the default model's scores show
+# for shuffled or shifted labels (docs/rnn.md).
+ANNOTATE_MIN_EFFECT = 0.25
+ANNOTATE_MIN_OVER_CONTROL = 3.0
+_UNIT_ID = re.compile(r"^(?:tanh_)?([hc])(\d+):(\d+)$")
 
 
 @dataclass
@@ -122,3 +131,28 @@ def draw_unit(
         out / "unit.png",
         f"unit {unit} {note}",
     )
+
+
+def unit_notes(report: UnitsReport) -> list[UnitNote]:
+    """Each feature's best unit, when it beats chance and both controls clearly (see ANNOTATE_MIN_*).
+
+    `tanh_cL:i` is noted as `cL:i`: the server streams the cell state, and tanh is monotonic, so the unit
+    tracks the feature with the same sign.
+    """
+    notes = []
+    for s in report.scores:
+        chance = 0.5 if s.metric == "auc" else 0.0
+        effect = abs(s.heldout - chance)
+        control = max(abs(s.control_shuffled - chance), abs(s.control_shifted - chance))
+        match = _UNIT_ID.match(s.unit)
+        if match is None or effect < ANNOTATE_MIN_EFFECT or effect < ANNOTATE_MIN_OVER_CONTROL * control:
+            continue
+        kind, layer, index = match.group(1), int(match.group(2)), int(match.group(3))
+        notes.append(UnitNote(kind, layer, index, s.feature, s.description, s.metric, s.heldout, s.sign))
+    return notes
+
+
+def annotate_manifest(model_dir: Path, notes: list[UnitNote]) -> Path:
+    """Write `notes` as the artifact's `units` (replacing earlier ones); the rest of the manifest is unchanged."""
+    manifest = load_manifest(model_dir)
+    return write_manifest(model_dir, replace(manifest, units=notes))

@@ -1,0 +1,160 @@
+"""The HTTP routes: POST /v1/completions (JSON or server-sent events), GET /v1/models, and the playground.
+
+A completion runs exactly as a gRPC Generate does: the shared Validator makes the Job, the model's scheduler
+batches it with every other stream (gRPC or HTTP), and a client that goes away cancels its stream, so the
+scheduler drops its row at the next step (aiohttp cancels the handler when the connection closes).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from aiohttp import web
+
+from service.context import Context
+from service.errors import InvalidRequest
+from service.http import errors, openai, sse
+from service.http.errors import ParameterError, about
+from service.registry import LoadedModel
+from service.requests import Validator
+from service.status import RequestTooLarge
+from service.stream import Chunk, Delivery, Stream
+
+if TYPE_CHECKING:
+    from service.metrics import Metrics
+    from service.servicer import Runtime
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+COMPLETIONS = "/v1/completions"
+# Set on a request whose client went away mid-response (counted as status 499, nginx's "client closed").
+CLIENT_GONE = web.RequestKey("charrnn_client_gone", bool)
+CLIENT_CLOSED = 499
+
+
+class Routes:
+    def __init__(self, runtime: Runtime, metrics: Metrics, max_body_kb: int):
+        self.rt = runtime
+        self.validator = Validator(runtime.limits)
+        self.max_body_kb = max_body_kb
+        self.events = metrics.http_events.labels(COMPLETIONS)
+
+    def add_to(self, app: web.Application) -> None:
+        app.router.add_post(COMPLETIONS, self.completions)
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_get("/", self.playground)
+        app.router.add_static("/static/", STATIC_DIR, append_version=False)
+
+    async def _json(self, request: web.Request) -> Any:
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge as exc:
+            limit = self.max_body_kb
+            raise RequestTooLarge(f"the request body is over {limit} KB (http_max_body_kb)") from exc
+        try:
+            return json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InvalidRequest(f"the request body is not valid JSON: {exc}") from exc
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        arrived = time.monotonic()
+        completion = openai.parse(await self._json(request))
+        ctx = Context()
+        if completion.resume_token is not None:
+            with about(f"{openai.OWNER}.resume_token"):
+                ctx = self.rt.models.decode(completion.resume_token)
+        model = self.rt.models.for_context(ctx)
+        name = model.manifest.model.name
+        if completion.model not in (None, name):
+            raise ParameterError("model", f"model {completion.model!r} is not served here (GET /v1/models: {name!r})")
+        stream = model.scheduler.submit(openai.job(self.validator, model, ctx, completion.request))
+        delivery = Delivery(self.rt.delivery, arrived)
+        try:
+            if completion.stream:
+                return await self._events(request, completion, model, stream, delivery)
+            return await self._whole(completion, model, stream, delivery)
+        finally:  # a client that went away (the handler is cancelled, or a write failed) frees its row
+            stream.cancel()  # a no-op once the stream has finished
+
+    async def _whole(
+        self, completion: openai.Completion, model: LoadedModel, stream: Stream, delivery: Delivery
+    ) -> web.Response:
+        parts: list[str] = []
+        values: list[np.ndarray] = []
+        async for chunk in stream.chunks():
+            parts.append(chunk.text)
+            values.append(chunk.values)
+        finished = stream.finished
+        assert finished is not None
+        extension = openai.final_extension(model, finished)
+        if completion.request.watch:
+            extension["values"] = openai.rounded(np.concatenate(values))
+        text = "".join(parts)
+        delivery.sending(text)  # one message: its text goes out now
+        choice = openai.choice(text, finished.reason.value)
+        name = model.manifest.model.name
+        body = openai.body(openai.completion_id(), openai.now(), name, [choice], usage=openai.usage(finished))
+        return web.json_response({**body, openai.OWNER: extension})
+
+    async def _events(
+        self,
+        request: web.Request,
+        completion: openai.Completion,
+        model: LoadedModel,
+        stream: Stream,
+        delivery: Delivery,
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": sse.CONTENT_TYPE, **sse.HEADERS})
+        cid, created, name = openai.completion_id(), openai.now(), model.manifest.model.name
+        watching = bool(completion.request.watch)
+        try:
+            await response.prepare(request)
+            async for chunk in stream.chunks():
+                await self._write_chunk(response, chunk, model, cid, created, watching, delivery)
+            finished = stream.finished
+            if completion.include_usage and finished is not None:
+                await response.write(sse.event(openai.body(cid, created, name, [], usage=openai.usage(finished))))
+            await response.write(sse.DONE)
+        except ConnectionResetError:  # the client went away between two writes
+            request[CLIENT_GONE] = True
+            return response
+        except Exception as exc:  # the server shut down mid-stream (or a bug): the 200 is gone, say it in the body
+            await response.write(errors.error_event(exc))
+        await response.write_eof()
+        return response
+
+    async def _write_chunk(
+        self,
+        response: web.StreamResponse,
+        chunk: Chunk,
+        model: LoadedModel,
+        cid: str,
+        created: int,
+        watching: bool,
+        delivery: Delivery,
+    ) -> None:
+        finished = chunk.finished
+        if not chunk.text and finished is None:
+            return
+        extension: dict[str, Any] = {}
+        if watching:
+            extension["values"] = openai.rounded(chunk.values)
+        if finished is not None:
+            extension |= openai.final_extension(model, finished)
+        reason = None if finished is None else finished.reason.value
+        extra = {openai.OWNER: extension} if extension else {}
+        choices = [openai.choice(chunk.text, reason)]
+        event = sse.event(openai.body(cid, created, model.manifest.model.name, choices, **extra))
+        delivery.sending(chunk.text)
+        await response.write(event)
+        self.events.inc()
+
+    async def models(self, request: web.Request) -> web.Response:
+        card = openai.model_card(self.rt.models.current.manifest, self.rt.limits)
+        return web.json_response({"object": "list", "data": [card]})
+
+    async def playground(self, request: web.Request) -> web.FileResponse:
+        return web.FileResponse(STATIC_DIR / "index.html")

@@ -1,0 +1,50 @@
+"""HTTP and gRPC streams go to the same scheduler: they share batches, and a seeded request's text does not
+depend on which edge it came through or what it was batched with."""
+
+from __future__ import annotations
+
+import threading
+
+import openai
+
+from charrnn.client import Client
+from tests.http.conftest import MODEL, PROMPT, base_url
+from tests.service.harness import ServerThread
+
+CHARS = 1500
+
+
+def test_a_grpc_and_an_http_stream_share_batches_and_agree(server: ServerThread) -> None:
+    sdk = openai.OpenAI(base_url=f"{base_url(server)}/v1", api_key="unused", max_retries=0, timeout=60)
+    texts: dict[str, str] = {}
+    peak = [0]
+    barrier = threading.Barrier(2)
+
+    def over_http() -> None:
+        barrier.wait()
+        parts = []
+        for chunk in sdk.completions.create(
+            model=MODEL, prompt=PROMPT, max_tokens=CHARS, temperature=0.9, seed=21, stream=True
+        ):
+            parts.append(chunk.choices[0].text)
+            peak[0] = max(peak[0], server.live)
+        texts["http"] = "".join(parts)
+
+    def over_grpc(client: Client) -> None:
+        barrier.wait()
+        parts = []
+        for chunk in client.generate(PROMPT, max_chars=CHARS, temperature=0.9, seed=21):
+            parts.append(chunk)
+            peak[0] = max(peak[0], server.live)
+        texts["grpc"] = "".join(parts)
+
+    with Client(server.target) as client:
+        threads = [threading.Thread(target=over_http), threading.Thread(target=over_grpc, args=(client,))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        alone = sdk.completions.create(model=MODEL, prompt=PROMPT, max_tokens=CHARS, temperature=0.9, seed=21)
+    assert peak[0] == 2, "the two streams were never in one batch"
+    assert texts["http"] == texts["grpc"] == alone.choices[0].text
+    assert len(texts["http"]) == CHARS
