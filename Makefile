@@ -17,7 +17,18 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
+# torch is installed first, alone, from PyTorch's wheel index for TORCH_BUILD (default cpu): the `+cpu` build
+# has no CUDA and pulls no nvidia-* wheels, and the extras' `torch==` pin then finds it installed. PyPI's Linux
+# torch is the CUDA build (gigabytes). A machine that cannot reach the index falls back, after pip's retries
+# (about 10 s), to a wheel in its pip find-links or local indexes; a CUDA build is never a fallback.
+# A CUDA build on purpose: `make install TORCH_BUILD=cu128` (any build PyTorch publishes for this version).
+TORCH_VERSION := $(shell sed -n 's/^ *"torch==\([^"]*\)".*/\1/p' pyproject.toml)
+TORCH_BUILD   ?= $(if $(filter Darwin,$(shell uname -s)),,cpu)
+TORCH_INDEX   ?= https://download.pytorch.org/whl/$(TORCH_BUILD)
+TORCH_REQ     := torch==$(TORCH_VERSION)$(if $(TORCH_BUILD),+$(TORCH_BUILD))
+
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q --no-deps $(if $(TORCH_BUILD),--index-url $(TORCH_INDEX)) '$(TORCH_REQ)'
 	$(BIN)/pip install -q -e '.[serve,train,load,dev]'
 	touch $@
 
@@ -61,8 +72,11 @@ QUALITY_CONFIG := model.hidden_size=512 model.embedding_size=128 model.dropout=0
 	optim.seq_len=128 optim.lr=0.002 optim.warmup_steps=150 optim.max_steps=4000 run.eval_interval=250 \
 	run.sample_interval=250 run.threads=1 run.sample_prime=ROMEO:
 
-bench-quality: install  ## 30-minute quality benchmark on tiny shakespeare (see docs/benchmarks.md)
-	$(BIN)/charrnn bench quality --corpus ../shared/data/tinyshakespeare.txt --minutes 30 \
+# char-rnn's tinyshakespeare/input.txt (1.1 MB), which the repository does not include.
+TINY_SHAKESPEARE ?= ../shared/data/tinyshakespeare.txt
+
+bench-quality: install  ## 30-minute quality benchmark on tiny shakespeare (TINY_SHAKESPEARE=path; docs/benchmarks.md)
+	$(BIN)/charrnn bench quality --corpus $(TINY_SHAKESPEARE) --minutes 30 \
 		--out runs/bench-quality $(QUALITY_CONFIG) $(QUALITY_ARGS)
 
 bench-quantize: install  ## int8 decode ceiling: fp32 vs per-row int8 vs ONNX Runtime's per-tensor int8 (docs/benchmarks.md)
@@ -93,5 +107,5 @@ fuzz: install  ## the fuzz suite at 10x its default size (CHARRNN_FUZZ_EXAMPLES)
 proto: install  ## regenerate charrnn/v1 from proto/ (a test fails when the committed code is stale)
 	PYTHON=$(BIN)/python scripts/gen_proto.sh
 
-clean:  ## remove environments and run outputs
-	rm -rf $(VENV) $(SERVE_VENV) $(TOOLS_VENV) runs .mypy_cache .ruff_cache .pytest_cache
+clean:  ## remove environments and run outputs (runs/, load-results/, bench-results/)
+	rm -rf $(VENV) $(SERVE_VENV) $(TOOLS_VENV) runs load-results bench-results .mypy_cache .ruff_cache .pytest_cache

@@ -12,6 +12,7 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from charrnn.settings import SettingError
 
@@ -20,8 +21,22 @@ from charrnn.settings import SettingError
 COMMAND_MODULES = ("training.cli", "training.analysis.cli", "service.cli", "charrnn.client.cli", "bench.cli")
 
 
+# A dependency missing at run time → the extra that brings it (a command of a part installed without its extra).
+_EXTRAS = {"grpc": "client", "grpc_health": "client", "google": "client", "onnxruntime": "serve",
+           "aiohttp": "serve", "prometheus_client": "serve", "torch": "train", "onnx": "train",
+           "matplotlib": "train", "locust": "load"}  # fmt: skip
+
+
+class _Parser(argparse.ArgumentParser):
+    """A command-line mistake is one line naming the problem and where the help is, exit code 2 (argparse
+    prints the whole usage block first); subcommands' parsers are of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="charrnn",
         description="Character-level RNN language model: train, export, serve, analyze.",
     )
@@ -50,6 +65,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = args.handler(args)
     except SettingError as exc:  # a malformed flag or CHARRNN_* variable: the user's to fix
         print(f"charrnn {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        extra = _EXTRAS.get((exc.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(f"charrnn {args.command}: needs the {extra!r} extra: pip install 'charrnn[{extra}]'", file=sys.stderr)
         return 2
     return int(result or 0)
 

@@ -78,6 +78,28 @@ class SchedulingOptions:
 
 
 @dataclass(frozen=True)
+class ConnectionPolicy:
+    """How long a client's connection lives and how often it may ping (clients: charrnn.client.Balancing)."""
+
+    max_connection_age_seconds: float = setting(
+        60.0,
+        "a client connection this old (give or take a tenth) is asked to go away (GOAWAY): new calls reconnect, so "
+        "clients behind a Service reach new pods and re-resolve DNS; 0 = never",
+    )
+    max_connection_age_grace_seconds: float | None = setting(
+        None,
+        "calls still running on an aged connection after this long are ended (UNAVAILABLE); unset: they run "
+        "to their end (a Session stream lasts as long as its client keeps it)",
+        shown="unbounded",
+    )
+    min_ping_interval_seconds: float = setting(
+        10.0,
+        "shortest interval between a client's keepalive pings the server accepts while calls are open; more "
+        "often and it closes the connection (too_many_pings); keep it below clients' --keepalive-ms",
+    )
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     """Everything `charrnn serve` is told; each field is a flag and a `CHARRNN_*` variable (charrnn.settings)."""
 
@@ -109,6 +131,7 @@ class ServerConfig:
     limits: Limits = field(default_factory=Limits)
     flush: FlushPolicy = field(default_factory=FlushPolicy)
     scheduling: SchedulingOptions = field(default_factory=SchedulingOptions)
+    connections: ConnectionPolicy = field(default_factory=ConnectionPolicy)
     engine: EngineOptions = field(default_factory=EngineOptions)
 
     def bearer_tokens(self) -> tuple[str, ...]:
@@ -136,7 +159,8 @@ class ServerConfig:
 
     def validate(self) -> None:
         """ConfigError naming every setting out of its range (by flag, as a person would type it)."""
-        lim, flush = self.limits, self.flush
+        lim, flush, conn = self.limits, self.flush, self.connections
+        grace = conn.max_connection_age_grace_seconds
         checks = {
             "--max-live-streams must be >= 1": lim.max_live_streams >= 1,
             "--max-queued-streams must be >= 0": lim.max_queued_streams >= 0,
@@ -158,6 +182,9 @@ class ServerConfig:
             "--prefill-chunk-chars must be >= 1": self.scheduling.prefill_chunk_chars >= 1,
             "--max-prefill-rows must be >= 1": self.scheduling.max_prefill_rows >= 1,
             "--prefill-share must be in (0, 1)": 0.0 < self.scheduling.prefill_share < 1.0,
+            "--max-connection-age-seconds must be >= 0": conn.max_connection_age_seconds >= 0,
+            "--max-connection-age-grace-seconds must be >= 0 (or unset)": grace is None or grace >= 0,
+            "--min-ping-interval-seconds must be >= 0": conn.min_ping_interval_seconds >= 0,
             "--tls-cert and --tls-key go together": (self.tls_cert is None) == (self.tls_key is None),
             "--tls-client-ca needs --tls-cert": self.tls_client_ca is None or self.tls_cert is not None,
         }

@@ -38,6 +38,8 @@ from service.tokens import TokenCodec
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = charrnn_pb2.DESCRIPTOR.services_by_name["CharRNN"].full_name
+# gRPC's integer arguments are 32-bit: longer durations are "never" to it anyway.
+_GRPC_MAX_MS = 2**31 - 1
 
 
 def load_model(config: ServerConfig, key: bytes, metrics: Metrics | None = None) -> LoadedModel:
@@ -89,9 +91,7 @@ class CharRNNServer:
         self.runtime = runtime or build_runtime(config, self.metrics)
         self.metrics.bind(self.runtime)
         self.health = HealthServicer()
-        self.server = grpc.aio.server(
-            interceptors=_interceptors(config, self.metrics), options=[("grpc.so_reuseport", 0)]
-        )
+        self.server = grpc.aio.server(interceptors=_interceptors(config, self.metrics), options=_options(config))
         self.metrics_http: MetricsHTTPServer | None = None
         self.http = HttpFace(config, self.runtime, self.metrics)
         charrnn_pb2_grpc.add_CharRNNServicer_to_server(CharRNNServicer(self.runtime), self.server)
@@ -223,6 +223,24 @@ def _interceptors(config: ServerConfig, metrics: Metrics) -> list[grpc.aio.Serve
         chain.append(BearerAuthInterceptor(tokens))
     chain.append(DecodeGuardInterceptor())
     return chain
+
+
+def _options(config: ServerConfig) -> list[tuple[str, int]]:
+    """gRPC server arguments: no port sharing, the connection age and the keepalive pings accepted."""
+
+    def ms(seconds: float) -> int:
+        return min(round(seconds * 1000), _GRPC_MAX_MS)
+
+    policy = config.connections
+    options = [
+        ("grpc.so_reuseport", 0),
+        ("grpc.http2.min_ping_interval_without_data_ms", ms(policy.min_ping_interval_seconds)),
+    ]
+    if policy.max_connection_age_seconds > 0:
+        options.append(("grpc.max_connection_age_ms", ms(policy.max_connection_age_seconds)))
+        if policy.max_connection_age_grace_seconds is not None:  # gRPC's default: no limit
+            options.append(("grpc.max_connection_age_grace_ms", ms(policy.max_connection_age_grace_seconds)))
+    return options
 
 
 def _tls_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:

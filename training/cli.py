@@ -6,6 +6,7 @@ Nothing heavy is imported here; each handler imports torch (or onnxruntime) when
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import sys
@@ -15,6 +16,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_DIR = "models/default"
+PRIME_CHARS = 40  # a corpus' first line, cut to this, primes the training samples
 
 
 def register(sub: Any) -> None:
@@ -36,6 +38,7 @@ def register(sub: Any) -> None:
     train.add_argument("--config", type=Path, help="JSON config file (as saved in a run's config.json)")
     train.add_argument("--resume", type=Path, help="continue from a checkpoint (e.g. RUN/last.pt)")
     train.add_argument("--export", type=Path, metavar="DIR", help="export the best checkpoint to DIR afterwards")
+    _name_args(train, " (with --export)")
     train.set_defaults(handler=_train)
 
     prepare = sub.add_parser(
@@ -52,8 +55,7 @@ def register(sub: Any) -> None:
     export = sub.add_parser("export", help="export a checkpoint to an ONNX model artifact")
     export.add_argument("checkpoint", type=Path, help="checkpoint file (RUN/best.pt)")
     export.add_argument("--out", type=Path, required=True, help="artifact directory to write")
-    export.add_argument("--name", default="charrnn", help="model name for the manifest")
-    export.add_argument("--version", default="1", help="model version for the manifest")
+    _name_args(export, "")
     export.add_argument(
         "--quantize", choices=["int8"], help="write the int8 artifact instead (batch invariant; see docs/training.md)"
     )
@@ -81,8 +83,14 @@ def register(sub: Any) -> None:
     sample.set_defaults(handler=_sample)
 
 
+def _name_args(parser: argparse.ArgumentParser, when: str) -> None:
+    """--name/--version: what the manifest, the server's Info and `charrnn info` call the model."""
+    parser.add_argument("--name", help=f"model name in the manifest{when}; unset: the exporter's default")
+    parser.add_argument("--version", help=f"model version in the manifest{when}; unset: the exporter's default")
+
+
 def _add_gate_arguments(parser: argparse.ArgumentParser) -> None:
-    from training.quantize import QualityGate
+    from training.config import QualityGate
 
     default = QualityGate()
     parser.add_argument(
@@ -100,7 +108,7 @@ def _add_gate_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _gate(args: argparse.Namespace) -> Any:
-    from training.quantize import QualityGate
+    from training.config import QualityGate
 
     return QualityGate(args.max_loss_increase, args.allow_loss_increase, args.val_chars, args.corpus)
 
@@ -115,7 +123,33 @@ def _load_config(args: argparse.Namespace) -> Any:
         config.data.corpus = args.corpus
     if args.out:
         config.run.out_dir = str(args.out)
-    return apply_overrides(config, list(args.overrides))
+    config = apply_overrides(config, list(args.overrides))
+    primed = args.config is not None or any(o.partition("=")[0].strip() == "run.sample_prime" for o in args.overrides)
+    if not primed:
+        config.run.sample_prime = _default_prime(config.data, config.run.sample_prime)
+    return config
+
+
+def _default_prime(data: Any, builtin_prime: str) -> str:
+    """The samples' prime when none is given: the config's (`def `) for the builtin Python corpus, else the
+    corpus' first line (cut to PRIME_CHARS; empty when that line is), since `def ` means nothing in prose.
+    Only the start of the corpus is read (its first file, or a prepared corpus' first tokens)."""
+    from training.config import BUILTIN_CORPUS
+    from training.data import resolve_corpus
+    from training.prepared import PREFIX, open_prepared
+
+    if data.corpus == BUILTIN_CORPUS:
+        return builtin_prime
+    if data.corpus.startswith(PREFIX):
+        dataset = open_prepared(Path(data.corpus[len(PREFIX) :]), copy.copy(data))
+        start = dataset.vocab.decode(int(i) for i in dataset.train_ids[: 4 * PRIME_CHARS])
+    else:
+        _, paths = resolve_corpus(data.corpus)
+        with paths[0].open(encoding="utf-8", errors="replace") as f:
+            start = f.readline(4 * PRIME_CHARS)
+    prime = start.split("\n", 1)[0][:PRIME_CHARS]
+    log.info("training samples start from the corpus' first line %r (run.sample_prime=... to change it)", prime)
+    return prime
 
 
 def _prepare(args: argparse.Namespace) -> int:
@@ -145,8 +179,10 @@ def _prepare(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     """Also the entry point of every process under torchrun: rank 0 reports and exports, the others train."""
     try:
+        if (args.name or args.version) and not args.export:
+            raise ValueError("--name and --version name the exported model: add --export DIR")
         config = _load_config(args)
-    except ValueError as exc:
+    except (ValueError, FileNotFoundError) as exc:
         print(f"charrnn train: {exc}", file=sys.stderr)
         return 2
     from training.distributed import setup, teardown
@@ -159,6 +195,12 @@ def _train(args: argparse.Namespace) -> int:
         return 2
     if not dist.is_main:
         logging.getLogger().setLevel(logging.WARNING)  # rank 0 tells the story
+    elif not config.optim.max_minutes:
+        log.warning(
+            "no time budget: training runs for optim.max_steps=%d steps, which can take hours on a CPU; "
+            "optim.max_minutes=N stops it after N minutes (the learning rate anneals over the budget)",
+            config.optim.max_steps,
+        )
     # A process that dies or hangs makes the others' next collective fail (run.dist_timeout_s at the
     # latest) with a traceback naming the peer; torchrun then ends the job and reports the first failure.
     finished = False
@@ -182,7 +224,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.export:
         return _export(
             argparse.Namespace(
-                checkpoint=result.best_checkpoint, out=args.export, name="charrnn", version="1", quantize=None
+                checkpoint=result.best_checkpoint, out=args.export, name=args.name, version=args.version, quantize=None
             )
         )
     return 0
@@ -193,11 +235,12 @@ def _export(args: argparse.Namespace) -> int:
     from training.quantize import LossIncreaseError, QuantizeError
 
     try:
+        named = {key: value for key, value in (("name", args.name), ("version", args.version)) if value}
         if args.quantize:
-            manifest = export_int8(args.checkpoint, args.out, _gate(args), name=args.name, version=args.version)
+            manifest = export_int8(args.checkpoint, args.out, _gate(args), **named)
             print(_describe_int8(args.out, manifest))
             return 0
-        manifest = export_checkpoint(args.checkpoint, args.out, name=args.name, version=args.version)
+        manifest = export_checkpoint(args.checkpoint, args.out, **named)
     except QuantizeError as exc:
         print(f"charrnn export: {exc}", file=sys.stderr)
         return 2
@@ -206,7 +249,8 @@ def _export(args: argparse.Namespace) -> int:
         return 1
     parity = manifest.export["parity"]
     print(
-        f"wrote {args.out}: {manifest.model.cell} {manifest.model.layers}x{manifest.model.hidden_size}, "
+        f"wrote {args.out} ({manifest.model.name} {manifest.model.version}): "
+        f"{manifest.model.cell} {manifest.model.layers}x{manifest.model.hidden_size}, "
         f"vocab {manifest.model.vocab_size}, val {manifest.training['val_bits_per_char']:.4f} bits/char, "
         f"parity max |Δ| {max(parity['max_abs_error_logits'], parity['max_abs_error_state']):.1e}"
     )

@@ -173,3 +173,13 @@ def describe_settings() -> str:
         for f in dataclasses.fields(defaults):
             lines.append(f"  {section.name}.{f.name}={getattr(defaults, f.name)!r}")
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class QualityGate:
+    """What `charrnn quantize` (and `export --quantize`) accepts: an int8 model must score this close to fp32."""
+
+    max_loss_increase: float = 0.01  # nats/char int8 may lose against fp32 on the validation split
+    allow_loss_increase: bool = False  # beyond it: write the artifact anyway, with a warning
+    val_chars: int = 0  # validation characters to score (the first ones); 0 = the whole split
+    corpus: str | None = None  # where the validation split comes from; None = the manifest's training corpus

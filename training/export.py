@@ -35,8 +35,10 @@ from charrnn.artifact import (
     sha256_file,
     write_manifest,
 )
+from training.analysis.progression import manifest_samples, run_samples
+from training.config import QualityGate
 from training.model import CharRNN, state_kinds
-from training.quantize import QualityGate, quantize_artifact
+from training.quantize import quantize_artifact
 from training.sample import OnnxStepper, TorchStepper
 from training.train import load_checkpoint, model_from_checkpoint
 
@@ -184,7 +186,7 @@ def export_checkpoint(
                 logits=TensorSpec(LOGITS, "float32", ["batch", "time", vsize]),
                 states=specs,
             ),
-            training=_training_facts(data, val_loss),
+            training=_training_facts(data, val_loss, checkpoint.parent),
             export={},
         )
         write_manifest(tmp, manifest)  # provisional, so the parity check can load the artifact
@@ -220,7 +222,9 @@ def export_int8(
         return quantize_artifact(fp32_dir, out_dir, gate)
 
 
-def _training_facts(data: dict[str, Any], val_loss: float) -> dict[str, Any]:
+def _training_facts(data: dict[str, Any], val_loss: float, run: Path) -> dict[str, Any]:
+    """What the manifest records of training; the run's fixed-seed samples up to this checkpoint go with
+    it, so `charrnn analyze progression` works from the artifact alone."""
     return {
         "corpus": data["corpus"],
         "split": data["split"],
@@ -229,6 +233,7 @@ def _training_facts(data: dict[str, Any], val_loss: float) -> dict[str, Any]:
         "val_loss_nats": round(val_loss, 5),
         "val_bits_per_char": round(val_loss / math.log(2), 5),
         "config": data["config"],
+        "samples": manifest_samples(run_samples(run, int(data["step"]))),
     }
 
 

@@ -13,7 +13,6 @@ import dataclasses
 import logging
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +28,7 @@ from charrnn.artifact import (
     write_manifest,
 )
 from charrnn.vocab import Vocabulary
+from training.config import QualityGate
 from training.quantize_graph import METHOD, OPSET, QuantizeError, build_int8_graph, read_weights
 
 log = logging.getLogger(__name__)
@@ -36,14 +36,6 @@ log = logging.getLogger(__name__)
 
 class LossIncreaseError(Exception):
     """The int8 graph's validation loss exceeds the fp32 one by more than the tolerance."""
-
-
-@dataclass(frozen=True)
-class QualityGate:
-    max_loss_increase: float = 0.01  # nats/char int8 may lose against fp32 on the validation split
-    allow_loss_increase: bool = False  # beyond it: write the artifact anyway, with a warning
-    val_chars: int = 0  # validation characters to score (the first ones); 0 = the whole split
-    corpus: str | None = None  # where the validation split comes from; None = the manifest's training corpus
 
 
 def validation_ids(manifest: Manifest, corpus: str | None) -> np.ndarray:

@@ -2,13 +2,21 @@
 
     locust -f bench/load/locustfile.py --headless --host 127.0.0.1:50051 -u 4 -r 4 -t 10s
 
-Request events (type "grpc"), so Locust's tables and charts keep them apart:
-- "Generate ttfc": time to the first character; "Generate stream": the whole stream (its length
-  is the characters received); "Generate chars/s": the stream's characters per second, reported
-  in the response-time column (a rate, not milliseconds).
+`--host` may name several replicas: `10.0.0.1:50051,10.0.0.2:50051` or `dns:///NAME:PORT` (every address
+of NAME). Each user's channel then balances its calls over all of them (round robin, health-checked).
+
+Request events (type "grpc"), one per call, so Locust's tables hold calls and nothing else:
+- "Generate stream": a whole Generate stream (its length is the characters received).
 - "Session feed" / "Session generate" / "Session token" / "Session resume": one bidirectional
   stream: feed text, generate, take a resume token, load it back and generate again.
 - "Score": a unary Score call.
+
+What a stream feels like is kept apart (`StreamStats`): the time to its first character (TTFC) and
+the gaps between its chunks, the characters received by every streaming call, and failed calls by
+gRPC status code. They are not requests, so they stay out of Locust's Aggregated row; they are
+merged across worker processes (`--processes`) like Locust's own statistics. `--results FILE` writes
+them as JSON at the end, with Locust's final statistics per call (bench/load/run.py reads it for
+its report; Locust's own CSV can miss the last second's calls).
 
 Options (also environment variables, e.g. CHARRNN_LOAD_MAX_CHARS=50,400): user weights, the mix
 of generation lengths, prompts, sampling parameters and think time; see `--help`.
@@ -16,8 +24,10 @@ of generation lengths, prompts, sampling parameters and think time; see `--help`
 
 from __future__ import annotations
 
+import json
 import random
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,8 +35,11 @@ from typing import Any
 
 # Importing locust monkey-patches the standard library for gevent; grpc must then be switched to gevent
 # (Locust's concurrency) before any channel exists, i.e. before charrnn.client creates one.
+import gevent
 from locust import User, events, task
 from locust.env import Environment
+from locust.runners import WorkerRunner
+from locust.stats import RequestStats, StatsEntry, calculate_response_time_percentile, diff_response_time_dicts
 
 import grpc.experimental.gevent as grpc_gevent  # isort: skip
 
@@ -61,6 +74,7 @@ def _options(parser: Any) -> None:
     add("--top-p", 1.0, "nucleus mass (1 = off)", float)
     add("--wait-max", 0.5, "think time between a user's tasks: uniform in [0, wait-max] seconds", float)
     add("--rpc-timeout", 60.0, "deadline per call, seconds", float)
+    add("--results", "", "write calls, TTFC, chunk gaps, characters and errors by code to this JSON file at the end")
 
 
 class _Mix:
@@ -76,24 +90,167 @@ class _Mix:
 
 
 MIX: _Mix | None = None
+WINDOW_S = 10  # the sliding window of the percentiles over time, as Locust's "current" percentiles
+SAMPLE_EVERY_S = 2.0
 
 
-@events.init.add_listener
-def _configure(environment: Environment, **_: Any) -> None:
-    global MIX
-    options = environment.parsed_options
-    if options is None:  # used as a library, not from the locust CLI
-        return
-    MIX = _Mix(options)
-    weights: dict[type[User], int] = {
-        StreamUser: options.stream_weight,
-        SessionUser: options.session_weight,
-        ScoreUser: options.score_weight,
+class StreamStats:
+    """TTFC and chunk gaps in Locust's histograms (2 significant digits), characters, errors by code.
+
+    On a worker process everything is sent to the master with Locust's periodic report and cleared; the
+    master (or a single process) holds the totals and samples windowed percentiles over time.
+    """
+
+    NAMES = ("ttfc", "gap")
+
+    def __init__(self) -> None:
+        self.stats = RequestStats(use_response_times_cache=False)
+        self.chars = 0
+        self.errors: Counter[str] = Counter()
+        self.started = self.stopped = self.started_at = 0.0
+        self.history: list[dict[str, float | None]] = []
+        self._snapshots: list[tuple[float, dict[str, tuple[dict[int, int], int]]]] = []
+        self._sampler: gevent.Greenlet | None = None
+
+    def log(self, name: str, ms: float) -> None:
+        self.stats.log_request("stream", name, round(ms), 0)
+
+    def entry(self, name: str) -> StatsEntry:
+        return self.stats.get(name, "stream")
+
+    # Worker → master, with Locust's own periodic report.
+    def report(self, data: dict[str, Any]) -> None:
+        data["charrnn_streams"] = {
+            "entries": self.stats.serialize_stats(),  # serialising resets each entry, as Locust's stats do
+            "chars": self.chars,
+            "errors": dict(self.errors),
+        }
+        self.chars = 0
+        self.errors.clear()
+
+    def merge(self, data: dict[str, Any]) -> None:
+        part = data.get("charrnn_streams")
+        if not part:
+            return
+        for serialized in part["entries"]:
+            self.entry(serialized["name"]).extend(StatsEntry.unserialize(serialized, self.stats))
+        self.chars += part["chars"]
+        self.errors.update(part["errors"])
+
+    def start(self) -> None:
+        """The test began (master or single process): sample the windowed percentiles from now on."""
+        self.started = time.monotonic()
+        self.started_at = time.time()  # the origin of the history's times, as epoch seconds (Locust's CSVs use them)
+        self._snapshots = [(self.started, {n: ({}, 0) for n in self.NAMES})]
+        self._sampler = gevent.spawn(self._sample_forever)
+
+    def stop(self) -> None:
+        self.stopped = time.monotonic()
+        if self._sampler is not None:
+            self._sampler.kill(block=False)
+
+    def _sample_forever(self) -> None:
+        while True:
+            gevent.sleep(SAMPLE_EVERY_S)
+            self.sample()
+
+    def sample(self) -> None:
+        """One point of the p50/p99 of TTFC and gaps over the last WINDOW_S: the histograms now minus then."""
+        now = time.monotonic()
+        current = {n: (dict(self.entry(n).response_times), self.entry(n).num_requests) for n in self.NAMES}
+        self._snapshots.append((now, current))
+        while self._snapshots[1][0] <= now - WINDOW_S:  # keep the newest snapshot at least WINDOW_S old
+            self._snapshots.pop(0)
+        then = self._snapshots[0][1]
+        point: dict[str, float | None] = {"t": round(now - self.started, 1)}
+        for name in self.NAMES:
+            times = diff_response_time_dicts(current[name][0], then[name][0])
+            count = current[name][1] - then[name][1]
+            for pct in (50, 99):
+                point[f"{name}_p{pct}"] = calculate_response_time_percentile(times, count, pct / 100) if count else None
+        self.history.append(point)
+
+    def summary(self) -> dict[str, Any]:
+        def distribution(name: str) -> dict[str, Any]:
+            e = self.entry(name)
+            if not e.num_requests:
+                return {"count": 0}
+            return {
+                "count": e.num_requests,
+                "p50_ms": e.get_response_time_percentile(0.5),
+                "p90_ms": e.get_response_time_percentile(0.9),
+                "p99_ms": e.get_response_time_percentile(0.99),
+                "max_ms": round(e.max_response_time, 1),
+                "mean_ms": round(e.avg_response_time, 2),
+                "histogram_ms": {str(k): v for k, v in sorted(e.response_times.items())},
+            }
+
+        return {
+            "started_at": self.started_at,
+            "seconds": round(self.stopped - self.started, 2),
+            "chars": self.chars,
+            "ttfc": distribution("ttfc"),
+            "gap": distribution("gap"),
+            "errors_by_code": dict(sorted(self.errors.items())),
+            "window_s": WINDOW_S,
+            "history": self.history,
+        }
+
+
+STREAMS = StreamStats()
+
+
+@events.report_to_master.add_listener
+def _report(client_id: str, data: dict[str, Any], **_: Any) -> None:
+    STREAMS.report(data)
+
+
+@events.worker_report.add_listener
+def _merge(client_id: str, data: dict[str, Any], **_: Any) -> None:
+    STREAMS.merge(data)
+
+
+@events.test_start.add_listener
+def _started(environment: Environment, **_: Any) -> None:
+    if not isinstance(environment.runner, WorkerRunner):
+        STREAMS.start()
+
+
+@events.test_stop.add_listener
+def _stopped(environment: Environment, **_: Any) -> None:
+    if not isinstance(environment.runner, WorkerRunner):
+        STREAMS.stop()
+
+
+def calls(stats: RequestStats) -> dict[str, dict[str, Any]]:
+    """Locust's statistics per call name and Aggregated, read (not reset) at the end of the run."""
+    entries = {e.name: e for e in stats.entries.values()} | {"Aggregated": stats.total}
+
+    def pct(e: StatsEntry, p: float) -> int | None:
+        return e.get_response_time_percentile(p) if e.num_requests else None
+
+    return {
+        name: {
+            "requests": e.num_requests,
+            "failures": e.num_failures,
+            "mean_chars": e.avg_content_length,
+            "requests_per_s": round(e.total_rps, 3),
+            "p50_ms": pct(e, 0.5),
+            "p95_ms": pct(e, 0.95),
+            "p99_ms": pct(e, 0.99),
+        }
+        for name, e in entries.items()
     }
-    for cls, weight in weights.items():
-        cls.weight = weight
-    # Locust cannot spawn a class of weight 0: leave those out.
-    environment.user_classes[:] = [c for c in environment.user_classes if weights.get(c, 1) > 0]
+
+
+@events.quitting.add_listener
+def _write(environment: Environment, **_: Any) -> None:
+    """At the end (after the workers' last reports), on the master or the single process only."""
+    options = environment.parsed_options
+    path = getattr(options, "results", "") if options is not None else ""
+    if path and not isinstance(environment.runner, WorkerRunner):
+        results = {"calls": calls(environment.stats), "streams": STREAMS.summary()}
+        Path(path).write_text(json.dumps(results, indent=1) + "\n")
 
 
 class CharRNNUser(User):
@@ -102,10 +259,10 @@ class CharRNNUser(User):
     abstract = True
 
     def on_start(self) -> None:
-        assert self.host, "give the server as --host HOST:PORT"
+        assert self.host, "give the server as --host HOST:PORT (or several: IP:PORT,IP:PORT or dns:///NAME:PORT)"
         self.mix = MIX or _Mix(self.environment.parsed_options)
         target = self.host.removeprefix("grpc://").removeprefix("http://").rstrip("/")
-        self.client = Client(target, timeout=self.mix.timeout)
+        self.client = Client(target, timeout=self.mix.timeout)  # balanced over the target's replicas
 
     def on_stop(self) -> None:
         self.client.close()
@@ -131,6 +288,7 @@ class CharRNNUser(User):
         try:
             yield out
         except CharRNNError as exc:
+            STREAMS.errors[exc.code.name] += 1
             self.fire(name, (time.perf_counter() - start) * 1000, exception=exc)
         else:
             self.fire(name, (time.perf_counter() - start) * 1000, out["length"])
@@ -143,28 +301,31 @@ class CharRNNUser(User):
 
 
 class StreamUser(CharRNNUser):
-    """Generate streams: time to first character, whole-stream time and chars/s as separate events."""
+    """Generate streams: the whole stream is the request; its TTFC and chunk gaps go to StreamStats."""
 
     weight = 3
 
     @task
     def generate(self) -> None:
-        start = time.perf_counter()
+        start = last = time.perf_counter()
         chars = 0
         gen = self.client.generate(self.prompt(), max_chars=self.max_chars(), **self.mix.sampling)
         try:
             for chunk in gen:
-                if chars == 0 and chunk:
-                    self.fire("Generate ttfc", (time.perf_counter() - start) * 1000, len(chunk))
+                if not chunk:
+                    continue
+                now = time.perf_counter()
+                STREAMS.log("gap" if chars else "ttfc", (now - last) * 1000)
+                last = now
                 chars += len(chunk)
+                STREAMS.chars += len(chunk)
         except CharRNNError as exc:
+            STREAMS.errors[exc.code.name] += 1
             self.fire("Generate stream", (time.perf_counter() - start) * 1000, chars, exc)
             return
         finally:
             gen.cancel()  # a no-op once the stream ended; frees the server's slot if Locust killed us mid-stream
-        elapsed = time.perf_counter() - start
-        self.fire("Generate stream", elapsed * 1000, chars)
-        self.fire("Generate chars/s", chars / elapsed if elapsed > 0 else 0.0, chars)
+        self.fire("Generate stream", (time.perf_counter() - start) * 1000, chars)
 
 
 class SessionUser(CharRNNUser):
@@ -179,6 +340,7 @@ class SessionUser(CharRNNUser):
                 fed["length"] = s.feed(self.prompt())
             with self.timed("Session generate") as gen:
                 gen["length"] = len(s.generate(max_chars=self.max_chars(), **self.mix.sampling).text())
+                STREAMS.chars += gen["length"]
             token = b""
             with self.timed("Session token") as tok:
                 token = s.token()
@@ -186,6 +348,7 @@ class SessionUser(CharRNNUser):
             with self.timed("Session resume") as resumed:
                 s.load(resume_token=token)
                 resumed["length"] = len(s.generate(max_chars=self.max_chars(), **self.mix.sampling).text())
+                STREAMS.chars += resumed["length"]
 
 
 class ScoreUser(CharRNNUser):

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from charrnn.client.balancing import Balancing, grpc_target
 from charrnn.settings import SettingError, add_flags, build, setting
 
 if TYPE_CHECKING:
@@ -30,13 +32,20 @@ _REQUEST_ERRORS = ("INVALID_ARGUMENT", "FAILED_PRECONDITION", "NOT_FOUND", "OUT_
 class Connection:
     """Where the server is and how to reach it."""
 
-    target: str = setting(DEFAULT_TARGET, "server address HOST:PORT")
+    target: str = setting(
+        DEFAULT_TARGET,
+        "server address HOST:PORT; several replicas: IP:PORT,IP:PORT,... or dns:///NAME:PORT (every address of NAME)",
+    )
     tls: bool = setting(False, "connect with TLS (the system's CAs unless --tls-ca)")
     tls_ca: Path | None = setting(None, "PEM CA bundle to verify the server (implies --tls)")
     tls_client_cert: Path | None = setting(None, "PEM client certificate for mutual TLS")
     tls_client_key: Path | None = setting(None, "PEM key of --tls-client-cert")
     auth_token: str | None = setting(None, "bearer token sent as 'authorization: Bearer ...'")
     timeout: float | None = setting(None, "deadline per call, seconds")
+    balancing: Balancing = field(default_factory=Balancing)
+
+    def __post_init__(self) -> None:
+        grpc_target(self.target)  # a SettingError now, while the command can still say it in one line
 
     def client(self) -> Client:
         from charrnn.client import Client
@@ -52,6 +61,7 @@ class Connection:
             tls_cert=pem(self.tls_client_cert),
             tls_key=pem(self.tls_client_key),
             auth_token=self.auth_token,
+            balancing=self.balancing,
         )
 
 
@@ -95,10 +105,17 @@ def register(sub: Any) -> None:
         "--watch-format",
         choices=["color", "tsv"],
         default="color",
-        help="color: text on the first unit's colour (negative blue, positive red); tsv: values per character",
+        help="color: the prompt, then each character on the first unit's colour (negative blue, positive red) "
+        "with a legend before and the range after; tsv: values per character",
     )
-    g.add_argument("--watch-scale", type=float, default=1.0, help="value at which the colour saturates")
+    g.add_argument(
+        "--watch-scale",
+        type=float,
+        help="value at which the colour saturates (default: 1 for h, which tanh bounds; for the unbounded c, "
+        "the largest |value| so far)",
+    )
     g.add_argument("--color", choices=["auto", "always", "never"], default="auto", help="auto: only on a terminal")
+    _unescape_arg(g, "the prompt and --stop strings")
     g.set_defaults(handler=_generate)
 
     s = sub.add_parser("score", help="bits per character of a text under the served model")
@@ -107,11 +124,46 @@ def register(sub: Any) -> None:
     add_flags(s, Connection)
     s.add_argument("--resume", type=Path, help="score as a continuation of a saved state")
     s.add_argument("--per-char", action="store_true", help="also print each character's log-probability")
+    _unescape_arg(s, "the text (not --file)")
     s.set_defaults(handler=_score)
 
     i = sub.add_parser("info", help="what the served model is (JSON)")
     add_flags(i, Connection)
     i.set_defaults(handler=_info)
+
+
+def _unescape_arg(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--unescape",
+        action="store_true",
+        help=f"read backslash escapes in {what} (\\n, \\t, \\xHH, \\uHHHH...): for shells without $'...' quoting",
+    )
+
+
+_ESCAPES = {"\\": "\\", "n": "\n", "r": "\r", "t": "\t", "0": "\0", "'": "'", '"': '"'}
+_ESCAPE = re.compile(r"\\(?:x([0-9a-fA-F]{2})|u([0-9a-fA-F]{4})|U([0-9a-fA-F]{8})|(.?))", re.DOTALL)
+
+
+def unescape(text: str) -> str:
+    """Python-style backslash escapes in `text` read as the characters they name; SettingError for any other."""
+
+    def one(match: re.Match[str]) -> str:
+        hex_digits = match[1] or match[2] or match[3]
+        if hex_digits:
+            code = int(hex_digits, 16)
+            if code > 0x10FFFF or 0xD800 <= code <= 0xDFFF:
+                raise SettingError(f"--unescape: {match[0]} is not a character")
+            return chr(code)
+        if match[4] in _ESCAPES:
+            return _ESCAPES[match[4]]
+        if not match[4]:
+            raise SettingError("--unescape: the text ends with a lone backslash (write \\\\ for one)")
+        raise SettingError(
+            f"--unescape: unknown escape {match[0]!r} at position {match.start()} "
+            "(known: \\n \\t \\r \\0 \\\\ \\' \\\" \\xHH \\uHHHH \\UHHHHHHHH)"
+        )
+
+    return _ESCAPE.sub(one, text)
 
 
 def _usage(command: str, message: object) -> int:
@@ -143,34 +195,44 @@ def _generate(args: argparse.Namespace) -> int:
         sampling.check()
         watch = parse_units(args.watch or "")
         token = _read(args.resume, "the resume token")
+        if args.watch_scale is not None and not args.watch_scale > 0:
+            raise SettingError(f"--watch-scale must be more than 0, got {args.watch_scale}")
+        prompt, stop = args.prompt, list(args.stop)
+        if args.unescape:
+            prompt, stop = unescape(prompt), [unescape(s) for s in stop]
     except (SettingError, ValueError) as exc:
         return _usage("generate", exc)
     tsv = bool(watch) and args.watch_format == "tsv"
     colour = bool(watch) and not tsv and (args.color == "always" or (args.color == "auto" and sys.stdout.isatty()))
+    painter = heatmap.Painter(watch[0], args.watch_scale) if colour else None
     with connection.client() as client:
         gen = client.generate(
-            args.prompt,
+            prompt,
             max_chars=sampling.max_chars,
             resume_token=token,
             session_id=args.session,
             create_session=args.create_session,
             watch=watch,
-            **sampling.options(args.stop),
+            **sampling.options(stop),
         )
         if tsv:
             sys.stdout.write(heatmap.tsv_header(watch))
+        if painter is not None:
+            sys.stdout.write(painter.legend() + prompt)  # the context the colours continue, uncoloured
         try:
             for chunk, values in gen.chunks():
                 if tsv:
                     chunk = heatmap.tsv_rows(chunk, values)
-                elif colour:
-                    chunk = heatmap.colour_text(chunk, [v[0] for v in values], args.watch_scale)
+                elif painter is not None:
+                    chunk = painter.colour(chunk, [v[0] for v in values])
                 sys.stdout.write(chunk)
                 sys.stdout.flush()
         except CharRNNError as exc:
             return _failed("generate", exc)
-    if sys.stdout.isatty() and not tsv:
+    if (sys.stdout.isatty() or painter is not None) and not tsv:
         sys.stdout.write("\n")
+    if painter is not None:
+        sys.stdout.write(painter.summary())
     result = gen.result
     assert result is not None, "a stream that ends without an error ends with its result"
     if args.save_state:
@@ -189,6 +251,8 @@ def _score(args: argparse.Namespace) -> int:
             raise SettingError("give the text or --file, not both")
         raw = _read(args.file, "the file")
         text = args.text if raw is None else raw.decode("utf-8")
+        if args.unescape and raw is None:
+            text = unescape(text)
         token = _read(args.resume, "the resume token")
     except (SettingError, UnicodeDecodeError) as exc:
         return _usage("score", exc)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Unpack
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from charrnn.client.balancing import Balancing
 from charrnn.client.channel import open_channel
 from charrnn.client.errors import CharRNNError
 from charrnn.client.options import GenerationOptions, Unit, add_units, sampling_message
@@ -78,7 +79,11 @@ class Generation(Iterator[str]):
 
 
 class Client:
-    """Synchronous client for charrnn.v1.CharRNN (thread-safe: one channel, many calls)."""
+    """Synchronous client for charrnn.v1.CharRNN (thread-safe: one channel, many calls).
+
+    A target with several replicas (`"10.0.0.1:50051,10.0.0.2:50051"`, `"dns:///name:50051"`) spreads the
+    calls over them (round robin); each stream stays on the replica that started it.
+    """
 
     def __init__(
         self,
@@ -90,12 +95,19 @@ class Client:
         tls_cert: bytes | None = None,
         tls_key: bytes | None = None,
         auth_token: str | None = None,
+        balancing: Balancing | None = None,
     ):
-        """TLS and authentication options: see `charrnn.client.channel.open_channel`."""
+        """Target forms, balancing, TLS and authentication: see `charrnn.client.channel.open_channel`."""
         self.target = target
         self.timeout = timeout
         self._channel = open_channel(
-            target, tls=tls, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, auth_token=auth_token
+            target,
+            tls=tls,
+            tls_ca=tls_ca,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            auth_token=auth_token,
+            balancing=balancing,
         )
         self._stub = pb_grpc.CharRNNStub(self._channel)
 
@@ -175,7 +187,10 @@ class Client:
         )
 
     def health(self, service: str = "") -> str:
-        """The health status name ("SERVING", "NOT_SERVING", ...) of `service` ("" = the server)."""
+        """The health status name ("SERVING", "NOT_SERVING", ...) of `service` ("" = the server).
+
+        round_robin keeps replicas that are not SERVING out of its rotation, so there a server that does not
+        serve raises UNAVAILABLE instead; a pick_first client reaches it and reads its status."""
         stub = health_pb2_grpc.HealthStub(self._channel)
         try:
             r = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=self.timeout or 5.0)

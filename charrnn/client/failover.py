@@ -1,4 +1,5 @@
-"""`FailoverClient`: one generation across replicas, continued from its last resume point when one fails."""
+"""`FailoverClient`: generations spread over replicas, each continued from its last resume point on another
+replica when its own fails."""
 
 from __future__ import annotations
 
@@ -40,8 +41,8 @@ class _Request:
 
 
 class ResumableGeneration(Iterator[str]):
-    """One generation across replicas: on a failover code it continues from the last resume point on the
-    next target, drops the characters the caller already has (checking they match) and goes on.
+    """One generation across replicas: on a failover code it continues from the last resume point on
+    another replica, drops the characters the caller already has (checking they match) and goes on.
 
     Exact because sampling is counter-based (seed, position) and the resume point carries both.
     """
@@ -61,7 +62,7 @@ class ResumableGeneration(Iterator[str]):
 
     def _start(self) -> Generation:
         r, cp = self._request, self._checkpoint
-        client = self._owner.current()
+        client = self._owner.client
         common: dict[str, Any] = {"timeout": r.timeout, "checkpoint_every_chars": r.checkpoint_every_chars}
         if cp is None:
             return client.generate(r.prompt, max_chars=r.max_chars, resume_token=r.resume_token, **common, **r.options)
@@ -75,9 +76,8 @@ class ResumableGeneration(Iterator[str]):
         if self._checkpoint is None and self.delivered and not self._request.reproducible:
             raise exc  # an unseeded stream cut before its first resume point cannot be continued exactly
         self.failovers += 1
-        target = self._owner.advance()
         covered = self._checkpoint.chars if self._checkpoint is not None else 0
-        log.warning("stream broke after %d chars (%s); resuming at %d on %s", self.delivered, exc, covered, target)
+        log.warning("stream broke after %d chars (%s); resuming at %d", self.delivered, exc, covered)
         self.resumed_at.append(covered)
         self._base = covered
         self._expect = "".join(self._delivered)[covered:]
@@ -125,32 +125,26 @@ class ResumableGeneration(Iterator[str]):
 
 
 class FailoverClient:
-    """Clients for several replicas of the same model and HMAC key; generations survive losing one.
+    """Generations over several replicas of the same model and HMAC key that survive losing one.
 
-    `generate` requests resume points every `checkpoint_every_chars` and, when the stream breaks with
-    UNAVAILABLE, resumes on the next target (round robin, at most `max_failovers` times per call).
+    `targets`: one target that names several replicas (`"IP:PORT,IP:PORT"`, `"dns:///NAME:PORT"`) or a
+    sequence of IP:PORT addresses, which are joined into that list. All calls share one channel that
+    balances over the replicas (round robin unless `balancing` says otherwise), so generations spread over
+    them. `generate` requests resume points every `checkpoint_every_chars`; when a stream breaks with
+    UNAVAILABLE it continues from the last one through the same channel, which by then has taken the
+    broken replica out of its rotation (at most `max_failovers` times per call); under pick_first the
+    continuation reaches another replica only once the failed one's connection is gone (a crash, not a
+    drain). `options` are `Client`'s.
     A generation that starts from a server-side session cannot move and is not offered here.
     """
 
-    def __init__(self, targets: Sequence[str], *, max_failovers: int = 3, **options: Any):
-        if not targets:
+    def __init__(self, targets: str | Sequence[str], *, max_failovers: int = 3, **options: Any):
+        target = targets if isinstance(targets, str) else ",".join(targets)
+        if not target:
             raise ValueError("FailoverClient needs at least one target")
-        self.targets = list(targets)
+        self.target = target
         self.max_failovers = max_failovers
-        self._options = options
-        self._clients: dict[str, Client] = {}
-        self._index = 0
-
-    def current(self) -> Client:
-        target = self.targets[self._index]
-        if target not in self._clients:
-            self._clients[target] = Client(target, **self._options)
-        return self._clients[target]
-
-    def advance(self) -> str:
-        """Move to the next target; returns it."""
-        self._index = (self._index + 1) % len(self.targets)
-        return self.targets[self._index]
+        self.client = Client(target, **options)
 
     def generate(
         self,
@@ -170,8 +164,7 @@ class FailoverClient:
         return ResumableGeneration(self, request)
 
     def close(self) -> None:
-        for client in self._clients.values():
-            client.close()
+        self.client.close()
 
     def __enter__(self) -> FailoverClient:
         return self

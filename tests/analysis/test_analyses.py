@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import torch
 
 from training.analysis.gates import analyze_gates, gate_statistics
 from training.analysis.gradients import SCALES, analyze_gradients, gradient_norms, scaled, twin, windows
-from training.analysis.progression import find_run, write_progression
+from training.analysis.progression import ProgressionError, find_samples, write_progression
 from training.analysis.record import record
 from training.analysis.units import QUOTE_FEATURE, analyze_units
 from training.analysis.weights import load_model
@@ -115,17 +116,36 @@ def test_scaled_copy_leaves_the_original_alone(tiny_artifact: Path) -> None:
 
 
 def test_progression_lists_every_saved_sample(tiny_artifact: Path, tmp_path: Path) -> None:
-    run = find_run(tiny_artifact, None)
-    assert run == tiny_artifact.parent / "run"
-    page = write_progression(run, tmp_path).read_text()
+    run = tiny_artifact.parent / "run"
+    source, samples = find_samples(tiny_artifact, None, run)
+    assert source == str(run)
+    page = write_progression(samples, source, tmp_path).read_text()
     steps = [json.loads(line)["step"] for line in (run / "samples.jsonl").read_text().splitlines()]
     assert steps and all(f"<tr><td>{s}</td>" in page for s in steps)
     assert "bits/char" in page
 
 
-def test_progression_without_samples_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError):
-        write_progression(tmp_path, tmp_path / "out")
+def test_export_records_the_samples_up_to_its_checkpoint(tiny_artifact: Path) -> None:
+    """The manifest carries the run's samples (with the validation bits/char at their step), read back
+    independently here from the run's own logs."""
+    run = tiny_artifact.parent / "run"
+    training = json.loads((tiny_artifact / "manifest.json").read_text())["training"]
+    saved = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+    kept = [s for s in saved if s["step"] <= training["steps"]]
+    assert kept and [(s["step"], s["prime"], s["text"]) for s in kept] == [
+        (s["step"], s["prime"], s["text"]) for s in training["samples"]
+    ]
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    evals = {m["step"]: m["val_loss"] / math.log(2) for m in metrics if "val_loss" in m}
+    assert any(s["step"] in evals for s in training["samples"])
+    for s in training["samples"]:
+        expected = evals.get(s["step"])
+        assert s["val_bits_per_char"] == (None if expected is None else pytest.approx(expected, abs=1e-5))
+
+
+def test_progression_without_samples_says_how_to_get_some(tmp_path: Path) -> None:
+    with pytest.raises(ProgressionError, match=r"charrnn train --out runs/mine .*--run runs/mine"):
+        find_samples(tmp_path, None, tmp_path)
 
 
 def test_a_long_plain_text_split_is_cut_at_a_line(tiny_artifact: Path) -> None:

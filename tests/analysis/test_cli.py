@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -44,5 +46,58 @@ def test_other_commands_write_their_outputs(
 
 
 def test_missing_model_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["analyze", "units", "--model", str(tmp_path / "none"), "--out", str(tmp_path)]) == 1
-    assert "does not exist" in capsys.readouterr().err
+    assert main(["analyze", "units", "--model", str(tmp_path / "none"), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and err.count("\n") == 1
+
+
+def test_hello_writes_what_it_prints_into_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["analyze", "hello", "--out", str(tmp_path / "hello")]) == 0
+    printed = capsys.readouterr().out
+    table = (tmp_path / "hello" / "hello.txt").read_text()
+    assert table and printed.startswith(table)
+    data = json.loads((tmp_path / "hello" / "hello.json").read_text())
+    assert data["predicted"] == "ello" and len(data["hidden"]) == 4
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["hello", "--hidden", "0"], "--hidden: expected a whole number >= 1, got '0'"),
+        (["gates", "--chars", "-5"], "--chars: expected a whole number >= 1, got '-5'"),
+        (["gradients", "--steps", "x"], "--steps: expected a whole number >= 1, got 'x'"),
+    ],
+)
+def test_bad_numbers_are_usage_errors(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["analyze", *args])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_progression_from_the_artifact_alone(tiny_artifact: Path, tmp_path: Path) -> None:
+    """The samples recorded in the manifest are enough: the run directory it names is gone."""
+    artifact = tmp_path / "artifact"
+    shutil.copytree(tiny_artifact, artifact)
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    manifest["training"]["config"]["run"]["out_dir"] = str(tmp_path / "gone")
+    (artifact / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["analyze", "progression", "--model", str(artifact), "--out", str(tmp_path / "out")]) == 0
+    page = (tmp_path / "out" / "progression.html").read_text()
+    assert all(f"<tr><td>{s['step']}</td>" in page for s in manifest["training"]["samples"])
+
+
+def test_progression_without_samples_or_run_says_how_to_get_them(
+    tiny_artifact: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    artifact = tmp_path / "artifact"
+    shutil.copytree(tiny_artifact, artifact)
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    del manifest["training"]["samples"]
+    manifest["training"]["config"]["run"]["out_dir"] = str(tmp_path / "gone")
+    (artifact / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["analyze", "progression", "--model", str(artifact), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"its run directory {tmp_path / 'gone'} is not here" in err
+    assert "charrnn analyze progression --run runs/mine" in err

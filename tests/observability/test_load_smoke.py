@@ -1,8 +1,14 @@
-"""CI load smoke: `bench/load/run.py` starts a server, runs Locust (all three users) ~15 s, fails on any failure."""
+"""CI load smoke: `bench/load/run.py` starts a server, runs Locust (all three users) ~15 s, fails on any failure.
+
+Run in one process and in Locust's multi-process mode (two workers), whose stream statistics reach the
+report only through the locustfile's worker-to-master merge. The report's figures are checked against
+what Locust counted on its own (its CSV), not against the locustfile's counters alone.
+"""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,20 +16,13 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-USERS = (
-    "Generate ttfc",
-    "Generate stream",
-    "Generate chars/s",
-    "Session feed",
-    "Session generate",
-    "Session token",
-    "Session resume",
-    "Score",
-)
+CALLS = ("Generate stream", "Session feed", "Session generate", "Session token", "Session resume", "Score")
+TABLE = ("users", "streams", "chars/s", "TTFC p50 / p99", "gap p50 / p99", "errors", "load generator")
 
 
 @pytest.mark.slow
-def test_load_smoke(model_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("processes", [1, 2])
+def test_load_smoke(model_dir: Path, tmp_path: Path, processes: int) -> None:
     out = tmp_path / "load"
     cmd = [
         sys.executable,
@@ -32,6 +31,8 @@ def test_load_smoke(model_dir: Path, tmp_path: Path) -> None:
         str(model_dir),
         "--users",
         "3",
+        "--processes",
+        str(processes),
         "--duration",
         "15s",
         "--out",
@@ -58,8 +59,34 @@ def test_load_smoke(model_dir: Path, tmp_path: Path) -> None:
     summary = json.loads((out / "summary.json").read_text())
     assert summary["locust_exit_code"] == 0
     assert summary["failures"]["Aggregated"] == 0
-    for name in USERS:
-        assert summary["requests"].get(name, 0) > 0, name
+    # Locust's table holds calls only: the Aggregated row is their sum, no pseudo-request in it.
+    assert set(summary["requests"]) == {*CALLS, "Aggregated"}
+    assert summary["requests"]["Aggregated"] == sum(summary["requests"][n] for n in CALLS)
+    assert all(summary["requests"][n] > 0 for n in CALLS)
     assert summary["gates"] == [{"check": "fail_ratio", "measured": 0.0, "limit": 0.0, "ok": True}]
+
+    report = summary["report"]
+    calls = json.loads((out / "results.json").read_text())["calls"]
+    streams = calls["Generate stream"]["requests"]
+    assert report["streams"] == streams and report["users"] == 3
+    assert report["streams_per_s"] == pytest.approx(streams / report["seconds"], rel=0.01)
+    assert 13 <= report["seconds"] <= 17
+    # Every completed stream had a first character; streams cut by the end of the run may add a few.
+    assert streams <= report["ttfc_ms"]["count"] <= streams + 3
+    assert 0 < report["ttfc_ms"]["p50"] <= report["ttfc_ms"]["p99"]
+    assert report["gap_ms"]["count"] > 0 and report["gap_ms"]["p50"] <= report["gap_ms"]["p99"]
+    # The characters the report counts as they arrive, against the lengths Locust recorded per finished call.
+    streaming = ("Generate stream", "Session generate", "Session resume")
+    received = sum(calls[n]["mean_chars"] * calls[n]["requests"] for n in streaming)
+    assert received <= report["chars"] <= received + 3 * 80
+    assert report["chars_per_s"] == pytest.approx(report["chars"] / report["seconds"], rel=0.01)
+    assert report["errors_by_code"] == {}
+    generator = report["load_generator"]
+    assert generator["processes"] == (1 if processes == 1 else processes + 1)  # a master and its workers
+    assert 0 <= generator["busiest_cpu_percent_mean"] <= generator["cpu_percent_peak"]
+    assert generator["saturated"] is False and generator["warning"] is None
+
+    for label in TABLE:
+        assert re.search(rf"^{re.escape(label)} +\S", output, re.MULTILINE), f"no {label!r} line in:\n{output}"
     assert (out / "report.html").stat().st_size > 0
     assert (out / "latency.png").read_bytes()[:4] == b"\x89PNG"

@@ -161,13 +161,18 @@ def test_cli_colours_and_tsv(server: ServerThread, lstm_dir: Path) -> None:
 
     plain = generate()
     coloured = generate("--watch", "h:1:3,c:0:5", "--color", "always")
-    backgrounds = re.findall(r"\x1b\[48;2;(\d+);(\d+);(\d+)m", coloured)
+    legend, painted = coloured.split("\n", 1)
+    assert legend.startswith("unit h:1:3 (hidden state h, tanh-bounded)") and "scale ±1" in legend
+    assert painted.startswith(PROMPT + "\x1b[")  # the prompt first, uncoloured
+    backgrounds = re.findall(r"\x1b\[48;2;(\d+);(\d+);(\d+)m", painted)
     assert len(backgrounds) == 40
     values = reference(lstm_dir, PROMPT, plain, [("h", 1, 3)])[:, 0]
-    for (r, g, b), value in zip(backgrounds, values, strict=True):
-        assert (int(r), int(g), int(b))[0 if value >= 0 else 2] == 255, "positive red, negative blue"
-    shown = re.sub(r"\x1b\[[\d;]*m", "", coloured)
-    assert shown.replace("↵", "\n").replace("\n\n", "\n") == plain
+    for (r, _, b), value in zip(backgrounds, values, strict=True):
+        if abs(value) > 0.05:
+            assert (int(r) > int(b)) == (value > 0), "positive red, negative blue"
+    shown, summary = re.sub(r"\x1b\[[\d;]*m", "", painted).rstrip("\n").rsplit("\n", 1)
+    assert shown[len(PROMPT) :].replace("↵\n", "\n").replace("↵", "\n") == plain
+    assert summary.startswith("unit h:1:3 ranged over [")
     assert "\x1b[" not in generate("--watch", "h:1:3"), "no colour when stdout is not a terminal"
 
     tsv = generate("--watch", "h:1:3,c:0:5", "--watch-format", "tsv").splitlines()

@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from charrnn.client import CharRNNError, Client, FailoverClient
+from charrnn.client import Balancing, CharRNNError, Client, FailoverClient
 from charrnn.v1 import charrnn_pb2 as pb
 from charrnn.v1 import charrnn_pb2_grpc as pb_grpc
 from tests.service.harness import ServerProcess, ServerThread, make_config
@@ -64,6 +64,7 @@ def replica_b(lstm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     assert b.stop() == 0
 
 
+PICK_FIRST = Balancing(lb_policy="pick_first")
 REPLICA_FLAGS = ("--max-request-chars", "100000", "--flush-interval-ms", "5", "--max-chunk-chars", "16")
 EVERY = 256
 
@@ -77,7 +78,8 @@ def test_kill_9_mid_stream_continues_from_the_last_checkpoint(
     n = 20000  # longer than the kill takes: the stream must still be running when its replica dies
     seed = {"seed": 11} if seeded else {}
     try:
-        with FailoverClient([a.target, replica_b.target], timeout=60) as fc:
+        # pick_first: the stream starts on the first address, the one this test kills.
+        with FailoverClient([a.target, replica_b.target], timeout=60, balancing=PICK_FIRST) as fc:
             gen = fc.generate(PROMPT, max_chars=n, temperature=0.9, stop=STOPS, checkpoint_every_chars=EVERY, **seed)
             parts = [next(gen)]
             while len("".join(parts)) < checkpoints_before_kill * EVERY + 1:

@@ -17,7 +17,8 @@ from charrnn.client import CharRNNError, Client
 from charrnn.engine import Engine, EngineOptions
 from tests.conftest import REPO_ROOT, make_text
 from tests.service.harness import ServerThread, generate_together, make_config
-from training.quantize import QualityGate, quantize_artifact
+from training.config import QualityGate
+from training.quantize import quantize_artifact
 
 DEFAULT_MODEL = REPO_ROOT / "models" / "default"
 BATCHES = (1, 2, 3, 7, 16, 17, 63, 64, 65, 128, 255, 256)

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import TINY_OVERRIDES
 
 
@@ -46,3 +48,55 @@ def test_sample_on_missing_artifact_says_what_to_do(tmp_path: Path) -> None:
 def test_help_lists_settings() -> None:
     result = charrnn("train", "--help")
     assert result.returncode == 0 and "model.hidden_size=256" in result.stdout
+
+
+def test_train_names_its_export_and_primes_samples_with_the_corpus(tiny_corpus: Path, tmp_path: Path) -> None:
+    run, artifact = tmp_path / "run", tmp_path / "mine"
+    trained = charrnn(
+        "train", "--corpus", str(tiny_corpus), "--out", str(run), "--export", str(artifact), "--name", "mine",
+        "--version", "2", *TINY_OVERRIDES, "optim.max_steps=10", "optim.max_minutes=5",
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    assert "no time budget" not in trained.stderr
+    model = json.loads((artifact / "manifest.json").read_text())["model"]
+    assert (model["name"], model["version"]) == ("mine", "2")
+    assert "(mine 2)" in trained.stdout
+    first_line = tiny_corpus.read_text(encoding="utf-8").split("\n", 1)[0]
+    primes = {json.loads(line)["prime"] for line in (run / "samples.jsonl").read_text().splitlines()}
+    assert primes == {first_line[:40]} and first_line.strip() and not first_line.startswith("def ")
+
+
+def test_an_explicit_prime_wins_and_no_budget_is_warned(tiny_corpus: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    trained = charrnn(
+        "train", "--corpus", str(tiny_corpus), "--out", str(run), *TINY_OVERRIDES, "optim.max_steps=4",
+        "run.sample_prime=Once",
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    assert "no time budget: training runs for optim.max_steps=4 steps" in trained.stderr
+    assert "optim.max_minutes=N" in trained.stderr
+    primes = {json.loads(line)["prime"] for line in (run / "samples.jsonl").read_text().splitlines()}
+    assert primes == {"Once"}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--name", "mine"], "charrnn train: --name and --version name the exported model: add --export DIR"),
+        (["--corpus", "/nonexistent/texts"], "charrnn train: corpus path '/nonexistent/texts' does not exist"),
+    ],
+)
+def test_train_mistakes_are_one_line(args: list[str], message: str, tmp_path: Path) -> None:
+    result = charrnn("train", "--out", str(tmp_path / "run"), *args)
+    assert result.returncode == 2 and result.stderr == message + "\n"
+
+
+def test_a_prepared_corpus_primes_samples_with_its_first_line(tiny_corpus: Path, tmp_path: Path) -> None:
+    prepared, run = tmp_path / "prepared", tmp_path / "run"
+    assert charrnn("prepare", "--corpus", str(tiny_corpus), "--out", str(prepared)).returncode == 0
+    trained = charrnn("train", "--corpus", f"prepared:{prepared}", "--out", str(run), *TINY_OVERRIDES,
+                      "optim.max_steps=4")  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    first_line = tiny_corpus.read_text(encoding="utf-8").split("\n", 1)[0][:40]
+    primes = {json.loads(line)["prime"] for line in (run / "samples.jsonl").read_text().splitlines()}
+    assert primes == {first_line}

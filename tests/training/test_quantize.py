@@ -15,7 +15,8 @@ import pytest
 from charrnn.artifact import ArtifactError, Manifest, load_manifest
 from charrnn.engine import Engine
 from tests.conftest import REPO_ROOT
-from training.quantize import LossIncreaseError, QualityGate, QuantizeError, quantize_artifact
+from training.config import QualityGate
+from training.quantize import LossIncreaseError, QuantizeError, quantize_artifact
 from training.quantize_graph import METHOD
 
 DEFAULT_MODEL = REPO_ROOT / "models" / "default"

@@ -14,21 +14,38 @@ DEFAULT_MODEL_DIR = Path("models/default")
 DEFAULT_OUT = Path("runs/analysis")
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1 (argparse prints the refusal as a one-line usage error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+def _out_arg(parser: argparse.ArgumentParser, out_name: str) -> None:
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT / out_name, help="output directory (default %(default)s)"
+    )
+
+
 def _model_args(parser: argparse.ArgumentParser, out_name: str) -> None:
     parser.add_argument(
         "--model", type=Path, default=DEFAULT_MODEL_DIR, help="artifact directory (default %(default)s)"
     )
     parser.add_argument("--checkpoint", type=Path, help="a training checkpoint (RUN/best.pt) instead of --model")
-    parser.add_argument(
-        "--out", type=Path, default=DEFAULT_OUT / out_name, help="output directory (default %(default)s)"
-    )
+    _out_arg(parser, out_name)
 
 
 def _text_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--text", type=Path, action="append", help="Python file(s) to analyze (default: the corpus' held-out split)"
     )
-    parser.add_argument("--chars", type=int, default=24_000, help="held-out characters to use (default %(default)s)")
+    parser.add_argument(
+        "--chars", type=positive_int, default=24_000, help="held-out characters to use (default %(default)s)"
+    )
 
 
 def register(sub: Any) -> None:
@@ -36,8 +53,9 @@ def register(sub: Any) -> None:
     what = analyze.add_subparsers(dest="analysis", metavar="ANALYSIS", required=True)
 
     hello = what.add_parser("hello", help="the lecture's 4-letter model: train it, print its states step by step")
-    hello.add_argument("--hidden", type=int, default=3, help="hidden units (the lecture uses 3)")
+    hello.add_argument("--hidden", type=positive_int, default=3, help="hidden units (the lecture uses 3)")
     hello.add_argument("--seed", type=int, default=0)
+    _out_arg(hello, "hello")
     hello.set_defaults(handler=_hello)
 
     units = what.add_parser("units", help="score every hidden unit against code features; draw the quote unit")
@@ -60,12 +78,17 @@ def register(sub: Any) -> None:
     _model_args(grads, "gradients")
     _text_args(grads)
     grads.add_argument("--extra", type=Path, action="append", default=[], help="more trained checkpoints to compare")
-    grads.add_argument("--steps", type=int, default=120, help="time steps to backpropagate through")
+    grads.add_argument("--steps", type=positive_int, default=120, help="time steps to backpropagate through")
     grads.set_defaults(handler=_gradients)
 
-    progression = what.add_parser("progression", help="the fixed-seed samples of a training run, step by step")
+    progression = what.add_parser(
+        "progression",
+        help="the fixed-seed samples of a training run, step by step",
+        description="The samples come from --run, from --checkpoint's run, or from the artifact (export records "
+        "them in the manifest); an artifact exported without them needs its run directory.",
+    )
     _model_args(progression, "progression")
-    progression.add_argument("--run", type=Path, help="run directory with samples.jsonl (default: the model's)")
+    progression.add_argument("--run", type=Path, help="a training run directory (charrnn train --out RUN)")
     progression.set_defaults(handler=_progression)
 
 
@@ -78,15 +101,18 @@ def _load(args: argparse.Namespace) -> Any:
 
 
 def _fail(command: str, exc: Exception) -> int:
+    """A missing or unusable input is the user's to fix: one line and exit code 2, like a bad flag."""
     print(f"charrnn {command}: {exc}", file=sys.stderr)
-    return 1
+    return 2
 
 
 def _hello(args: argparse.Namespace) -> int:
-    from training.analysis.hello import describe, train_hello
+    from training.analysis.hello import describe, train_hello, write_hello
 
     result = train_hello(hidden=args.hidden, seed=args.seed)
     sys.stdout.write(describe(result))
+    write_hello(result, args.out)
+    print(f"wrote {args.out}/hello.txt, hello.json")
     return 0 if result.predicted == result.targets else 1
 
 
@@ -149,12 +175,12 @@ def _gradients(args: argparse.Namespace) -> int:
 
 def _progression(args: argparse.Namespace) -> int:
     from charrnn.artifact import ArtifactError
-    from training.analysis.progression import find_run, write_progression
+    from training.analysis.progression import ProgressionError, find_samples, markdown, write_progression
 
     try:
-        run = args.run or find_run(args.model, args.checkpoint)
-        path = write_progression(run, args.out)
-    except (ArtifactError, FileNotFoundError, ValueError) as exc:
+        source, samples = find_samples(args.model, args.checkpoint, args.run)
+    except (ArtifactError, ProgressionError) as exc:
         return _fail("analyze progression", exc)
-    print(f"wrote {path}")
+    sys.stdout.write(markdown(samples))
+    print(f"wrote {write_progression(samples, source, args.out)} ({len(samples)} samples from {source})")
     return 0

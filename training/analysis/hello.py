@@ -7,7 +7,9 @@ prediction must come from the hidden state, not from the input character alone.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -74,3 +76,19 @@ def describe(result: HelloResult) -> str:
     verdict = "all correct" if result.predicted == result.targets else "NOT all correct"
     out.append(f"\npredicted {result.predicted!r} for target {result.targets!r}: {verdict}")
     return "\n".join(out) + "\n"
+
+
+def write_hello(result: HelloResult, out: Path) -> None:
+    """`out/hello.txt` (the table printed) and `out/hello.json` (losses, states and probabilities per step)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "hello.txt").write_text(describe(result), encoding="utf-8")
+    data = {
+        "vocabulary": list(VOCAB),
+        "inputs": result.inputs,
+        "targets": result.targets,
+        "predicted": result.predicted,
+        "losses": [round(x, 6) for x in result.losses],
+        "hidden": result.hidden.round(6).tolist(),
+        "probabilities": result.probabilities.round(6).tolist(),
+    }
+    (out / "hello.json").write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
