@@ -137,15 +137,7 @@ def test_the_load_profile_drives_the_server_and_leaves_its_report_in_a_volume(st
     assert "<html" in stack.volume_file("load-results", "compose.html", load_image).lower()
 
 
-def test_the_train_profile_trains_into_the_volume_and_the_server_serves_it(
-    stack: Stack, serve_image: str, train_image: str
-) -> None:
-    # A known bug: the train image holds the `train` extra only (no grpc), and the `charrnn` command imports
-    # charrnn.client.cli, whose package __init__ imports grpc, so every `charrnn` command fails there. Checked
-    # precisely, so that the test runs in full as soon as the command works without grpc.
-    probe = stack.engine.docker("run", "--rm", "--network", "none", train_image, "--help", check=False)
-    if probe.returncode != 0 and "No module named 'grpc'" in probe.stderr:
-        pytest.xfail("the charrnn command needs grpc at import; the train image (train extra) has none")
+def test_the_train_profile_trains_into_the_volume_and_the_server_serves_it(stack: Stack, serve_image: str) -> None:
     stack.compose(
         "--profile", "train", "run", "--rm", "trainer", "train", "--out", "/artifacts/runs/compose-test",
         "--export", "/artifacts/models/trained", *TINY_OVERRIDES, "optim.max_steps=20", timeout=600,

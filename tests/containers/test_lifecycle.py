@@ -12,8 +12,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from charrnn.client import CharRNNError, Client, FailoverClient, GenerationResult
+from charrnn.client import Client, FailoverClient, GenerationResult
+from charrnn.client.balancing import Balancing
+from charrnn.v1 import charrnn_pb2 as pb
+from charrnn.v1 import charrnn_pb2_grpc as pb_grpc
 from tests.containers.engine import DOCKER_CLI, Engine
 from tests.containers.running import Container
 
@@ -21,13 +25,15 @@ pytestmark = [pytest.mark.containers, pytest.mark.timeout(900)]
 
 PROMPT = "def main(argv):\n"
 STREAMS = 4
-# Long enough to be live when the stop arrives (several seconds on one CPU), short enough for the grace.
-DRAIN_CHARS = 20000
+# Long enough to be live when the stop or the kill arrives (about 2 s for one stream on one CPU), short
+# enough for the grace; the largest a request may ask for by default.
+LONG_CHARS = 20000
+CHECKPOINT_EVERY = 64
 
 
 def _stream(target: str, seed: int, first: threading.Event) -> tuple[str, GenerationResult | None]:
     with Client(target, timeout=120) as client:
-        gen = client.generate(PROMPT, max_chars=DRAIN_CHARS, temperature=0.9, seed=seed)
+        gen = client.generate(PROMPT, max_chars=LONG_CHARS, temperature=0.9, seed=seed)
         text = next(gen)
         first.set()
         text += "".join(gen)
@@ -49,20 +55,26 @@ def test_docker_stop_drains_live_streams_within_the_grace(engine: Engine, launch
             [DOCKER_CLI, "stop", "--time", str(server.run.stop_timeout), server.name],
             env=engine.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )  # fmt: skip
-        # While it drains: health is NOT_SERVING and a new stream is refused with UNAVAILABLE.
-        with Client(server.target, timeout=10) as late:
+        # While it drains, seen on a plain channel (the project's client would stop sending to a replica that
+        # reports NOT_SERVING): health is NOT_SERVING, and the server refuses a new stream with UNAVAILABLE and
+        # a retry hint (a refusal, not a connection failure).
+        with grpc.insecure_channel(server.target) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
             deadline = time.monotonic() + 10
-            while late.health() != "NOT_SERVING" and time.monotonic() < deadline:
+            status = health_pb2.HealthCheckResponse.SERVING
+            while status != health_pb2.HealthCheckResponse.NOT_SERVING and time.monotonic() < deadline:
+                status = health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
                 time.sleep(0.05)
-            assert late.health() == "NOT_SERVING"
-            with pytest.raises(CharRNNError) as refused:
-                late.generate(PROMPT, max_chars=10).text()
-            assert refused.value.code == grpc.StatusCode.UNAVAILABLE
+            assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+            with pytest.raises(grpc.RpcError) as refused:
+                list(pb_grpc.CharRNNStub(channel).Generate(pb.GenerateRequest(prompt=PROMPT, max_chars=10), timeout=10))
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "grpc-retry-pushback-ms" in dict(refused.value.trailing_metadata() or ())
         results = [f.result(timeout=120) for f in futures]
     assert stop.wait(timeout=server.run.stop_timeout + 30) == 0, stop.stderr
     stopped_after = time.monotonic() - begin
     for text, result in results:
-        assert result is not None and result.finish_reason == "length" and len(text) == DRAIN_CHARS
+        assert result is not None and result.finish_reason == "length" and len(text) == LONG_CHARS
     state = server.state
     assert state["ExitCode"] == 0 and not state["OOMKilled"], state  # exited by itself, not by SIGKILL (137)
     assert stopped_after < grace, f"the drain took {stopped_after:.1f} s, over the {grace:.0f} s grace"
@@ -73,15 +85,19 @@ def test_kill_9_mid_stream_continues_on_a_second_container(engine: Engine, launc
     a, b = launch("charrnn-replica-a"), launch("charrnn-replica-b")
     a.wait_healthy()
     b.wait_healthy()
-    n = DRAIN_CHARS
+    n = LONG_CHARS
     with Client(b.target, timeout=120) as direct:
         expected = direct.generate(PROMPT, max_chars=n, temperature=0.9, seed=11).text()
-    with FailoverClient([a.target, b.target], timeout=120) as client:
-        gen = client.generate(PROMPT, max_chars=n, temperature=0.9, seed=11, checkpoint_every_chars=64)
-        parts = [next(gen), next(gen)]
+    # pick_first: the stream starts on the first address, the container this test kills.
+    with FailoverClient([a.target, b.target], timeout=120, balancing=Balancing(lb_policy="pick_first")) as client:
+        gen = client.generate(PROMPT, max_chars=n, temperature=0.9, seed=11, checkpoint_every_chars=CHECKPOINT_EVERY)
+        parts = [next(gen)]
+        while len("".join(parts)) <= 2 * CHECKPOINT_EVERY:  # past a mid-stream resume point
+            parts.append(next(gen))
         engine.docker("kill", "--signal", "KILL", a.name)
         parts.extend(gen)
     assert a.state["ExitCode"] == 137 and b.state["Running"]
-    assert gen.failovers == 1 and len(expected) == n
+    assert gen.failovers == 1 and len(expected) == n, "the stream did not move to the second container"
+    assert gen.resumed_at[0] >= CHECKPOINT_EVERY, gen.resumed_at
     assert "".join(parts) == expected, "characters were lost or repeated across the failover"
     assert gen.result is not None and gen.result.generated_chars == n
