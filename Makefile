@@ -8,7 +8,7 @@ SERVE_VENV ?= .venv-serve
 TOOLS_VENV ?= .venv-tools
 
 .DEFAULT_GOAL := help
-.PHONY: help install serve sample test lint typecheck unit model proto bench-quality bench-quantize load deploy-check fuzz bench-overload bench-soak clean
+.PHONY: help install serve sample test lint typecheck unit model proto bench-quality bench-quantize load deploy-check container-test container-bench fuzz bench-overload bench-soak clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
@@ -98,6 +98,12 @@ load: install  ## Locust load test: starts a server unless LOAD_ARGS has --targe
 
 deploy-check: install $(TOOLS_VENV)/.installed  ## Dockerfile, compose, kustomize, checkov and serve-only checks
 	$(BIN)/pytest -q tests/deploy
+
+container-test: install  ## build and run the images in a private dockerd: Deployment constraints, drain, failover, compose (root)
+	$(BIN)/pytest -q -m containers tests/containers
+
+container-bench: install  ## image sizes, cold/warm build times, start to healthy (docs/benchmarks.md; root)
+	$(BIN)/python -m tests.containers.bench $(CONTAINER_BENCH_ARGS)
 
 fuzz: install  ## the fuzz suite at 10x its default size (CHARRNN_FUZZ_EXAMPLES)
 	CHARRNN_FUZZ_EXAMPLES=$${CHARRNN_FUZZ_EXAMPLES:-20000} $(BIN)/pytest -q tests/fuzz

@@ -3,8 +3,6 @@ checked with promtool. No Docker engine is needed for either."""
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -13,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.deploy import tools
 from tests.deploy.tools import COMPOSE_FILE, REPO, compose_binary
 
 COMPOSE = compose_binary()
@@ -25,21 +24,11 @@ KEY = "test-key-not-a-secret"
 
 
 def compose(*args: str, file: Path = COMPOSE_FILE, key: str | None = KEY) -> subprocess.CompletedProcess[str]:
-    assert COMPOSE is not None
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CHARRNN_", "COMPOSE_", "DOCKER_"))}
-    if key is not None:
-        env["CHARRNN_HMAC_KEY"] = key
-    return subprocess.run(
-        [COMPOSE, "--project-directory", str(file.parent), "-f", str(file), *args],
-        capture_output=True, text=True, timeout=60, env=env,
-    )  # fmt: skip
+    return tools.compose(*args, files=(file,), env={"CHARRNN_HMAC_KEY": key} if key is not None else {})
 
 
 def rendered(*profiles: str) -> dict[str, Any]:
-    flags = [f for p in profiles for f in ("--profile", p)]
-    result = compose(*flags, "config", "--format", "json")
-    assert result.returncode == 0, result.stderr
-    return dict(json.loads(result.stdout))
+    return tools.compose_config(*profiles, env={"CHARRNN_HMAC_KEY": KEY})
 
 
 @needs_compose
@@ -65,7 +54,7 @@ def test_the_hmac_key_must_come_from_the_environment() -> None:
 @needs_compose
 def test_config_catches_a_broken_file(tmp_path: Path) -> None:
     spec = yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))
-    spec["services"]["server"]["healthcheck"]["retries"] = "three"
+    spec["services"]["server"]["stop_grace_period"] = "thirty seconds"
     spec["services"]["server"]["restart_policy"] = "always"  # not a Compose key
     broken = tmp_path / "docker-compose.yml"
     broken.write_text(yaml.safe_dump(spec), encoding="utf-8")
@@ -80,7 +69,7 @@ def test_services_wiring() -> None:
     assert {p["target"] for p in server["ports"]} == {50051, 9464}
     env = server["environment"]
     assert env["CHARRNN_HOST"] == "0.0.0.0" and env["CHARRNN_PORT"] == "50051" and env["CHARRNN_METRICS_PORT"] == "9464"
-    assert server["healthcheck"]["test"][0] == "CMD" and ".health()" in server["healthcheck"]["test"][-1]
+    assert "healthcheck" not in server, "the image's HEALTHCHECK is the one health check (deploy/Dockerfile)"
     for name in ("server", "trainer", "locust"):
         assert services[name]["read_only"] is True and services[name]["cap_drop"] == ["ALL"]
         assert services[name]["build"]["dockerfile"] == "deploy/Dockerfile"
@@ -93,6 +82,7 @@ def test_services_wiring() -> None:
     export = services["trainer"]["command"][services["trainer"]["command"].index("--export") + 1]
     assert export.startswith(trainer_vol["artifacts"]["target"] + "/")
     assert services["locust"]["command"][:2] == ["--host", "server:50051"]
+    assert {v["source"]: v["target"] for v in services["locust"]["volumes"]} == {"load-results": "/results"}
     assert services["locust"]["depends_on"]["server"]["condition"] == "service_healthy"
 
 

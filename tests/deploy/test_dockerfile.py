@@ -19,6 +19,7 @@ from tests.deploy.tools import (
     is_excluded,
     parse_dockerfile,
     read_dockerignore,
+    stage_chain,
     venv_tool,
 )
 
@@ -100,14 +101,18 @@ def test_serving_stage(stages: dict[str, Stage]) -> None:
     text = DOCKERFILE.read_text(encoding="utf-8")
     # Pinned base image, patch version and distribution included.
     assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11\.\d+-slim-bookworm$", text, re.M)
-    assert all(s.base in ("${PYTHON_IMAGE}", "base") for s in stages.values())
+    assert all(s.base == "${PYTHON_IMAGE}" or s.base in stages for s in stages.values())
     # Only the serve extra's environment and the default model come in; nothing from the training stage.
     assert [(src, dest, frm) for src, dest, frm in serve.copies] == [
         (["/opt/venv"], "/opt/venv", "serve-build"),
         (["models/default"], "./models/default", None),
     ]
-    build = " ".join(args for op, args in stages["serve-build"].instructions if op == "RUN")
-    assert "'.[serve]'" in build and "deploy/slim_venv.py /opt/venv" in build and "train" not in build
+    chain = stage_chain(list(stages.values()), "serve-build")
+    build = " ".join(args for stage in chain for op, args in stage.instructions if op == "RUN")
+    assert "'.[serve]'" in build and "deploy/slim_venv.py /opt/venv" in build and "[train]" not in build
+    # The serving environment is installed from the shared packages only: no training code in the image.
+    sources = context_copy_sources(chain)
+    assert set(sources) == {"pyproject.toml", "README.md", "deploy/slim_venv.py", "charrnn", "service"}, sources
     # Non-root numeric user, exec-form entry point, grpc health check, read-only-root-friendly environment.
     users = [args for op, args in instructions if op == "USER"]
     assert users and re.fullmatch(r"[1-9]\d*:[1-9]\d*", users[-1])
@@ -115,7 +120,9 @@ def test_serving_stage(stages: dict[str, Stage]) -> None:
     health = next(a for op, a in instructions if op == "HEALTHCHECK")
     probe = _exec_form(health.split(" CMD ", 1)[1])
     assert probe[:2] == ["python", "-c"] and ".health()" in probe[2] and "'SERVING'" in probe[2]
-    env = " ".join(a for op, a in instructions if op == "ENV")
+    env = " ".join(
+        a for stage in stage_chain(list(stages.values()), "serve") for op, a in stage.instructions if op == "ENV"
+    )
     for setting in (
         "PYTHONDONTWRITEBYTECODE=1",
         "HOME=/tmp",
@@ -128,9 +135,22 @@ def test_serving_stage(stages: dict[str, Stage]) -> None:
 
 def test_training_stage(stages: dict[str, Stage]) -> None:
     train = stages["train"]
-    run = " ".join(a for op, a in train.instructions if op == "RUN")
+    run = " ".join(a for op, a in stages["train-build"].instructions if op == "RUN")
     assert "'.[train]'" in run and "download.pytorch.org/whl/cpu" in DOCKERFILE.read_text(encoding="utf-8")
+    # Offline builds: pip looks in the local wheel directory, and an empty TORCH_INDEX_URL drops the index.
+    assert (["deploy/wheels"], "./wheels", None) in stages["train-build"].copies
+    assert "--find-links ./wheels" in run and "${TORCH_INDEX_URL:+" in run
+    assert train.copies == [(["/opt/venv"], "/opt/venv", "train-build")]
     assert _exec_form(next(a for op, a in train.instructions if op == "ENTRYPOINT")) == ["charrnn"]
     cmd = _exec_form(next(a for op, a in train.instructions if op == "CMD"))
     assert cmd[0] == "train" and "--export" in cmd
     assert [a for op, a in train.instructions if op == "USER"][-1] == "10001:10001"
+
+
+def test_builds_need_nothing_from_docker_hub_but_the_base_image() -> None:
+    """A `# syntax=` line makes BuildKit pull a frontend image: every build would fail offline."""
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    assert not re.search(r"^#\s*syntax\s*=", text, re.M | re.I)
+    bases = {s.base for s in parse_dockerfile(text)}
+    stage_names = {s.name for s in parse_dockerfile(text)}
+    assert bases - stage_names == {"${PYTHON_IMAGE}"}

@@ -9,8 +9,6 @@ import argparse
 import math
 import os
 import re
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +18,8 @@ import yaml
 
 from charrnn.settings import add_flags, build, settings_of
 from service.config import ServerConfig
-from tests.deploy.tools import K8S, REPO
+from tests.deploy.tools import K8S, KUBECTL, REPO, kustomize
 
-KUBECTL = shutil.which("kubectl")
 pytestmark = pytest.mark.skipif(KUBECTL is None, reason="kubectl not on PATH: cannot run kustomize")
 
 OVERLAYS = sorted(p.name for p in (K8S / "overlays").iterdir() if (p / "kustomization.yaml").exists())
@@ -34,16 +31,6 @@ MIN_VERSION = "1.30.0"
 VERSIONS = (MIN_VERSION, kubernetes_validate.latest_version() + ".0")
 # Custom resources kubernetes-validate has no schema for, with the fields this repo relies on.
 CRDS = {("monitoring.coreos.com/v1", "ServiceMonitor"): ("selector", "endpoints")}
-
-
-def kustomize(directory: Path) -> list[dict[str, Any]]:
-    assert KUBECTL is not None
-    result = subprocess.run(
-        [KUBECTL, "kustomize", "--load-restrictor", "LoadRestrictionsNone", str(directory)],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    return [d for d in yaml.safe_load_all(result.stdout) if d]
 
 
 def validate_all(objects: list[dict[str, Any]]) -> list[str]:

@@ -1,6 +1,6 @@
 """The serving image's promise, checked without Docker.
 
-deploy/Dockerfile's serving stage installs only the `serve` extra from the files its `base` stage copies.
+deploy/Dockerfile's serving stage installs only the `serve` extra from the files its build stages copy.
 This test does the same into a fresh virtual environment (real dependency resolution from the package
 index), starts `charrnn serve` from it on the shipped default model, streams a generation with the project's
 client from that environment, scrapes /metrics, and checks torch is not importable there.
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy.tools import DOCKERFILE, REPO, context_copy_sources, parse_dockerfile
+from tests.deploy.tools import DOCKERFILE, REPO, context_copy_sources, parse_dockerfile, stage_chain
 
 pytestmark = pytest.mark.slow
 
@@ -39,10 +39,9 @@ STALE_AFTER_S = 24 * 3600
 MAX_SERVE_ENV_BYTES = 176 * 1000 * 1000
 
 
-def base_stage_sources() -> list[str]:
-    """What the Dockerfile's `base` stage copies from the context: exactly what the install sees."""
-    stages = {s.name: s for s in parse_dockerfile(DOCKERFILE.read_text(encoding="utf-8"))}
-    return context_copy_sources([stages["base"]])
+def serve_build_sources() -> list[str]:
+    """What the stages up to `serve-build` copy from the context: exactly what the install sees."""
+    return context_copy_sources(stage_chain(parse_dockerfile(DOCKERFILE.read_text(encoding="utf-8")), "serve-build"))
 
 
 def _fingerprint(sources: list[str]) -> str:
@@ -91,7 +90,7 @@ def _prune(keep: Path) -> None:
 
 @pytest.fixture(scope="module")
 def serve_venv() -> Iterator[Path]:
-    sources = base_stage_sources()
+    sources = serve_build_sources()
     CACHE_ROOT.mkdir(parents=True, exist_ok=True)
     venv = CACHE_ROOT / _fingerprint(sources)
     with open(CACHE_ROOT / f"{venv.name}.lock", "w") as lock:

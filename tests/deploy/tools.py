@@ -8,18 +8,26 @@ parent directories decides, `!` re-includes.
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
 import re
 import shlex
 import shutil
+import subprocess
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "deploy" / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
 COMPOSE_FILE = REPO / "docker-compose.yml"
 K8S = REPO / "deploy" / "k8s"
+KUBECTL = shutil.which("kubectl")
 
 
 def venv_tool(name: str) -> str | None:
@@ -38,6 +46,42 @@ def compose_binary() -> str | None:
         if binary.is_file():
             return str(binary)
     return None
+
+
+def compose(
+    *args: str, files: Sequence[Path] = (COMPOSE_FILE,), env: Mapping[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run Compose v2 on `files` (project directory: the first file's), with the caller's CHARRNN_*,
+    COMPOSE_* and DOCKER_* settings removed and `env` added."""
+    binary = compose_binary()
+    assert binary is not None
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("CHARRNN_", "COMPOSE_", "DOCKER_"))}
+    flags = [flag for f in files for flag in ("-f", str(f))]
+    return subprocess.run(
+        [binary, "--project-directory", str(files[0].parent), *flags, *args],
+        capture_output=True, text=True, timeout=timeout, env={**clean, **(env or {})},
+    )  # fmt: skip
+
+
+def compose_config(
+    *profiles: str, files: Sequence[Path] = (COMPOSE_FILE,), env: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """The configuration Compose resolves for `profiles` (`config --format json`)."""
+    flags = [f for p in profiles for f in ("--profile", p)]
+    result = compose(*flags, "config", "--format", "json", files=files, env=env)
+    assert result.returncode == 0, result.stderr
+    return dict(json.loads(result.stdout))
+
+
+def kustomize(directory: Path) -> list[dict[str, Any]]:
+    """The objects `kubectl kustomize` renders from a kustomization directory."""
+    assert KUBECTL is not None
+    result = subprocess.run(
+        [KUBECTL, "kustomize", "--load-restrictor", "LoadRestrictionsNone", str(directory)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return [d for d in yaml.safe_load_all(result.stdout) if d]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -97,6 +141,15 @@ def parse_dockerfile(text: str) -> list[Stage]:
                     plain.append(word)
             stage.copies.append((plain[:-1], plain[-1], source_stage))
     return stages
+
+
+def stage_chain(stages: list[Stage], name: str) -> list[Stage]:
+    """The stages `name` builds on, from the one on the base image to `name` itself."""
+    by_name = {s.name: s for s in stages}
+    chain = [by_name[name]]
+    while chain[0].base in by_name:
+        chain.insert(0, by_name[chain[0].base])
+    return chain
 
 
 def context_copy_sources(stages: list[Stage]) -> list[str]:
