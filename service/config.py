@@ -67,7 +67,9 @@ class Limits:
 class SchedulingOptions:
     """How the decode workers share the machine (docs/benchmarks.md has the measurements behind the defaults)."""
 
-    decode_workers: int = setting(1, "decode threads, each stepping its own rows (the model calls run in parallel)")
+    # Two workers on two cores beat one worker with two ONNX Runtime threads (docs/benchmarks.md); give a pod its
+    # CPU limit here (deploy/k8s does) and keep --intra-op-threads at 1.
+    decode_workers: int = setting(2, "decode threads, each stepping its own rows (their model calls run in parallel)")
     prefill_chunk_chars: int = setting(
         256, "prompts, Score texts and Session feeds run this many characters per model call, between decode steps"
     )

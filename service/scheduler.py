@@ -70,6 +70,7 @@ class Scheduler:
         self.options = options or SchedulingOptions()
         self.observer = observer or SchedulerObserver()
         self.vocab = engine.manifest.vocabulary.chars
+        self.slots = threading.Lock()  # held while a worker admits streams into free live slots
         self._workers = [_Worker(self, i) for i in range(self.options.decode_workers)]
         self._accepting = True
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -243,20 +244,23 @@ class _Worker(threading.Thread):
         """Waiting streams take free slots (their prompts start prefilling); handed-in runs join the runs."""
         while self.runs_in:
             self.runs.append(self.runs_in.popleft())
-        free = self.s.limits.max_live_streams - self.live
-        joining: list[Stream] = []
-        while free > 0 and self.waiting:
-            stream = self.waiting.popleft()
-            free -= 1
-            job = stream.job
-            if job.prompt:
-                run = TextRun(np.asarray(job.prompt, np.int64), job.context, self.s.engine)
-                self.prefilling[run] = stream
-                self.runs.append(run)
-            else:
-                joining.append(stream)  # continues its context: no model call needed
-        if joining:
-            self._join(joining, [s.job.context for s in joining])
+        if not self.waiting:
+            return
+        with self.s.slots:  # the live-stream limit is the server's, shared by every worker
+            free = self.s.limits.max_live_streams - self.s.live
+            joining: list[Stream] = []
+            while free > 0 and self.waiting:
+                stream = self.waiting.popleft()
+                free -= 1
+                job = stream.job
+                if job.prompt:
+                    run = TextRun(np.asarray(job.prompt, np.int64), job.context, self.s.engine)
+                    self.prefilling[run] = stream
+                    self.runs.append(run)
+                else:
+                    joining.append(stream)  # continues its context: no model call needed
+            if joining:
+                self._join(joining, [s.job.context for s in joining])
 
     def _join(self, streams: list[Stream], contexts: list[Context]) -> None:
         """Streams enter the decode batch from these contexts (states after their prompts, next logits)."""

@@ -23,7 +23,7 @@ from training.quantize import quantize_artifact
 DEFAULT_MODEL = REPO_ROOT / "models" / "default"
 BATCHES = (1, 2, 3, 7, 16, 17, 63, 64, 65, 128, 255, 256)
 PROBES = (0, 1, 62, 255)  # rows compared alone and inside every batch that holds them
-DEPLOY_THREADS = 2  # CHARRNN_INTRA_OP_THREADS in docker-compose.yml and the Kubernetes deployment
+DEPLOY_THREADS = 2  # the documented alternative to the default 1 (`--intra-op-threads 2`)
 
 
 @pytest.fixture(scope="module")
