@@ -74,10 +74,10 @@ def register(sub: Any) -> None:
     s.add_argument("--out", type=Path, default=Path("bench-results/serve"), help="directory for JSON and PNG")
     s.add_argument("--flush-interval-ms", type=float, default=100.0, help="server coalescing interval")
     s.add_argument(
-        "--both-cores",
+        "--server-flags",
         type=shlex.split,
-        default=["--decode-workers", "2"],
-        help="extra `charrnn serve` flags (one quoted string) of the server that uses both cores",
+        default=[],
+        help="extra `charrnn serve` flags (one quoted string) for the `default` server, e.g. '--intra-op-threads 2'",
     )
     s.add_argument("--unbatched", action="store_true", help="also measure a server with batching off")
     s.add_argument("--skip-interference", action="store_true", help="skip the Score/feed interference case")
