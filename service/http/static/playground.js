@@ -21,7 +21,7 @@ function setStatus(message, isError = false) {
   $("status").classList.toggle("error", isError);
 }
 
-// The colour of a value: the same mapping as `charrnn generate --watch` and the analysis pages.
+// The colour of a value: white at 0, red at +1, blue at -1 (the analysis pages' mapping; c through tanh).
 function shown(value, kind) {
   return Math.max(-1, Math.min(1, kind === "c" ? Math.tanh(value) : value));
 }
