@@ -7,9 +7,11 @@ Each benchmark prints a table whose ratios compare against a baseline measured i
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +83,7 @@ def register(sub: Any) -> None:
     )
     s.add_argument("--unbatched", action="store_true", help="also measure a server with batching off")
     s.add_argument("--skip-interference", action="store_true", help="skip the Score/feed interference case")
-    s.set_defaults(handler=_serve)
+    s.set_defaults(handler=_lazy("bench.serve:main"))
 
     e = which.add_parser("sse", help="server CPU per character: SSE (HTTP) vs gRPC streams", formatter_class=_DEFAULTS)
     e.add_argument("--model", type=Path, default=Path("models/default"), help="model artifact directory")
@@ -91,7 +93,7 @@ def register(sub: Any) -> None:
     e.add_argument("--max-chars", type=int, default=2000, help="characters per request")
     e.add_argument("--flush-interval-ms", type=float, default=100.0, help="server coalescing interval")
     e.add_argument("--out", type=Path, default=Path("bench-results/sse"), help="directory for the JSON")
-    e.set_defaults(handler=_sse)
+    e.set_defaults(handler=_lazy("bench.http:main_sse"))
 
     f = which.add_parser(
         "http-frameworks",
@@ -102,7 +104,7 @@ def register(sub: Any) -> None:
     f.add_argument("--streams", type=int, nargs="+", default=[1, 64], help="concurrent requests")
     f.add_argument("--events", type=int, nargs="+", default=[1, 100], help="events per request")
     f.add_argument("--out", type=Path, default=Path("bench-results/http-frameworks"), help="directory for the JSON")
-    f.set_defaults(handler=_frameworks)
+    f.set_defaults(handler=_lazy("bench.http:main_frameworks"))
 
     z = which.add_parser(
         "quantize",
@@ -115,7 +117,7 @@ def register(sub: Any) -> None:
     z.add_argument("--rounds", type=int, default=7, help="timed runs per form and batch size, interleaved")
     z.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
     z.add_argument("--out", type=Path, help="directory for the JSON")
-    z.set_defaults(handler=_quantize)
+    z.set_defaults(handler=_lazy("bench.quantize:main"))
 
     m = which.add_parser(
         "sessions", help="RSS per server-side session vs its raw state bytes", formatter_class=_DEFAULTS
@@ -123,7 +125,7 @@ def register(sub: Any) -> None:
     m.add_argument("--model", type=Path, default=Path("models/default"), help="model artifact directory")
     m.add_argument("--sessions", type=int, default=4000, help="sessions to create")
     m.add_argument("--out", type=Path, default=Path("bench-results/sessions"), help="directory for the JSON")
-    m.set_defaults(handler=_sessions)
+    m.set_defaults(handler=_lazy("bench.sessions:main"))
 
     o = which.add_parser(
         "overload", help="10x the stream limit: refusals, admitted streams' pace, RSS", formatter_class=_DEFAULTS
@@ -138,7 +140,7 @@ def register(sub: Any) -> None:
     o.add_argument("--max-chars", type=int, default=400, help="characters per request")
     o.add_argument("--flush-interval-ms", type=float, default=100.0, help="server coalescing interval")
     o.add_argument("--out", type=Path, default=Path("bench-results/overload"), help="directory for the JSON")
-    o.set_defaults(handler=_overload)
+    o.set_defaults(handler=_lazy("bench.reliability:main_overload"))
 
     w = which.add_parser(
         "soak", help="streams, session churn and cancellations for N minutes: errors, RSS", formatter_class=_DEFAULTS
@@ -156,7 +158,17 @@ def register(sub: Any) -> None:
     w.add_argument("--sample-seconds", type=float, default=5.0, help="RSS sampling interval")
     w.add_argument("--drain-seconds", type=float, default=30.0, help="wait past the TTL for the gauges to reach zero")
     w.add_argument("--out", type=Path, default=Path("bench-results/soak"), help="directory for the JSON")
-    w.set_defaults(handler=_soak)
+    w.set_defaults(handler=_lazy("bench.reliability:main_soak"))
+
+
+def _lazy(target: str) -> Callable[[argparse.Namespace], int]:
+    """A handler that imports `module:function` only when it runs (the command starts without it)."""
+
+    def handler(args: argparse.Namespace) -> int:
+        module, _, function = target.partition(":")
+        return int(getattr(importlib.import_module(module), function)(args))
+
+    return handler
 
 
 def _usage(command: str, exc: Exception) -> int:
@@ -273,45 +285,3 @@ def _cells(args: argparse.Namespace) -> int:
     sys.stdout.write(write_report(results, args.out, command))
     print(f"wrote {args.out}/cells.md, cells.json, cells.png")
     return 0
-
-
-def _serve(args: argparse.Namespace) -> int:
-    from bench.serve import main
-
-    return main(args)
-
-
-def _sse(args: argparse.Namespace) -> int:
-    from bench.http import main_sse
-
-    return main_sse(args)
-
-
-def _frameworks(args: argparse.Namespace) -> int:
-    from bench.http import main_frameworks
-
-    return main_frameworks(args)
-
-
-def _quantize(args: argparse.Namespace) -> int:
-    from bench.quantize import main
-
-    return main(args)
-
-
-def _sessions(args: argparse.Namespace) -> int:
-    from bench.sessions import main
-
-    return main(args)
-
-
-def _overload(args: argparse.Namespace) -> int:
-    from bench.reliability import main_overload
-
-    return main_overload(args)
-
-
-def _soak(args: argparse.Namespace) -> int:
-    from bench.reliability import main_soak
-
-    return main_soak(args)
