@@ -9,7 +9,6 @@ prefix.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -45,7 +44,6 @@ class Row:
     """What a live row needs beyond its numbers: its stream, stop matching and watched values."""
 
     stream: Stream
-    prompt_chars: int
     matcher: StopMatcher | None
     tail: str = ""  # the last `matcher.longest` characters generated
     stop: str = ""  # the stop string that matched
@@ -54,6 +52,10 @@ class Row:
     @property
     def units(self) -> int:
         return len(self.stream.job.watch)
+
+    @property
+    def prompt_chars(self) -> int:
+        return len(self.stream.job.prompt)
 
 
 class Batch:
@@ -87,6 +89,7 @@ class Batch:
         self.sent = np.zeros(0, np.int64)  # characters handed out
         self.next_checkpoint = np.zeros(0, np.int64)  # chars at which the next resume point is due; 0 = never
         self._gather: _Gather | None = None  # None while no row watches units
+        self._matching: list[tuple[int, Row]] = []  # rows with stop strings (the only ones checked per step)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -128,9 +131,10 @@ class Batch:
         self._regather()
 
     def _regather(self) -> None:
-        """Rows moved: rebuild the gather indices (only when rows join or leave, never per step)."""
+        """Rows moved: rebuild the per-row work lists (only when rows join or leave, never per step)."""
         watching = any(r.units for r in self.rows)
         self._gather = _Gather(self.rows, self.layers, self.hidden) if watching else None
+        self._matching = [(i, r) for i, r in enumerate(self.rows) if r.matcher is not None]
 
     # --- a step -----------------------------------------------------------------------------------
     def record(self, ids: np.ndarray) -> np.ndarray:
@@ -142,9 +146,8 @@ class Batch:
         self.generated += 1
         self.positions += np.uint64(1)
         done = self.generated >= self.max_chars
-        for i, row in enumerate(self.rows):
-            if row.matcher is None:
-                continue
+        for i, row in self._matching:
+            assert row.matcher is not None
             row.tail = (row.tail + self.chars[ids[i]])[-row.matcher.longest :]
             matched, hold = row.matcher.check(row.tail)
             self.held[i] = hold
@@ -217,9 +220,6 @@ class Batch:
             int(self.positions[i]),
             self.model_sha256,
         )
-
-    def elapsed_since_submit(self, i: int) -> float:
-        return time.monotonic() - self.rows[i].stream.submitted
 
 
 class _Gather:

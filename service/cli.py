@@ -7,14 +7,11 @@ handler runs.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from typing import Any
 
 from charrnn.settings import add_flags, build
 from service.config import ServerConfig
-
-log = logging.getLogger(__name__)
 
 
 def register(sub: Any) -> None:
@@ -39,5 +36,5 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(serve(config))
     except (ArtifactError, ConfigError, OSError) as exc:
-        print(f"charrnn serve: cannot start: {exc}", file=sys.stderr)  # one line; nothing else to log
+        print(f"charrnn serve: cannot start: {exc}", file=sys.stderr)
         return 2

@@ -90,9 +90,7 @@ def sample(
     if greedy.any():
         out[greedy] = logits[greedy].argmax(axis=1)
     if plain.any():
-        x = logits[plain].astype(np.float64) / temperature[plain, None]
-        e = np.exp(x - x.max(axis=1, keepdims=True))
-        out[plain] = _inverse_cdf(np.cumsum(e, axis=1), uniforms(seeds[plain], positions[plain]))
+        out[plain] = _sample_plain(logits[plain], temperature[plain], uniforms(seeds[plain], positions[plain]))
     if filtered.any():
         out[filtered] = _sample_filtered(
             logits[filtered], temperature[filtered], top_k[filtered], top_p[filtered],
@@ -102,7 +100,7 @@ def sample(
 
 
 def _sample_plain(logits: np.ndarray, temperature: np.ndarray, u: np.ndarray) -> np.ndarray:
-    """The plain path for a whole batch, in place: the same operations, in the same order, as `sample`'s."""
+    """Inverse-CDF over each row's softmax in vocabulary order, computed in place on one float64 copy."""
     x = logits.astype(np.float64)
     if not (temperature == 1.0).all():  # x / 1.0 is x: skip the pass
         x /= temperature[:, None]

@@ -221,9 +221,9 @@ class _Worker(threading.Thread):
         self._fail_all(self.error)
 
     def _iterate(self) -> None:
-        self._admit()
-        self._drop_cancelled()
-        woken: list[Stream] = []
+        woken: list[Stream] = []  # every stream this iteration gave a chunk: woken together at its end
+        self._admit(woken)
+        self._drop_cancelled(woken)
         if self.runs and (self._prefill_debt <= 0.0 or not len(self.batch)):
             self._prefill(woken)
         if len(self.batch):
@@ -240,7 +240,7 @@ class _Worker(threading.Thread):
             return
         self.signal.wait()
 
-    def _admit(self) -> None:
+    def _admit(self, woken: list[Stream]) -> None:
         """Waiting streams take free slots (their prompts start prefilling); handed-in runs join the runs."""
         while self.runs_in:
             self.runs.append(self.runs_in.popleft())
@@ -260,9 +260,9 @@ class _Worker(threading.Thread):
                 else:
                     joining.append(stream)  # continues its context: no model call needed
             if joining:
-                self._join(joining, [s.job.context for s in joining])
+                self._join(joining, [s.job.context for s in joining], woken)
 
-    def _join(self, streams: list[Stream], contexts: list[Context]) -> None:
+    def _join(self, streams: list[Stream], contexts: list[Context], woken: list[Stream]) -> None:
         """Streams enter the decode batch from these contexts (states after their prompts, next logits)."""
         engine = self.s.engine
         n = len(streams)
@@ -274,23 +274,20 @@ class _Worker(threading.Thread):
                     dst[:, i] = src
             assert ctx.logits is not None, "validated at the edge: a stream starts after a prompt or a state"
             logits[i] = ctx.logits
-        rows = [Row(s, len(s.job.prompt), StopMatcher(s.job.stops) if s.job.stops else None) for s in streams]
+        rows = [Row(s, StopMatcher(s.job.stops) if s.job.stops else None) for s in streams]
         first = len(self.batch)
         self.batch.concatenate(rows, states, logits)
-        woken = []
         for i, stream in enumerate(streams):
             if stream.job.checkpoint_every:  # a resume point at 0 chars: failover works from the start
                 stream.put(Chunk("", None, NO_VALUES, ResumePoint(0, self.batch.context(first + i))))
                 woken.append(stream)
-        self.s.wake(woken)
 
-    def _drop_cancelled(self) -> None:
+    def _drop_cancelled(self, woken: list[Stream]) -> None:
         if not self.cancelled:
             return
         gone = set()
         while self.cancelled:
             gone.add(self.cancelled.popleft())
-        woken = []
         for stream in [s for s in self.waiting if s in gone]:
             self.waiting.remove(stream)
             woken.append(self._end_cancelled(stream))
@@ -307,7 +304,6 @@ class _Worker(threading.Thread):
                 self.s.observer.on_finish(stream.finished, time.monotonic() - stream.submitted)
                 woken.append(stream)
             self.batch.filter(keep)
-        self.s.wake(woken)
 
     def _end_cancelled(self, stream: Stream) -> Stream:
         """A stream cancelled before it joined the batch ends where it started."""
@@ -336,7 +332,7 @@ class _Worker(threading.Thread):
                 self.runs.append(run)
         joining = [run for run in group if run.done and run in self.prefilling]
         if joining:
-            self._join([self.prefilling.pop(r) for r in joining], [r.after() for r in joining])
+            self._join([self.prefilling.pop(r) for r in joining], [r.after() for r in joining], woken)
         for run in group:
             if run.done and run.on_done is not None:
                 run.on_done(run)

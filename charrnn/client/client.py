@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Iterator, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Unpack
@@ -100,19 +102,21 @@ class Client:
         """Target forms, balancing, TLS and authentication: see `charrnn.client.channel.open_channel`."""
         self.target = target
         self.timeout = timeout
-        self._channel = open_channel(
-            target,
-            tls=tls,
-            tls_ca=tls_ca,
-            tls_cert=tls_cert,
-            tls_key=tls_key,
-            auth_token=auth_token,
-            balancing=balancing,
+        balancing = balancing or Balancing()
+        self._open = functools.partial(
+            open_channel, target, tls=tls, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, auth_token=auth_token
         )
+        self._channel = self._open(balancing=balancing)
+        # Health is read on a pick_first channel: round_robin keeps a server that is not SERVING out of its
+        # rotation, so through it a draining server could not say so.
+        self._health_balancing = dataclasses.replace(balancing, lb_policy="pick_first")
+        self._health_channel: grpc.Channel | None = None
         self._stub = pb_grpc.CharRNNStub(self._channel)
 
     def close(self) -> None:
         self._channel.close()
+        if self._health_channel is not None:
+            self._health_channel.close()
 
     def __enter__(self) -> Client:
         return self
@@ -187,11 +191,11 @@ class Client:
         )
 
     def health(self, service: str = "") -> str:
-        """The health status name ("SERVING", "NOT_SERVING", ...) of `service` ("" = the server).
-
-        round_robin keeps replicas that are not SERVING out of its rotation, so there a server that does not
-        serve raises UNAVAILABLE instead; a pick_first client reaches it and reads its status."""
-        stub = health_pb2_grpc.HealthStub(self._channel)
+        """The health status name ("SERVING", "NOT_SERVING", ...) of `service` ("" = the server), as the
+        server (the first address of a list that answers) reports it, whatever the balancing policy."""
+        if self._health_channel is None:
+            self._health_channel = self._open(balancing=self._health_balancing)
+        stub = health_pb2_grpc.HealthStub(self._health_channel)
         try:
             r = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=self.timeout or 5.0)
         except grpc.RpcError as exc:

@@ -80,6 +80,7 @@ def test_sigterm_drains_live_streams_then_exits(lstm_dir: Path, tmp_path: Path) 
     try:
         with (
             Client(proc.target, timeout=30, balancing=direct) as c,
+            Client(proc.target, timeout=30) as balanced,
             FailoverClient([proc.target, other.target], timeout=30) as fc,
         ):
             endless = c.generate("a", max_chars=1_000_000)
@@ -88,6 +89,7 @@ def test_sigterm_drains_live_streams_then_exits(lstm_dir: Path, tmp_path: Path) 
             head = next(short)
             proc.proc.send_signal(signal.SIGTERM)
             assert wait_until(lambda: _health(c) == "NOT_SERVING", 5)
+            assert _health(balanced) == "NOT_SERVING", "a round_robin client still reads the server's own status"
             with pytest.raises(CharRNNError) as err:
                 c.generate("c", max_chars=5).text()
             assert err.value.code == grpc.StatusCode.UNAVAILABLE and err.value.retry_pushback_ms == 250

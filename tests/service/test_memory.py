@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.reliability import rss_bytes
 from charrnn.client import Client
 from tests.service.harness import REPO, ServerProcess
 
@@ -26,14 +27,6 @@ BYTES_PER_SCORED_CHAR = 80
 SLACK_MB = 48
 
 
-def rss(pid: int) -> int:
-    with open(f"/proc/{pid}/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
-
-
 def test_the_largest_requests_stay_under_the_documented_bound(tmp_path: Path) -> None:
     flags = ("--session-memory-mb", str(SESSION_MEMORY_MB), "--max-sessions", "100000")
     server = ServerProcess(REPO / "models" / "default", tmp_path, *flags).wait_ready()
@@ -42,7 +35,7 @@ def test_the_largest_requests_stay_under_the_documented_bound(tmp_path: Path) ->
 
     def sample() -> None:
         while not stop.is_set():
-            peak[0] = max(peak[0], rss(server.proc.pid))
+            peak[0] = max(peak[0], rss_bytes(server.proc.pid))
             time.sleep(0.02)
 
     try:
@@ -54,7 +47,7 @@ def test_the_largest_requests_stay_under_the_documented_bound(tmp_path: Path) ->
             prompt = (TEXT * (max_prompt // len(TEXT) + 1))[:max_prompt]
             client.score(score_text[:1000])
             client.generate(prompt[:100], max_chars=10).text()
-            resting = rss(server.proc.pid)
+            resting = rss_bytes(server.proc.pid)
             sampler = threading.Thread(target=sample, daemon=True)
             sampler.start()
 
@@ -79,7 +72,7 @@ def test_the_largest_requests_stay_under_the_documented_bound(tmp_path: Path) ->
             stop.set()
             sampler.join()
             time.sleep(0.5)
-            after = rss(server.proc.pid)
+            after = rss_bytes(server.proc.pid)
     finally:
         stop.set()
         server.stop()
