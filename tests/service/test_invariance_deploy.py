@@ -26,30 +26,47 @@ from tests.service.harness import REPO, ServerThread, generate_together, make_co
 DEFAULT_MODEL = REPO / "models" / "default"
 
 
-def deploy_thread_counts() -> set[int]:
-    counts = {1, 2}
-    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text(encoding="utf-8"))
+def deploy_thread_counts(compose_text: str, deployment_text: str, overlay_texts: list[str]) -> set[int]:
+    """The ONNX Runtime intra-op thread counts the deploy files would run the server with (none: its default)."""
+    counts: set[int] = set()
+    compose = yaml.safe_load(compose_text)
     setting = str(compose["services"]["server"]["environment"].get("CHARRNN_INTRA_OP_THREADS", ""))
     if setting:
         match = re.fullmatch(r"(?:\$\{CHARRNN_INTRA_OP_THREADS:-)?(\d+)\}?", setting)
         assert match, setting
         counts.add(int(match[1]))
-    deployment = yaml.safe_load((REPO / "deploy" / "k8s" / "base" / "deployment.yaml").read_text(encoding="utf-8"))
+    deployment = yaml.safe_load(deployment_text)
     (server,) = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "server"]
     env = {e["name"]: e for e in server.get("env", [])}
     if "CHARRNN_INTRA_OP_THREADS" in env:  # from a CPU limit: every overlay's limit is a thread count
-        for overlay in (REPO / "deploy" / "k8s" / "overlays").iterdir():
-            text = (overlay / "kustomization.yaml").read_text(encoding="utf-8")
+        for text in overlay_texts:
             for cpu in re.findall(r'limits: \{cpu: "?([\d.m]+)"?', text):
                 counts.add(math.ceil(float(cpu[:-1]) / 1000 if cpu.endswith("m") else float(cpu)))
     return counts
 
 
-THREADS = sorted(deploy_thread_counts())
+def _repository_files() -> tuple[str, str, list[str]]:
+    overlays = sorted((REPO / "deploy" / "k8s" / "overlays").iterdir())
+    return (
+        (REPO / "docker-compose.yml").read_text(encoding="utf-8"),
+        (REPO / "deploy" / "k8s" / "base" / "deployment.yaml").read_text(encoding="utf-8"),
+        [(o / "kustomization.yaml").read_text(encoding="utf-8") for o in overlays],
+    )
 
 
-def test_the_deploy_files_are_read() -> None:
-    assert {1, 2} <= set(THREADS), THREADS
+# The server's default (1), the documented alternative (2), and whatever the deploy files set.
+THREADS = sorted({1, 2} | deploy_thread_counts(*_repository_files()))
+
+
+def test_thread_counts_set_in_the_deploy_files_are_read() -> None:
+    compose = "services:\n  server:\n    environment:\n      CHARRNN_INTRA_OP_THREADS: ${CHARRNN_INTRA_OP_THREADS:-4}\n"
+    plain = "spec:\n  template:\n    spec:\n      containers:\n        - name: server\n"
+    from_limit = plain + "          env:\n            - name: CHARRNN_INTRA_OP_THREADS\n"
+    overlay = 'patches:\n  - limits: {cpu: "3", memory: 1Gi}\n'
+    assert deploy_thread_counts(compose, plain, [overlay]) == {4}
+    assert deploy_thread_counts(compose.replace("CHARRNN_INTRA_OP_THREADS:", "OTHER:"), from_limit, [overlay]) == {3}
+    # The repository's own files parse; today they leave the thread count at the default (workers use the cores).
+    assert deploy_thread_counts(*_repository_files()) == set()
 
 
 @pytest.mark.parametrize("threads", THREADS)
