@@ -265,8 +265,11 @@ class _Call:
         m.grpc_seconds.labels(*self.labels).observe(time.perf_counter() - self.start)
 
     def fail(self, exc: BaseException, context: grpc.aio.ServicerContext) -> None:
-        """Record how the call ended on an exception: an abort's code, a cancellation, or UNKNOWN."""
-        if isinstance(exc, asyncio.CancelledError):
+        """Record how the call ended on an exception: an abort's code, a cancellation, or UNKNOWN.
+
+        A client that goes away cancels the handler where it waits: inside an await (CancelledError) or at a
+        `yield` while gRPC writes its last message (the response generator is closed: GeneratorExit)."""
+        if isinstance(exc, asyncio.CancelledError | GeneratorExit):
             remaining = context.time_remaining()
             expired = remaining is not None and remaining <= 0
             self.done(grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -124,6 +125,21 @@ def test_cancelled_stream(server: ServerThread, client: Client) -> None:
     assert wait_until(lambda: value(reg, "charrnn_streams_finished_total", reason="cancelled") == 1)
     assert wait_until(lambda: handled(reg, "Generate", "server_stream", "Canceled") == 1)
     assert wait_until(lambda: value(reg, "charrnn_live_streams") == 0)
+
+
+def test_a_stream_cancelled_while_the_server_writes_counts_as_canceled(model_dir: Path) -> None:
+    """The client stops reading, so the server's handler waits at a `yield` on a full transport when the
+    cancellation arrives (not in an await): it must count as Canceled, not as an Unknown error."""
+    config = make_config(model_dir, flush_interval_ms=0.0, max_chunk_chars=1, max_request_chars=20000)
+    with ServerThread(config) as srv, Client(srv.target, timeout=30) as c:
+        reg = registry(srv)
+        for seed in range(3):
+            gen = c.generate(PROMPT, max_chars=20000, seed=seed)
+            next(gen)
+            time.sleep(0.3)  # one character a message: the transport fills while nothing is read
+            gen.cancel()
+        assert wait_until(lambda: handled(reg, "Generate", "server_stream", "Canceled") == 3)
+        assert handled(reg, "Generate", "server_stream", "Unknown") is None, "no Unknown series: none ended so"
 
 
 def test_resume_token_refusals_by_reason(server: ServerThread, client: Client, model_dir: Path) -> None:
