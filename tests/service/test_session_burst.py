@@ -14,7 +14,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from charrnn.client import Client, CharRNNError
+from charrnn.client import CharRNNError, Client
 from tests.service.harness import ServerThread, make_config, wait_until
 
 LIMIT = 16
