@@ -54,6 +54,7 @@ sample: $(SERVE_VENV)/.installed  ## sample locally from the shipped default mod
 
 lint: install  ## ruff
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 typecheck: install  ## mypy
 	$(BIN)/mypy

@@ -116,7 +116,6 @@ def env_name(flag: str) -> str:
     return ENV_PREFIX + flag.lstrip("-").upper().replace("-", "_")
 
 
-
 def settings_of(cls: type, prefix: tuple[str, ...] = ()) -> Iterator[Setting]:
     """Every setting of `cls`, nested dataclasses flattened, in declaration order."""
     hints = typing.get_type_hints(cls)
