@@ -89,7 +89,7 @@ class Batch:
         self.sent = np.zeros(0, np.int64)  # characters handed out
         self.next_checkpoint = np.zeros(0, np.int64)  # chars at which the next resume point is due; 0 = never
         self._gather: _Gather | None = None  # None while no row watches units
-        self._matching: list[tuple[int, Row]] = []  # rows with stop strings (the only ones checked per step)
+        self._matching: list[tuple[int, Row, StopMatcher]] = []  # rows with stop strings, checked per step
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -134,7 +134,7 @@ class Batch:
         """Rows moved: rebuild the per-row work lists (only when rows join or leave, never per step)."""
         watching = any(r.units for r in self.rows)
         self._gather = _Gather(self.rows, self.layers, self.hidden) if watching else None
-        self._matching = [(i, r) for i, r in enumerate(self.rows) if r.matcher is not None]
+        self._matching = [(i, r, r.matcher) for i, r in enumerate(self.rows) if r.matcher is not None]
 
     # --- a step -----------------------------------------------------------------------------------
     def record(self, ids: np.ndarray) -> np.ndarray:
@@ -146,10 +146,9 @@ class Batch:
         self.generated += 1
         self.positions += np.uint64(1)
         done = self.generated >= self.max_chars
-        for i, row in self._matching:
-            assert row.matcher is not None
-            row.tail = (row.tail + self.chars[ids[i]])[-row.matcher.longest :]
-            matched, hold = row.matcher.check(row.tail)
+        for i, row, matcher in self._matching:
+            row.tail = (row.tail + self.chars[ids[i]])[-matcher.longest :]
+            matched, hold = matcher.check(row.tail)
             self.held[i] = hold
             if matched is not None:
                 row.stop = matched

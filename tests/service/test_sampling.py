@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.sampling import sample, uniforms
+from service.sampling import _SMALL_BATCH, sample, uniforms
 
 V = 50
 
@@ -30,6 +30,12 @@ def test_uniforms_are_a_pure_function_of_seed_and_position() -> None:
     assert len(set(u.tolist())) == 4
     for i in range(4):
         assert uniforms(seeds[i : i + 1], positions[i : i + 1])[0] == u[i]
+    # Batches below a threshold take a Python-integer path, larger ones numpy's: the same bits either way.
+    edge = np.array([0, 1, 2**63, 2**64 - 1] * 4, np.uint64)
+    at = np.array([0, 2**63, 2**64 - 2, 12345] * 4, np.uint64)[::-1].copy()
+    batched = uniforms(edge, at)
+    assert len(edge) >= _SMALL_BATCH
+    assert [uniforms(edge[i : i + 1], at[i : i + 1])[0] for i in range(len(edge))] == batched.tolist()
     many = uniforms(np.full(20000, 7, np.uint64), np.arange(20000, dtype=np.uint64))
     assert abs(many.mean() - 0.5) < 0.01
     assert abs(np.histogram(many, bins=10, range=(0, 1))[0] / 20000 - 0.1).max() < 0.01
