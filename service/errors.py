@@ -11,11 +11,13 @@ class ServiceError(Exception):
 
     `retry_pushback_ms` (refusals worth retrying: draining, full) goes to the client as the
     `grpc-retry-pushback-ms` trailer at the gRPC edge, the key gRPC's own retry policy reads.
+    `param` is the request parameter the refusal is about, in the edge's spelling (HTTP error bodies name it).
     """
 
-    def __init__(self, message: str, retry_pushback_ms: int | None = None):
+    def __init__(self, message: str, retry_pushback_ms: int | None = None, *, param: str | None = None):
         super().__init__(message)
         self.retry_pushback_ms = retry_pushback_ms
+        self.param = param
 
 
 class InvalidRequest(ServiceError):

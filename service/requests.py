@@ -3,17 +3,19 @@ turns what a client asked for into a `Job`.
 
 An edge converts its wire format into `GenerationRequest` (plain values; None where the client left a
 field unset) and calls `Validator.job`; every refusal is an `InvalidRequest` whose message names the
-parameter and the limit, so all edges refuse the same requests with the same words.
+parameter and the limit, so all edges refuse the same requests with the same words. An edge whose wire
+names differ (HTTP's `max_tokens`) gives the Validator its names: messages and `param` use them.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from charrnn.protocol import STATE_KINDS
 from charrnn.quoting import quote
+from charrnn.vocab import UnknownCharactersError
 from service.config import Limits
 from service.context import Context
 from service.errors import InvalidRequest
@@ -42,19 +44,31 @@ class GenerationRequest:
 class Validator:
     """Checks requests against the limits and encodes their text with the model's vocabulary."""
 
-    def __init__(self, limits: Limits):
+    def __init__(self, limits: Limits, names: Mapping[str, str] | None = None):
         self.limits = limits
+        self._names = dict(names or {})  # GenerationRequest field -> the edge's parameter name, where they differ
+
+    def name(self, field: str) -> str:
+        """The edge's name for a request field (or for a text, like "prompt")."""
+        return self._names.get(field, field)
+
+    def _refuse(self, field: str, message: str) -> InvalidRequest:
+        return InvalidRequest(message, param=self.name(field))
 
     def encode(self, model: LoadedModel, text: str, limit: int, what: str) -> tuple[int, ...]:
         if len(text) > limit:
-            raise InvalidRequest(f"{what} has {len(text)} characters; the limit is {limit} ({what} limit)")
-        return tuple(model.vocab.encode(text).tolist())
+            n = self.name(what)
+            raise self._refuse(what, f"{n} has {len(text)} characters; the limit is {limit} ({n} limit)")
+        try:
+            return tuple(model.vocab.encode(text).tolist())
+        except UnknownCharactersError as exc:
+            raise self._refuse(what, f"{self.name(what)}: {exc}") from exc
 
     def job(self, model: LoadedModel, ctx: Context, r: GenerationRequest) -> Job:
         """A validated Job continuing `ctx` on `model`; InvalidRequest naming the first bad parameter."""
         ids = self.encode(model, r.prompt, self.limits.max_prompt_chars, "prompt")
         if not ids and ctx.logits is None:
-            raise InvalidRequest("prompt is empty and there is no state to continue from")
+            raise self._refuse("prompt", f"{self.name('prompt')} is empty and there is no state to continue from")
         return Job(
             ctx,
             ids,
@@ -69,44 +83,48 @@ class Validator:
     def sampling(self, temperature: float | None, top_k: int, top_p: float | None) -> SamplingParams:
         temperature = 1.0 if temperature is None else temperature
         if not (math.isfinite(temperature) and 0.0 <= temperature <= MAX_TEMPERATURE):
-            raise InvalidRequest(f"temperature must be in [0, {MAX_TEMPERATURE:g}], got {temperature}")
+            n = self.name("temperature")
+            raise self._refuse("temperature", f"{n} must be in [0, {MAX_TEMPERATURE:g}], got {temperature}")
         top_p = 1.0 if top_p is None else top_p
         if not (math.isfinite(top_p) and 0.0 < top_p <= 1.0):
-            raise InvalidRequest(f"top_p must be in (0, 1], got {top_p}")
+            raise self._refuse("top_p", f"{self.name('top_p')} must be in (0, 1], got {top_p}")
         if top_k < 0:
-            raise InvalidRequest(f"top_k must be 0 (off) or more, got {top_k}")
+            raise self._refuse("top_k", f"{self.name('top_k')} must be 0 (off) or more, got {top_k}")
         return SamplingParams(float(temperature), int(top_k), float(top_p))
 
-    @staticmethod
-    def seed(seed: int | None) -> int | None:
+    def seed(self, seed: int | None) -> int | None:
         if seed is not None and not 0 <= seed < 2**64:
-            raise InvalidRequest(f"seed must be in [0, 2**64 - 1], got {seed}")
+            raise self._refuse("seed", f"{self.name('seed')} must be in [0, 2**64 - 1], got {seed}")
         return seed
 
     def max_chars(self, requested: int) -> int:
-        lim = self.limits
+        lim, n = self.limits, self.name("max_chars")
         if requested < 0:
-            raise InvalidRequest(f"max_chars must be 0 (the default) or more, got {requested}")
+            raise self._refuse("max_chars", f"{n} must be 0 (the default) or more, got {requested}")
         if requested > lim.max_request_chars:
-            raise InvalidRequest(
-                f"max_chars {requested} exceeds the limit of {lim.max_request_chars} (max_request_chars)"
+            raise self._refuse(
+                "max_chars", f"{n} {requested} exceeds the limit of {lim.max_request_chars} (max_request_chars)"
             )
         return requested or lim.default_max_chars
 
     def stops(self, stops: Sequence[str]) -> tuple[str, ...]:
         lim = self.limits
         if len(stops) > lim.max_stop_strings:
-            raise InvalidRequest(f"{len(stops)} stop strings; the limit is {lim.max_stop_strings} (max_stop_strings)")
+            raise self._refuse(
+                "stop", f"{len(stops)} stop strings; the limit is {lim.max_stop_strings} (max_stop_strings)"
+            )
         for stop in stops:
             if not stop or len(stop) > lim.max_stop_chars:
-                raise InvalidRequest(f"stop strings must have 1 to {lim.max_stop_chars} characters (max_stop_chars)")
+                raise self._refuse(
+                    "stop", f"stop strings must have 1 to {lim.max_stop_chars} characters (max_stop_chars)"
+                )
         return tuple(stops)
 
     def watch(self, model: LoadedModel, units: Sequence[tuple[str, int, int]]) -> tuple[WatchedUnit, ...]:
         """The watched units as state/layer/index, refusing any the model lacks or more than the limit."""
         limit = self.limits.max_watched_units
         if len(units) > limit:
-            raise InvalidRequest(f"{len(units)} watched units; the limit is {limit} (max_watched_units)")
+            raise self._refuse("watch", f"{len(units)} watched units; the limit is {limit} (max_watched_units)")
         kinds = [s.kind for s in model.manifest.onnx.states]
         layers, hidden = model.manifest.state_shape
         out = []
@@ -115,16 +133,15 @@ class Validator:
             name = f"watched unit {i} ({shown}:{layer}:{index})"
             if kind not in kinds:
                 cell, have = model.manifest.model.cell, "/".join(kinds)
-                raise InvalidRequest(f"{name}: the {cell} model has no such state (it has {have})")
+                raise self._refuse("watch", f"{name}: the {cell} model has no such state (it has {have})")
             if not (0 <= layer < layers and 0 <= index < hidden):
-                raise InvalidRequest(f"{name}: out of range (layers {layers}, hidden_size {hidden})")
+                raise self._refuse("watch", f"{name}: out of range (layers {layers}, hidden_size {hidden})")
             out.append(WatchedUnit(kinds.index(kind), layer, index))
         return tuple(out)
 
     def checkpoint_every(self, every: int) -> int:
         minimum = self.limits.min_checkpoint_chars
         if every < 0 or 0 < every < minimum:
-            raise InvalidRequest(
-                f"checkpoint_every_chars {every} is below the limit of {minimum} (min_checkpoint_chars)"
-            )
+            message = f"checkpoint_every_chars {every} is below the limit of {minimum} (min_checkpoint_chars)"
+            raise self._refuse("checkpoint_every", message)
         return every

@@ -10,15 +10,12 @@ Refusals worth retrying (draining, queue full) carry `Retry-After` (whole second
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from aiohttp import web
 
 from charrnn.quoting import quote
-from charrnn.vocab import UnknownCharactersError
-from service.errors import InvalidRequest, ServiceError
+from service.errors import ServiceError
 from service.http import sse
 from service.status import edge_status, retry_after_ms
 
@@ -36,26 +33,6 @@ ERROR_TYPES = {
 }
 
 
-class ParameterError(InvalidRequest):
-    """An InvalidRequest that names the request parameter it is about (the error body's `param`)."""
-
-    def __init__(self, param: str, message: str):
-        super().__init__(message)
-        self.param = param
-
-
-@contextmanager
-def about(param: str) -> Iterator[None]:
-    """Refusals raised inside name `param` in the error body; their class (so their status) and their words
-    stay what the shared code made them."""
-    try:
-        yield
-    except (ServiceError, UnknownCharactersError) as exc:
-        if getattr(exc, "param", None) is None:
-            setattr(exc, "param", param)  # noqa: B010 (an attribute the exception classes do not declare)
-        raise
-
-
 def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
     kind = ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
@@ -63,7 +40,8 @@ def error_body(status: int, message: str, param: str | None = None, code: str | 
 
 def _rendered(exc: BaseException) -> tuple[int, dict[str, Any]]:
     status, message = edge_status(exc)
-    return status.http, error_body(status.http, message, getattr(exc, "param", None), status.grpc.name.lower())
+    param = exc.param if isinstance(exc, ServiceError) else None
+    return status.http, error_body(status.http, message, param, status.grpc.name.lower())
 
 
 def error_response(exc: BaseException) -> web.Response:

@@ -22,12 +22,10 @@ from charrnn.artifact import Manifest
 from charrnn.client.options import parse_units
 from charrnn.quoting import QUOTE_CHARS, quote
 from service.config import Limits
-from service.context import Context
 from service.errors import InvalidRequest
-from service.http.errors import ParameterError, about
 from service.registry import LoadedModel
-from service.requests import GenerationRequest, Validator
-from service.stream import Finished, Job
+from service.requests import GenerationRequest
+from service.stream import Finished
 
 OWNER = "charrnn"
 VALUES_DECIMALS = 5  # watched units' values in JSON: plenty for a colour, a third of float32's digits
@@ -44,11 +42,13 @@ NEUTRAL: dict[str, tuple[Any, ...]] = {
 }
 KNOWN = {"model", "prompt", "max_tokens", "temperature", "top_p", "stop", "seed", "stream", "stream_options", "user"}
 EXTENSIONS = {"top_k", "resume_token", "watch"}
+# The Validator's request fields under their names here (its messages and `param` use these).
+PARAMETERS = {"max_chars": "max_tokens", "top_k": f"{OWNER}.top_k", "watch": f"{OWNER}.watch"}
 
 
 @dataclass(frozen=True)
 class Completion:
-    """A /v1/completions request, type-checked (range checks are the Validator's, in `job`)."""
+    """A /v1/completions request, type-checked (range checks are the Validator's, under `PARAMETERS`' names)."""
 
     request: GenerationRequest
     model: str | None
@@ -62,7 +62,7 @@ def _get(body: dict[str, Any], name: str, kinds: tuple[type, ...], what: str, pa
     value = body.get(name)
     if value is None or (isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)):
         return value
-    raise ParameterError(param or name, f"{param or name} must be {what}, got {type(value).__name__}")
+    raise InvalidRequest(f"{param or name} must be {what}, got {type(value).__name__}", param=param or name)
 
 
 def parse(body: Any) -> Completion:
@@ -70,29 +70,31 @@ def parse(body: Any) -> Completion:
         raise InvalidRequest("the request body must be a JSON object")
     for name in body:
         if name not in KNOWN and name not in NEUTRAL and name != OWNER:
-            raise ParameterError(name[:QUOTE_CHARS], f"unknown parameter {quote(name)} (extensions go under {OWNER!r})")
+            message = f"unknown parameter {quote(name)} (extensions go under {OWNER!r})"
+            raise InvalidRequest(message, param=name[:QUOTE_CHARS])
     for name, neutral in NEUTRAL.items():
         if body.get(name) not in neutral:
-            raise ParameterError(name, f"{name} is not supported (leave it out, or {neutral[-1]!r})")
+            raise InvalidRequest(f"{name} is not supported (leave it out, or {neutral[-1]!r})", param=name)
     prompt = _get(body, "prompt", (str,), "a string (lists of prompts and token ids are not supported)")
     stop = body.get("stop")
     if isinstance(stop, str):
         stop = [stop]
     if stop is not None and not (isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
-        raise ParameterError("stop", "stop must be a string or a list of strings")
+        raise InvalidRequest("stop must be a string or a list of strings", param="stop")
     options = _get(body, "stream_options", (dict,), "an object") or {}
     ext = _get(body, OWNER, (dict,), "an object") or {}
     for name in ext:
         if name not in EXTENSIONS:
             known = sorted(EXTENSIONS)
-            raise ParameterError(f"{OWNER}.{name[:QUOTE_CHARS]}", f"unknown extension {quote(name)} (known: {known})")
+            message = f"unknown extension {quote(name)} (known: {known})"
+            raise InvalidRequest(message, param=f"{OWNER}.{name[:QUOTE_CHARS]}")
     watch = _get(ext, "watch", (list,), 'a list of units like "c0:80"', f"{OWNER}.watch") or []
     if not all(isinstance(spec, str) for spec in watch):
-        raise ParameterError(f"{OWNER}.watch", f'{OWNER}.watch must be a list of units like "c0:80"')
+        raise InvalidRequest(f'{OWNER}.watch must be a list of units like "c0:80"', param=f"{OWNER}.watch")
     try:
         units = [unit for spec in watch for unit in parse_units(spec)]
     except ValueError as exc:
-        raise ParameterError(f"{OWNER}.watch", str(exc)) from exc
+        raise InvalidRequest(str(exc), param=f"{OWNER}.watch") from exc
     token = _get(ext, "resume_token", (str,), "a string (base64url)", f"{OWNER}.resume_token")
     return Completion(
         GenerationRequest(
@@ -120,29 +122,7 @@ def decode_token(text: str) -> bytes:
     try:
         return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (binascii.Error, ValueError) as exc:
-        raise ParameterError(f"{OWNER}.resume_token", f"{OWNER}.resume_token is not base64url: {exc}") from exc
-
-
-def job(validator: Validator, model: LoadedModel, ctx: Context, r: GenerationRequest) -> Job:
-    """The Validator's job, each refusal naming the HTTP parameter (the checks and their words are shared)."""
-    with about("prompt"):
-        validator.encode(model, r.prompt, validator.limits.max_prompt_chars, "prompt")
-    with about("max_tokens"):
-        validator.max_chars(r.max_chars)
-    with about("temperature"):
-        validator.sampling(r.temperature, 0, None)
-    with about("top_p"):
-        validator.sampling(None, 0, r.top_p)
-    with about(f"{OWNER}.top_k"):
-        validator.sampling(None, r.top_k, None)
-    with about("seed"):
-        validator.seed(r.seed)
-    with about("stop"):
-        validator.stops(r.stop)
-    with about(f"{OWNER}.watch"):
-        validator.watch(model, r.watch)
-    with about("prompt"):  # what is left: an empty prompt with nothing to continue
-        return validator.job(model, ctx, r)
+        raise InvalidRequest(f"{OWNER}.resume_token is not base64url: {exc}", param=f"{OWNER}.resume_token") from exc
 
 
 def completion_id() -> str:

@@ -17,9 +17,8 @@ from aiohttp import web
 
 from charrnn.quoting import quote
 from service.context import Context
-from service.errors import InvalidRequest
+from service.errors import InvalidRequest, ServiceError
 from service.http import errors, openai, sse
-from service.http.errors import ParameterError, about
 from service.registry import LoadedModel
 from service.requests import Validator
 from service.status import RequestTooLarge
@@ -39,7 +38,7 @@ CLIENT_CLOSED = 499
 class Routes:
     def __init__(self, runtime: Runtime, metrics: Metrics, max_body_kb: int):
         self.rt = runtime
-        self.validator = Validator(runtime.limits)
+        self.validator = Validator(runtime.limits, openai.PARAMETERS)
         self.max_body_kb = max_body_kb
         self.events = metrics.http_events.labels(COMPLETIONS)
 
@@ -65,14 +64,17 @@ class Routes:
         completion = openai.parse(await self._json(request))
         ctx = Context()
         if completion.resume_token is not None:
-            with about(f"{openai.OWNER}.resume_token"):
+            try:
                 ctx = self.rt.models.decode(completion.resume_token)
+            except ServiceError as exc:
+                exc.param = f"{openai.OWNER}.resume_token"
+                raise
         model = self.rt.models.for_context(ctx)
         name = model.manifest.model.name
         if completion.model not in (None, name):
             served = f"GET /v1/models: {name!r}"
-            raise ParameterError("model", f"model {quote(completion.model)} is not served here ({served})")
-        stream = model.scheduler.submit(openai.job(self.validator, model, ctx, completion.request))
+            raise InvalidRequest(f"model {quote(completion.model)} is not served here ({served})", param="model")
+        stream = model.scheduler.submit(self.validator.job(model, ctx, completion.request))
         delivery = Delivery(self.rt.delivery, arrived)
         try:
             if completion.stream:

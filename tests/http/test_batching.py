@@ -4,20 +4,26 @@ depend on which edge it came through or what it was batched with."""
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import openai
 
 from charrnn.client import Client
 from tests.http.conftest import MODEL, PROMPT, base_url
-from tests.service.harness import ServerThread
+from tests.service.harness import ServerThread, make_config
 
 CHARS = 1500
 
 
-def test_a_grpc_and_an_http_stream_share_batches_and_agree(server: ServerThread) -> None:
+def test_a_grpc_and_an_http_stream_share_batches_and_agree(model_dir: Path) -> None:
+    # One decode worker: with two, the streams would land on different workers and never share a step.
+    with ServerThread(make_config(model_dir, http_port=0, decode_workers=1)) as server:
+        _share_and_agree(server)
+
+
+def _share_and_agree(server: ServerThread) -> None:
     sdk = openai.OpenAI(base_url=f"{base_url(server)}/v1", api_key="unused", max_retries=0, timeout=60)
     texts: dict[str, str] = {}
-    peak = [0]
     barrier = threading.Barrier(2)
 
     def over_http() -> None:
@@ -27,7 +33,6 @@ def test_a_grpc_and_an_http_stream_share_batches_and_agree(server: ServerThread)
             model=MODEL, prompt=PROMPT, max_tokens=CHARS, temperature=0.9, seed=21, stream=True
         ):
             parts.append(chunk.choices[0].text)
-            peak[0] = max(peak[0], server.live)
         texts["http"] = "".join(parts)
 
     def over_grpc(client: Client) -> None:
@@ -35,7 +40,6 @@ def test_a_grpc_and_an_http_stream_share_batches_and_agree(server: ServerThread)
         parts = []
         for chunk in client.generate(PROMPT, max_chars=CHARS, temperature=0.9, seed=21):
             parts.append(chunk)
-            peak[0] = max(peak[0], server.live)
         texts["grpc"] = "".join(parts)
 
     with Client(server.target) as client:
@@ -45,6 +49,11 @@ def test_a_grpc_and_an_http_stream_share_batches_and_agree(server: ServerThread)
         for t in threads:
             t.join(60)
         alone = sdk.completions.create(model=MODEL, prompt=PROMPT, max_tokens=CHARS, temperature=0.9, seed=21)
-    assert peak[0] == 2, "the two streams were never in one batch"
+    assert server.server is not None
+    registry = server.server.metrics.registry
+    steps = registry.get_sample_value("charrnn_batch_size_count")
+    alone_steps = registry.get_sample_value("charrnn_batch_size_bucket", {"le": "1.0"})
+    assert steps is not None and alone_steps is not None
+    assert steps - alone_steps > 0, "no decode step advanced the HTTP and the gRPC stream together"
     assert texts["http"] == texts["grpc"] == alone.choices[0].text
     assert len(texts["http"]) == CHARS

@@ -89,6 +89,7 @@ def test_event_stream_framing(server: ServerThread, tmp_path: Path) -> None:
         ({"top_p": 0}, "top_p", "top_p must be in (0, 1]"),
         ({"max_tokens": 20001}, "max_tokens", "max_request_chars"),
         ({"max_tokens": "ten"}, "max_tokens", "max_tokens must be an integer"),
+        ({"max_tokens": -1}, "max_tokens", "max_tokens must be 0 (the default) or more"),  # HTTP's name, not gRPC's
         ({"stop": ["x"] * 9}, "stop", "max_stop_strings"),
         ({"stop": 3}, "stop", "stop must be a string or a list of strings"),
         ({"seed": -1}, "seed", "seed must be in [0, 2**64 - 1]"),
