@@ -143,7 +143,8 @@ class CharRNNServer:
         self.scheduler.start()
         try:
             await self.http.start(_write_port)
-        except OSError as exc:  # taken since the check
+        except OSError as exc:  # taken since the check: stop what already runs, so the process can exit
+            await self.stop(0)
             raise bind_error("HTTP", host, self.config.http_port, HTTP_FLAGS, exc) from exc
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         self.metrics.serving.set(1)

@@ -3,16 +3,20 @@ address and the flag to change, exit code 2, no traceback; real processes on loo
 
 from __future__ import annotations
 
+import asyncio
 import os
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+import service.server
 from service.config import ConfigError
 from service.ports import check_bindable
-from tests.service.harness import REPO, TEST_KEY, ServerProcess, charrnn_cmd
+from service.server import CharRNNServer
+from tests.service.harness import REPO, TEST_KEY, ServerProcess, charrnn_cmd, make_config
 
 
 @pytest.fixture(scope="module")
@@ -80,3 +84,24 @@ def test_an_address_the_host_cannot_take_names_the_host_flag(host: str, words: s
     message = str(info.value)
     assert message.startswith(f"cannot listen for gRPC on {host}:50051: ") and words in message, message
     assert "\n" not in message
+
+
+def test_an_http_port_taken_after_the_check_stops_what_had_started(
+    lstm_dir: Path, first: tuple[ServerProcess, int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The port is taken between the early check and the bind (the check is skipped here to make that
+    happen): the one line, and the gRPC server and decode workers already started are stopped again."""
+    _, _, http_port = first
+    monkeypatch.setattr(service.server, "check_bindable", lambda what, *rest: None)
+
+    async def scenario() -> tuple[str, CharRNNServer]:
+        server = CharRNNServer(make_config(lstm_dir, http_port=http_port))
+        with pytest.raises(ConfigError) as info:
+            await server.start()
+        return str(info.value), server
+
+    message, server = asyncio.run(scenario())
+    assert f"HTTP on 127.0.0.1:{http_port}" in message and "choose another --http-port" in message, message
+    assert not any(worker.is_alive() for worker in server.scheduler._workers), "decode workers left running"
+    with socket.socket() as probe:  # the gRPC port it had bound is closed again
+        assert probe.connect_ex(("127.0.0.1", server.port)) != 0
