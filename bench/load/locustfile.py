@@ -362,3 +362,22 @@ class ScoreUser(CharRNNUser):
         with self.timed("Score") as out:
             self.client.score(text)
             out["length"] = len(text)
+
+
+@events.init.add_listener
+def _configure(environment: Environment, **_: Any) -> None:
+    """The parsed options become the shared mix and the users' weights; a weight of 0 leaves a user out."""
+    global MIX
+    options = environment.parsed_options
+    if options is None:  # used as a library, not from the locust CLI
+        return
+    MIX = _Mix(options)
+    weights: dict[type[User], int] = {
+        StreamUser: options.stream_weight,
+        SessionUser: options.session_weight,
+        ScoreUser: options.score_weight,
+    }
+    for cls, weight in weights.items():
+        cls.weight = weight
+    # Locust cannot spawn a class of weight 0: leave those out.
+    environment.user_classes[:] = [c for c in environment.user_classes if weights.get(c, 1) > 0]
