@@ -285,10 +285,12 @@ def test_training_job_runs_when_applied_and_writes_to_the_claim(
     one(serving, "PersistentVolumeClaim", claims["artifacts"])  # the serving overlay creates the claim
     mounts = {m["name"]: m["mountPath"] for m in trainer["volumeMounts"]}
     export = trainer["args"][trainer["args"].index("--export") + 1]
+    out = trainer["args"][trainer["args"].index("--out") + 1]
     assert trainer["args"][0] == "train" and export.startswith(mounts["artifacts"] + "/")
+    assert out.startswith(mounts["artifacts"] + "/"), "checkpoints must land on the claim, not in the pod"
     assert trainer["securityContext"]["readOnlyRootFilesystem"] is True and mounts["tmp"] == "/tmp"
     # The trainer's image is the serving image's release (same tag), and its arguments are ones
-    # `charrnn train` accepts (an overlay patching args by index would otherwise go unnoticed).
+    # `charrnn train` accepts (dev's overlay patches one by index, guarded by a JSON-patch test op).
     image, tag = trainer["image"].rsplit(":", 1)
     (server,) = one(serving, "Deployment", "charrnn")["spec"]["template"]["spec"]["containers"]
     assert image.split("/")[-1] == "charrnn-train" and tag == server["image"].rsplit(":", 1)[1], name
@@ -298,7 +300,8 @@ def test_training_job_runs_when_applied_and_writes_to_the_claim(
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(trainer["args"])
-    apply_overrides(TrainingConfig(), args.overrides)
+    config = apply_overrides(TrainingConfig(), args.overrides)
+    assert config.optim.max_minutes == {"dev": 10, "prod": 60}[name]  # dev's patch changed its own argument
     policy = one(objects, "NetworkPolicy", "charrnn-train")
     labels = job["spec"]["template"]["metadata"]["labels"]
     assert selects(policy["spec"]["podSelector"]["matchLabels"], labels)
