@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,7 +57,19 @@ class Vocabulary:
         unknown_char: str = DEFAULT_UNKNOWN_CHAR,
     ) -> Vocabulary:
         """Vocabulary of `text`'s characters seen at least `min_count` times, sorted by code point."""
-        counts = Counter(text)
+        return cls.from_counts(Counter(text), policy=policy, min_count=min_count, unknown_char=unknown_char)
+
+    @classmethod
+    def from_counts(
+        cls,
+        counts: Mapping[str, int],
+        *,
+        policy: str = "replace",
+        min_count: int = 1,
+        unknown_char: str = DEFAULT_UNKNOWN_CHAR,
+    ) -> Vocabulary:
+        """Vocabulary of the characters counted at least `min_count` times (a corpus too large to hold counts
+        them in pieces), sorted by code point."""
         chars = sorted(c for c, n in counts.items() if n >= min_count and c != unknown_char)
         if policy == "replace":
             chars.append(unknown_char)

@@ -136,13 +136,9 @@ def _train_counts(scan: _Scan, paths: list[Path], cut: int) -> np.ndarray:
 
 
 def _vocabulary(counts: np.ndarray, config: DataConfig) -> Vocabulary:
-    # Vocabulary.build counts characters itself. A text holding each character min(count, min_count)
-    # times gives it the same answer at the threshold, so its ordering and unknown-character rules stay
-    # the one source of the vocabulary, while the text stays a few thousand characters long.
-    present = np.flatnonzero(counts)
-    keep = max(1, config.vocab_min_count)
-    sample = "".join(chr(cp) * int(min(counts[cp], keep)) for cp in present)
-    return Vocabulary.build(sample, policy=config.vocab_policy, min_count=config.vocab_min_count)
+    """The vocabulary of per-code-point counts, by the same rules as a text held in memory."""
+    by_char = {chr(cp): int(counts[cp]) for cp in np.flatnonzero(counts)}
+    return Vocabulary.from_counts(by_char, policy=config.vocab_policy, min_count=config.vocab_min_count)
 
 
 def prepare_corpus(config: DataConfig, out_dir: Path, chunk_chars: int = CHUNK_CHARS) -> dict[str, Any]:
