@@ -127,3 +127,20 @@ def test_a_prepared_corpus_primes_samples_with_its_first_line(tiny_corpus: Path,
     first_line = tiny_corpus.read_text(encoding="utf-8").split("\n", 1)[0][:40]
     primes = {json.loads(line)["prime"] for line in (run / "samples.jsonl").read_text().splitlines()}
     assert primes == {first_line}
+
+
+def test_a_rare_character_on_the_first_line_does_not_break_the_default_prime(tmp_path: Path) -> None:
+    """With vocab_policy=refuse and vocab_min_count=2 a once-seen character is not in the vocabulary; the
+    default prime is the first line as training encoded it (the character dropped), not the raw text."""
+    from tests.conftest import make_text
+
+    corpus = tmp_path / "rare.txt"
+    corpus.write_text("caf\u00e9 notes def return\n" + make_text(), encoding="utf-8")
+    run = tmp_path / "run"
+    trained = charrnn(
+        "train", "--corpus", str(corpus), "--out", str(run), *TINY_OVERRIDES, "optim.max_steps=4",
+        "data.vocab_policy=refuse", "data.vocab_min_count=2",
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    primes = {json.loads(line)["prime"] for line in (run / "samples.jsonl").read_text().splitlines()}
+    assert primes == {"caf notes def return"}
