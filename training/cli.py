@@ -241,7 +241,7 @@ def _export(args: argparse.Namespace) -> int:
             print(_describe_int8(args.out, manifest))
             return 0
         manifest = export_checkpoint(args.checkpoint, args.out, **named)
-    except QuantizeError as exc:
+    except (QuantizeError, OSError, ValueError) as exc:  # a missing or invalid checkpoint: load_checkpoint
         print(f"charrnn export: {exc}", file=sys.stderr)
         return 2
     except (ExportError, LossIncreaseError) as exc:

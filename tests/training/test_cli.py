@@ -144,3 +144,21 @@ def test_a_rare_character_on_the_first_line_does_not_break_the_default_prime(tmp
     assert trained.returncode == 0, trained.stderr
     primes = {json.loads(line)["prime"] for line in (run / "samples.jsonl").read_text().splitlines()}
     assert primes == {"caf notes def return"}
+
+
+def test_export_of_a_missing_or_invalid_checkpoint_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    import torch
+
+    missing = _one_line_exit_2(charrnn("export", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "a")))
+    assert "No such file or directory" in missing and str(tmp_path / "nope.pt") in missing, missing
+    (tmp_path / "text.pt").write_text("not a checkpoint\n", encoding="utf-8")
+    torch.save({"format": 99}, tmp_path / "other.pt")
+    torch.save([1, 2], tmp_path / "list.pt")
+    for name in ("text.pt", "other.pt", "list.pt"):
+        line = _one_line_exit_2(charrnn("export", str(tmp_path / name), "--out", str(tmp_path / "a")))
+        assert line.startswith(f"charrnn export: {tmp_path / name} is not a charrnn checkpoint"), line
+        int8 = _one_line_exit_2(
+            charrnn("export", str(tmp_path / name), "--out", str(tmp_path / "a"), "--quantize", "int8")
+        )
+        assert int8 == line
+    assert not (tmp_path / "a").exists()
