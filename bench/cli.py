@@ -233,11 +233,20 @@ def _train_processes(args: argparse.Namespace) -> int:
 
     from bench.train_processes import run
     from training.config import TrainingConfig, apply_overrides
+    from training.data import resolve_corpus
+    from training.prepared import META_FILE, PREFIX
 
     try:
         if args.processes[0] != 1 or min(args.processes) < 1:
             raise ValueError("--processes must start with 1 (the baseline) and hold positive counts")
         config = apply_overrides(TrainingConfig(), list(args.overrides))
+        # Before any run starts: a corpus the runs cannot read is one line, not a failed run's traceback.
+        if args.corpus.startswith(PREFIX):
+            prepared = Path(args.corpus[len(PREFIX) :])
+            if not (prepared / META_FILE).is_file():
+                raise ValueError(f"{prepared} is not a prepared corpus (no {META_FILE}): run charrnn prepare first")
+        else:
+            resolve_corpus(args.corpus)  # CorpusError (a ValueError) names the part that matches nothing
     except ValueError as exc:
         return _usage("train-processes", exc)
     m, o = config.model, config.optim

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from charrnn.artifact import Manifest, load_manifest
+from charrnn.artifact import ArtifactError, Manifest, load_manifest
 
 log = logging.getLogger(__name__)
 
@@ -91,12 +91,25 @@ def _alone_vs_batched(engine: Any, batch: int) -> float:
     return float(np.abs(alone[0] - batched[0]).max())
 
 
+class ModelError(ValueError):
+    """--model is not an fp32 artifact (missing, malformed or already quantized)."""
+
+
+def fp32_manifest(model: Path) -> Manifest:
+    """The manifest of the fp32 artifact `model`; ModelError (one line) when it is not one."""
+    try:
+        manifest = load_manifest(model)
+    except ArtifactError as exc:
+        raise ModelError(str(exc)) from exc
+    if manifest.precision != "fp32":
+        raise ModelError(f"{model} is {manifest.precision}; the benchmark quantizes an fp32 artifact itself")
+    return manifest
+
+
 def run(model: Path, batches: list[int], seconds: float, rounds: int, threads: int) -> list[Row]:
     from charrnn.engine import Engine, EngineOptions
 
-    manifest = load_manifest(model)
-    if manifest.precision != "fp32":
-        raise ValueError(f"{model} is {manifest.precision}; the benchmark quantizes an fp32 artifact itself")
+    manifest = fp32_manifest(model)
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="charrnn-bench-quantize-") as tmp_name:
         forms = _write_forms(model, manifest, Path(tmp_name))
@@ -188,7 +201,13 @@ def table(rows: list[Row]) -> str:
 
 def main(args: argparse.Namespace) -> int:
     import os
+    import sys
 
+    try:
+        fp32_manifest(args.model)  # before any timing: a wrong --model is one line and exit 2
+    except ModelError as exc:
+        print(f"charrnn bench quantize: {exc}", file=sys.stderr)
+        return 2
     load = os.getloadavg()
     rows = run(args.model, args.batch, args.seconds, args.rounds, args.threads)
     print(

@@ -6,7 +6,6 @@ Nothing heavy is imported here; each handler imports torch (or onnxruntime) when
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import logging
 import sys
@@ -126,31 +125,24 @@ def _load_config(args: argparse.Namespace) -> Any:
     return apply_overrides(config, list(args.overrides))
 
 
-def _prime(args: argparse.Namespace, config: Any) -> None:
+def _prime(args: argparse.Namespace, config: Any, dataset: Any) -> None:
     """Default the samples' prime (`_default_prime`) unless the command line or a config file gave one."""
     primed = args.config is not None or any(o.partition("=")[0].strip() == "run.sample_prime" for o in args.overrides)
     if not primed:
-        config.run.sample_prime = _default_prime(config.data, config.run.sample_prime)
+        config.run.sample_prime = _default_prime(config.data, dataset, config.run.sample_prime)
 
 
-def _default_prime(data: Any, builtin_prime: str) -> str:
+def _default_prime(data: Any, dataset: Any, builtin_prime: str) -> str:
     """The samples' prime when none is given: the config's (`def `) for the builtin Python corpus, else the
-    corpus' first line (cut to PRIME_CHARS; empty when that line is), since `def ` means nothing in prose.
-    Only the start of the corpus is read (its first file, or a prepared corpus' first tokens)."""
+    first line of the training text (cut to PRIME_CHARS; empty when that line is), since `def ` means nothing
+    in prose. It is decoded from the loaded dataset's first training ids, so it holds only characters of the
+    vocabulary (a rare one is folded or dropped as in training) and the corpus is not read again."""
     from training.config import BUILTIN_CORPUS
-    from training.data import resolve_corpus
-    from training.prepared import PREFIX, open_prepared
 
     if data.corpus == BUILTIN_CORPUS:
         return builtin_prime
-    if data.corpus.startswith(PREFIX):
-        dataset = open_prepared(Path(data.corpus[len(PREFIX) :]), copy.copy(data))
-        start = dataset.vocab.decode(int(i) for i in dataset.train_ids[: 4 * PRIME_CHARS])
-    else:
-        _, paths = resolve_corpus(data.corpus)
-        with paths[0].open(encoding="utf-8", errors="replace") as f:
-            start = f.readline(4 * PRIME_CHARS)
-    prime = start.split("\n", 1)[0][:PRIME_CHARS]
+    start = dataset.vocab.decode(int(i) for i in dataset.train_ids[: 4 * PRIME_CHARS])
+    prime: str = start.split("\n", 1)[0][:PRIME_CHARS]
     log.info("training samples start from the corpus' first line %r (run.sample_prime=... to change it)", prime)
     return prime
 
@@ -189,7 +181,7 @@ def _train(args: argparse.Namespace) -> int:
         config = _load_config(args)
         # Before torch loads and before the run directory exists: a bad corpus (CorpusError) is one line.
         dataset = load_dataset(config.data)
-        _prime(args, config)
+        _prime(args, config, dataset)
     except (ValueError, OSError) as exc:
         print(f"charrnn train: {exc}", file=sys.stderr)
         return 2
@@ -249,7 +241,7 @@ def _export(args: argparse.Namespace) -> int:
             print(_describe_int8(args.out, manifest))
             return 0
         manifest = export_checkpoint(args.checkpoint, args.out, **named)
-    except QuantizeError as exc:
+    except (QuantizeError, OSError, ValueError) as exc:  # a missing or invalid checkpoint: load_checkpoint
         print(f"charrnn export: {exc}", file=sys.stderr)
         return 2
     except (ExportError, LossIncreaseError) as exc:

@@ -51,18 +51,19 @@ class Distributed:
 
     def sum(self, *values: float) -> list[float]:
         """Element-wise sum over all processes (float64)."""
+        return self._reduce(values, dist.ReduceOp.SUM)
+
+    def max(self, value: float) -> float:
+        """The largest `value` over all processes (float64)."""
+        return self._reduce((value,), dist.ReduceOp.MAX)[0]
+
+    def _reduce(self, values: tuple[float, ...], op: dist.ReduceOp.RedOpType) -> list[float]:
+        """Element-wise all-reduce of `values` with `op` (float64); the values themselves in one process."""
         if not self.enabled:
             return list(values)
         tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        dist.all_reduce(tensor, op=op)
         return [float(v) for v in tensor.cpu()]
-
-    def max(self, value: float) -> float:
-        if not self.enabled:
-            return value
-        tensor = torch.tensor([value], dtype=torch.float64, device=self.device)
-        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-        return float(tensor.item())
 
     def gather_rows(self, tensors: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         """Concatenate every process' tensors along dim 1 in rank order (the batch dim of an RNN state)."""

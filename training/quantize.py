@@ -39,34 +39,47 @@ class LossIncreaseError(Exception):
 
 
 def validation_ids(manifest: Manifest, corpus: str | None) -> np.ndarray:
-    """The model's validation characters, encoded: the corpus it was trained on, split as in training.
+    """The model's validation characters, encoded: its training data loaded as training loads it
+    (`training.prepared.load_dataset`, so a prepared corpus works too) from the data settings the manifest
+    recorded, `corpus` replacing the recorded corpus when given.
 
-    The corpus is checked against the sha256 the manifest recorded, so the split is the one the
-    model never trained on.
+    The corpus is checked against the sha256 the manifest recorded, and the vocabulary against the
+    model's, so the split is the one the model never trained on, encoded as the model reads it.
     """
-    from training.config import DataConfig
-    from training.data import load_corpus, split_text
+    from training.config import TrainingConfig
+    from training.prepared import load_dataset
 
     facts = manifest.training
-    config = facts.get("config", {}).get("data", {}) if isinstance(facts.get("config"), dict) else {}
-    spec = corpus or config.get("corpus")
-    if not spec:
+    recorded_config = facts.get("config")
+    if not isinstance(recorded_config, dict):
+        recorded_config = {}
+    if not corpus and "corpus" not in recorded_config.get("data", {}):
         raise QuantizeError("the manifest does not name the corpus the model was trained on; pass --corpus")
     try:
-        loaded = load_corpus(spec)
-    except (OSError, ValueError) as exc:
-        raise QuantizeError(f"cannot read the corpus {spec!r}: {exc}") from exc
+        data = TrainingConfig.from_dict({"data": recorded_config.get("data", {})}).data
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise QuantizeError(f"the manifest's training config cannot be read: {exc}") from exc
+    if corpus:
+        data.corpus = corpus
+    split = facts.get("split")
+    if isinstance(split, dict) and "train_fraction" in split:
+        data.train_fraction = float(split["train_fraction"])
+    try:
+        dataset = load_dataset(data)
+    except (OSError, ValueError) as exc:  # CorpusError is a ValueError
+        raise QuantizeError(f"cannot read the corpus {data.corpus!r}: {exc}") from exc
     recorded = facts["corpus"].get("sha256") if isinstance(facts.get("corpus"), dict) else None
-    if recorded and recorded != loaded.sha256:
+    if recorded and recorded != dataset.corpus.sha256:
         raise QuantizeError(
-            f"corpus {spec!r} (sha256 {loaded.sha256[:12]}...) is not the text the model was trained on "
-            f"(sha256 {recorded[:12]}...); pass --corpus with that text"
+            f"corpus {data.corpus!r} (sha256 {dataset.corpus.sha256[:12]}...) is not the text the model was "
+            f"trained on (sha256 {recorded[:12]}...); pass --corpus with that text"
         )
-    split = facts.get("split", {}) if isinstance(facts.get("split"), dict) else {}
-    fraction = float(split.get("train_fraction", config.get("train_fraction", DataConfig().train_fraction)))
-    _, val_text = split_text(loaded.text, fraction)
-    ids, _ = Vocabulary.from_spec(manifest.vocabulary).encode_lossy(val_text)
-    return ids
+    if dataset.vocab != Vocabulary.from_spec(manifest.vocabulary):
+        raise QuantizeError(
+            f"corpus {data.corpus!r} with the recorded data settings gives a vocabulary other than the model's; "
+            "pass --corpus with the text (or prepared directory) the model was trained on"
+        )
+    return np.asarray(dataset.val_ids)
 
 
 def validation_loss(model_dir: Path, ids: np.ndarray) -> float:

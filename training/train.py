@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import math
+import pickle
 import random
 import time
 from dataclasses import dataclass
@@ -146,7 +147,14 @@ def save_checkpoint(path: Path, **payload: Any) -> None:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    data: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+    """The checkpoint at `path`. OSError when it cannot be read (FileNotFoundError when missing),
+    ValueError when it is not a charrnn checkpoint (not a torch file, truncated, or another format)."""
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:  # torch's refusals are long; one line
+        raise ValueError(f"{path} is not a charrnn checkpoint ({type(exc).__name__})") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} is not a charrnn checkpoint (it holds a {type(data).__name__})")
     if data.get("format") == 1:  # one process' RNG state
         data.update(format=CHECKPOINT_FORMAT, rng=[data["rng"]], world_size=1)
     if data.get("format") != CHECKPOINT_FORMAT:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 
@@ -15,3 +17,29 @@ def test_bench_quantize_smoke(lstm_dir: Path) -> None:
     assert per_row.alone_vs_batched_max_abs == 0 and per_row.chars_per_cpu_s > 0
     assert table(rows).count("\n") == len(rows) + 1
     assert "bfloat16" in kernel_table(batch=2, k=8, n=8, repeats=1)
+
+
+def _bench_quantize(model: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "charrnn.cli", "bench", "quantize", "--model", str(model), "--seconds", "0.01",
+         "--rounds", "1", "--batch", "1"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def _one_line_exit_2(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == "", result.stderr
+    (line,) = result.stderr.splitlines()
+    return line
+
+
+def test_bench_quantize_refuses_a_missing_or_int8_model_in_one_line(tiny_artifact: Path, tmp_path: Path) -> None:
+    from training.quantize import quantize_artifact
+
+    line = _one_line_exit_2(_bench_quantize(tmp_path / "missing"))
+    assert line.startswith("charrnn bench quantize: ") and "does not exist" in line, line
+    quantize_artifact(tiny_artifact, tmp_path / "int8")
+    line = _one_line_exit_2(_bench_quantize(tmp_path / "int8"))
+    expected = f"{tmp_path / 'int8'} is int8; the benchmark quantizes an fp32 artifact itself"
+    assert line == f"charrnn bench quantize: {expected}"

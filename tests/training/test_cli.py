@@ -127,3 +127,38 @@ def test_a_prepared_corpus_primes_samples_with_its_first_line(tiny_corpus: Path,
     first_line = tiny_corpus.read_text(encoding="utf-8").split("\n", 1)[0][:40]
     primes = {json.loads(line)["prime"] for line in (run / "samples.jsonl").read_text().splitlines()}
     assert primes == {first_line}
+
+
+def test_a_rare_character_on_the_first_line_does_not_break_the_default_prime(tmp_path: Path) -> None:
+    """With vocab_policy=refuse and vocab_min_count=2 a once-seen character is not in the vocabulary; the
+    default prime is the first line as training encoded it (the character dropped), not the raw text."""
+    from tests.conftest import make_text
+
+    corpus = tmp_path / "rare.txt"
+    corpus.write_text("caf\u00e9 notes def return\n" + make_text(), encoding="utf-8")
+    run = tmp_path / "run"
+    trained = charrnn(
+        "train", "--corpus", str(corpus), "--out", str(run), *TINY_OVERRIDES, "optim.max_steps=4",
+        "data.vocab_policy=refuse", "data.vocab_min_count=2",
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    primes = {json.loads(line)["prime"] for line in (run / "samples.jsonl").read_text().splitlines()}
+    assert primes == {"caf notes def return"}
+
+
+def test_export_of_a_missing_or_invalid_checkpoint_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    import torch
+
+    missing = _one_line_exit_2(charrnn("export", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "a")))
+    assert "No such file or directory" in missing and str(tmp_path / "nope.pt") in missing, missing
+    (tmp_path / "text.pt").write_text("not a checkpoint\n", encoding="utf-8")
+    torch.save({"format": 99}, tmp_path / "other.pt")
+    torch.save([1, 2], tmp_path / "list.pt")
+    for name in ("text.pt", "other.pt", "list.pt"):
+        line = _one_line_exit_2(charrnn("export", str(tmp_path / name), "--out", str(tmp_path / "a")))
+        assert line.startswith(f"charrnn export: {tmp_path / name} is not a charrnn checkpoint"), line
+        int8 = _one_line_exit_2(
+            charrnn("export", str(tmp_path / name), "--out", str(tmp_path / "a"), "--quantize", "int8")
+        )
+        assert int8 == line
+    assert not (tmp_path / "a").exists()

@@ -165,3 +165,28 @@ def test_analysis_says_to_use_the_fp32_artifact(int8_artifact: Path) -> None:
 
     with pytest.raises(WeightsError, match="analyze the fp32 artifact"):
         load_model(int8_artifact)
+
+
+def test_a_model_trained_on_a_prepared_corpus_quantizes(tiny_corpus: Path, tmp_path: Path) -> None:
+    """quantize and export --quantize read the validation split as training did: from prepared:DIR."""
+    from tests.conftest import TINY_OVERRIDES
+
+    prepared = charrnn("prepare", "--corpus", str(tiny_corpus), "--out", str(tmp_path / "prep"))
+    assert prepared.returncode == 0, prepared.stderr
+    trained = charrnn(
+        "train", "--corpus", f"prepared:{tmp_path / 'prep'}", "--out", str(tmp_path / "run"),
+        "--export", str(tmp_path / "fp32"), *TINY_OVERRIDES, "optim.max_steps=10", "run.eval_interval=10",
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    fp32 = load_manifest(tmp_path / "fp32")
+    assert fp32.training["config"]["data"]["corpus"] == f"prepared:{tmp_path / 'prep'}"
+    done = charrnn("quantize", str(tmp_path / "fp32"), "--out", str(tmp_path / "int8"), "--allow-loss-increase")
+    assert done.returncode == 0, done.stderr
+    quantization = load_manifest(tmp_path / "int8").quantization
+    assert quantization is not None and quantization.val_chars == fp32.training["split"]["val_chars"]
+    exported = charrnn(
+        "export", str(tmp_path / "run" / "best.pt"), "--out", str(tmp_path / "e"), "--quantize", "int8",
+        "--allow-loss-increase",
+    )  # fmt: skip
+    assert exported.returncode == 0, exported.stderr
+    assert load_manifest(tmp_path / "e").precision == "int8"
