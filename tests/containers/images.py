@@ -40,17 +40,18 @@ def torch_requirement() -> str:
 
 
 @contextlib.contextmanager
-def local_torch_wheel() -> Iterator[Path]:
-    """Put this machine's torch wheel (from pip's configured find-links, never an index) into deploy/wheels/
-    for the train build, as docs/deploy.md tells offline users to; remove it afterwards."""
+def torch_build_args() -> Iterator[list[str]]:
+    """The build arguments for the train target. Where pip's configured find-links hold this machine's torch
+    wheel, it goes into deploy/wheels/ (as docs/deploy.md tells offline users to) for the build, which then
+    uses no index (TORCH_INDEX_URL=); it is removed afterwards. Elsewhere: none, so the Dockerfile's default
+    CPU index is used."""
     before = set(WHEELS_DIR.glob("*.whl"))
     download = [sys.executable, "-m", "pip", "download", torch_requirement(), "--no-deps", "--no-index"]
     result = subprocess.run([*download, "-d", str(WHEELS_DIR)], capture_output=True, text=True, timeout=300)
     added = sorted(set(WHEELS_DIR.glob("*.whl")) - before)
     try:
-        if result.returncode != 0 or not (added or before):
-            raise EngineError(f"no local wheel for {torch_requirement()} (pip's find-links): {result.stderr[-500:]}")
-        yield (added or sorted(before))[0]
+        local = result.returncode == 0 and bool(added or before)
+        yield ["--build-arg", "TORCH_INDEX_URL="] if local else []
     finally:
         for wheel in added:
             wheel.unlink(missing_ok=True)
@@ -73,12 +74,12 @@ def build(engine: Engine, target: str, image: str, base: str, *extra: str) -> Bu
 
 
 def build_target(engine: Engine, target: str, base: str) -> Build:
-    """Build a target under compose's image name; the train target takes torch from the local wheel."""
+    """Build a target under compose's image name; the train target takes torch as `torch_build_args` says."""
     image = compose_images()[target]
     if target != "train":
         return build(engine, target, image, base)
-    with local_torch_wheel():
-        return build(engine, target, image, base, "--build-arg", "TORCH_INDEX_URL=")
+    with torch_build_args() as extra:
+        return build(engine, target, image, base, *extra)
 
 
 def build_prometheus_standin(engine: Engine, base: str) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,10 +52,9 @@ class Container:
                 raise EngineError(f"{self.name}: {status or state['Status']} after {timeout:.0f} s\n{self.logs()}")
             time.sleep(0.2)
 
-    def metrics(self) -> str:
-        url = f"http://127.0.0.1:{self.port('metrics')}/metrics"
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return str(response.read().decode())
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.port('metrics')}/metrics"
 
 
 def start(engine: Engine, run: ContainerRun, name: str) -> Container:
@@ -64,11 +62,3 @@ def start(engine: Engine, run: ContainerRun, name: str) -> Container:
     run.write_files()
     engine.docker("run", "--detach", "--name", name, *run.options, run.image, *run.command)
     return Container(engine, name, run)
-
-
-def metric_value(exposition: str, name: str) -> float:
-    """The value of an unlabelled sample in Prometheus text exposition."""
-    for line in exposition.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise KeyError(name)

@@ -22,9 +22,9 @@ import pytest
 from charrnn.client import Client
 from tests.conftest import TINY_OVERRIDES
 from tests.containers.engine import Engine, EngineError
-from tests.containers.images import COMPOSE_OVERRIDE, build_prometheus_standin, local_torch_wheel
-from tests.containers.running import metric_value
+from tests.containers.images import COMPOSE_OVERRIDE, build_prometheus_standin, torch_build_args
 from tests.deploy import tools
+from tests.observability.scrape import scrape
 
 pytestmark = [pytest.mark.containers, pytest.mark.timeout(900)]
 log = logging.getLogger(__name__)
@@ -76,10 +76,10 @@ def stack(engine: Engine, base_image: str, serve_image: str, load_image: str, tr
     # Compose's own build sections make the images the suite built: the same layers (all cached); only the
     # labels Compose adds differ.
     built = {image: engine.inspect(image)[0]["RootFS"]["Layers"] for image in (serve_image, load_image, train_image)}
-    with local_torch_wheel():
+    with torch_build_args() as torch_args:
         running.compose(
             "--profile", "train", "--profile", "load", "build", "--build-arg", f"PYTHON_IMAGE={base_image}",
-            "--build-arg", "TORCH_INDEX_URL=", "server", "trainer", "locust",
+            *torch_args, "server", "trainer", "locust",
         )  # fmt: skip
     assert {image: engine.inspect(image)[0]["RootFS"]["Layers"] for image in built} == built
     try:
@@ -121,15 +121,13 @@ def test_compose_up_serves_and_prometheus_scrapes_the_server(stack: Stack) -> No
 
 def test_the_load_profile_drives_the_server_and_leaves_its_report_in_a_volume(stack: Stack, load_image: str) -> None:
     metrics = f"http://{stack.address('server', 9464)}/metrics"
-    with urllib.request.urlopen(metrics, timeout=10) as response:
-        before = metric_value(response.read().decode(), "charrnn_generated_chars_total")
+    before = scrape(metrics)[("charrnn_generated_chars_total", frozenset())]
     stack.compose(
         "--profile", "load", "run", "--rm", "locust", "--headless", "--host", "server:50051",
         "--users", "4", "--spawn-rate", "4", "--run-time", "10s",
         "--csv", "/results/compose", "--html", "/results/compose.html",
     )  # fmt: skip
-    with urllib.request.urlopen(metrics, timeout=10) as response:
-        after = metric_value(response.read().decode(), "charrnn_generated_chars_total")
+    after = scrape(metrics)[("charrnn_generated_chars_total", frozenset())]
     assert after > before, "Locust's requests did not reach the server"
     rows = list(csv.DictReader(io.StringIO(stack.volume_file("load-results", "compose_stats.csv", load_image))))
     (total,) = [r for r in rows if r["Name"] == "Aggregated"]

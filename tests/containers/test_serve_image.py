@@ -14,9 +14,9 @@ import pytest
 from charrnn.client import Client
 from tests.containers.deployment import ContainerRun, quantity
 from tests.containers.engine import Engine
-from tests.containers.running import Container, metric_value
-from tests.deploy.test_serve_env import MAX_SERVE_ENV_BYTES
-from tests.deploy.tools import REPO
+from tests.containers.running import Container
+from tests.deploy.tools import MAX_SERVE_ENV_BYTES, REPO
+from tests.observability.scrape import scrape
 
 pytestmark = [pytest.mark.containers, pytest.mark.timeout(900)]
 
@@ -110,7 +110,7 @@ def test_the_server_runs_under_the_deployment_constraints(
         gen = client.generate("def main():\n", max_chars=300, temperature=0.8, seed=5)
         chunks = list(gen)
     assert gen.result is not None and gen.result.finish_reason == "length" and len("".join(chunks)) == 300
-    assert metric_value(server.metrics(), "charrnn_generated_chars_total") >= 300
+    assert scrape(server.metrics_url)[("charrnn_generated_chars_total", frozenset())] >= 300
 
     (deployment,) = [o for o in deployment_objects if o["kind"] == "Deployment"]
     pod = deployment["spec"]["template"]["spec"]

@@ -28,15 +28,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy.tools import DOCKERFILE, REPO, context_copy_sources, parse_dockerfile, stage_chain
+from tests.deploy.tools import (
+    DOCKERFILE,
+    MAX_SERVE_ENV_BYTES,
+    REPO,
+    context_copy_sources,
+    parse_dockerfile,
+    stage_chain,
+)
 
 pytestmark = pytest.mark.slow
 
 CACHE_ROOT = Path(tempfile.gettempdir()) / "charrnn-serve-venv"
 STALE_AFTER_S = 24 * 3600
-# Measured 167 MB after deploy/slim_venv.py with the HTTP face (aiohttp); a train-only environment is 1173 MB.
-# The bound is 15 % of that, the project's goal: a heavy dependency leaking into `serve` breaks it.
-MAX_SERVE_ENV_BYTES = 176 * 1000 * 1000
 
 
 def serve_build_sources() -> list[str]:
