@@ -43,8 +43,8 @@ def validation_ids(manifest: Manifest, corpus: str | None) -> np.ndarray:
     (`training.prepared.load_dataset`, so a prepared corpus works too) from the data settings the manifest
     recorded, `corpus` replacing the recorded corpus when given.
 
-    The corpus is checked against the sha256 the manifest recorded, and the vocabulary against the
-    model's, so the split is the one the model never trained on, encoded as the model reads it.
+    The corpus is checked against the sha256 the manifest recorded, so the split is the one the model never
+    trained on; it is encoded with the model's vocabulary.
     """
     from training.config import TrainingConfig
     from training.prepared import load_dataset
@@ -74,12 +74,13 @@ def validation_ids(manifest: Manifest, corpus: str | None) -> np.ndarray:
             f"corpus {data.corpus!r} (sha256 {dataset.corpus.sha256[:12]}...) is not the text the model was "
             f"trained on (sha256 {recorded[:12]}...); pass --corpus with that text"
         )
-    if dataset.vocab != Vocabulary.from_spec(manifest.vocabulary):
-        raise QuantizeError(
-            f"corpus {data.corpus!r} with the recorded data settings gives a vocabulary other than the model's; "
-            "pass --corpus with the text (or prepared directory) the model was trained on"
-        )
-    return np.asarray(dataset.val_ids)
+    model_vocab = Vocabulary.from_spec(manifest.vocabulary)
+    if dataset.vocab == model_vocab:
+        return np.asarray(dataset.val_ids)
+    # A text whose vocabulary is not the model's (a model trained elsewhere, scored on a stand-in text): the
+    # same split, read with the model's vocabulary, unknown characters as training treats them.
+    ids, _ = model_vocab.encode_lossy(dataset.vocab.decode(int(i) for i in dataset.val_ids))
+    return ids
 
 
 def validation_loss(model_dir: Path, ids: np.ndarray) -> float:
