@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from charrnn.artifact import ArtifactError, Manifest, load_manifest
+from charrnn.artifact import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -91,23 +91,9 @@ def _alone_vs_batched(engine: Any, batch: int) -> float:
     return float(np.abs(alone[0] - batched[0]).max())
 
 
-class ModelError(ValueError):
-    """--model is not an fp32 artifact (missing, malformed or already quantized)."""
-
-
-def fp32_manifest(model: Path) -> Manifest:
-    """The manifest of the fp32 artifact `model`; ModelError (one line) when it is not one."""
-    try:
-        manifest = load_manifest(model)
-    except ArtifactError as exc:
-        raise ModelError(str(exc)) from exc
-    if manifest.precision != "fp32":
-        raise ModelError(f"{model} is {manifest.precision}; the benchmark quantizes an fp32 artifact itself")
-    return manifest
-
-
 def run(model: Path, batches: list[int], seconds: float, rounds: int, threads: int) -> list[Row]:
     from charrnn.engine import Engine, EngineOptions
+    from training.quantize import fp32_manifest
 
     manifest = fp32_manifest(model)
     rows: list[Row] = []
@@ -203,9 +189,12 @@ def main(args: argparse.Namespace) -> int:
     import os
     import sys
 
+    from training.quantize import fp32_manifest
+    from training.quantize_graph import QuantizeError
+
     try:
         fp32_manifest(args.model)  # before any timing: a wrong --model is one line and exit 2
-    except ModelError as exc:
+    except QuantizeError as exc:
         print(f"charrnn bench quantize: {exc}", file=sys.stderr)
         return 2
     load = os.getloadavg()

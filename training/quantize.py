@@ -38,6 +38,18 @@ class LossIncreaseError(Exception):
     """The int8 graph's validation loss exceeds the fp32 one by more than the tolerance."""
 
 
+def fp32_manifest(source: Path) -> Manifest:
+    """The manifest of the fp32 artifact `source`, the only kind that can be quantized; QuantizeError (one
+    line) when it is missing, malformed or already quantized."""
+    try:
+        manifest = load_manifest(source)
+    except ArtifactError as exc:
+        raise QuantizeError(str(exc)) from exc
+    if manifest.precision != "fp32":
+        raise QuantizeError(f"{source} is already {manifest.precision}; quantize its fp32 artifact")
+    return manifest
+
+
 def validation_ids(manifest: Manifest, corpus: str | None) -> np.ndarray:
     """The model's validation characters, encoded: its training data loaded as training loads it
     (`training.prepared.load_dataset`, so a prepared corpus works too) from the data settings the manifest
@@ -116,12 +128,7 @@ def quantize_artifact(source: Path, out_dir: Path, gate: QualityGate | None = No
         raise QuantizeError(f"the loss tolerance must be >= 0 nats/char, not {gate.max_loss_increase}")
     if gate.val_chars < 0:
         raise QuantizeError(f"the number of validation characters must be >= 0 (0: all), not {gate.val_chars}")
-    try:
-        manifest = load_manifest(source)
-    except ArtifactError as exc:
-        raise QuantizeError(str(exc)) from exc
-    if manifest.precision != "fp32":
-        raise QuantizeError(f"{source} is already {manifest.precision}; quantize its fp32 artifact")
+    manifest = fp32_manifest(source)
     ids = validation_ids(manifest, gate.corpus)
     if gate.val_chars:
         ids = ids[: gate.val_chars]

@@ -41,5 +41,5 @@ def test_bench_quantize_refuses_a_missing_or_int8_model_in_one_line(tiny_artifac
     assert line.startswith("charrnn bench quantize: ") and "does not exist" in line, line
     quantize_artifact(tiny_artifact, tmp_path / "int8")
     line = _one_line_exit_2(_bench_quantize(tmp_path / "int8"))
-    expected = f"{tmp_path / 'int8'} is int8; the benchmark quantizes an fp32 artifact itself"
+    expected = f"{tmp_path / 'int8'} is already int8; quantize its fp32 artifact"
     assert line == f"charrnn bench quantize: {expected}"
