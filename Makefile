@@ -6,45 +6,70 @@ BIN    := $(VENV)/bin
 SERVE_VENV ?= .venv-serve
 # checkov pins packaging<24, which pytest 9 refuses: it lives in its own tool environment.
 TOOLS_VENV ?= .venv-tools
+# make test-latest: a throwaway environment with the newest versions pyproject.toml allows.
+LATEST_VENV ?= .venv-latest
 
 .DEFAULT_GOAL := help
-.PHONY: help install serve sample test lint typecheck unit model proto bench-quality bench-quantize load deploy-check container-test container-bench fuzz bench-overload bench-soak clean
+.PHONY: help install lock test-latest serve sample test lint typecheck unit model model-shakespeare proto bench-quality bench-quantize load deploy-check container-test container-bench fuzz bench-overload bench-soak clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
 
+# Every environment installs from its lock in locks/: exact versions and sha256 hashes, for Linux x86-64 and
+# aarch64 and macOS arm64 on Python 3.11 and newer. pip checks every hash (--require-hashes) and resolves
+# nothing (--no-deps), so a fresh machine gets what CI tested, whatever is newest that day. pip itself and
+# setuptools come from the lock too: the project is built without an isolated build environment (which would
+# fetch the newest setuptools). `make lock` refreshes the locks from pyproject.toml's ranges, on purpose.
+LOCKS       := locks
+PIP_LOCKED  := pip install -q --require-hashes --no-deps
+PIP_PROJECT := pip install -q --no-deps --no-build-isolation
+
+# torch is the CPU build: on Linux the lock names PyTorch's `+cpu` wheel from its CPU index (PyPI's Linux
+# torch is the CUDA build, gigabytes), on macOS PyPI's. A machine that cannot reach the index falls back, after
+# pip's retries (about 10 s), to a wheel in its pip find-links or local indexes, checked against the lock's
+# hash. A CUDA build on purpose: `make install TORCH_BUILD=cu128` then replaces the locked torch with
+# PyTorch's build for this version (outside the lock; any build PyTorch publishes for it).
+TORCH_VERSION := $(shell sed -n 's/^ *"torch==\([^"]*\)".*/\1/p' pyproject.toml)
+TORCH_BUILD   ?= cpu
+TORCH_INDEX   ?= https://download.pytorch.org/whl/$(TORCH_BUILD)
+TORCH_LOCKED  := $(if $(filter Linux,$(shell uname -s)),--extra-index-url https://download.pytorch.org/whl/cpu)
+
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
 
-# torch is installed first, alone, from PyTorch's wheel index for TORCH_BUILD (default cpu): the `+cpu` build
-# has no CUDA and pulls no nvidia-* wheels, and the extras' `torch==` pin then finds it installed. PyPI's Linux
-# torch is the CUDA build (gigabytes). A machine that cannot reach the index falls back, after pip's retries
-# (about 10 s), to a wheel in its pip find-links or local indexes; a CUDA build is never a fallback.
-# A CUDA build on purpose: `make install TORCH_BUILD=cu128` (any build PyTorch publishes for this version).
-TORCH_VERSION := $(shell sed -n 's/^ *"torch==\([^"]*\)".*/\1/p' pyproject.toml)
-TORCH_BUILD   ?= $(if $(filter Darwin,$(shell uname -s)),,cpu)
-TORCH_INDEX   ?= https://download.pytorch.org/whl/$(TORCH_BUILD)
-TORCH_REQ     := torch==$(TORCH_VERSION)$(if $(TORCH_BUILD),+$(TORCH_BUILD))
-
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q --no-deps $(if $(TORCH_BUILD),--index-url $(TORCH_INDEX)) '$(TORCH_REQ)'
-	$(BIN)/pip install -q -e '.[serve,train,load,dev]'
+$(VENV)/.installed: pyproject.toml $(LOCKS)/dev.txt | $(BIN)/python
+	$(BIN)/$(PIP_LOCKED) $(TORCH_LOCKED) -r $(LOCKS)/dev.txt
+	$(BIN)/$(PIP_PROJECT) -e .
+	$(if $(filter-out cpu,$(TORCH_BUILD)),$(BIN)/pip install -q --index-url $(TORCH_INDEX) 'torch==$(TORCH_VERSION)+$(TORCH_BUILD)')
 	touch $@
 
-$(SERVE_VENV)/.installed: pyproject.toml
+$(SERVE_VENV)/.installed: pyproject.toml $(LOCKS)/serve.txt
 	$(PYTHON) -m venv $(SERVE_VENV)
-	$(SERVE_VENV)/bin/pip install -q --upgrade pip
-	$(SERVE_VENV)/bin/pip install -q -e '.[serve]'
+	$(SERVE_VENV)/bin/$(PIP_LOCKED) -r $(LOCKS)/serve.txt
+	$(SERVE_VENV)/bin/$(PIP_PROJECT) -e .
 	touch $@
 
-$(TOOLS_VENV)/.installed:
+$(TOOLS_VENV)/.installed: $(LOCKS)/tools.txt
 	$(PYTHON) -m venv $(TOOLS_VENV)
-	$(TOOLS_VENV)/bin/pip install -q --upgrade pip
-	$(TOOLS_VENV)/bin/pip install -q 'checkov>=3.2,<4'
+	$(TOOLS_VENV)/bin/$(PIP_LOCKED) -r $(LOCKS)/tools.txt
 	touch $@
 
-install: $(VENV)/.installed  ## the development environment (all extras) in .venv
+install: $(VENV)/.installed  ## the development environment (all extras) in .venv, from locks/dev.txt
+
+lock: install  ## refresh locks/ from pyproject.toml's ranges (every platform, with hashes); commit the result
+	UV=$(BIN)/uv PYTHON=$(BIN)/python scripts/lock.sh
+
+# Not part of CI: the same suite on the newest versions pyproject.toml allows today, so that drift shows up here
+# before a user's `pip install` meets it. Its own environment; the locked ones are left alone.
+test-latest: $(TOOLS_VENV)/.installed $(SERVE_VENV)/.installed  ## the suite on the newest allowed versions (.venv-latest)
+	rm -rf $(LATEST_VENV)
+	$(PYTHON) -m venv $(LATEST_VENV)
+	$(LATEST_VENV)/bin/pip install -q --upgrade pip
+	$(LATEST_VENV)/bin/pip install -q --no-deps $(TORCH_LOCKED) 'torch==$(TORCH_VERSION)$(if $(TORCH_LOCKED),+cpu)'
+	$(LATEST_VENV)/bin/pip install -q --upgrade --upgrade-strategy eager -e '.[serve,train,load,dev]'
+	$(LATEST_VENV)/bin/pip freeze --exclude-editable >$(LATEST_VENV)/versions.txt
+	touch $(LATEST_VENV)/.installed
+	CHARRNN_UNLOCKED=1 $(MAKE) --no-print-directory lint typecheck unit VENV=$(LATEST_VENV)
 
 serve: $(SERVE_VENV)/.installed  ## serve models/default: gRPC on 127.0.0.1:50051, HTTP + playground on :8000 (no torch)
 	$(SERVE_VENV)/bin/charrnn serve --model models/default --http-port 8000 $(if $(CHARRNN_HMAC_KEY),,--dev)
@@ -59,7 +84,7 @@ lint: install  ## ruff
 typecheck: install  ## mypy
 	$(BIN)/mypy
 
-unit: install $(TOOLS_VENV)/.installed  ## pytest only
+unit: install $(TOOLS_VENV)/.installed $(SERVE_VENV)/.installed  ## pytest only
 	$(BIN)/pytest -q
 
 test: lint typecheck unit  ## the whole suite: ruff, mypy, pytest
@@ -77,6 +102,21 @@ QUALITY_CONFIG := model.hidden_size=512 model.embedding_size=128 model.dropout=0
 # (TINY_SHAKESPEARE_URL) to this path (git ignores data/), or point TINY_SHAKESPEARE elsewhere.
 TINY_SHAKESPEARE ?= data/tinyshakespeare.txt
 TINY_SHAKESPEARE_URL := https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt
+
+# The lecture's model, models/shakespeare: tiny shakespeare on the standard 90/10 split, torchrun with one
+# process (and one torch thread) per core, a 27-minute budget (about 30 minutes with the final evaluation and
+# export). Not in CI; docs/training.md has its figures.
+SHAKESPEARE_CONFIG := model.hidden_size=512 model.embedding_size=128 model.dropout=0.2 optim.batch_size=32 \
+	optim.seq_len=128 optim.lr=0.002 optim.warmup_steps=150 optim.max_steps=8000 optim.max_minutes=27 \
+	run.eval_interval=250 run.sample_interval=250 run.threads=1 run.sample_prime=ROMEO:
+
+model-shakespeare: install  ## retrain models/shakespeare on tiny shakespeare (TINY_SHAKESPEARE=path; torchrun, 2 processes, 30 min)
+	@test -f "$(TINY_SHAKESPEARE)" || { echo "make model-shakespeare: no corpus at $(TINY_SHAKESPEARE); download \
+	$(TINY_SHAKESPEARE_URL) there, or pass TINY_SHAKESPEARE=/path/to/input.txt" >&2; exit 2; }
+	rm -rf runs/shakespeare
+	$(BIN)/torchrun --standalone --nproc-per-node 2 --max-restarts 0 --no-python $(BIN)/charrnn train \
+		--corpus "$(TINY_SHAKESPEARE)" --out runs/shakespeare --export models/shakespeare --name shakespeare \
+		$(SHAKESPEARE_CONFIG) $(SHAKESPEARE_ARGS)
 
 bench-quality: install  ## 30-minute quality benchmark on tiny shakespeare (TINY_SHAKESPEARE=path; docs/benchmarks.md)
 	@test -f "$(TINY_SHAKESPEARE)" || { echo "make bench-quality: no corpus at $(TINY_SHAKESPEARE); download \
@@ -113,4 +153,4 @@ proto: install  ## regenerate charrnn/v1 from proto/ (a test fails when the comm
 	PYTHON=$(BIN)/python scripts/gen_proto.sh
 
 clean:  ## remove environments and run outputs (runs/, load-results/, bench-results/)
-	rm -rf $(VENV) $(SERVE_VENV) $(TOOLS_VENV) runs load-results bench-results .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(SERVE_VENV) $(TOOLS_VENV) $(LATEST_VENV) runs load-results bench-results .mypy_cache .ruff_cache .pytest_cache

@@ -1,17 +1,11 @@
-"""`make install` never selects a CUDA build of torch, checked offline with pip's own resolver.
+"""`make install` installs its lock, hashes checked, and never a CUDA build of torch: checked with pip's own
+resolver, as a dry run of the Makefile's own commands.
 
-The commands are the Makefile's, as `make -n` prints them for a fresh virtual environment, run with
-`--dry-run --report` added: pip resolves exactly what they would install, with this machine's pip
-configuration (its find-links and local indexes), and writes the choice as JSON.
-
-What this proves and what it cannot:
-- The torch step asks for a build PyTorch labels `+cpu`, from PyTorch's CPU index, and whatever pip finds
-  for it carries no CUDA: here the CPU index is unreachable, so the local wheel is what it finds.
-- The extras, with that torch installed, add no nvidia-*, triton or CUDA package: a dependency that pulls
-  one in (onnxruntime-gpu, an unpinned torchvision...) fails the test.
-- The label is the mechanism: the local indexes here also hold a CUDA torch (PyPI's build of a newer
-  version, which requires nvidia-* wheels). Asked for that version, the torch step finds nothing rather
-  than that build; a plain `torch==VERSION` selects it (the control).
+- The lock step is `pip install --require-hashes --no-deps -r locks/dev.txt`, then the project alone. What
+  the lock pins (a `+cpu` torch, no nvidia-*, triton or CUDA package) and that the environment holds
+  exactly that are tests/test_locks.py's.
+- The hashes are the mechanism: the step on the lock's own torch entry resolves (the control); with that
+  entry's hash changed it is refused before anything installs.
 - It cannot show what download.pytorch.org or PyPI serve to a machine on the internet.
 """
 
@@ -26,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from packaging.utils import canonicalize_name
 
 REPO = Path(__file__).resolve().parents[1]
-CUDA_NAMES = re.compile(r"^(nvidia-.*|triton|.*cuda.*|cupy.*|onnxruntime-gpu)$", re.IGNORECASE)
 
 pytestmark = pytest.mark.slow
 
@@ -44,8 +38,8 @@ def install_commands(venv: Path, *make_vars: str) -> list[str]:
 
 
 def pip_installs(commands: list[str]) -> list[str]:
-    """The `pip install` lines that install packages (not pip's own upgrade)."""
-    return [c for c in commands if "/bin/pip install" in c and "--upgrade pip" not in c]
+    """The `pip install` lines, in order."""
+    return [c for c in commands if "/bin/pip install" in c]
 
 
 def dry_run(command: str, report: Path, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -57,7 +51,7 @@ def dry_run(command: str, report: Path, *extra: str) -> subprocess.CompletedProc
 def installed(report: Path) -> dict[str, dict[str, Any]]:
     """{normalised name: report item} for everything the dry run would install."""
     items = json.loads(report.read_text())["install"]
-    return {item["metadata"]["name"].lower().replace("_", "-"): item for item in items}
+    return {canonicalize_name(item["metadata"]["name"]): item for item in items}
 
 
 @pytest.fixture(scope="module")
@@ -72,43 +66,26 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
     return path, commands
 
 
-def test_the_extras_install_a_cpu_torch_and_no_cuda_package(venv: tuple[Path, list[str]], tmp_path: Path) -> None:
+def test_make_install_installs_the_lock_with_hashes_checked_then_only_the_project(
+    venv: tuple[Path, list[str]],
+) -> None:
     _, commands = venv
-    torch_step, extras_step = pip_installs(commands)
-    assert "--index-url https://download.pytorch.org/whl/cpu" in torch_step and "--no-deps" in torch_step
-    assert re.search(r"'torch==[\d.]+\+cpu'", torch_step), torch_step
-
-    first = dry_run(torch_step, tmp_path / "torch.json")
-    assert first.returncode == 0, first.stderr[-2000:]
-    torch = installed(tmp_path / "torch.json")
-    assert list(torch) == ["torch"] and torch["torch"]["metadata"]["version"].endswith("+cpu")
-    wheel = torch["torch"]["download_info"]["url"]
-    requires = torch["torch"]["metadata"].get("requires_dist", [])
-    assert not [r for r in requires if CUDA_NAMES.match(re.split(r"[\s;<>=!~\[]", r)[0])], requires
-
-    # The extras as they resolve once that torch is in the environment (named here by its wheel).
-    second = dry_run(extras_step, tmp_path / "extras.json", wheel)
-    assert second.returncode == 0, second.stderr[-2000:]
-    everything = installed(tmp_path / "extras.json")
-    assert {"torch", "onnxruntime", "locust", "pytest", "grpcio"} <= set(everything)
-    assert everything["torch"]["metadata"]["version"] == torch["torch"]["metadata"]["version"]
-    assert sorted(n for n in everything if CUDA_NAMES.match(n)) == []
+    lock_step, project_step = pip_installs(commands)
+    assert "--require-hashes" in lock_step and "--no-deps" in lock_step and "-r locks/dev.txt" in lock_step
+    assert "--no-deps" in project_step and project_step.endswith("-e .")
 
 
-def test_a_torch_only_published_for_cuda_is_refused_not_installed(venv: tuple[Path, list[str]], tmp_path: Path) -> None:
-    path, _ = venv
-    # The control: the newest torch this machine's indexes offer, as a plain requirement would get it.
-    control = subprocess.run(
-        [str(path / "bin" / "pip"), "install", "--dry-run", "--ignore-installed", "--no-deps", "--report",
-         str(tmp_path / "plain.json"), "torch"],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+def test_a_lock_whose_hash_does_not_match_is_refused(venv: tuple[Path, list[str]], tmp_path: Path) -> None:
+    _, commands = venv
+    lock = (REPO / "locks" / "dev.txt").read_text()
+    entry = re.search(r"^torch==[^\n]*\+cpu[^\n]*\n\s*--hash=sha256:([0-9a-f]{64})\n", lock, re.MULTILINE)
+    assert entry, "locks/dev.txt has no hashed +cpu torch"
+    step = pip_installs(commands)[0]
+    for name, text in (("locked", entry.group(0)), ("tampered", entry.group(0).replace(entry.group(1), "0" * 64))):
+        (tmp_path / f"{name}.txt").write_text(text)
+    control = dry_run(step.replace("-r locks/dev.txt", f"-r {tmp_path / 'locked.txt'}"), tmp_path / "locked.json")
     assert control.returncode == 0, control.stderr[-2000:]
-    plain = installed(tmp_path / "plain.json")["torch"]["metadata"]
-    if not any(r.startswith("nvidia-") for r in plain.get("requires_dist", [])):
-        pytest.skip(f"the indexes here offer no CUDA build of torch to refuse (newest: {plain['version']})")
-
-    torch_step = pip_installs(install_commands(path, f"TORCH_VERSION={plain['version']}"))[0]
-    refused = dry_run(torch_step, tmp_path / "refused.json")
-    assert refused.returncode != 0, f"{torch_step} selected {sorted(installed(tmp_path / 'refused.json'))}"
-    assert f"torch=={plain['version']}+cpu" in refused.stderr and not (tmp_path / "refused.json").exists()
+    assert installed(tmp_path / "locked.json")["torch"]["metadata"]["version"].endswith("+cpu")
+    refused = dry_run(step.replace("-r locks/dev.txt", f"-r {tmp_path / 'tampered.txt'}"), tmp_path / "refused.json")
+    assert refused.returncode != 0 and "DO NOT MATCH THE HASHES" in refused.stderr, refused.stderr[-2000:]
+    assert not (tmp_path / "refused.json").exists()

@@ -10,13 +10,18 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from packaging.markers import default_environment
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 from charrnn.client import Client
+from deploy.slim_venv import PACKAGING_TOOLS
 from tests.containers.deployment import ContainerRun, quantity
 from tests.containers.engine import Engine
 from tests.containers.running import Container
 from tests.deploy.tools import MAX_SERVE_ENV_BYTES, REPO
 from tests.observability.scrape import scrape
+from tests.test_locks import pinned, read_lock
 
 pytestmark = [pytest.mark.containers, pytest.mark.timeout(900)]
 
@@ -51,6 +56,30 @@ def test_the_serving_image_holds_only_the_serving_environment(
     # What the image adds to its base: the serving environment (bounded by the serve-env test) and the model.
     added = image["Size"] - base["Size"]
     assert added < MAX_SERVE_ENV_BYTES + MODEL_BYTES, f"the serving image adds {added / 1e6:.0f} MB to its base"
+
+
+VERSIONS = """
+import importlib.metadata as m, json, platform, sys
+print(json.dumps({
+    "installed": {d.metadata["Name"]: d.version for d in m.distributions()},
+    "environment": {"sys_platform": sys.platform, "platform_machine": platform.machine(),
+                    "python_full_version": platform.python_version()},
+}))
+"""
+
+
+def test_the_serving_image_holds_exactly_the_serve_lock(engine: Engine, serve_image: str) -> None:
+    """Every distribution in the image at the version locks/serve.txt pins for the image's platform, and
+    nothing else: but the project itself, and the packaging tools deploy/slim_venv.py removes."""
+    result = engine.docker("run", "--rm", "--read-only", "--entrypoint", "python", serve_image, "-c", VERSIONS)
+    facts = json.loads(result.stdout)
+    environment = {**default_environment(), **facts["environment"]}
+    environment["python_version"] = ".".join(environment["python_full_version"].split(".")[:2])
+    locked = pinned(read_lock(REPO / "locks" / "serve.txt"), environment)
+    slimmed = {canonicalize_name(name) for name in PACKAGING_TOOLS}
+    expected = {name: version for name, version in locked.items() if name not in slimmed}
+    installed = {canonicalize_name(k): Version(v) for k, v in facts["installed"].items() if k != "charrnn"}
+    assert installed == expected
 
 
 def _expected(run_spec: dict[str, Any], pod: dict[str, Any]) -> dict[str, Any]:

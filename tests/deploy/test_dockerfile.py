@@ -109,10 +109,11 @@ def test_serving_stage(stages: dict[str, Stage]) -> None:
     ]
     chain = stage_chain(list(stages.values()), "serve-build")
     build = " ".join(args for stage in chain for op, args in stage.instructions if op == "RUN")
-    assert "'.[serve]'" in build and "deploy/slim_venv.py /opt/venv" in build and "[train]" not in build
+    assert "--require-hashes --no-deps -r locks/serve.txt" in build and "deploy/slim_venv.py /opt/venv" in build
+    assert "locks/train.txt" not in build and "[train]" not in build
     # The serving environment is installed from the shared packages only: no training code in the image.
     sources = context_copy_sources(chain)
-    assert set(sources) == {"pyproject.toml", "README.md", "deploy/slim_venv.py", "charrnn", "service"}, sources
+    assert set(sources) == {"pyproject.toml", "README.md", "locks", "deploy/slim_venv.py", "charrnn", "service"}
     # Non-root numeric user, exec-form entry point, grpc health check, read-only-root-friendly environment.
     users = [args for op, args in instructions if op == "USER"]
     assert users and re.fullmatch(r"[1-9]\d*:[1-9]\d*", users[-1])
@@ -136,7 +137,8 @@ def test_serving_stage(stages: dict[str, Stage]) -> None:
 def test_training_stage(stages: dict[str, Stage]) -> None:
     train = stages["train"]
     run = " ".join(a for op, a in stages["train-build"].instructions if op == "RUN")
-    assert "'.[train]'" in run and "download.pytorch.org/whl/cpu" in DOCKERFILE.read_text(encoding="utf-8")
+    assert "--require-hashes --no-deps" in run and "-r locks/train.txt" in run
+    assert "download.pytorch.org/whl/cpu" in DOCKERFILE.read_text(encoding="utf-8")
     # Offline builds: pip looks in the local wheel directory, and an empty TORCH_INDEX_URL drops the index.
     assert (["deploy/wheels"], "./wheels", None) in stages["train-build"].copies
     assert "--find-links ./wheels" in run and "${TORCH_INDEX_URL:+" in run

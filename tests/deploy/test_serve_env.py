@@ -1,9 +1,10 @@
 """The serving image's promise, checked without Docker.
 
-deploy/Dockerfile's serving stage installs only the `serve` extra from the files its build stages copy.
-This test does the same into a fresh virtual environment (real dependency resolution from the package
-index), starts `charrnn serve` from it on the shipped default model, streams a generation with the project's
-client from that environment, scrapes /metrics, and checks torch is not importable there.
+deploy/Dockerfile's serving stage installs only the `serve` extra's lock (locks/serve.txt) and the project
+from the files its build stages copy. This test does the same into a fresh virtual environment (real
+downloads from the package index, hashes checked), starts `charrnn serve` from it on the shipped default
+model, streams a generation with the project's client from that environment, scrapes /metrics, and checks
+torch is not importable there.
 
 The environment is cached under the system temp dir, keyed by a hash of everything the install reads (the
 COPY sources and the Python version), so a change to the code or to pyproject.toml builds a new one; set
@@ -73,13 +74,10 @@ def _build(venv: Path, sources: list[str]) -> None:
             shutil.copy2(REPO / source, context / source)
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    subprocess.run(
-        [str(venv / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check", f"{context}[serve]"],
-        check=True,
-        timeout=900,
-        env=env,
-        cwd=venv.parent,
-    )
+    pip = [str(venv / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check", "--no-deps"]
+    # As the Dockerfile's serve-deps stage does: the lock, hashes checked, then the project built by it.
+    for args in (["--require-hashes", "-r", "locks/serve.txt"], ["--no-build-isolation", "."]):
+        subprocess.run([*pip, *args], check=True, timeout=900, env=env, cwd=context)
     shutil.rmtree(context, ignore_errors=True)
     # As the Dockerfile's serving stage does: the measured environment is the image's.
     subprocess.run([sys.executable, str(REPO / "deploy" / "slim_venv.py"), str(venv)], check=True, timeout=120)
