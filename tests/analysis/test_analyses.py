@@ -14,7 +14,7 @@ from training.analysis.gates import analyze_gates, gate_statistics
 from training.analysis.gradients import SCALES, analyze_gradients, gradient_norms, scaled, twin, windows
 from training.analysis.progression import ProgressionError, find_samples, write_progression
 from training.analysis.record import record
-from training.analysis.units import QUOTE_FEATURE, analyze_units
+from training.analysis.units import analyze_units
 from training.analysis.weights import load_model
 
 
@@ -38,7 +38,7 @@ def test_units_report_and_pictures(tiny_artifact: Path, python_file: Path, tmp_p
     report = analyze_units(load_model(tiny_artifact), tmp_path, [python_file])
     names = [s.feature for s in report.scores]
     assert names == ["in_string", "in_brackets", "start_of_line", "column", "indent"]
-    quote = report.score(QUOTE_FEATURE)
+    quote = report.headline_score()
     for s in report.scores:
         if s.metric == "auc":
             assert all(0.0 <= v <= 1.0 for v in (s.heldout, s.control_shuffled, s.control_shifted, s.selection))

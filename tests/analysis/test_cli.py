@@ -18,7 +18,7 @@ def test_units_command(
     code = main(["analyze", "units", "--model", str(tiny_artifact), "--text", str(python_file), "--out", str(out)])
     assert code == 0
     printed = capsys.readouterr().out
-    assert "| in_string | auc |" in printed and "quote unit" in printed and "shuffled-label control" in printed
+    assert "| in_string | auc |" in printed and "in_string unit" in printed and "shuffled-label control" in printed
     assert {p.name for p in out.iterdir()} == {"units.md", "units.json", "unit.html", "unit.png"}
 
 

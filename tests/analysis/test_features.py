@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.analysis.features import document_features, layout_features, lexable, string_and_bracket_masks
+from training.analysis.features import (
+    layout_features,
+    lexable,
+    prose_features,
+    python_document_features,
+    string_and_bracket_masks,
+)
 
 
 def _marked(text: str, mask: np.ndarray) -> str:
@@ -48,8 +54,22 @@ def test_unlexable_text_is_detected() -> None:
 
 
 def test_documents_are_lexed_separately_and_joined() -> None:
-    text, features = document_features(['a = "x"\n', "b = 'y'\n"])
+    text, features = python_document_features(['a = "x"\n', "b = 'y'\n"])
     assert text == "a = \"x\"\n\nb = 'y'\n"
     in_string = next(f for f in features if f.name == "in_string").values
     assert len(in_string) == len(text)
     assert _marked(text, in_string) == "____\"x_______'y__"
+
+
+def test_prose_features_label_a_play_by_hand() -> None:
+    text = "ROMEO:\nBut soft!\nWhat light?\n\nFirst Citizen:\nSpeak.\n"
+    features = {f.name: f.values for f in prose_features(text)}
+    # Labelled by hand: the characters of the two name lines (colon included, newline not).
+    speaker = [i for i, _ in enumerate(text) if features["in_speaker"][i]]
+    romeo, citizen = text.index("ROMEO:"), text.index("First Citizen:")
+    assert speaker == [*range(romeo, romeo + 6), *range(citizen, citizen + 14)]
+    assert features["in_word"][text.index("soft")] and not features["in_word"][text.index("!")]
+    # Lines into the speech: 0 on the name line, 1 on its first line, 2 on the second.
+    into = features["lines_into_speech"]
+    assert into[text.index("But")] == 1 and into[text.index("What")] == 2 and into[text.index("Speak")] == 1
+    assert features["start_of_line"][text.index("But")] and features["column"][text.index("soft")] == 4

@@ -49,6 +49,8 @@ def _text_args(parser: argparse.ArgumentParser) -> None:
 
 
 def register(sub: Any) -> None:
+    from training.analysis.features import FEATURE_SETS  # numpy only: the parser lists the feature sets
+
     analyze = sub.add_parser("analyze", help="hidden units, gates, gradient flow, the hello model, progression")
     what = analyze.add_subparsers(dest="analysis", metavar="ANALYSIS", required=True)
 
@@ -58,10 +60,19 @@ def register(sub: Any) -> None:
     _out_arg(hello, "hello")
     hello.set_defaults(handler=_hello)
 
-    units = what.add_parser("units", help="score every hidden unit against code features; draw the quote unit")
+    units = what.add_parser(
+        "units", help="score every hidden unit against the text's features (code or a play); draw the headline unit"
+    )
     _model_args(units, "units")
     _text_args(units)
-    units.add_argument("--unit", help="draw this unit (e.g. c1:42) instead of the best string-tracking one")
+    units.add_argument("--unit", help="draw this unit (e.g. c1:42) instead of the headline feature's best one")
+    units.add_argument(
+        "--features",
+        choices=["auto", *FEATURE_SETS],
+        default="auto",
+        help="what to score against: python (strings, brackets, indentation) or prose (a play's speaker lines, "
+        "words, line position); auto: python for the builtin Python corpus or .py texts, else prose",
+    )
     units.add_argument(
         "--annotate",
         action="store_true",
@@ -119,22 +130,22 @@ def _hello(args: argparse.Namespace) -> int:
 def _units(args: argparse.Namespace) -> int:
     from charrnn.artifact import ArtifactError
     from training.analysis.heldout import HeldoutError
-    from training.analysis.units import QUOTE_FEATURE, analyze_units, annotate_manifest, markdown, unit_notes
+    from training.analysis.units import analyze_units, annotate_manifest, markdown, unit_notes
 
     if args.annotate and args.checkpoint is not None:
         print("charrnn analyze units: --annotate writes --model's manifest; drop --checkpoint", file=sys.stderr)
         return 2
     try:
-        report = analyze_units(_load(args), args.out, args.text, args.chars, args.unit)
+        report = analyze_units(_load(args), args.out, args.text, args.chars, args.unit, features_of=args.features)
         notes = unit_notes(report) if args.annotate else []
         manifest = annotate_manifest(args.model, notes) if args.annotate else None
     except (ArtifactError, HeldoutError, KeyError, ValueError) as exc:
         return _fail("analyze units", exc)
     sys.stdout.write(markdown(report))
-    quote = report.score(QUOTE_FEATURE)
+    top = report.headline_score()
     print(
-        f"\nquote unit {quote.unit} ({'+' if quote.sign > 0 else '-'}): held-out AUC {quote.heldout:.3f} "
-        f"(shuffled-label control {quote.control_shuffled:.3f}, shifted {quote.control_shifted:.3f})"
+        f"\n{top.feature} unit {top.unit} ({'+' if top.sign > 0 else '-'}): held-out {top.metric} {top.heldout:.3f} "
+        f"(shuffled-label control {top.control_shuffled:.3f}, shifted {top.control_shifted:.3f})"
     )
     print(f"wrote {args.out}/units.md, units.json, unit.html, unit.png")
     if manifest is not None:

@@ -1,16 +1,19 @@
-"""Character-level features of Python source, to score hidden units against.
+"""Character-level features of a text, to score hidden units against: Python source or prose (a play).
 
 Each feature describes the state *after reading* a character, matching the hidden state
-recorded at that character. String literals and brackets come from the `tokenize` module
+recorded at that character. For Python, string literals and brackets come from the `tokenize` module
 (a real lexer: triple quotes, escapes, prefixes and comments are handled as Python does),
-so the labels are right even where a hand-written quote counter would be fooled.
+so the labels are right even where a hand-written quote counter would be fooled. For prose, the
+features are what a play's layout makes visible: the speaker's name line, words, line position.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import re
 import tokenize
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -108,7 +111,7 @@ def lexable(text: str) -> bool:
     return True
 
 
-def document_features(documents: list[str], separator: str = "\n") -> tuple[str, list[Feature]]:
+def python_document_features(documents: list[str], separator: str = "\n") -> tuple[str, list[Feature]]:
     """Features of documents joined by `separator` (each lexed on its own, as files are)."""
     parts = [python_features(doc) for doc in documents]
     text = separator.join(documents)
@@ -127,3 +130,55 @@ def document_features(documents: list[str], separator: str = "\n") -> tuple[str,
         for f in joined
     ]
     return text, fixed
+
+
+# A speaker's line in a play as tiny shakespeare writes it: a capitalised name alone on its line, then a colon
+# ("ROMEO:", "First Citizen:").
+_SPEAKER_LINE = re.compile(r"^[A-Z][A-Za-z' ]{0,40}:$", re.MULTILINE)
+
+
+def prose_features(text: str) -> list[Feature]:
+    """A play's visible structure: the speaker's name line, words, the start of and position in a line,
+    and how many lines into the current speech the text is."""
+    speaker = np.zeros(len(text), dtype=bool)
+    for match in _SPEAKER_LINE.finditer(text):
+        speaker[match.start() : match.end()] = True  # the name and its colon; the newline leaves it
+    layout = layout_features(text)
+    in_word = np.fromiter((ch.isalpha() for ch in text), dtype=bool, count=len(text))
+    lines_into_speech = np.zeros(len(text), dtype=np.float64)
+    count = 0.0
+    for pos, ch in enumerate(text):
+        if speaker[pos]:
+            count = 0.0
+        lines_into_speech[pos] = count
+        if ch == "\n" and not speaker[pos]:
+            count += 1.0
+    return [
+        Feature("in_speaker", speaker, True, "the speaker's name line (NAME:)"),
+        Feature("in_word", in_word, True, "inside a word (a letter)"),
+        Feature("start_of_line", layout["start_of_line"], True, "first character of a line"),
+        Feature("column", layout["column"].astype(np.float64), False, "position in the line"),
+        Feature("lines_into_speech", lines_into_speech, False, "lines since the speaker's name"),
+    ]
+
+
+def prose_document_features(documents: list[str], separator: str = "\n") -> tuple[str, list[Feature]]:
+    """Features of documents joined by `separator`: prose features need no per-document lexing."""
+    text = separator.join(documents)
+    return text, prose_features(text)
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    """What a corpus' characters are scored against, and the feature whose unit the analysis draws."""
+
+    name: str
+    headline: str  # the feature whose best unit is drawn (the string unit for code)
+    accept: Callable[[str], bool] | None  # which held-out documents can be labelled
+    document_features: Callable[[list[str]], tuple[str, list[Feature]]]
+
+
+FEATURE_SETS = {
+    "python": FeatureSet("python", "in_string", lexable, python_document_features),
+    "prose": FeatureSet("prose", "in_speaker", None, prose_document_features),
+}

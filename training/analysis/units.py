@@ -1,8 +1,9 @@
 """`charrnn analyze units`: which hidden units track strings, brackets, indentation, line position.
 
 Karpathy, Johnson & Fei-Fei (2015) found single LSTM cells that switch on inside quotes
-and count indentation. This records every unit of the model over held-out Python, scores
-each against character features, and draws the chosen unit over the text. With `--annotate`, the units
+and count indentation. This records every unit of the model over held-out text, scores
+each against character features (Python's for a model of code, a play's for prose: see FEATURE_SETS),
+and draws the chosen unit over the text. With `--annotate`, the units
 that clearly track a feature go into the artifact's manifest (`units`), where the HTTP playground reads them.
 """
 
@@ -17,16 +18,16 @@ from pathlib import Path
 import numpy as np
 
 from charrnn.artifact import UnitNote, load_manifest, write_manifest
-from training.analysis.features import Feature, document_features, lexable
+from training.analysis.features import FEATURE_SETS, Feature, FeatureSet
 from training.analysis.heldout import DEFAULT_MAX_CHARS, heldout_documents
 from training.analysis.record import Recording, record
 from training.analysis.render import heatmap_html, heatmap_png
 from training.analysis.scoring import FeatureScore, UnitScorer
 from training.analysis.weights import LoadedModel
+from training.config import BUILTIN_CORPUS
 
 log = logging.getLogger(__name__)
 
-QUOTE_FEATURE = "in_string"
 SHOWN_CHARS = 2500  # characters on the HTML page
 # A unit is written into the manifest when its held-out score is at least this far from chance (AUC 0.5,
 # r 0) and this many times farther than either control: both far above what the default model's scores show
@@ -44,6 +45,11 @@ class UnitsReport:
     scores: list[FeatureScore]
     shown_unit: str
     shown_sign: int
+    feature_set: str
+    headline: str  # the feature whose best unit is drawn
+
+    def headline_score(self) -> FeatureScore:
+        return self.score(self.headline)
 
     def score(self, feature: str) -> FeatureScore:
         return next(s for s in self.scores if s.feature == feature)
@@ -82,9 +88,11 @@ def analyze_units(
     max_chars: int = DEFAULT_MAX_CHARS,
     unit: str | None = None,
     seed: int = 0,
+    features_of: str = "auto",
 ) -> UnitsReport:
-    documents = heldout_documents(loaded, texts, max_chars, accept=lexable)
-    text, features = document_features(documents)
+    feature_set = choose_feature_set(loaded, texts, features_of)
+    documents = heldout_documents(loaded, texts, max_chars, accept=feature_set.accept)
+    text, features = feature_set.document_features(documents)
     ids, unknown = loaded.vocab.encode_lossy(text)
     if unknown:
         log.warning("%d held-out characters are outside the vocabulary (read as the unknown character)", unknown)
@@ -93,14 +101,26 @@ def analyze_units(
     log.info("recorded %d units over %d characters", len(unit_ids), len(text))
     scorer = UnitScorer(acts, unit_ids, seed=seed)
     scores = [scorer.score(f) for f in features]
-    quote = next(s for s in scores if s.feature == QUOTE_FEATURE)
-    shown_unit, sign = (unit, 1) if unit else (quote.unit, quote.sign)
-    report = UnitsReport(loaded.describe(), len(text), len(unit_ids), scores, shown_unit, sign)
+    headline = next(s for s in scores if s.feature == feature_set.headline)
+    shown_unit, sign = (unit, 1) if unit else (headline.unit, headline.sign)
+    report = UnitsReport(
+        loaded.describe(), len(text), len(unit_ids), scores, shown_unit, sign, feature_set.name, headline.feature
+    )
     out.mkdir(parents=True, exist_ok=True)
     (out / "units.json").write_text(json.dumps(asdict(report), indent=2) + "\n", encoding="utf-8")
     (out / "units.md").write_text(markdown(report), encoding="utf-8")
-    draw_unit(recording, text, features, shown_unit, scorer.split, out, quote if not unit else None)
+    draw_unit(recording, text, features, shown_unit, scorer.split, out, headline if not unit else None)
     return report
+
+
+def choose_feature_set(loaded: LoadedModel, texts: list[Path] | None, name: str) -> FeatureSet:
+    """`auto`: Python's features for a model of the builtin Python corpus or for `.py` texts, else prose."""
+    if name != "auto":
+        return FEATURE_SETS[name]
+    if texts:
+        return FEATURE_SETS["python" if all(p.suffix == ".py" for p in texts) else "prose"]
+    corpus = loaded.training.get("config", {}).get("data", {}).get("corpus")
+    return FEATURE_SETS["python" if corpus == BUILTIN_CORPUS else "prose"]
 
 
 def draw_unit(
@@ -110,21 +130,19 @@ def draw_unit(
     unit: str,
     split: int,
     out: Path,
-    quote: FeatureScore | None,
+    headline: FeatureScore | None,
 ) -> None:
-    """HTML page and PNG of `unit` over the held-out half, where strings open and close most."""
+    """HTML page and PNG of `unit` over the held-out half, where the headline feature (strings, for code)
+    switches most."""
     values = recording.unit(unit)
-    strings = next(f.values for f in features if f.name == QUOTE_FEATURE)
-    note = (
-        f"held-out AUC {quote.heldout:.3f} for 'inside a string' ({'+' if quote.sign > 0 else '-'} sign)"
-        if quote
-        else ""
-    )
-    start = busiest_window(strings, split, SHOWN_CHARS)
+    flags = next(f.values for f in features if f.name == (headline.feature if headline else features[0].name))
+    sign = "+" if headline and headline.sign > 0 else "-"
+    note = f"held-out AUC {headline.heldout:.3f} for '{headline.description}' ({sign} sign)" if headline else ""
+    start = busiest_window(flags, split, SHOWN_CHARS)
     end = start + SHOWN_CHARS
     page = heatmap_html(text[start:end], values[start:end], f"unit {unit}", note)
     (out / "unit.html").write_text(page, encoding="utf-8")
-    png_start = busiest_window(strings, start, 1200)
+    png_start = busiest_window(flags, start, 1200)
     heatmap_png(
         text[png_start : png_start + 1200],
         values[png_start : png_start + 1200],
