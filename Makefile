@@ -25,9 +25,9 @@ PIP_LOCKED  := pip install -q --require-hashes --no-deps
 PIP_PROJECT := pip install -q --no-deps --no-build-isolation
 
 # torch is the CPU build: on Linux the lock names PyTorch's `+cpu` wheel from its CPU index (PyPI's Linux
-# torch is the CUDA build, gigabytes), on macOS PyPI's. A machine that cannot reach the index falls back, after
-# pip's retries (about 10 s), to a wheel in its pip find-links or local indexes, checked against the lock's
-# hash. A CUDA build on purpose: `make install TORCH_BUILD=cu128` then replaces the locked torch with
+# torch is the CUDA build, gigabytes), on macOS PyPI's. It is installed first and alone (locks/torch.txt),
+# the only install that asks that index: a machine that cannot reach it falls back, after pip's retries
+# (about 10 s), to a wheel in its pip find-links or local indexes, checked against the lock's hash. A CUDA build on purpose: `make install TORCH_BUILD=cu128` then replaces the locked torch with
 # PyTorch's build for this version (outside the lock; any build PyTorch publishes for it).
 TORCH_VERSION := $(shell sed -n 's/^ *"torch==\([^"]*\)".*/\1/p' pyproject.toml)
 TORCH_BUILD   ?= cpu
@@ -37,8 +37,9 @@ TORCH_LOCKED  := $(if $(filter Linux,$(shell uname -s)),--extra-index-url https:
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed: pyproject.toml $(LOCKS)/dev.txt | $(BIN)/python
-	$(BIN)/$(PIP_LOCKED) $(TORCH_LOCKED) -r $(LOCKS)/dev.txt
+$(VENV)/.installed: pyproject.toml $(LOCKS)/dev.txt $(LOCKS)/torch.txt | $(BIN)/python
+	$(BIN)/$(PIP_LOCKED) $(TORCH_LOCKED) -r $(LOCKS)/torch.txt
+	$(BIN)/$(PIP_LOCKED) -r $(LOCKS)/dev.txt
 	$(BIN)/$(PIP_PROJECT) -e .
 	$(if $(filter-out cpu,$(TORCH_BUILD)),$(BIN)/pip install -q --index-url $(TORCH_INDEX) 'torch==$(TORCH_VERSION)+$(TORCH_BUILD)')
 	touch $@

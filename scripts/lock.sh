@@ -53,3 +53,11 @@ compile load pyproject.toml locks/build.in --extra serve --extra load
 compile train pyproject.toml locks/build.in --extra train
 compile dev pyproject.toml locks/build.in --extra serve --extra train --extra load --extra dev
 compile tools locks/tools.in locks/build.in
+
+# torch alone, as the train and dev locks pin it: installed first, by itself, with PyTorch's index, so that
+# pip asks that index for torch only (a machine that cannot reach it would retry it for every package).
+{
+  echo "# torch as locks/train.txt and locks/dev.txt pin it (written by make lock): installed first, alone."
+  awk '/^torch==/ {keep = 1; print; next} /^[a-z0-9]/ {keep = 0} keep' locks/train.txt
+} >locks/torch.txt
+echo "locks/torch.txt: $(grep -c '^torch==' locks/torch.txt) entries"

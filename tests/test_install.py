@@ -1,7 +1,8 @@
 """`make install` installs its lock, hashes checked, and never a CUDA build of torch: checked with pip's own
 resolver, as a dry run of the Makefile's own commands.
 
-- The lock step is `pip install --require-hashes --no-deps -r locks/dev.txt`, then the project alone. What
+- torch alone from locks/torch.txt (the only step that asks PyTorch's index), then `pip install
+  --require-hashes --no-deps -r locks/dev.txt`, then the project alone. What
   the lock pins (a `+cpu` torch, no nvidia-*, triton or CUDA package) and that the environment holds
   exactly that are tests/test_locks.py's.
 - The hashes are the mechanism: the step on the lock's own torch entry resolves (the control); with that
@@ -70,22 +71,26 @@ def test_make_install_installs_the_lock_with_hashes_checked_then_only_the_projec
     venv: tuple[Path, list[str]],
 ) -> None:
     _, commands = venv
-    lock_step, project_step = pip_installs(commands)
-    assert "--require-hashes" in lock_step and "--no-deps" in lock_step and "-r locks/dev.txt" in lock_step
+    torch_step, lock_step, project_step = pip_installs(commands)
+    for step, lock in ((torch_step, "torch"), (lock_step, "dev")):
+        assert "--require-hashes" in step and "--no-deps" in step and f"-r locks/{lock}.txt" in step
+    # Only the torch step asks PyTorch's index: pip retries an unreachable index for every package it looks up.
+    assert ("download.pytorch.org" in torch_step) == (sys.platform == "linux")
+    assert "download.pytorch.org" not in lock_step
     assert "--no-deps" in project_step and project_step.endswith("-e .")
 
 
 def test_a_lock_whose_hash_does_not_match_is_refused(venv: tuple[Path, list[str]], tmp_path: Path) -> None:
     _, commands = venv
-    lock = (REPO / "locks" / "dev.txt").read_text()
+    lock = (REPO / "locks" / "torch.txt").read_text()
     entry = re.search(r"^torch==[^\n]*\+cpu[^\n]*\n\s*--hash=sha256:([0-9a-f]{64})\n", lock, re.MULTILINE)
-    assert entry, "locks/dev.txt has no hashed +cpu torch"
+    assert entry, "locks/torch.txt has no hashed +cpu torch"
     step = pip_installs(commands)[0]
     for name, text in (("locked", entry.group(0)), ("tampered", entry.group(0).replace(entry.group(1), "0" * 64))):
         (tmp_path / f"{name}.txt").write_text(text)
-    control = dry_run(step.replace("-r locks/dev.txt", f"-r {tmp_path / 'locked.txt'}"), tmp_path / "locked.json")
+    control = dry_run(step.replace("-r locks/torch.txt", f"-r {tmp_path / 'locked.txt'}"), tmp_path / "locked.json")
     assert control.returncode == 0, control.stderr[-2000:]
     assert installed(tmp_path / "locked.json")["torch"]["metadata"]["version"].endswith("+cpu")
-    refused = dry_run(step.replace("-r locks/dev.txt", f"-r {tmp_path / 'tampered.txt'}"), tmp_path / "refused.json")
+    refused = dry_run(step.replace("-r locks/torch.txt", f"-r {tmp_path / 'tampered.txt'}"), tmp_path / "refused.json")
     assert refused.returncode != 0 and "DO NOT MATCH THE HASHES" in refused.stderr, refused.stderr[-2000:]
     assert not (tmp_path / "refused.json").exists()

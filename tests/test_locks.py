@@ -132,7 +132,7 @@ def test_every_lock_agrees_with_pyproject_on_every_platform(lock: str) -> None:
             assert entry.name in direct, f"locks/{lock}.txt still has {entry.name}, which pyproject.toml dropped"
 
 
-@pytest.mark.parametrize("lock", [*sorted(ENVIRONMENTS), "tools"])
+@pytest.mark.parametrize("lock", [*sorted(ENVIRONMENTS), "tools", "torch"])
 def test_every_locked_package_has_its_hashes(lock: str) -> None:
     entries = read_lock(LOCKS / f"{lock}.txt")
     assert entries
@@ -149,6 +149,16 @@ def test_torch_is_the_cpu_build_on_linux_and_nothing_pulls_in_cuda() -> None:
                 assert versions["torch"].local == "cpu", f"locks/{lock}.txt: torch for {platform}"
             cuda = [n for n in versions if re.match(r"nvidia-|triton$|.*cuda", n)]
             assert not cuda, f"locks/{lock}.txt installs {cuda} on {platform}"
+
+
+def test_the_torch_lock_is_the_train_and_dev_locks_torch() -> None:
+    """locks/torch.txt (installed first, alone) pins exactly what the train and dev locks pin, hashes too."""
+    torch = {(e.version, str(e.marker), e.hashes) for e in read_lock(LOCKS / "torch.txt")}
+    assert torch
+    for lock in ("train", "dev"):
+        assert torch == {
+            (e.version, str(e.marker), e.hashes) for e in read_lock(LOCKS / f"{lock}.txt") if e.name == "torch"
+        }
 
 
 def installed_versions(python: Path | str) -> dict[str, Version]:
