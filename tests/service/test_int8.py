@@ -28,8 +28,8 @@ DEPLOY_THREADS = 2  # the documented alternative to the default 1 (`--intra-op-t
 
 @pytest.fixture(scope="module")
 def int8_dirs(artifacts: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """int8 artifacts of the tiny random-weight models (scored on a code-like text: their quality is
-    not the point here, so the gate only warns) and of the shipped model."""
+    """int8 artifacts of the tiny random-weight models (scored on a code-like text) and of the shipped model:
+    their quality is not the point here (tests/training/test_quantize.py's), so the gate only warns."""
     root = tmp_path_factory.mktemp("int8")
     corpus = root / "corpus.txt"
     corpus.write_text(make_text(), encoding="utf-8")
@@ -38,7 +38,7 @@ def int8_dirs(artifacts: dict[str, Path], tmp_path_factory: pytest.TempPathFacto
     for name, out in dirs.items():
         quantize_artifact(artifacts[name], out, loose)
     dirs["default"] = root / "default"
-    quantize_artifact(DEFAULT_MODEL, dirs["default"], QualityGate(val_chars=5000))
+    quantize_artifact(DEFAULT_MODEL, dirs["default"], QualityGate(allow_loss_increase=True, val_chars=5000))
     return dirs
 
 
