@@ -12,15 +12,13 @@ counts how many went out while a bystander was in flight: the evidence that they
 from __future__ import annotations
 
 import contextlib
-import http.client
-import json
 import threading
-import urllib.parse
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench.completions import CompletionsClient, HttpRefusal
 from charrnn.client import CharRNNError, Client
 
 PROMPT = "def f(x):\n    return "
@@ -62,53 +60,6 @@ def standard(chars: int) -> tuple[Bystander, ...]:
         Bystander("sse-top-p", "sse", chars, temperature=1.0, seed=13, top_p=0.8),
         Bystander("http-greedy", "http", chars, temperature=0.0, seed=14),
     )
-
-
-class HttpEdge:
-    """One keep-alive HTTP connection to a server's completions route (one per thread)."""
-
-    def __init__(self, url: str, timeout: float):
-        parts = urllib.parse.urlsplit(url)
-        self.host, self.port, self.timeout = parts.hostname or "127.0.0.1", parts.port or 80, timeout
-        self.conn: http.client.HTTPConnection | None = None
-
-    def complete(self, body: dict[str, Any]) -> str:
-        """The completion's text (joined from its events when streamed); RuntimeError on any error."""
-        if self.conn is None:
-            self.conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
-        try:
-            self.conn.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
-            response = self.conn.getresponse()
-            if body.get("stream"):
-                return "".join(_event_texts(response))
-            answer = json.loads(response.read())
-        except BaseException:
-            self.close()
-            raise
-        if response.status != 200:
-            raise RuntimeError(f"HTTP {response.status}: {json.dumps(answer)[:SHOWN]}")
-        return str(answer["choices"][0]["text"])
-
-    def close(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
-
-
-def _event_texts(response: http.client.HTTPResponse) -> Iterator[str]:
-    if response.status != 200:
-        raise RuntimeError(f"HTTP {response.status}: {response.read()[:SHOWN]!r}")
-    done = False
-    for line in response:
-        if line.strip() == b"data: [DONE]":
-            done = True
-        elif line.startswith(b"data: "):
-            event = json.loads(line[len(b"data: ") :])
-            if "error" in event:
-                raise RuntimeError(f"error event: {json.dumps(event)[:SHOWN]}")
-            yield event["choices"][0]["text"]
-    if not done:
-        raise RuntimeError("the event stream ended without [DONE]")
 
 
 @dataclass
@@ -185,11 +136,11 @@ class Bystanders:
             with Client(self.grpc_target, timeout=self.timeout) as client:
                 yield lambda: client.generate(b.prompt, max_chars=b.chars, **b.options()).text()
             return
-        edge = HttpEdge(self.http_url, self.timeout)
+        http = CompletionsClient(self.http_url, self.timeout)
         try:
-            yield lambda: edge.complete(b.body())
+            yield lambda: http.complete(b.body()).text
         finally:
-            edge.close()
+            http.close()
 
     def _loop(self, b: Bystander) -> None:
         reference = self.references[b.name]
@@ -199,7 +150,7 @@ class Bystanders:
                     self._in_flight += 1
                 try:
                     text = run()
-                except (CharRNNError, RuntimeError, OSError, ValueError, KeyError) as exc:
+                except (CharRNNError, HttpRefusal, OSError, ValueError, KeyError) as exc:
                     self._failed(f"{b.name}: {type(exc).__name__}: {str(exc)[:SHOWN]}")
                     continue
                 finally:

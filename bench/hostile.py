@@ -51,19 +51,20 @@ def http_cases() -> tuple[HttpCase, ...]:
     )
 
 
+def _generate(**fields: object) -> bytes:
+    return pb.GenerateRequest(prompt=PROMPT, max_chars=2, **fields).SerializeToString()  # type: ignore[arg-type]
+
+
 def grpc_cases() -> tuple[tuple[str, str, bytes], ...]:
     """(name, method, serialized request) for Generate and Score."""
-    sampling = pb.SamplingParams
-    generate = [
-        ("temperature NaN", pb.GenerateRequest(prompt=PROMPT, max_chars=2, sampling=sampling(temperature=float("nan")))),
-        ("top_k uint32 max", pb.GenerateRequest(prompt=PROMPT, max_chars=2, sampling=sampling(top_k=2**32 - 1))),
-        ("temperature subnormal", pb.GenerateRequest(prompt=PROMPT, max_chars=2, sampling=sampling(temperature=1e-45))),
-        ("unit out of range", pb.GenerateRequest(prompt=PROMPT, max_chars=2, activations=pb.ActivationRequest(
-            units=[pb.HiddenUnit(kind=pb.STATE_KIND_H, layer=2**32 - 1, index=2**32 - 1)]))),
-        ("checkpoint below the limit", pb.GenerateRequest(prompt=PROMPT, max_chars=2, checkpoint_every_chars=1)),
-        ("forged token", pb.GenerateRequest(prompt=PROMPT, max_chars=2, resume_token=b"CRT" + bytes(200))),
-    ]  # fmt: skip
-    cases = [(name, "Generate", msg.SerializeToString()) for name, msg in generate]
-    cases.append(("invalid UTF-8", "Generate", b"\x0a\x02\xff\xfe"))
-    cases.append(("random bytes", "Score", bytes(random.Random(7).randrange(256) for _ in range(48))))
-    return tuple(cases)
+    far = pb.HiddenUnit(kind=pb.STATE_KIND_H, layer=2**32 - 1, index=2**32 - 1)
+    return (
+        ("temperature NaN", "Generate", _generate(sampling=pb.SamplingParams(temperature=float("nan")))),
+        ("top_k uint32 max", "Generate", _generate(sampling=pb.SamplingParams(top_k=2**32 - 1))),
+        ("temperature subnormal", "Generate", _generate(sampling=pb.SamplingParams(temperature=1e-45))),
+        ("unit out of range", "Generate", _generate(activations=pb.ActivationRequest(units=[far]))),
+        ("checkpoint below the limit", "Generate", _generate(checkpoint_every_chars=1)),
+        ("forged token", "Generate", _generate(resume_token=b"CRT" + bytes(200))),
+        ("invalid UTF-8", "Generate", b"\x0a\x02\xff\xfe"),
+        ("random bytes", "Score", bytes(random.Random(7).randrange(256) for _ in range(48))),
+    )
