@@ -36,6 +36,7 @@ import grpc
 from bench.bystanders import Bystanders, standard
 from bench.completions import CompletionsClient, HttpRefusal
 from bench.hostile import grpc_cases, http_cases
+from bench.plotting import axes
 from bench.reliability import (
     Tally,
     backoff,
@@ -267,25 +268,15 @@ def table(r: dict[str, Any]) -> str:
 
 
 def plot(r: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    samples = r["rss_samples"]
-    ax.plot([t / 60 for t, _ in samples], [mb for _, mb in samples], "-", label="server RSS")
-    warm, base = r["settings"]["warm_up_seconds"] / 60, r["rss"]["after_warm_up_mb"]
-    ax.axvline(min(warm, r["settings"]["minutes"] / 3), color="grey", linestyle=":", label="end of warm-up")
-    ax.axhspan(base * (1 - RSS_FLAT), base * (1 + RSS_FLAT), color="green", alpha=0.1, label=f"±{RSS_FLAT:.0%}")
-    ax.set_xlabel("minutes")
-    ax.set_ylabel("RSS (MB)")
-    ax.set_title(f"charrnn bench soak: {r['settings']['streams']} streams, {r['settings']['minutes']} min")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    settings, samples = r["settings"], r["rss_samples"]
+    with axes(path, (7, 4)) as ax:
+        ax.plot([t / 60 for t, _ in samples], [mb for _, mb in samples], "-", label="server RSS")
+        warm, base = min(settings["warm_up_seconds"], settings["minutes"] * 20) / 60, r["rss"]["after_warm_up_mb"]
+        ax.axvline(warm, color="grey", linestyle=":", label="end of warm-up")
+        ax.axhspan(base * (1 - RSS_FLAT), base * (1 + RSS_FLAT), color="green", alpha=0.1, label=f"±{RSS_FLAT:.0%}")
+        ax.set_xlabel("minutes")
+        ax.set_ylabel("RSS (MB)")
+        ax.set_title(f"charrnn bench soak: {settings['streams']} streams, {settings['minutes']} min")
 
 
 def main(args: argparse.Namespace) -> int:
