@@ -38,8 +38,9 @@ class Bodies:
         except web.HTTPRequestEntityTooLarge as exc:
             raise RequestTooLarge(f"the request body is over {self.max_body_kb} KB (http_max_body_kb)") from exc
         except web.RequestPayloadError as exc:  # a Content-Encoding or chunked framing that does not decode
-            encoding = quote(request.headers.get("Content-Encoding", "identity"))
-            raise InvalidRequest(f"the request body cannot be decoded (Content-Encoding {encoding})") from exc
+            encoding = request.headers.get("Content-Encoding")
+            why = "its chunked framing is malformed" if encoding is None else f"Content-Encoding {quote(encoding)}"
+            raise InvalidRequest(f"the request body cannot be decoded ({why})") from exc
         return self.parse(raw)
 
     def parse(self, raw: bytes) -> Any:
