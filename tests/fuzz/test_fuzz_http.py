@@ -19,6 +19,7 @@ summary; CHARRNN_FUZZ_EXAMPLES scales the run.
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import json
 import math
@@ -128,16 +129,40 @@ def _post(w: Web, body: bytes, headers: dict[str, str] | None = None) -> Answer:
 
 
 def _wire(w: Web, raw: bytes) -> Answer | None:
-    """Raw bytes to the HTTP port; the answer, or None if the server closed the connection without one."""
+    """Raw bytes to the HTTP port (every wire case says Connection: close); the answer read to the server's
+    close, or None if it closed without one."""
     w.bystanders.witness()
-    with socket.create_connection((w.host, w.port), timeout=TIMEOUT_S) as sock:
+    received = b""
+    connection = socket.create_connection((w.host, w.port), timeout=TIMEOUT_S)
+    # A close with bytes unread arrives as a reset.
+    with connection as sock, contextlib.suppress(ConnectionResetError, BrokenPipeError):
         sock.sendall(raw)
-        response = http.client.HTTPResponse(sock)
-        try:
-            response.begin()
-        except (http.client.RemoteDisconnected, ConnectionResetError):
-            return None
-        return Answer(response.status, response.getheader("Content-Type", ""), response.read())
+        while chunk := sock.recv(65536):
+            received += chunk
+    return _response(received) if received else None
+
+
+def _response(raw: bytes) -> Answer:
+    """An HTTP/1.x response (any version the status line names), past any 100 Continue, body de-chunked."""
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line, *lines = head.split(b"\r\n")
+    status = int(status_line.split()[1])
+    if 100 <= status < 200:
+        return _response(body)
+    headers = {name.strip().lower(): value.strip() for name, _, value in (line.partition(b":") for line in lines)}
+    if headers.get(b"transfer-encoding") == b"chunked":
+        body = _dechunked(body)
+    return Answer(status, headers.get(b"content-type", b"").decode(), body)
+
+
+def _dechunked(body: bytes) -> bytes:
+    out = b""
+    while True:
+        size_line, _, body = body.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            return out
+        out, body = out + body[:size], body[size + 2 :]
 
 
 def _check(answer: Answer, expected: int, case: object) -> None:
