@@ -132,8 +132,8 @@ bench-overload: install  ## overload benchmark: 10x the stream limit (docs/bench
 	$(BIN)/charrnn bench overload --model models/default --max-live-streams 16 --max-queued-streams 16 --factor 10 \
 		--seconds 60 --out bench-results/overload $(OVERLOAD_ARGS)
 
-bench-soak: install  ## soak benchmark: streams, session churn, cancellations (SOAK_MINUTES, default 10)
-	$(BIN)/charrnn bench soak --model models/default --minutes $${SOAK_MINUTES:-10} --out bench-results/soak $(SOAK_ARGS)
+bench-soak: install  ## 30-minute soak: gRPC + HTTP, sessions, Score, cancels, resumes, hostile requests, bystanders (SOAK_MINUTES)
+	$(BIN)/charrnn bench soak --model models/default --minutes $${SOAK_MINUTES:-30} --streams 64 --out bench-results/soak $(SOAK_ARGS)
 
 load: install  ## Locust load test: starts a server unless LOAD_ARGS has --target; reports in load-results/
 	$(BIN)/python bench/load/run.py $(LOAD_ARGS)

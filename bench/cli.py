@@ -143,22 +143,28 @@ def register(sub: Any) -> None:
     o.set_defaults(handler=_lazy("bench.reliability:main_overload"))
 
     w = which.add_parser(
-        "soak", help="streams, session churn and cancellations for N minutes: errors, RSS", formatter_class=_DEFAULTS
+        "soak",
+        help="mixed gRPC and HTTP traffic, hostile requests and bystanders for N minutes: errors, RSS, exactness",
+        formatter_class=_DEFAULTS,
     )
     w.add_argument("--model", type=Path, default=Path("models/default"), help="model artifact directory")
-    w.add_argument("--minutes", type=float, default=10.0, help="length of the soak")
-    w.add_argument("--streams", type=int, default=64, help="concurrent Generate clients (also the server's limit)")
+    w.add_argument("--minutes", type=float, default=30.0, help="length of the soak")
+    w.add_argument("--streams", type=int, default=64, help="concurrent stream clients (also the server's limit)")
+    w.add_argument("--http-share", type=float, default=0.5, help="share of the stream clients that use HTTP")
     w.add_argument("--session-clients", type=int, default=4, help="concurrent session-churn clients")
     w.add_argument("--cancel-share", type=float, default=0.2, help="share of streams cancelled after a few chunks")
+    w.add_argument("--resume-share", type=float, default=0.3, help="share of generations continued from a token")
+    w.add_argument("--score-share", type=float, default=0.1, help="share of a gRPC client's turns that Score")
+    w.add_argument("--hostile-per-second", type=float, default=5.0, help="hostile requests a second (0: none)")
     w.add_argument("--max-chars", type=int, default=400, help="characters per request")
     w.add_argument("--session-ttl", type=float, default=5.0, help="the server's session TTL (left sessions expire)")
     w.add_argument(
-        "--warm-up-seconds", type=float, default=60.0, help="RSS baseline point (at most a third of the run)"
+        "--warm-up-seconds", type=float, default=120.0, help="RSS baseline point (at most a third of the run)"
     )
-    w.add_argument("--sample-seconds", type=float, default=5.0, help="RSS sampling interval")
+    w.add_argument("--sample-seconds", type=float, default=10.0, help="RSS sampling interval")
     w.add_argument("--drain-seconds", type=float, default=30.0, help="wait past the TTL for the gauges to reach zero")
-    w.add_argument("--out", type=Path, default=Path("bench-results/soak"), help="directory for the JSON")
-    w.set_defaults(handler=_lazy("bench.reliability:main_soak"))
+    w.add_argument("--out", type=Path, default=Path("bench-results/soak"), help="directory for the report")
+    w.set_defaults(handler=_lazy("bench.soak:main"))
 
 
 def _lazy(target: str) -> Callable[[argparse.Namespace], int]:

@@ -1,4 +1,4 @@
-"""`charrnn bench overload` and `charrnn bench soak`: the server under more load than it admits, and for long.
+"""`charrnn bench overload`, and the client loops the soak (bench/soak.py) shares with it.
 
 overload: measure the inter-chunk gap p99 of a few streams on an idle server, then drive `--factor`
 times (live + queue limit) concurrent clients. The excess must be refused with RESOURCE_EXHAUSTED
@@ -6,12 +6,7 @@ times (live + queue limit) concurrent clients. The excess must be refused with R
 and the server's RSS must stay flat. Refused clients honour the hint before trying again, as a real
 client should; that is what keeps the overload from turning into a busy loop on the client side.
 
-soak: 64 Generate streams (some cancelled mid-stream) plus session churn (bidirectional Session:
-feed, generate, token, close or abandon; Generate with create_session, left to expire) for N
-minutes. Reports errors by code, RSS at start, after warm-up and at the end, and whether the
-live-stream, queued-stream and session gauges on /metrics return to zero afterwards.
-
-Both are benchmarks, not tests: they report measured figures and the goals next to them.
+A benchmark, not a test: it reports measured figures and the goals next to them.
 """
 
 from __future__ import annotations
@@ -41,7 +36,6 @@ log = logging.getLogger(__name__)
 
 GAUGES = ("charrnn_live_streams", "charrnn_queued_streams", "charrnn_sessions")
 OVERLOAD_SETTINGS = ("max_live_streams", "max_queued_streams", "factor", "seconds", "max_chars", "flush_interval_ms")
-SOAK_SETTINGS = ("minutes", "streams", "session_clients", "cancel_share", "max_chars", "session_ttl")
 MAX_BACKOFF_S = 2.0  # cap on a refused client's wait, whatever the hint says
 
 
@@ -78,9 +72,13 @@ class Tally:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def error(self, exc: CharRNNError) -> None:
+        self.failed(exc.code.name, exc.retry_pushback_ms)
+
+    def failed(self, code: str, retry_pushback_ms: int | None) -> None:
+        """A refusal or failure under `code` (a gRPC code's name, or the HTTP status the edge answered)."""
         with self.lock:
-            self.errors[exc.code.name] += 1
-            if exc.code is grpc.StatusCode.RESOURCE_EXHAUSTED and exc.retry_pushback_ms is not None:
+            self.errors[code] += 1
+            if code in (grpc.StatusCode.RESOURCE_EXHAUSTED.name, "HTTP 429") and retry_pushback_ms is not None:
                 self.refused_with_pushback += 1
 
     def count(self, kind: str) -> None:
@@ -131,6 +129,12 @@ def run_clients(n: int, seconds: float, body: Callable[[int, Client, float], Non
             t.join(seconds + 120)
 
 
+def backoff(retry_pushback_ms: int | None) -> None:
+    """Wait out a refusal's retry hint, capped and jittered (as a real client should); nothing without one."""
+    if retry_pushback_ms is not None:
+        time.sleep(min(retry_pushback_ms / 1000, MAX_BACKOFF_S) * random.uniform(0.5, 1.0))
+
+
 def stream_body(tally: Tally, max_chars: int, cancel_share: float = 0.0) -> Callable[[int, Client, float], None]:
     """One Generate per call; refusals wait out the server's retry hint (capped, jittered)."""
 
@@ -143,15 +147,14 @@ def stream_body(tally: Tally, max_chars: int, cancel_share: float = 0.0) -> Call
             tally.count("cancelled" if cancel_after is not None else "streams")
         except CharRNNError as exc:
             tally.error(exc)
-            if exc.retry_pushback_ms is not None:
-                time.sleep(min(exc.retry_pushback_ms / 1000, MAX_BACKOFF_S) * random.uniform(0.5, 1.0))
+            backoff(exc.retry_pushback_ms)
         finally:
             gen.cancel()
 
     return body
 
 
-def _gap_summary(tally: Tally) -> dict[str, float | int]:
+def gap_summary(tally: Tally) -> dict[str, float | int]:
     return {
         "streams_completed": sum(tally.ok.values()),
         "chunks": len(tally.gaps),
@@ -161,7 +164,7 @@ def _gap_summary(tally: Tally) -> dict[str, float | int]:
     }
 
 
-def _settings(args: argparse.Namespace, names: tuple[str, ...], load_start: float) -> dict[str, Any]:
+def run_settings(args: argparse.Namespace, names: tuple[str, ...], load_start: float) -> dict[str, Any]:
     """The run's parameters plus the machine's 1-minute load at the start and end (shared machines drift)."""
     machine = {"cpus": os.cpu_count(), "loadavg_start": load_start, "loadavg_end": os.getloadavg()[0]}
     return {"model": str(args.model)} | machine | {n: getattr(args, n) for n in names}
@@ -188,11 +191,11 @@ def overload(args: argparse.Namespace) -> dict[str, Any]:
             rss_end = rss_bytes(server.pid)
         finally:
             server.close()
-    unloaded, under = _gap_summary(baseline), _gap_summary(loaded)
+    unloaded, under = gap_summary(baseline), gap_summary(loaded)
     refused = loaded.errors.get("RESOURCE_EXHAUSTED", 0)
     ratio = float(under["gap_p99_ms"]) / float(unloaded["gap_p99_ms"])
     return {
-        "settings": _settings(args, OVERLOAD_SETTINGS, load_start) | {"clients": clients, "capacity": capacity},
+        "settings": run_settings(args, OVERLOAD_SETTINGS, load_start) | {"clients": clients, "capacity": capacity},
         "unloaded": unloaded | {"streams": args.baseline_streams, "errors": dict(baseline.errors)},
         "overloaded": under | {"errors": dict(loaded.errors)},
         "refused": refused,
@@ -233,67 +236,7 @@ def session_body(tally: Tally, max_chars: int) -> Callable[[int, Client, float],
     return body
 
 
-def soak(args: argparse.Namespace) -> dict[str, Any]:
-    load_start = os.getloadavg()[0]
-    seconds = args.minutes * 60
-    warm_up = min(args.warm_up_seconds, seconds / 3)
-    flags = ["--max-live-streams", str(args.streams), "--max-queued-streams", str(args.streams + args.session_clients),
-             "--max-request-chars", str(args.max_chars), "--default-max-chars", str(args.max_chars),
-             "--session-ttl-seconds", str(args.session_ttl),
-             "--max-sessions", "4096"]  # fmt: skip
-    with tempfile.TemporaryDirectory(prefix="charrnn-soak-") as tmp:
-        server = ServerProcess(args.model, Path(tmp), "soak", flags, metrics=True)
-        try:
-            rss: dict[str, float] = {"start_mb": rss_bytes(server.pid) / 2**20}
-            samples: list[tuple[float, float]] = []
-            streams, sessions = Tally(), Tally()
-            stop = threading.Event()
-
-            def sample() -> None:
-                t0 = time.perf_counter()
-                while not stop.wait(args.sample_seconds):
-                    elapsed = time.perf_counter() - t0
-                    samples.append((elapsed, rss_bytes(server.pid) / 2**20))
-                    if "after_warm_up_mb" not in rss and elapsed >= warm_up:
-                        rss["after_warm_up_mb"] = samples[-1][1]
-
-            sampler = threading.Thread(target=sample, daemon=True)
-            sampler.start()
-            drivers = [
-                threading.Thread(target=run_clients, args=(args.streams, seconds,
-                                 stream_body(streams, args.max_chars, args.cancel_share), server.target)),
-                threading.Thread(target=run_clients, args=(args.session_clients, seconds,
-                                 session_body(sessions, args.max_chars), server.target)),
-            ]  # fmt: skip
-            log.info("soak: %d streams + %d session clients for %.0f s", args.streams, args.session_clients, seconds)
-            for t in drivers:
-                t.start()
-            for t in drivers:
-                t.join()
-            stop.set()
-            sampler.join()
-            rss["end_mb"] = rss_bytes(server.pid) / 2**20
-            rss.setdefault("after_warm_up_mb", rss["end_mb"])
-            gauges = _wait_for_zero(server.metrics_url, args.session_ttl + args.drain_seconds)
-            rss["after_drain_mb"] = rss_bytes(server.pid) / 2**20
-        finally:
-            server.close()
-    errors = streams.errors + sessions.errors
-    return {
-        "settings": _settings(args, SOAK_SETTINGS, load_start),
-        "operations": dict(streams.ok + sessions.ok),
-        "errors": dict(errors),
-        "stream_gaps": _gap_summary(streams),
-        "rss": rss,
-        "rss_growth_after_warm_up": rss["end_mb"] / rss["after_warm_up_mb"] - 1,
-        "rss_samples": samples,
-        "gauges_after": gauges,
-        "gauges_zero": bool(gauges) and all(v == 0 for v in gauges.values()),
-        "goals": {"rss_growth_after_warm_up_max": 0.05, "gauges_after": 0},
-    }
-
-
-def _wait_for_zero(url: str, seconds: float) -> dict[str, float]:
+def wait_for_zero(url: str, seconds: float) -> dict[str, float]:
     """Poll the gauges until all are zero or `seconds` pass (sessions need their TTL to expire)."""
     deadline = time.monotonic() + seconds
     while True:
@@ -324,22 +267,6 @@ def overload_table(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def soak_table(r: dict[str, Any]) -> str:
-    s, rss, g = r["settings"], r["rss"], r["stream_gaps"]
-    ops = ", ".join(f"{k} {v}" for k, v in sorted(r["operations"].items()))
-    return "\n".join([
-        f"soak: {s['minutes']} min, {s['streams']} streams ({s['cancel_share']:.0%} cancelled mid-stream) "
-        f"+ {s['session_clients']} session clients, session TTL {s['session_ttl']} s",
-        f"operations: {ops}",
-        f"errors by code: {r['errors'] or 'none'}",
-        f"stream gap p50/p99: {g['gap_p50_ms']:.1f}/{g['gap_p99_ms']:.1f} ms",
-        f"server RSS MB: start {rss['start_mb']:.1f}, after warm-up {rss['after_warm_up_mb']:.1f}, "
-        f"end {rss['end_mb']:.1f}, after drain {rss['after_drain_mb']:.1f}; "
-        f"growth after warm-up {r['rss_growth_after_warm_up']:+.1%} (goal < 5%)",
-        f"gauges after: {r['gauges_after']} ({'all zero' if r['gauges_zero'] else 'NOT zero'})",
-    ])  # fmt: skip
-
-
 def _write(report: dict[str, Any], text: str, out: Path, name: str) -> int:
     print(text)
     out.mkdir(parents=True, exist_ok=True)
@@ -352,8 +279,3 @@ def _write(report: dict[str, Any], text: str, out: Path, name: str) -> int:
 def main_overload(args: argparse.Namespace) -> int:
     report = overload(args)
     return _write(report, overload_table(report), args.out, "overload")
-
-
-def main_soak(args: argparse.Namespace) -> int:
-    report = soak(args)
-    return _write(report, soak_table(report), args.out, "soak")

@@ -32,6 +32,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from bench.plotting import axes
 from charrnn.v1 import charrnn_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
@@ -349,25 +350,15 @@ def table(report: dict[str, Any]) -> str:
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for mode, style in (("ceiling", "k--"), ("1-worker", "o-"), ("default", "^-"), ("unbatched", "s-")):
-        rows = [r for r in report["results"] if r["mode"] == mode]
-        ax.plot([r["streams"] for r in rows], [r["chars_per_s"] for r in rows], style, label=mode)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("concurrent streams")
-    ax.set_ylabel("aggregate characters / s")
-    m = report["model"]
-    ax.set_title(f"charrnn serve: {m['name']} ({m['cell']} {m['layers']}x{m['hidden']})")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with axes(path, (7, 4.5)) as ax:
+        for mode, style in (("ceiling", "k--"), ("1-worker", "o-"), ("default", "^-"), ("unbatched", "s-")):
+            rows = [r for r in report["results"] if r["mode"] == mode]
+            ax.plot([r["streams"] for r in rows], [r["chars_per_s"] for r in rows], style, label=mode)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrent streams")
+        ax.set_ylabel("aggregate characters / s")
+        m = report["model"]
+        ax.set_title(f"charrnn serve: {m['name']} ({m['cell']} {m['layers']}x{m['hidden']})")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -117,6 +117,9 @@ class ServerConfig:
     )
     http_port_file: Path | None = setting(None, "write the bound HTTP port here once SERVING")
     http_max_body_kb: int = setting(256, "largest HTTP request body; beyond: 413")
+    http_max_string_chars: int = setting(
+        65536, "longest string in an HTTP request body (a prompt, a stop string, a resume token); beyond: 400"
+    )
     grace_seconds: float = setting(20.0, "SIGTERM: how long live streams may drain", aliases=("--grace",))
     hmac_key: str | None = setting(None, "secret that signs resume tokens (this or --hmac-key-file unless --dev)")
     hmac_key_file: Path | None = setting(
@@ -179,6 +182,7 @@ class ServerConfig:
             "--metrics-port must be -1 (off) or a port": -1 <= self.metrics_port <= 65535,
             "--http-port must be -1 (off) or a port": -1 <= self.http_port <= 65535,
             "--http-max-body-kb must be >= 1": self.http_max_body_kb >= 1,
+            "--http-max-string-chars must be >= 1": self.http_max_string_chars >= 1,
             "--intra-op-threads must be >= 0": self.engine.intra_op_threads >= 0,
             "--decode-workers must be >= 1": self.scheduling.decode_workers >= 1,
             "--prefill-chunk-chars must be >= 1": self.scheduling.prefill_chunk_chars >= 1,

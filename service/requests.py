@@ -13,6 +13,8 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from charrnn.protocol import STATE_KINDS
 from charrnn.quoting import quote
 from charrnn.vocab import UnknownCharactersError
@@ -20,10 +22,16 @@ from service.config import Limits
 from service.context import Context
 from service.errors import InvalidRequest
 from service.registry import LoadedModel
-from service.sampling import SamplingParams
+from service.sampling import MAX_SEED, SamplingParams
 from service.stream import Job, WatchedUnit
 
+# Every number a request carries is range-checked here, against the type the engine stores it in, before it
+# reaches a scheduler: both edges share these bounds (gRPC's wire types could not carry more; JSON can).
 MAX_TEMPERATURE = 100.0
+# Below this (the smallest normal float32; subnormal temperatures make a row's logits overflow when divided by
+# them) a temperature samples greedily, as 0 does.
+MIN_TEMPERATURE = float(np.finfo(np.float32).tiny)
+MAX_UINT32 = 2**32 - 1  # top_k and checkpoint_every_chars: gRPC's uint32, held in the engine's int64 columns
 
 
 @dataclass(frozen=True)
@@ -81,19 +89,26 @@ class Validator:
         )
 
     def sampling(self, temperature: float | None, top_k: int, top_p: float | None) -> SamplingParams:
-        temperature = 1.0 if temperature is None else temperature
-        if not (math.isfinite(temperature) and 0.0 <= temperature <= MAX_TEMPERATURE):
+        t = self._float("temperature", 1.0 if temperature is None else temperature)
+        if not (math.isfinite(t) and 0.0 <= t <= MAX_TEMPERATURE):
             n = self.name("temperature")
-            raise self._refuse("temperature", f"{n} must be in [0, {MAX_TEMPERATURE:g}], got {temperature}")
-        top_p = 1.0 if top_p is None else top_p
-        if not (math.isfinite(top_p) and 0.0 < top_p <= 1.0):
-            raise self._refuse("top_p", f"{self.name('top_p')} must be in (0, 1], got {top_p}")
-        if top_k < 0:
-            raise self._refuse("top_k", f"{self.name('top_k')} must be 0 (off) or more, got {top_k}")
-        return SamplingParams(float(temperature), int(top_k), float(top_p))
+            raise self._refuse("temperature", f"{n} must be in [0, {MAX_TEMPERATURE:g}], got {t}")
+        p = self._float("top_p", 1.0 if top_p is None else top_p)
+        if not (math.isfinite(p) and 0.0 < p <= 1.0):
+            raise self._refuse("top_p", f"{self.name('top_p')} must be in (0, 1], got {p}")
+        if not 0 <= top_k <= MAX_UINT32:
+            raise self._refuse("top_k", f"{self.name('top_k')} must be in [0, {MAX_UINT32}] (0 = off), got {top_k}")
+        return SamplingParams(t if t >= MIN_TEMPERATURE else 0.0, int(top_k), p)
+
+    def _float(self, field: str, value: float) -> float:
+        """`value` as a float; an integer too large for one is refused (never an OverflowError)."""
+        try:
+            return float(value)
+        except OverflowError:
+            raise self._refuse(field, f"{self.name(field)} is too large") from None
 
     def seed(self, seed: int | None) -> int | None:
-        if seed is not None and not 0 <= seed < 2**64:
+        if seed is not None and not 0 <= seed <= MAX_SEED:
             raise self._refuse("seed", f"{self.name('seed')} must be in [0, 2**64 - 1], got {seed}")
         return seed
 
@@ -144,4 +159,6 @@ class Validator:
         if every < 0 or 0 < every < minimum:
             message = f"checkpoint_every_chars {every} is below the limit of {minimum} (min_checkpoint_chars)"
             raise self._refuse("checkpoint_every", message)
+        if every > MAX_UINT32:
+            raise self._refuse("checkpoint_every", f"checkpoint_every_chars must be at most {MAX_UINT32}, got {every}")
         return every

@@ -14,14 +14,17 @@ import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 
+from charrnn.quoting import quote
 from service.config import ConfigError, ServerConfig
 from service.errors import Unauthenticated
 from service.http import errors
+from service.http.body import Bodies
 from service.http.routes import CLIENT_CLOSED, CLIENT_GONE, Routes
 from service.interceptors import BearerAuthInterceptor, bearer_token
 
@@ -83,7 +86,7 @@ def build_app(config: ServerConfig, runtime: Runtime, metrics: Metrics) -> web.A
         return await handler(request)
 
     app = web.Application(middlewares=[count, refusals, authenticate], client_max_size=config.http_max_body_kb * 1024)
-    Routes(runtime, metrics, config.http_max_body_kb).add_to(app)
+    Routes(runtime, metrics, Bodies(config.http_max_body_kb, config.http_max_string_chars)).add_to(app)
     return app
 
 
@@ -100,6 +103,22 @@ def _ssl_context(config: ServerConfig) -> ssl.SSLContext | None:
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"cannot use the TLS files for HTTP: {exc}") from exc
     return context
+
+
+class ProtocolLog(logging.LoggerAdapter):
+    """aiohttp's connection-level log, where requests it cannot parse end up (aiohttp answers them with a 4xx).
+
+    Those are a client's mistake: one line at INFO, not an ERROR with a traceback. Anything else is logged as
+    aiohttp logs it.
+    """
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
+        error = exc_info.__cause__ if isinstance(exc_info, web.RequestPayloadError) else exc_info
+        if isinstance(error, HttpProcessingError) and error.code < 500:
+            lines = [line for line in error.message.splitlines() if line.strip()] or [type(error).__name__]
+            self.info("refused a malformed HTTP request (%d): %s", error.code, quote(lines[0].strip(), 120))
+            return
+        super().exception(msg, *args, exc_info=exc_info, **kwargs)
 
 
 class HttpFace:
@@ -122,7 +141,11 @@ class HttpFace:
             return
         app = build_app(config, self.runtime, self.metrics)
         self.runner = web.AppRunner(
-            app, handler_cancellation=True, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S
+            app,
+            handler_cancellation=True,
+            access_log=None,
+            shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+            logger=ProtocolLog(logging.getLogger("aiohttp.server")),
         )
         await self.runner.setup()
         site = web.TCPSite(self.runner, config.host, config.http_port, ssl_context=_ssl_context(config))

@@ -7,7 +7,6 @@ scheduler drops its row at the next step (aiohttp cancels the handler when the c
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,9 +18,9 @@ from charrnn.quoting import quote
 from service.context import Context
 from service.errors import InvalidRequest, ServiceError
 from service.http import errors, openai, sse
+from service.http.body import Bodies
 from service.registry import LoadedModel
 from service.requests import Validator
-from service.status import RequestTooLarge
 from service.stream import Chunk, Delivery, Stream
 
 if TYPE_CHECKING:
@@ -36,10 +35,10 @@ CLIENT_CLOSED = 499
 
 
 class Routes:
-    def __init__(self, runtime: Runtime, metrics: Metrics, max_body_kb: int):
+    def __init__(self, runtime: Runtime, metrics: Metrics, bodies: Bodies):
         self.rt = runtime
         self.validator = Validator(runtime.limits, openai.PARAMETERS)
-        self.max_body_kb = max_body_kb
+        self.bodies = bodies
         self.events = metrics.http_events.labels(COMPLETIONS)
 
     def add_to(self, app: web.Application) -> None:
@@ -48,20 +47,9 @@ class Routes:
         app.router.add_get("/", self.playground)
         app.router.add_static("/static/", STATIC_DIR, append_version=False)
 
-    async def _json(self, request: web.Request) -> Any:
-        try:
-            raw = await request.read()
-        except web.HTTPRequestEntityTooLarge as exc:
-            limit = self.max_body_kb
-            raise RequestTooLarge(f"the request body is over {limit} KB (http_max_body_kb)") from exc
-        try:
-            return json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise InvalidRequest(f"the request body is not valid JSON: {exc}") from exc
-
     async def completions(self, request: web.Request) -> web.StreamResponse:
         arrived = time.monotonic()
-        completion = openai.parse(await self._json(request))
+        completion = openai.parse(await self.bodies.read(request))
         ctx = Context()
         if completion.resume_token is not None:
             try:

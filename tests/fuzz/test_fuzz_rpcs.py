@@ -8,8 +8,10 @@ request field is drawn, `activations` and `checkpoint_every_chars` included; raw
 first, so a message that parses gets the code its fields call for and one that does not gets
 INVALID_ARGUMENT. A Session's code is the first failing action's. Resume tokens are fuzzed by random
 bytes, truncation, bit flips, extra bytes, a wrong key, another model, and forgeries signed with the
-right key (odd headers, NaN/infinite/huge values). Afterwards the server is still SERVING, its RSS is
-flat and its sessions stay within their bound. Counts (cases by RPC and expected code) land in the
+right key (odd headers, NaN/infinite/huge values). Throughout, the bystanders (tests/fuzz/conftest.py:
+seeded streams over gRPC and HTTP on the server's one decode worker) share the fuzz's batches and must end
+every run with exactly their text alone. Afterwards the server is still SERVING, its RSS is flat and its
+sessions stay within their bound. Counts (cases by RPC and expected code) land in the
 terminal summary (conftest.COUNTS); CHARRNN_FUZZ_EXAMPLES=20000 scales the run up.
 """
 
@@ -19,12 +21,9 @@ import contextlib
 import hashlib
 import hmac
 import math
-import re
 import struct
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -34,9 +33,20 @@ from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bench.bystanders import Bystanders
 from charrnn.client import Client
 from charrnn.v1 import charrnn_pb2 as pb
-from tests.fuzz.conftest import COUNTS, FUZZ_LIMITS, FUZZ_SPEC, examples
+from tests.fuzz.conftest import (
+    CHEAP_CHARS,
+    COUNTS,
+    FUZZ_LIMITS,
+    FUZZ_SPEC,
+    check_bystanders,
+    examples,
+    metric,
+    rss_kb,
+    scored_tokens,
+)
 from tests.service.harness import TEST_KEY, ServerProcess
 
 C = grpc.StatusCode
@@ -84,6 +94,7 @@ class Target:
     info: pb.GetModelInfoResponse
     tokens: list[bytes]  # valid resume tokens (with state and logits)
     foreign: list[bytes]  # valid tokens from another model
+    bystanders: Bystanders  # seeded streams running beside every call
     rss_kb: int = 0
     rpcs: dict[str, Callable[..., Any]] = field(default_factory=dict)
 
@@ -104,38 +115,18 @@ class Target:
         return self.rpcs[method]
 
 
-def _rss_kb(pid: int) -> int:
-    status = Path(f"/proc/{pid}/status").read_text()
-    match = re.search(r"VmRSS:\s+(\d+)", status)
-    assert match is not None
-    return int(match.group(1))
-
-
-def _metric(server: ServerProcess, name: str) -> float:
-    port = int((server.port_file.parent / "metrics").read_text())
-    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    match = re.search(rf"^{name} (\S+)$", body, re.MULTILINE)
-    assert match is not None, f"no series {name} on /metrics"
-    return float(match.group(1))
-
-
-def _scored_tokens(target: str, texts: list[str]) -> list[bytes]:
-    with Client(target, timeout=10) as client:
-        return [client.score(text).resume_token for text in texts]
-
-
 @pytest.fixture(scope="module")
-def target(fuzz_server: ServerProcess, other_server: ServerProcess) -> Iterator[Target]:
+def target(fuzz_server: ServerProcess, other_server: ServerProcess, bystanders: Bystanders) -> Iterator[Target]:
     channel = grpc.insecure_channel(fuzz_server.target)
     info = pb.GetModelInfoResponse.FromString(
         channel.unary_unary("/charrnn.v1.CharRNN/GetModelInfo", **RAW)(b"", timeout=10)
     )
     texts = ["a", "def f(x):\n", "0123", "Zz ~"]
-    t = Target(fuzz_server, channel, info, _scored_tokens(fuzz_server.target, texts), [])
-    t.foreign = _scored_tokens(other_server.target, texts)
+    t = Target(fuzz_server, channel, info, scored_tokens(fuzz_server.target, texts), [], bystanders)
+    t.foreign = scored_tokens(other_server.target, texts)
     for _ in range(50):  # warm up allocator and caches before the RSS baseline
         _call(t, "Score", pb.ScoreRequest(text="warm up " * 4).SerializeToString())
-    t.rss_kb = _rss_kb(fuzz_server.proc.pid)
+    t.rss_kb = rss_kb(fuzz_server.proc.pid)
     yield t
     channel.close()
 
@@ -150,6 +141,7 @@ class Outcome:
 def _call(t: Target, method: str, payload: bytes | list[bytes]) -> Outcome:
     """One RPC with a raw request (or, for Session, raw request messages); streams are drained."""
     rpc = t.raw(method)
+    t.bystanders.witness()
     try:
         if method == "Generate":
             list(rpc(payload, timeout=30))
@@ -326,7 +318,10 @@ sampling = _sampling(
     top_k=st.one_of(st.just(0), st.integers(0, 2**32 - 1)),
     seed=seeds,
 )
-max_chars = st.one_of(st.integers(0, MAX_CHARS + 2), st.integers(0, 2**32 - 1))
+# The limit and its neighbours, and anything uint32 holds; valid requests stay cheap (CHEAP_CHARS).
+max_chars = st.one_of(
+    st.integers(0, CHEAP_CHARS), st.sampled_from([MAX_CHARS, MAX_CHARS + 1]), st.integers(MAX_CHARS, 2**32 - 1)
+)
 
 
 def _units(kinds: list[int], layers: st.SearchStrategy[int], indexes: st.SearchStrategy[int], most: int) -> Any:
@@ -350,7 +345,7 @@ starts = st.one_of(
 )
 good = {
     "prompt": st.text(alphabet=in_vocab, min_size=1, max_size=MAX_PROMPT),
-    "max_chars": st.integers(0, MAX_CHARS),
+    "max_chars": st.integers(0, CHEAP_CHARS),
     "sampling": _sampling(
         temperature=st.one_of(st.none(), st.floats(0, 2, width=32)),
         top_p=st.one_of(st.none(), st.floats(0, 1, exclude_min=True, width=32)),
@@ -647,15 +642,20 @@ def test_resume_tokens_get_the_code_the_rules_give(target: Target, batch: list[t
 
 
 # --- afterwards ----------------------------------------------------------------------------------
+def test_the_bystanders_kept_their_text(target: Target) -> None:
+    """Stops the bystanders (so it runs after the fuzz): each run was exactly its text alone, beside the fuzz."""
+    check_bystanders(target.bystanders, "gRPC")
+
+
 def test_server_still_serving_with_flat_memory(target: Target) -> None:
     """Runs last in this module: health, a normal request, RSS within a generous bound, sessions bounded."""
     with Client(target.server.target, timeout=10) as client:
         assert client.health() == "SERVING"
         assert client.health("charrnn.v1.CharRNN") == "SERVING"
         assert client.generate("a", max_chars=5, seed=1).text()
-    growth_mb = (_rss_kb(target.server.proc.pid) - target.rss_kb) / 1024
+    growth_mb = (rss_kb(target.server.proc.pid) - target.rss_kb) / 1024
     COUNTS["server RSS growth (MB)"] = round(growth_mb)
     assert growth_mb < 64, f"server RSS grew by {growth_mb:.1f} MB during the fuzz run"
-    assert _metric(target.server, "charrnn_sessions") <= FUZZ_LIMITS["--max-sessions"]
-    assert _metric(target.server, "charrnn_live_streams") == 0
+    assert metric(target.server, "charrnn_sessions") <= FUZZ_LIMITS["--max-sessions"]
+    assert metric(target.server, "charrnn_live_streams") == 0
     assert "Traceback" not in target.server.output()

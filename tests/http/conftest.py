@@ -36,12 +36,14 @@ def server(model_dir: Path) -> Iterator[ServerThread]:
         yield srv
 
 
-def post(url: str, body: Any, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], Any]:
+def post(
+    url: str, body: Any, headers: dict[str, str] | None = None, timeout: float = 30
+) -> tuple[int, dict[str, str], Any]:
     """POST JSON (or raw bytes); (status, headers, parsed JSON body) whatever the status."""
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     request = urllib.request.Request(url, data, {"Content-Type": "application/json", **(headers or {})})
     try:
-        with urllib.request.urlopen(request, timeout=30) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, dict(response.headers), json.loads(response.read())
     except urllib.error.HTTPError as exc:
         return exc.code, dict(exc.headers), json.loads(exc.read())

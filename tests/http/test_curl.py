@@ -101,7 +101,7 @@ def test_event_stream_framing(server: ServerThread, tmp_path: Path) -> None:
         ({"charrnn": {"watch": ["h:5:0"]}}, "charrnn.watch", "out of range (layers 2, hidden_size 24)"),
         ({"charrnn": {"watch": ["q1"]}}, "charrnn.watch", "bad hidden unit 'q1'"),
         ({"charrnn": {"resume_token": "AAAA"}}, "charrnn.resume_token", "resume token"),
-        ({"charrnn": {"top_k": -1}}, "charrnn.top_k", "top_k must be 0 (off) or more"),
+        ({"charrnn": {"top_k": -1}}, "charrnn.top_k", "top_k must be in [0, 4294967295] (0 = off)"),
         ({"model": "gpt-4"}, "model", "is not served here"),
         ({"m" * 10_000: 1}, "m" * 32, "(10000 characters)"),  # client input is quoted in part, never whole
     ],
