@@ -32,7 +32,7 @@ def test_units_that_beat_chance_and_the_controls_are_noted() -> None:
         score("in_brackets", "auc", "h1:3", 1, 0.70, 0.50, 0.52),  # 0.20 from chance: too weak
         score("column", "r", "c1:7", 1, 0.75, 0.01, -0.30),  # a control 0.30 from chance: not 3x beaten
         score("indent", "r", "h0:2", -1, 0.85, 0.01, 0.05),
-    ], "c0:5", -1)  # fmt: skip
+    ], "c0:5", -1, "python", "in_string")  # fmt: skip
     notes = unit_notes(report)
     assert [(n.name, n.feature, n.sign, n.score) for n in notes] == [
         ("c0:5", "in_string", -1, 0.92),
