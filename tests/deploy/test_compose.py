@@ -66,9 +66,11 @@ def test_config_catches_a_broken_file(tmp_path: Path) -> None:
 def test_services_wiring() -> None:
     services = rendered("train", "load")["services"]
     server = services["server"]
-    assert {p["target"] for p in server["ports"]} == {50051, 9464}
+    assert {p["target"] for p in server["ports"]} == {50051, 9464, 8000}
+    assert {p["host_ip"] for p in server["ports"]} == {"127.0.0.1"}, "published on the loopback by default"
     env = server["environment"]
     assert env["CHARRNN_HOST"] == "0.0.0.0" and env["CHARRNN_PORT"] == "50051" and env["CHARRNN_METRICS_PORT"] == "9464"
+    assert env["CHARRNN_HTTP_PORT"] == "8000"
     assert "healthcheck" not in server, "the image's HEALTHCHECK is the one health check (deploy/Dockerfile)"
     for name in ("server", "trainer", "locust"):
         assert services[name]["read_only"] is True and services[name]["cap_drop"] == ["ALL"]
