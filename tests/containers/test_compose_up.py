@@ -127,7 +127,7 @@ def test_the_load_profile_drives_the_server_and_leaves_its_report_in_a_volume(st
     before = scrape(metrics)[("charrnn_generated_chars_total", frozenset())]
     stack.compose(
         "--profile", "load", "run", "--rm", "locust", "--headless", "--host", "server:50051",
-        "--users", "4", "--spawn-rate", "4", "--run-time", "10s",
+        "--http-host", "http://server:8000", "--users", "4", "--spawn-rate", "4", "--run-time", "10s",
         "--csv", "/results/compose", "--html", "/results/compose.html",
     )  # fmt: skip
     after = scrape(metrics)[("charrnn_generated_chars_total", frozenset())]
@@ -135,6 +135,8 @@ def test_the_load_profile_drives_the_server_and_leaves_its_report_in_a_volume(st
     rows = list(csv.DictReader(io.StringIO(stack.volume_file("load-results", "compose_stats.csv", load_image))))
     (total,) = [r for r in rows if r["Name"] == "Aggregated"]
     assert int(total["Request Count"]) > 0 and int(total["Failure Count"]) == 0, total
+    (http,) = [r for r in rows if r["Type"] == "http" and r["Name"] == "Completion stream"]
+    assert int(http["Request Count"]) > 0, "the HTTP user streamed over the project network"
     assert "<html" in stack.volume_file("load-results", "compose.html", load_image).lower()
 
 

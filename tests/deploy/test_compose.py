@@ -83,7 +83,9 @@ def test_services_wiring() -> None:
     assert "artifacts" in trainer_vol and server_vol["artifacts"]["read_only"] is True
     export = services["trainer"]["command"][services["trainer"]["command"].index("--export") + 1]
     assert export.startswith(trainer_vol["artifacts"]["target"] + "/")
-    assert services["locust"]["command"][:2] == ["--host", "server:50051"]
+    command = services["locust"]["command"]
+    assert command[:2] == ["--host", "server:50051"]
+    assert command[command.index("--http-host") + 1] == f"http://server:{env['CHARRNN_HTTP_PORT']}"
     assert {v["source"]: v["target"] for v in services["locust"]["volumes"]} == {"load-results": "/results"}
     assert services["locust"]["depends_on"]["server"]["condition"] == "service_healthy"
 
