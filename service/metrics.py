@@ -194,6 +194,7 @@ class Metrics(SchedulerObserver, DeliveryObserver):
         self.queued.set_function(lambda: sum(m.scheduler.queued for m in models))
         self.sessions.set_function(lambda: len(sessions))
         self.session_streams.set_function(lambda: runtime.session_streams)
+        self.serving.set_function(lambda: runtime.serving)
         self.set_model(runtime.manifest)
 
     def set_model(self, manifest: Manifest) -> None:

@@ -147,7 +147,7 @@ class CharRNNServer:
             await self.stop(0)
             raise bind_error("HTTP", host, self.config.http_port, HTTP_FLAGS, exc) from exc
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
-        self.metrics.serving.set(1)
+        self.runtime.serving = True
         if self.metrics_http is not None and self.config.metrics_port_file is not None:
             _write_port(self.config.metrics_port_file, self.metrics_http.port)
         if self.config.port_file is not None:
@@ -209,7 +209,7 @@ class CharRNNServer:
         """Drain: NOT_SERVING, refuse new streams, let live ones finish within the grace, then stop."""
         grace = self.config.grace_seconds if grace_s is None else grace_s
         await self.health.enter_graceful_shutdown()
-        self.metrics.serving.set(0)
+        self.runtime.serving = False
         for task in self._retiring:
             task.cancel()
         schedulers = [m.scheduler for m in self.runtime.models]

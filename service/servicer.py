@@ -47,6 +47,9 @@ class Runtime:
     limits: Limits
     delivery: DeliveryObserver = field(default_factory=DeliveryObserver)  # times what clients see (metrics)
     session_streams: int = 0  # open Session RPCs (the event loop's count; a gauge reads it)
+    # Warm and accepting: set by the server once the model is warmed up, cleared when draining starts. The
+    # charrnn_serving gauge and the HTTP face's /health read it (gRPC health is set at the same two points).
+    serving: bool = False
 
     @property
     def manifest(self) -> Manifest:

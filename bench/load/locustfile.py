@@ -1,34 +1,46 @@
-"""Locust load test for charrnn over gRPC (no HTTP): streaming, session and scoring users.
+"""Locust load test for charrnn: streaming, session and scoring users over gRPC, and a streaming user over
+the OpenAI-compatible HTTP API (server-sent events).
 
     locust -f bench/load/locustfile.py --headless --host 127.0.0.1:50051 -u 4 -r 4 -t 10s
+    locust -f bench/load/locustfile.py --headless --host 127.0.0.1:50051 --http-host http://127.0.0.1:8000 \
+        --model-weights default=3,shakespeare=1 -u 8 -r 8 -t 30s
 
-`--host` may name several replicas: `10.0.0.1:50051,10.0.0.2:50051` or `dns:///NAME:PORT` (every address
-of NAME). Each user's channel then balances its calls over all of them (round robin, health-checked).
+`--host` is the gRPC target. It may name several replicas: `10.0.0.1:50051,10.0.0.2:50051` or
+`dns:///NAME:PORT` (every address of NAME). Each user's channel then balances its calls over all of them
+(round robin, health-checked). `--http-host` is the HTTP API root (the server's `--http-port`); the HTTP
+user runs only when it is given.
 
-Request events (type "grpc"), one per call, so Locust's tables hold calls and nothing else:
-- "Generate stream": a whole Generate stream (its length is the characters received).
-- "Session feed" / "Session generate" / "Session token" / "Session resume": one bidirectional
+`--model-weights NAME=WEIGHT,...` mixes models: each request picks one by weight and names it in its
+`model` field (HTTP; gRPC Generate and Score once their request messages have a `model` field: the
+locustfile reads the protobuf descriptor). Without it no request names a model: the server's default.
+
+Request events, one per call, so Locust's tables hold calls and nothing else:
+- "Generate stream" (grpc): a whole Generate stream (its length is the characters received).
+- "Session feed" / "Session generate" / "Session token" / "Session resume" (grpc): one bidirectional
   stream: feed text, generate, take a resume token, load it back and generate again.
-- "Score": a unary Score call.
+- "Score" (grpc): a unary Score call.
+- "Completion stream" (http): a whole streamed POST /v1/completions, up to its `data: [DONE]`.
 
 What a stream feels like is kept apart (`StreamStats`): the time to its first character (TTFC) and
-the gaps between its chunks, the characters received by every streaming call, and failed calls by
-gRPC status code. They are not requests, so they stay out of Locust's Aggregated row; they are
-merged across worker processes (`--processes`) like Locust's own statistics. `--results FILE` writes
-them as JSON at the end, with Locust's final statistics per call (bench/load/run.py reads it for
-its report; Locust's own CSV can miss the last second's calls).
+the gaps between its chunks (gRPC and HTTP streams alike), the characters received by every streaming
+call, and failed calls by gRPC status code (HTTP: "HTTP 503", "HTTP error event unavailable", ...).
+They are not requests, so they stay out of Locust's Aggregated row; they are merged across worker
+processes (`--processes`) like Locust's own statistics. `--results FILE` writes them as JSON at the
+end, with Locust's final statistics per call (bench/load/run.py reads it for its report; Locust's own
+CSV can miss the last second's calls).
 
-Options (also environment variables, e.g. CHARRNN_LOAD_MAX_CHARS=50,400): user weights, the mix
-of generation lengths, prompts, sampling parameters and think time; see `--help`.
+Options (also environment variables, e.g. CHARRNN_LOAD_MAX_CHARS=50,400): user weights, the HTTP root,
+the model mix, the mix of generation lengths, prompts, sampling parameters and think time; see `--help`.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -45,7 +57,10 @@ import grpc.experimental.gevent as grpc_gevent  # isort: skip
 
 grpc_gevent.init_gevent()
 
+import requests  # noqa: E402  (after locust's monkey-patching: ssl imported before it recurses)
+
 from charrnn.client import CharRNNError, Client  # noqa: E402
+from charrnn.v1 import charrnn_pb2 as pb  # noqa: E402
 
 DEFAULT_PROMPTS = (
     "def fib(n):\n",
@@ -58,6 +73,59 @@ DEFAULT_PROMPTS = (
 )
 
 
+COMPLETIONS = "/v1/completions"
+# gRPC requests name a model only where the message has the field (older protos do not).
+GENERATE_HAS_MODEL = "model" in pb.GenerateRequest.DESCRIPTOR.fields_by_name
+SCORE_HAS_MODEL = "model" in pb.ScoreRequest.DESCRIPTOR.fields_by_name
+
+
+def parse_model_weights(text: str) -> list[tuple[str, float]]:
+    """`default=3,shakespeare=1` as [("default", 3.0), ("shakespeare", 1.0)]; "" as [] (name no model).
+
+    A weight is a number >= 0 (0 leaves the model out, like a user weight of 0); at least one is above 0."""
+    mix: list[tuple[str, float]] = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        name, sep, weight = (x.strip() for x in item.partition("="))
+        if not sep or not name:
+            raise ValueError(f"{item!r} is not NAME=WEIGHT (e.g. default=3,shakespeare=1)")
+        try:
+            value = float(weight)
+        except ValueError:
+            raise ValueError(f"the weight of {name!r} is not a number: {weight!r}") from None
+        if not value >= 0 or value == float("inf"):
+            raise ValueError(f"the weight of {name!r} must be a finite number >= 0, got {weight!r}")
+        if name in (n for n, _ in mix):
+            raise ValueError(f"model {name!r} is given twice")
+        mix.append((name, value))
+    if mix and not any(w > 0 for _, w in mix):
+        raise ValueError("every weight is 0: give one model a weight above 0, or leave the option out")
+    return mix
+
+
+def checked(parse: Callable[[str], object]) -> Callable[[str], str]:
+    """An argparse `type` that checks the text with `parse` and keeps it (Locust's web UI edits it as text);
+    argparse names the option in its one-line error and exits with status 2."""
+
+    def check(text: str) -> str:
+        try:
+            parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return text
+
+    return check
+
+
+def http_root(text: str) -> str:
+    """--http-host: "" (no HTTP user) or an http(s) URL, without a trailing slash."""
+    root = text.strip().rstrip("/")
+    if root and not root.startswith(("http://", "https://")):
+        raise ValueError(f"{text!r} is not an http:// or https:// URL (e.g. http://127.0.0.1:8000)")
+    return root
+
+
 @events.init_command_line_parser.add_listener
 def _options(parser: Any) -> None:
     def add(flag: str, default: Any, help: str, type: Any = str) -> None:
@@ -67,13 +135,17 @@ def _options(parser: Any) -> None:
     add("--stream-weight", 3, "weight of the streaming (Generate) user", int)
     add("--session-weight", 1, "weight of the Session (feed/generate/resume) user", int)
     add("--score-weight", 1, "weight of the Score user", int)
+    add("--http-weight", 1, "weight of the HTTP user (streamed /v1/completions); it runs only with --http-host", int)
+    add("--http-host", "", "HTTP API root, e.g. http://127.0.0.1:8000 (empty: no HTTP user)", checked(http_root))
+    mix = "models by weight, NAME=WEIGHT,... e.g. default=3,shakespeare=1 (empty: name none, the server's default)"
+    add("--model-weights", "", mix, checked(parse_model_weights))
     add("--max-chars", "50,200,800", "generation lengths, picked uniformly per request (comma-separated)")
     add("--prompts-file", "", "prompts, one per line (default: a few code-like prompts)")
     add("--temperature", 0.8, "sampling temperature (0 = greedy)", float)
     add("--top-k", 0, "top-k (0 = off)", int)
     add("--top-p", 1.0, "nucleus mass (1 = off)", float)
     add("--wait-max", 0.5, "think time between a user's tasks: uniform in [0, wait-max] seconds", float)
-    add("--rpc-timeout", 60.0, "deadline per call, seconds", float)
+    add("--rpc-timeout", 60.0, "deadline per gRPC call; for HTTP the longest wait for the next bytes (s)", float)
     add("--results", "", "write calls, TTFC, chunk gaps, characters and errors by code to this JSON file at the end")
 
 
@@ -87,6 +159,27 @@ class _Mix:
         self.sampling = {"temperature": options.temperature, "top_k": options.top_k, "top_p": options.top_p}
         self.timeout = float(options.rpc_timeout)
         self.wait_max = float(options.wait_max)
+        self.http_root = http_root(options.http_host)
+        self.models = parse_model_weights(options.model_weights)
+
+    def model(self, rng: random.Random | None = None) -> str | None:
+        """A model name drawn by weight, or None (name none) without --model-weights."""
+        if not self.models:
+            return None
+        names, weights = zip(*self.models, strict=True)
+        return (rng or random).choices(names, weights)[0]
+
+    def completion(self, prompt: str, max_chars: int, model: str | None) -> dict[str, Any]:
+        """A streamed /v1/completions body with the mix's sampling (top_k is an extension there)."""
+        body: dict[str, Any] = {
+            "prompt": prompt,
+            "max_tokens": max_chars,
+            "temperature": self.sampling["temperature"],
+            "top_p": self.sampling["top_p"],
+            "stream": True,
+            "charrnn": {"top_k": self.sampling["top_k"]},
+        }
+        return body if model is None else {**body, "model": model}
 
 
 MIX: _Mix | None = None
@@ -253,26 +346,22 @@ def _write(environment: Environment, **_: Any) -> None:
         Path(path).write_text(json.dumps(results, indent=1) + "\n")
 
 
-class CharRNNUser(User):
-    """A gRPC client per user; `timed` turns a call into a Locust request event."""
+class LoadUser(User):
+    """What every user shares: the mix, the think time, the prompts and lengths, and `fire`/`timed`, which
+    turn a call into one Locust request event of type `request_type`."""
 
     abstract = True
+    request_type = "grpc"
 
     def on_start(self) -> None:
-        assert self.host, "give the server as --host HOST:PORT (or several: IP:PORT,IP:PORT or dns:///NAME:PORT)"
         self.mix = MIX or _Mix(self.environment.parsed_options)
-        target = self.host.removeprefix("grpc://").removeprefix("http://").rstrip("/")
-        self.client = Client(target, timeout=self.mix.timeout)  # balanced over the target's replicas
-
-    def on_stop(self) -> None:
-        self.client.close()
 
     def wait_time(self) -> float:
         return random.uniform(0.0, self.mix.wait_max)
 
     def fire(self, name: str, response_time: float, length: int = 0, exception: Exception | None = None) -> None:
         self.environment.events.request.fire(
-            request_type="grpc",
+            request_type=self.request_type,
             name=name,
             response_time=response_time,
             response_length=length,
@@ -300,6 +389,48 @@ class CharRNNUser(User):
         return random.choice(self.mix.lengths)
 
 
+class CharRNNUser(LoadUser):
+    """A gRPC client per user."""
+
+    abstract = True
+
+    def on_start(self) -> None:
+        super().on_start()
+        assert self.host, "give the server as --host HOST:PORT (or several: IP:PORT,IP:PORT or dns:///NAME:PORT)"
+        target = self.host.removeprefix("grpc://").removeprefix("http://").rstrip("/")
+        self.client = Client(target, timeout=self.mix.timeout)  # balanced over the target's replicas
+
+    def on_stop(self) -> None:
+        self.client.close()
+
+    def model_field(self, has_model: bool) -> dict[str, Any]:
+        """`model=NAME` for a request whose message has a `model` field, drawn from the mix; else nothing."""
+        name = self.mix.model() if has_model else None
+        return {} if name is None else {"model": name}
+
+
+class Arrivals:
+    """One stream's arrivals: its first text is the time to first character, each later one a gap
+    (both to StreamStats, with the characters)."""
+
+    def __init__(self) -> None:
+        self.start = self.last = time.perf_counter()
+        self.chars = 0
+
+    def received(self, text: str) -> None:
+        if not text:
+            return
+        now = time.perf_counter()
+        STREAMS.log("gap" if self.chars else "ttfc", (now - self.last) * 1000)
+        self.last = now
+        self.chars += len(text)
+        STREAMS.chars += len(text)
+
+    def ms(self) -> float:
+        """Milliseconds since the stream was asked for."""
+        return (time.perf_counter() - self.start) * 1000
+
+
 class StreamUser(CharRNNUser):
     """Generate streams: the whole stream is the request; its TTFC and chunk gaps go to StreamStats."""
 
@@ -307,25 +438,20 @@ class StreamUser(CharRNNUser):
 
     @task
     def generate(self) -> None:
-        start = last = time.perf_counter()
-        chars = 0
-        gen = self.client.generate(self.prompt(), max_chars=self.max_chars(), **self.mix.sampling)
+        arrivals = Arrivals()
+        gen = self.client.generate(
+            self.prompt(), max_chars=self.max_chars(), **self.mix.sampling, **self.model_field(GENERATE_HAS_MODEL)
+        )
         try:
             for chunk in gen:
-                if not chunk:
-                    continue
-                now = time.perf_counter()
-                STREAMS.log("gap" if chars else "ttfc", (now - last) * 1000)
-                last = now
-                chars += len(chunk)
-                STREAMS.chars += len(chunk)
+                arrivals.received(chunk)
         except CharRNNError as exc:
             STREAMS.errors[exc.code.name] += 1
-            self.fire("Generate stream", (time.perf_counter() - start) * 1000, chars, exc)
+            self.fire("Generate stream", arrivals.ms(), arrivals.chars, exc)
             return
         finally:
             gen.cancel()  # a no-op once the stream ended; frees the server's slot if Locust killed us mid-stream
-        self.fire("Generate stream", (time.perf_counter() - start) * 1000, chars)
+        self.fire("Generate stream", arrivals.ms(), arrivals.chars)
 
 
 class SessionUser(CharRNNUser):
@@ -360,8 +486,74 @@ class ScoreUser(CharRNNUser):
     def score(self) -> None:
         text = self.prompt() * random.randint(1, 4)
         with self.timed("Score") as out:
-            self.client.score(text)
+            self.client.score(text, **self.model_field(SCORE_HAS_MODEL))
             out["length"] = len(text)
+
+
+class HttpFailure(Exception):
+    """A streamed completion that failed; `key` is its entry in the errors by code."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"{key}: {message}")
+        self.key = key
+
+
+def sse_payloads(chunks: Iterable[bytes]) -> Iterator[dict[str, Any]]:
+    """The JSON objects of an OpenAI-style event stream (`data: {...}` events, each ended by a blank line)
+    as they arrive, up to `data: [DONE]`; an error event or a stream cut short is an HttpFailure."""
+    buffer = b""
+    for data in chunks:
+        buffer += data
+        *complete, buffer = buffer.split(b"\n\n")
+        for event in complete:
+            if not event.startswith(b"data: "):
+                raise HttpFailure("HTTP bad event", f"not a data event: {event[:80]!r}")
+            payload = event[len(b"data: ") :]
+            if payload == b"[DONE]":
+                return
+            message = json.loads(payload)
+            if "error" in message:
+                error = message["error"]
+                raise HttpFailure(f"HTTP error event {error.get('code')}", str(error.get("message")))
+            yield message
+    raise HttpFailure("HTTP cut short", "the stream ended before data: [DONE]")
+
+
+class HttpStreamUser(LoadUser):
+    """Streamed completions over the OpenAI-compatible HTTP API (server-sent events): the whole stream up to
+    `data: [DONE]` is the request; its TTFC and chunk gaps go to StreamStats, as a gRPC stream's do."""
+
+    weight = 1
+    request_type = "http"
+
+    def on_start(self) -> None:
+        super().on_start()
+        assert self.mix.http_root, "give the HTTP API root as --http-host http://HOST:PORT"
+        self.session = requests.Session()
+
+    def on_stop(self) -> None:
+        self.session.close()
+
+    @task
+    def complete(self) -> None:
+        body = self.mix.completion(self.prompt(), self.max_chars(), self.mix.model())
+        arrivals = Arrivals()
+        try:
+            with self.session.post(
+                self.mix.http_root + COMPLETIONS, json=body, stream=True, timeout=self.mix.timeout
+            ) as response:
+                if response.status_code != 200:
+                    raise HttpFailure(f"HTTP {response.status_code}", response.text[:500])
+                for chunk in sse_payloads(response.iter_content(chunk_size=None)):
+                    arrivals.received(chunk["choices"][0]["text"] if chunk["choices"] else "")
+        except HttpFailure as exc:
+            STREAMS.errors[exc.key] += 1
+            self.fire("Completion stream", arrivals.ms(), arrivals.chars, exc)
+        except requests.RequestException as exc:  # refused, reset, timed out
+            STREAMS.errors[f"HTTP {type(exc).__name__}"] += 1
+            self.fire("Completion stream", arrivals.ms(), arrivals.chars, exc)
+        else:
+            self.fire("Completion stream", arrivals.ms(), arrivals.chars)
 
 
 @events.init.add_listener
@@ -376,6 +568,7 @@ def _configure(environment: Environment, **_: Any) -> None:
         StreamUser: options.stream_weight,
         SessionUser: options.session_weight,
         ScoreUser: options.score_weight,
+        HttpStreamUser: options.http_weight if MIX.http_root else 0,
     }
     for cls, weight in weights.items():
         cls.weight = weight

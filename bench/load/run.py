@@ -1,10 +1,14 @@
 """`make load`: run Locust headless against a server (one is started when no --target is given).
 
+The started server serves HTTP too (on a free port), and Locust's HTTP user streams completions from it
+beside the gRPC users; against a --target, pass its HTTP root to Locust (`-- --http-host http://HOST:PORT`)
+for the same.
+
 Prints a short report (streams, characters per second, time to first character and the gaps between
-chunks at p50/p99, errors by gRPC code, the load generator's own CPU) and writes into --out: the same
-report in `summary.json` (with request totals and gate results), `results.json` (what the locustfile
-measured: Locust's final statistics per call and the streams' statistics), Locust's CSV files (with
-full history) and HTML report, and `latency.png` (windowed percentiles over time).
+chunks at p50/p99, errors by gRPC code or HTTP status, the load generator's own CPU) and writes into
+--out: the same report in `summary.json` (with request totals and gate results), `results.json` (what
+the locustfile measured: Locust's final statistics per call and the streams' statistics), Locust's CSV
+files (with full history) and HTML report, and `latency.png` (windowed percentiles over time).
 
 Locust runs in several processes (`--processes`) when the users are too many for one: a saturated load
 generator measures itself, so its CPU is reported, and a warning printed when its busiest process
@@ -34,12 +38,13 @@ from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 log = logging.getLogger("charrnn.load")
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-PLOTTED = ("Generate stream", "Session generate", "Score")
+PLOTTED = ("Generate stream", "Completion stream", "Session generate", "Score")
+STREAM_CALLS = ("Generate stream", "Completion stream")  # a whole gRPC stream, a whole HTTP (SSE) stream
 PERCENTILES = ("50%", "95%", "99%")
 # --processes auto gives each Locust process at most this many users (and each core at most one process):
 # one gevent process driving 64 streaming users against an idle server saturated its core. What loads a
@@ -93,14 +98,19 @@ def locust_processes(requested: int, users: int) -> int:
     return max(1, min(os.cpu_count() or 1, math.ceil(users / USERS_PER_PROCESS)))
 
 
+class Target(NamedTuple):
+    grpc: str  # HOST:PORT (Locust's --host)
+    http: str | None  # the HTTP API root of a started server (Locust's --http-host), None for --target
+
+
 @contextmanager
-def server(args: argparse.Namespace, out: Path) -> Iterator[str]:
-    """The target: the given one, or a `charrnn serve --dev` on a free port for the run's duration."""
+def server(args: argparse.Namespace, out: Path) -> Iterator[Target]:
+    """The target: the given one, or a `charrnn serve --dev` (gRPC and HTTP on free ports) for the run."""
     if args.target:
-        yield args.target
+        yield Target(args.target, None)
         return
     with tempfile.TemporaryDirectory() as tmp:
-        port_file = Path(tmp) / "port"
+        port_file, http_port_file = Path(tmp) / "port", Path(tmp) / "http-port"
         cmd = [
             sys.executable,
             "-m",
@@ -114,6 +124,10 @@ def server(args: argparse.Namespace, out: Path) -> Iterator[str]:
             str(port_file),
             "--metrics-port",
             "0",
+            "--http-port",
+            "0",
+            "--http-port-file",
+            str(http_port_file),
             "--dev",
             *args.server_arg,
         ]
@@ -125,8 +139,11 @@ def server(args: argparse.Namespace, out: Path) -> Iterator[str]:
                     if proc.poll() is not None or time.monotonic() > deadline:
                         raise RuntimeError(f"server did not start; see {out / 'server.log'}")
                     time.sleep(0.1)
-                target = f"127.0.0.1:{int(port_file.read_text())}"
-                log.info("started a server on %s (log: %s)", target, out / "server.log")
+                # The HTTP port file is written before the gRPC one (once SERVING).
+                target = Target(
+                    f"127.0.0.1:{int(port_file.read_text())}", f"http://127.0.0.1:{http_port_file.read_text()}"
+                )
+                log.info("started a server on %s and %s (log: %s)", target.grpc, target.http, out / "server.log")
                 yield target
             finally:
                 stop(proc, "server", 60.0)
@@ -209,9 +226,11 @@ class CpuMonitor:
         }
 
 
-def run_locust(args: argparse.Namespace, target: str, out: Path) -> tuple[int, dict[str, Any]]:
+def run_locust(args: argparse.Namespace, target: Target, out: Path) -> tuple[int, dict[str, Any]]:
     """Locust's exit code and the CPU its processes used."""
     extra = args.locust_args[1:] if args.locust_args[:1] == ["--"] else args.locust_args
+    if target.http is not None and not any(a.split("=")[0] == "--http-host" for a in extra):
+        extra = ["--http-host", target.http, *extra]
     processes = locust_processes(args.processes, args.users)
     cmd = [
         sys.executable,
@@ -221,7 +240,7 @@ def run_locust(args: argparse.Namespace, target: str, out: Path) -> tuple[int, d
         str(HERE / "locustfile.py"),
         "--headless",
         "--host",
-        target,
+        target.grpc,
         "-u",
         str(args.users),
         "-r",
@@ -304,7 +323,7 @@ def plot(out: Path, streams: dict[str, Any]) -> Path:
 
     window = streams.get("window_s", 10)
     panels: list[tuple[str, dict[str, list[tuple[float, float]]]]] = []
-    for name, title in (("ttfc", "Generate: time to first character"), ("gap", "Generate: gap between chunks")):
+    for name, title in (("ttfc", "Streams: time to first character"), ("gap", "Streams: gap between chunks")):
         points = {
             f"p{pct}": [(float(h["t"]), float(h[f"{name}_p{pct}"])) for h in streams.get("history", [])
                         if h.get(f"{name}_p{pct}") is not None]
@@ -368,8 +387,11 @@ def load_report(
 ) -> dict[str, Any]:
     """How fast and how slow, in one place: what the console table shows and summary.json keeps."""
     elapsed = float(streams.get("seconds") or seconds(args.duration))
-    generate = calls.get("Generate stream", {})
-    streams_done = generate.get("requests", 0) - generate.get("failures", 0)
+
+    def done(name: str) -> int:
+        return int(calls.get(name, {}).get("requests", 0) - calls.get(name, {}).get("failures", 0))
+
+    streams_done = sum(done(name) for name in STREAM_CALLS)
 
     def pcts(name: str) -> dict[str, Any]:
         d = streams.get(name, {})
@@ -390,6 +412,7 @@ def load_report(
         "seconds": round(elapsed, 1),
         "streams": streams_done,
         "streams_per_s": round(streams_done / elapsed, 2) if elapsed else None,
+        "http_streams": done("Completion stream"),
         "session_generations": calls.get("Session generate", {}).get("requests", 0),
         "chars": streams.get("chars", 0),
         "chars_per_s": round(streams.get("chars", 0) / elapsed, 1) if elapsed else None,
@@ -410,8 +433,8 @@ def report_table(report: dict[str, Any]) -> list[str]:
     gen = report["load_generator"]
     rows = [
         ("users", f"{report['users']} for {report['seconds']:g} s"),
-        ("streams", f"{report['streams']} Generate streams ({report['streams_per_s']}/s), "
-                    f"{report['session_generations']} Session generations"),
+        ("streams", f"{report['streams']} streams ({report['streams_per_s']}/s; {report['http_streams']} of them "
+                    f"over HTTP), {report['session_generations']} Session generations"),
         ("chars/s", f"{report['chars_per_s']}  (every streamed character, all users)"),
         ("TTFC p50 / p99", ms(report["ttfc_ms"])),
         ("gap p50 / p99", ms(report["gap_ms"])),
@@ -452,7 +475,8 @@ def main(argv: list[str] | None = None) -> int:
     report = load_report(args, calls, streams, cpu)
     results = gates(args, calls, report)
     summary = {
-        "target": target,
+        "target": target.grpc,
+        "http_target": target.http,
         "users": args.users,
         "duration": args.duration,
         "locust_exit_code": code,

@@ -25,7 +25,7 @@ from service.config import ConfigError, ServerConfig
 from service.errors import Unauthenticated
 from service.http import errors
 from service.http.body import Bodies
-from service.http.routes import CLIENT_CLOSED, CLIENT_GONE, Routes
+from service.http.routes import CLIENT_CLOSED, CLIENT_GONE, HEALTH, Routes
 from service.interceptors import BearerAuthInterceptor, bearer_token
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-OPEN_ROUTES = ("/", "/static")  # route templates that need no bearer token
+OPEN_ROUTES = ("/", "/static", HEALTH)  # route templates that need no bearer token
 # How long stop() lets handlers finish once the schedulers have closed (their streams have ended by then).
 SHUTDOWN_TIMEOUT_S = 1.0
 

@@ -1,4 +1,5 @@
-"""The HTTP routes: POST /v1/completions (JSON or server-sent events), GET /v1/models, and the playground.
+"""The HTTP routes: POST /v1/completions (JSON or server-sent events), GET /v1/models, GET /health (for
+probes and load balancers) and the playground.
 
 A completion runs exactly as a gRPC Generate does: the shared Validator makes the Job, the model's scheduler
 batches it with every other stream (gRPC or HTTP), and a client that goes away cancels its stream, so the
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 COMPLETIONS = "/v1/completions"
+HEALTH = "/health"
 # Set on a request whose client went away mid-response (counted as status 499, nginx's "client closed").
 CLIENT_GONE = web.RequestKey("charrnn_client_gone", bool)
 CLIENT_CLOSED = 499
@@ -44,6 +46,7 @@ class Routes:
     def add_to(self, app: web.Application) -> None:
         app.router.add_post(COMPLETIONS, self.completions)
         app.router.add_get("/v1/models", self.models)
+        app.router.add_get(HEALTH, self.health)
         app.router.add_get("/", self.playground)
         app.router.add_static("/static/", STATIC_DIR, append_version=False)
 
@@ -147,6 +150,13 @@ class Routes:
     async def models(self, request: web.Request) -> web.Response:
         card = openai.model_card(self.rt.models.current.manifest, self.rt.limits)
         return web.json_response({"object": "list", "data": [card]})
+
+    async def health(self, request: web.Request) -> web.Response:
+        """The gRPC health service's overall status for HTTP probes: 200 SERVING once the model is warm, 503
+        NOT_SERVING from the start of a drain (new completions are refused from then on)."""
+        serving = self.rt.serving
+        status = "SERVING" if serving else "NOT_SERVING"
+        return web.json_response({"status": status}, status=200 if serving else 503)
 
     async def playground(self, request: web.Request) -> web.FileResponse:
         return web.FileResponse(STATIC_DIR / "index.html")

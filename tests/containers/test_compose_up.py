@@ -1,7 +1,7 @@
 """`docker compose up` for real, from docker-compose.yml plus a test override that only swaps where images
 come from (tests/containers/compose.override.yml): `compose build` makes the images the suite built, the
-server and Prometheus, Prometheus scraping the server
-over the project network, the `load` profile's Locust driving the server and leaving its report in a
+server (gRPC, and server-sent events through its published HTTP port) and Prometheus, Prometheus scraping
+the server over the project network, the `load` profile's Locust driving the server and leaving its report in a
 volume, and the `train` profile training a tiny model into the `artifacts` volume that the recreated server
 then serves. Grafana is not started (no image can be had offline); tests/deploy checks it statically."""
 
@@ -24,6 +24,7 @@ from tests.conftest import TINY_OVERRIDES
 from tests.containers.engine import Engine, EngineError
 from tests.containers.images import COMPOSE_OVERRIDE, build_prometheus_standin, torch_build_args
 from tests.deploy import tools
+from tests.http import sse
 from tests.observability.scrape import scrape
 
 pytestmark = [pytest.mark.containers, pytest.mark.timeout(900)]
@@ -41,7 +42,7 @@ class Stack:
         self.engine = engine
         self.env = {k: v for k, v in engine.env.items() if k.startswith("DOCKER_")}
         self.env["CHARRNN_HMAC_KEY"] = KEY
-        for name in ("GRPC", "METRICS", "PROMETHEUS", "GRAFANA", "LOCUST"):
+        for name in ("GRPC", "METRICS", "HTTP", "PROMETHEUS", "GRAFANA", "LOCUST"):
             self.env[f"CHARRNN_{name}_PUBLISH"] = "127.0.0.1:"  # "127.0.0.1::PORT": an ephemeral host port
 
     def compose(self, *args: str, timeout: float = 300, **env: str) -> str:
@@ -102,17 +103,19 @@ def test_compose_up_serves_and_prometheus_scrapes_the_server(stack: Stack) -> No
         assert client.health() == "SERVING"
         text = client.generate("import ", max_chars=500, temperature=0.8, seed=3).text()
     assert len(text) == 500
+    host, _, port = stack.address("server", 8000).rpartition(":")  # the HTTP face, published by Compose
+    sse.check_stream(host, int(port), "import ", max_tokens=1500)
     deadline = time.monotonic() + SCRAPED_WITHIN_S
     while True:
         data = _prometheus(stack, "/api/v1/query", query="charrnn_generated_chars_total")
-        if (data["result"] and float(data["result"][0]["value"][1]) >= 500) or time.monotonic() > deadline:
+        if (data["result"] and float(data["result"][0]["value"][1]) >= 2000) or time.monotonic() > deadline:
             break
         time.sleep(1)
     log.info("Prometheus query charrnn_generated_chars_total: %s", json.dumps(data))
     print("charrnn_generated_chars_total ->", json.dumps(data))  # the figure docs/deploy.md quotes
     (sample,) = data["result"]
     assert sample["metric"]["job"] == "charrnn" and sample["metric"]["instance"] == "server:9464"
-    assert float(sample["value"][1]) >= 500
+    assert float(sample["value"][1]) >= 2000, "gRPC's and HTTP's characters"
     (target,) = _prometheus(stack, "/api/v1/targets")["activeTargets"]
     assert target["health"] == "up" and target["scrapeUrl"] == "http://server:9464/metrics"
     groups = _prometheus(stack, "/api/v1/rules")["groups"]
@@ -124,7 +127,7 @@ def test_the_load_profile_drives_the_server_and_leaves_its_report_in_a_volume(st
     before = scrape(metrics)[("charrnn_generated_chars_total", frozenset())]
     stack.compose(
         "--profile", "load", "run", "--rm", "locust", "--headless", "--host", "server:50051",
-        "--users", "4", "--spawn-rate", "4", "--run-time", "10s",
+        "--http-host", "http://server:8000", "--users", "4", "--spawn-rate", "4", "--run-time", "10s",
         "--csv", "/results/compose", "--html", "/results/compose.html",
     )  # fmt: skip
     after = scrape(metrics)[("charrnn_generated_chars_total", frozenset())]
@@ -132,6 +135,8 @@ def test_the_load_profile_drives_the_server_and_leaves_its_report_in_a_volume(st
     rows = list(csv.DictReader(io.StringIO(stack.volume_file("load-results", "compose_stats.csv", load_image))))
     (total,) = [r for r in rows if r["Name"] == "Aggregated"]
     assert int(total["Request Count"]) > 0 and int(total["Failure Count"]) == 0, total
+    (http,) = [r for r in rows if r["Type"] == "http" and r["Name"] == "Completion stream"]
+    assert int(http["Request Count"]) > 0, "the HTTP user streamed over the project network"
     assert "<html" in stack.volume_file("load-results", "compose.html", load_image).lower()
 
 

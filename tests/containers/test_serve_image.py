@@ -1,11 +1,13 @@
 """The serving image: what it holds, and that it serves under exactly the constraints the Kubernetes
 Deployment declares (user, read-only root, no capabilities, no privilege escalation, limits, env, Secret
-file), with its own HEALTHCHECK turning healthy, a Generate streaming and /metrics answering."""
+file), with its own HEALTHCHECK turning healthy, a Generate streaming, a completion streaming server-sent
+events through the published HTTP port (where the readiness probe's /health answers) and /metrics answering."""
 
 from __future__ import annotations
 
 import json
 import math
+import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +22,7 @@ from tests.containers.deployment import ContainerRun, quantity
 from tests.containers.engine import Engine
 from tests.containers.running import Container
 from tests.deploy.tools import MAX_SERVE_ENV_BYTES, REPO
+from tests.http import sse
 from tests.observability.scrape import scrape
 from tests.test_locks import pinned, read_lock
 
@@ -139,11 +142,16 @@ def test_the_server_runs_under_the_deployment_constraints(
         gen = client.generate("def main():\n", max_chars=300, temperature=0.8, seed=5)
         chunks = list(gen)
     assert gen.result is not None and gen.result.finish_reason == "length" and len("".join(chunks)) == 300
-    assert scrape(server.metrics_url)[("charrnn_generated_chars_total", frozenset())] >= 300
 
     (deployment,) = [o for o in deployment_objects if o["kind"] == "Deployment"]
     pod = deployment["spec"]["template"]["spec"]
     (spec,) = [c for c in pod["containers"] if c["name"] == "server"]
+    # HTTP: the readiness probe's GET as the kubelet sends it, then an SSE stream through the published port.
+    probe = spec["readinessProbe"]["httpGet"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.port(probe['port'])}{probe['path']}", timeout=10) as r:
+        assert r.status == 200 and json.loads(r.read()) == {"status": "SERVING"}
+    sse.check_stream("127.0.0.1", server.port("http"), "def main():\n", max_tokens=2000)
+    assert scrape(server.metrics_url)[("charrnn_generated_chars_total", frozenset())] >= 2300
     want = _expected(spec, pod)
     seen = json.loads(server.exec_python(OBSERVE))
     assert (seen["uid"], seen["gid"]) == (want["uid"], want["gid"]) and want["fs_group"] in seen["groups"]

@@ -66,9 +66,11 @@ def test_config_catches_a_broken_file(tmp_path: Path) -> None:
 def test_services_wiring() -> None:
     services = rendered("train", "load")["services"]
     server = services["server"]
-    assert {p["target"] for p in server["ports"]} == {50051, 9464}
+    assert {p["target"] for p in server["ports"]} == {50051, 9464, 8000}
+    assert {p["host_ip"] for p in server["ports"]} == {"127.0.0.1"}, "published on the loopback by default"
     env = server["environment"]
     assert env["CHARRNN_HOST"] == "0.0.0.0" and env["CHARRNN_PORT"] == "50051" and env["CHARRNN_METRICS_PORT"] == "9464"
+    assert env["CHARRNN_HTTP_PORT"] == "8000"
     assert "healthcheck" not in server, "the image's HEALTHCHECK is the one health check (deploy/Dockerfile)"
     for name in ("server", "trainer", "locust"):
         assert services[name]["read_only"] is True and services[name]["cap_drop"] == ["ALL"]
@@ -81,7 +83,9 @@ def test_services_wiring() -> None:
     assert "artifacts" in trainer_vol and server_vol["artifacts"]["read_only"] is True
     export = services["trainer"]["command"][services["trainer"]["command"].index("--export") + 1]
     assert export.startswith(trainer_vol["artifacts"]["target"] + "/")
-    assert services["locust"]["command"][:2] == ["--host", "server:50051"]
+    command = services["locust"]["command"]
+    assert command[:2] == ["--host", "server:50051"]
+    assert command[command.index("--http-host") + 1] == f"http://server:{env['CHARRNN_HTTP_PORT']}"
     assert {v["source"]: v["target"] for v in services["locust"]["volumes"]} == {"load-results": "/results"}
     assert services["locust"]["depends_on"]["server"]["condition"] == "service_healthy"
 

@@ -128,9 +128,12 @@ def test_serving_stage(stages: dict[str, Stage]) -> None:
         "PYTHONDONTWRITEBYTECODE=1",
         "HOME=/tmp",
         "CHARRNN_HOST=0.0.0.0",
+        "CHARRNN_HTTP_PORT=8000",
         "CHARRNN_MODEL=/app/models/default",
     ):
         assert setting in env, setting
+    exposed = {port for op, a in instructions if op == "EXPOSE" for port in a.split()}
+    assert exposed == {"50051", "9464", "8000"}, "gRPC, /metrics and HTTP"
     assert "CHARRNN_HMAC_KEY" not in env and "CHARRNN_DEV" not in env
 
 

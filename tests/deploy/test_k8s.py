@@ -18,6 +18,7 @@ import yaml
 
 from charrnn.settings import add_flags, build, settings_of
 from service.config import ServerConfig
+from service.http.routes import HEALTH
 from tests.deploy.tools import K8S, KUBECTL, REPO, kustomize
 
 pytestmark = pytest.mark.skipif(KUBECTL is None, reason="kubectl not on PATH: cannot run kustomize")
@@ -112,15 +113,21 @@ def test_every_training_overlay_validates_strictly(
     assert {o["metadata"].get("namespace") for o in objects} == {namespace}, "trains where the server runs"
 
 
-def test_all_components_together_validate(tmp_path: Path) -> None:
+def with_components(root: Path, resource: Path, components: list[str]) -> list[dict[str, Any]]:
+    """The objects of `resource` (a kustomization directory) with deploy/k8s/components/<name> added, rendered
+    through a kustomization written in `root`."""
     kustomization = {
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
         "kind": "Kustomization",
-        "resources": [os.path.relpath(K8S / "base", tmp_path)],  # kustomize wants relative roots
-        "components": [os.path.relpath(K8S / "components" / c, tmp_path) for c in COMPONENTS],
+        "resources": [os.path.relpath(resource, root)],  # kustomize wants relative roots
+        "components": [os.path.relpath(K8S / "components" / c, root) for c in components],
     }
-    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(kustomization), encoding="utf-8")
-    objects = kustomize(tmp_path)
+    (root / "kustomization.yaml").write_text(yaml.safe_dump(kustomization), encoding="utf-8")
+    return kustomize(root)
+
+
+def test_all_components_together_validate(tmp_path: Path) -> None:
+    objects = with_components(tmp_path, K8S / "base", COMPONENTS)
     validate_all(objects)
     assert find(objects, "ServiceMonitor")
     assert_autoscaler_owns_replicas(objects)
@@ -128,6 +135,31 @@ def test_all_components_together_validate(tmp_path: Path) -> None:
     volumes = one(objects, "Deployment", "charrnn")["spec"]["template"]["spec"]["volumes"]
     (artifacts,) = [v for v in volumes if v["name"] == "artifacts"]
     assert artifacts["persistentVolumeClaim"] == {"claimName": "charrnn-artifacts", "readOnly": True}
+
+
+def test_the_ingress_example_streams_events_to_the_http_port(tmp_path: Path) -> None:
+    """components/http-ingress: ingress-nginx routes every path to the Service's HTTP port (the one the server
+    listens on) and passes server-sent events on unbuffered."""
+    objects = with_components(tmp_path, K8S / "base", ["http-ingress"])
+    validate_all(objects)
+    ingress = one(objects, "Ingress", "charrnn")
+    annotations = ingress["metadata"]["annotations"]
+    assert annotations["nginx.ingress.kubernetes.io/proxy-buffering"] == "off"
+    # nginx drops a stream that sends nothing for this long; its default (60 s) is raised, not lowered.
+    assert int(annotations["nginx.ingress.kubernetes.io/proxy-read-timeout"]) >= 60
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+    (rule,) = ingress["spec"]["rules"]
+    assert rule["host"] in ingress["spec"]["tls"][0]["hosts"]
+    (path,) = rule["http"]["paths"]
+    assert (path["path"], path["pathType"]) == ("/", "Prefix"), "the API, /health and the playground"
+    backend = path["backend"]["service"]
+    service = one(objects, "Service", backend["name"])
+    assert service["metadata"].get("namespace") == ingress["metadata"].get("namespace")
+    (port,) = [p for p in service["spec"]["ports"] if p["name"] == backend["port"]["name"]]
+    pod = one(objects, "Deployment", "charrnn")["spec"]["template"]["spec"]
+    (server,) = [c for c in pod["containers"] if c["name"] == "server"]
+    container_ports = {p["name"]: p["containerPort"] for p in server["ports"]}
+    assert container_ports[port["targetPort"]] == int(_config(objects)["CHARRNN_HTTP_PORT"])
 
 
 def test_strict_validation_catches_a_bad_manifest() -> None:
@@ -169,15 +201,20 @@ def test_deployment_promises(overlay: tuple[str, list[dict[str, Any]]]) -> None:
     ports = {p["name"]: p["containerPort"] for p in server["ports"]}
     config = _config(objects)
     assert int(config["CHARRNN_PORT"]) == ports["grpc"] and int(config["CHARRNN_METRICS_PORT"]) == ports["metrics"]
+    assert int(config["CHARRNN_HTTP_PORT"]) == ports["http"]
     assert config["CHARRNN_HOST"] == "0.0.0.0"
     # Every variable the ConfigMap sets is a `charrnn serve` setting, and the server reads them as meant.
     known = {env for s in settings_of(ServerConfig) for env in s.envs}
     assert set(config) <= known, f"{name}: not serve settings: {sorted(set(config) - known)}"
     served = serve_config({**config, "CHARRNN_HMAC_KEY_FILE": "/etc/charrnn/hmac/hmac-key"})
     assert (served.port, served.metrics_port, served.host) == (ports["grpc"], ports["metrics"], "0.0.0.0")
-    # Native gRPC probes on the health service's port.
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+    assert served.http_port == ports["http"]
+    # Start-up and liveness: native gRPC probes on the health service's port. Readiness: the HTTP face's
+    # health route, so a pod is ready only when both listeners answer.
+    for probe in ("startupProbe", "livenessProbe"):
         assert server[probe]["grpc"]["port"] == ports["grpc"], probe
+    ready = server["readinessProbe"]["httpGet"]
+    assert ready["path"] == HEALTH and ready["port"] == "http" and ready.get("scheme", "HTTP") == "HTTP"
     # Requests and limits; ORT threads are the CPU limit (rounded up) and the limit is whole cores.
     resources = server["resources"]
     assert {"cpu", "memory"} <= set(resources["requests"]) and {"cpu", "memory"} <= set(resources["limits"])
@@ -221,6 +258,7 @@ def test_services_hpa_pdb_and_policy_select_the_server(overlay: tuple[str, list[
     assert cluster_ip["spec"].get("type", "ClusterIP") == "ClusterIP" and headless["spec"]["clusterIP"] == "None"
     ports = {p["name"]: p for p in cluster_ip["spec"]["ports"]}
     assert ports["grpc"]["appProtocol"] == "kubernetes.io/h2c" and ports["metrics"]["appProtocol"] == "http"
+    assert ports["http"]["appProtocol"] == "http" and ports["http"]["targetPort"] == "http"
     assert [p["name"] for p in headless["spec"]["ports"]] == ["grpc"]
     for service in (cluster_ip, headless):
         assert selects(service["spec"]["selector"], labels)
@@ -229,7 +267,9 @@ def test_services_hpa_pdb_and_policy_select_the_server(overlay: tuple[str, list[
     policy = one(objects, "NetworkPolicy", "charrnn")
     assert selects(policy["spec"]["podSelector"]["matchLabels"], labels)
     allowed = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
-    assert allowed == {"grpc", "metrics"} and policy["spec"]["egress"] == []
+    assert allowed == {"grpc", "metrics", "http"} and policy["spec"]["egress"] == []
+    (public,) = [rule for rule in policy["spec"]["ingress"] if {p["port"] for p in rule["ports"]} >= {"http"}]
+    assert public["from"] == [{"namespaceSelector": {}}], "an ingress controller in any namespace reaches HTTP"
     hpa = one(objects, "HorizontalPodAutoscaler", "charrnn")
     assert hpa["apiVersion"] == "autoscaling/v2"
     assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "charrnn"}
@@ -325,15 +365,7 @@ def distributed(
 ) -> tuple[str, list[dict[str, Any]]]:
     if request.param == "cpu":
         return "cpu", kustomize(DISTRIBUTED)
-    root = tmp_path_factory.mktemp("distributed-gpu")
-    kustomization = {
-        "apiVersion": "kustomize.config.k8s.io/v1beta1",
-        "kind": "Kustomization",
-        "resources": [os.path.relpath(DISTRIBUTED, root)],
-        "components": [os.path.relpath(K8S / "components" / "distributed-gpu", root)],
-    }
-    (root / "kustomization.yaml").write_text(yaml.safe_dump(kustomization), encoding="utf-8")
-    return "gpu", kustomize(root)
+    return "gpu", with_components(tmp_path_factory.mktemp("distributed-gpu"), DISTRIBUTED, ["distributed-gpu"])
 
 
 def test_distributed_training_validates_strictly(distributed: tuple[str, list[dict[str, Any]]]) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from tests.http import sse
 from tests.http.conftest import MODEL, PROMPT, base_url, post
 from tests.observability.scrape import series, value
 from tests.service.harness import ServerThread, make_config, wait_until
@@ -50,6 +51,12 @@ def curl_output(*args: str, body: Any = None) -> bytes:
     return out
 
 
+def health(root: str) -> tuple[int, Any]:
+    """GET /health under the API root `root`: (status, parsed body)."""
+    body, status = curl_output("-w", "\n%{http_code}", f"{root}/health").rsplit(b"\n", 1)
+    return int(status), json.loads(body)
+
+
 def registry(server: ServerThread) -> CollectorRegistry:
     assert server.server is not None
     return server.server.metrics.registry
@@ -65,17 +72,13 @@ def test_event_stream_framing(server: ServerThread, tmp_path: Path) -> None:
     raw = curl_output("-D", str(tmp_path / "headers"), url, body=request)
     headers = (tmp_path / "headers").read_text().lower()
     assert "content-type: text/event-stream" in headers and "cache-control: no-cache" in headers
-    assert raw.endswith(b"\n\n") and raw.count(b"\n\n") == len(raw.split(b"\n\n")) - 1
-    events = raw.split(b"\n\n")[:-1]
-    assert events[-1] == b"data: [DONE]"
-    assert all(e.startswith(b"data: ") and b"\n" not in e for e in events), "one data line per event"
-    chunks = [json.loads(e[len(b"data: ") :]) for e in events[:-1]]
+    chunks = sse.events(raw)
     assert len(chunks) >= 2 and {c["id"] for c in chunks} == {chunks[0]["id"]}
     assert all(c["object"] == "text_completion" and c["model"] == MODEL for c in chunks)
     assert [c["choices"][0]["finish_reason"] for c in chunks[:-1]] == [None] * (len(chunks) - 1)
     last = chunks[-1]
     assert last["choices"][0]["finish_reason"] == "stop" and last["charrnn"]["stop"] == "e"
-    text = "".join(c["choices"][0]["text"] for c in chunks)
+    text = sse.text(chunks)
     status, _, whole = post(url, {**request, "stream": False})
     assert status == 200 and whole["choices"][0]["text"] == text and "e" not in text
     assert whole["choices"][0]["finish_reason"] == "stop"
@@ -150,6 +153,7 @@ def test_bearer_tokens_guard_the_api_but_not_the_page(model_dir: Path) -> None:
         assert post(url, request, {"Authorization": "Bearer secret-b"})[0] == 200
         assert curl_output("-w", "%{http_code}", "-o", "/dev/null", f"{base_url(srv)}/v1/models") == b"401"
         assert curl_output("-w", "%{http_code}", "-o", "/dev/null", f"{base_url(srv)}/") == b"200"
+        assert health(base_url(srv)) == (200, {"status": "SERVING"}), "probes carry no token"
 
 
 def _long_stream(server: ServerThread) -> subprocess.Popen[bytes]:
@@ -187,9 +191,11 @@ def test_a_full_queue_is_429_with_retry_after(model_dir: Path) -> None:
         assert "max_live_streams" in body["error"]["message"] and body["error"]["type"] == "rate_limit_error"
 
 
-def test_draining_is_503_with_retry_after(model_dir: Path) -> None:
+def test_draining_is_503_with_retry_after_and_health_says_so(model_dir: Path) -> None:
     with ServerThread(make_config(model_dir, http_port=0)) as srv:
-        url = f"{base_url(srv)}/v1/completions"
+        root = base_url(srv)
+        url = f"{root}/v1/completions"
+        assert health(root) == (200, {"status": "SERVING"})
         proc = _long_stream(srv)
         server, srv.server = srv.server, None  # this test stops it; the harness must not stop it again
         assert server is not None and srv.loop is not None
@@ -197,6 +203,8 @@ def test_draining_is_503_with_retry_after(model_dir: Path) -> None:
         try:
             assert wait_until(lambda: post(url, {"prompt": PROMPT, "max_tokens": 1})[0] == 503)
             status, headers, body = post(url, {"prompt": PROMPT, "max_tokens": 1})
+            # A readiness probe on /health takes the pod out of the Service while live streams finish.
+            assert health(root) == (503, {"status": "NOT_SERVING"})
         finally:
             _stop(proc)  # the live stream is cancelled, so the drain ends well inside its grace
         stopping.result(30)

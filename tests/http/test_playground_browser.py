@@ -2,13 +2,14 @@
 
 The page is loaded from a real server on the shipped default model; it streams a seeded generation that
 must match the same request over gRPC, character by character and value by value; every character's
-background must be the colour of its unit's value; Stop must cancel the stream on the server. The
+background must be the colour the terminal's `--watch` gives its unit's value (charrnn/client/heatmap.py),
+and its text must contrast with that background as rendered by a WCAG ratio of 4.5 or more; Stop must
+cancel the stream on the server. The
 screenshot goes to CHARRNN_SCREENSHOT_DIR when set (docs/img/ for the docs), else to the test's tmp dir.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import shutil
@@ -19,6 +20,7 @@ from typing import Any
 import pytest
 
 from charrnn.client import Client
+from charrnn.client.heatmap import contrast, rgb
 from tests.http.conftest import base_url
 from tests.observability.scrape import scrape
 from tests.service.harness import REPO, ServerThread, make_config, wait_until
@@ -76,12 +78,14 @@ def _fill(driver: Any, element_id: str, text: str) -> None:
     driver.execute_script("arguments[0].value = arguments[1];", field, text)
 
 
-def page_colour(value: float) -> tuple[int, int, int]:
-    """The page's documented mapping, written out here: white at 0, red at +1, blue at -1, linear between
-    (the terminal's `--watch` uses another map, one that keeps text readable at both ends)."""
-    v = max(-1.0, min(1.0, value))
-    fade = round(255 * (1 - abs(v)))
-    return (255, fade, fade) if v >= 0 else (fade, fade, 255)
+def parse_rgb(css: str) -> tuple[int, int, int]:
+    """A computed colour, "rgb(r, g, b)" (opaque), as numbers."""
+    r, g, b = (int(c) for c in re.findall(r"\d+", css)[:3])
+    return r, g, b
+
+
+# WCAG 2's minimum contrast for normal text (level AA); the map's worst case is 4.58.
+MIN_CONTRAST = 4.5
 
 
 def _open(driver: Any, server: ServerThread) -> None:
@@ -113,16 +117,20 @@ def test_the_page_streams_the_seeded_text_coloured_by_the_unit(browser: Any, ser
     assert values == pytest.approx([v for (v,) in gen.activations], abs=1e-5)
 
     spans = browser.execute_script(
-        "return [...document.querySelectorAll('#output span[data-v]')]"
-        ".map(s => [Number(s.dataset.v), getComputedStyle(s).backgroundColor])"
+        "return [...document.querySelectorAll('#output span[data-v]')].map(s => "
+        "[Number(s.dataset.v), getComputedStyle(s).backgroundColor, getComputedStyle(s).color])"
     )
     assert len(spans) == len(text) == CHARS
-    for (value, colour), expected in zip(spans, values, strict=True):
-        got = tuple(int(c) for c in re.findall(r"\d+", colour)[:3])
-        want = page_colour(math.tanh(value))  # a cell state is shown through tanh
+    scale = max(abs(v) for v in values)  # a cell state's scale: the text's largest |value| (repainted as it grew)
+    assert browser.execute_script("return window.playground.scale") == pytest.approx(scale)
+    for (value, background, colour), expected in zip(spans, values, strict=True):
+        got, want = parse_rgb(background), rgb(value, scale)
         assert value == pytest.approx(expected, abs=1e-9)
-        assert all(abs(a - b) <= 1 for a, b in zip(got, want, strict=True)), (value, colour, want)
-    assert len({colour for _, colour in spans}) > 20, "the colours vary with the unit"
+        assert all(abs(a - b) <= 1 for a, b in zip(got, want, strict=True)), (value, background, want)
+        ratio = contrast(parse_rgb(colour), got)
+        assert ratio >= MIN_CONTRAST, f"{colour} on {background} (value {value:+.3f}): contrast {ratio:.2f}"
+    assert len({background for _, background, _ in spans}) > 20, "the colours vary with the unit"
+    assert {parse_rgb(colour) for _, _, colour in spans} == {(0, 0, 0), (255, 255, 255)}, "both inks in use"
     points = browser.find_element("id", "spark").get_attribute("points").split()
     assert len(points) == CHARS
 

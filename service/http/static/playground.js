@@ -1,12 +1,13 @@
 // The playground: streams /v1/completions (server-sent events) and colours each character by the value of
-// one hidden unit after the model read it: white at 0, red at +1, blue at -1 (a cell state c, unbounded, is
-// shown through tanh). No build step, no dependencies: this file is served as it is.
+// one hidden unit after the model read it, with the terminal's map (`charrnn generate --watch`): blue
+// negative, near-white at 0, red positive, text in black or white, whichever reads better. No build step,
+// no dependencies: this file is served as it is.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 
 // State the page shows; `window.playground` lets a test (or a curious user) read it.
-const playground = { text: "", values: [], unit: "", finish: null, controller: null, model: null };
+const playground = { text: "", values: [], unit: "", scale: 0, finish: null, controller: null, model: null };
 window.playground = playground;
 
 function headers() {
@@ -21,14 +22,68 @@ function setStatus(message, isError = false) {
   $("status").classList.toggle("error", isError);
 }
 
-// The colour of a value: white at 0, red at +1, blue at -1 (the analysis pages' mapping; c through tanh).
-function shown(value, kind) {
-  return Math.max(-1, Math.min(1, kind === "c" ? Math.tanh(value) : value));
+// Colours, as charrnn/client/heatmap.py makes them for the terminal: ColorBrewer RdBu interpolated from
+// -scale to +scale, and black or white text, whichever contrasts more (a WCAG ratio of 4.5 or more
+// everywhere on this map). The scale: 1 for h (a tanh output); for an LSTM's cell state c (unbounded) the
+// largest |value| so far, and the text is repainted when it grows, so every character ends on the scale
+// of the whole text.
+const RDBU = [
+  [5, 48, 97], [33, 102, 172], [67, 147, 195], [146, 197, 222], [209, 229, 240], [247, 247, 247],
+  [253, 219, 199], [244, 165, 130], [214, 96, 77], [178, 24, 43], [103, 0, 31],
+];
+const BLACK = [0, 0, 0];
+const WHITE = [255, 255, 255];
+
+function shown(value, scale) {
+  return scale > 0 ? Math.max(-1, Math.min(1, value / scale)) : 0;
 }
-function colour(value, kind) {
-  const v = shown(value, kind);
-  const fade = Math.round(255 * (1 - Math.abs(v)));
-  return v >= 0 ? `rgb(255, ${fade}, ${fade})` : `rgb(${fade}, ${fade}, 255)`;
+function rgb(value, scale) {
+  const position = ((shown(value, scale) + 1) / 2) * (RDBU.length - 1);
+  const i = Math.min(Math.floor(position), RDBU.length - 2);
+  const f = position - i;
+  return RDBU[i].map((a, k) => Math.round(a + (RDBU[i + 1][k] - a) * f));
+}
+function luminance(colour) {
+  const [r, g, b] = colour.map((channel) => {
+    const c = channel / 255;
+    return c <= 0.04045 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4;
+  });
+  return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+}
+function contrast(a, b) {
+  const [hi, lo] = [luminance(a), luminance(b)].sort((x, y) => y - x);
+  return (hi + 0.05) / (lo + 0.05);
+}
+function ink(background) {
+  return contrast(BLACK, background) >= contrast(WHITE, background) ? BLACK : WHITE;
+}
+const css = (colour) => `rgb(${colour.join(", ")})`;
+
+function paint(span, scale) {
+  const background = rgb(Number(span.dataset.v), scale);
+  span.style.backgroundColor = css(background);
+  span.style.color = css(ink(background));
+}
+
+// The scale after `values` arrive; a grown one repaints what is already shown.
+function rescale(values) {
+  if (playground.unit[0] !== "c") {
+    playground.scale = 1;
+    return;
+  }
+  const largest = values.reduce((m, v) => Math.max(m, Math.abs(v)), playground.scale);
+  if (largest > playground.scale) {
+    playground.scale = largest;
+    for (const span of $("output").querySelectorAll("span[data-v]")) paint(span, largest);
+  }
+  showScale("c", playground.scale);
+}
+
+// The legend's ends: ±1 for h; for c the scale so far (none before the first value).
+function showScale(kind, scale) {
+  const label = kind !== "c" ? "1" : scale > 0 ? scale.toPrecision(3) : "|c|";
+  $("legend-low").textContent = `−${label}`;
+  $("legend-high").textContent = `+${label}`;
 }
 
 function option(value, label) {
@@ -69,7 +124,8 @@ function describeUnit() {
   const o = $("unit").selectedOptions[0];
   const kind = o ? o.value[0] : "h";
   $("unit-note").textContent = o && o.dataset.note ? o.dataset.note : "";
-  $("legend-note").textContent = kind === "c" ? "(tanh of the cell state)" : "";
+  $("legend-note").textContent = kind === "c" ? "(cell state: the scale is the largest |value| so far)" : "";
+  if (!playground.controller) showScale(kind, 0); // a running stream keeps its own unit's legend
 }
 
 async function loadModel() {
@@ -86,14 +142,14 @@ async function loadModel() {
 
 function drawSparkline() {
   const values = playground.values;
-  const kind = playground.unit[0];
+  const scale = playground.scale;
   const n = values.length;
-  const points = values.map((v, i) => `${n > 1 ? (i / (n - 1)) * 1000 : 0},${(50 - 48 * shown(v, kind)).toFixed(1)}`);
+  const points = values.map((v, i) => `${n > 1 ? (i / (n - 1)) * 1000 : 0},${(50 - 48 * shown(v, scale)).toFixed(1)}`);
   $("spark").setAttribute("points", points.join(" "));
 }
 
 function append(text, values) {
-  const kind = playground.unit[0];
+  rescale(values);
   const chars = Array.from(text); // code points, as the server counts them
   const fragment = document.createDocumentFragment();
   chars.forEach((c, i) => {
@@ -101,7 +157,7 @@ function append(text, values) {
     const v = values[i];
     span.textContent = c === "\n" ? "↵\n" : c;
     span.dataset.v = v;
-    span.style.backgroundColor = colour(v, kind);
+    paint(span, playground.scale);
     span.title = `${playground.unit} = ${v.toFixed(4)}`;
     fragment.appendChild(span);
   });
@@ -130,7 +186,8 @@ function onEvent(event, started) {
 async function generate(e) {
   e.preventDefault();
   const unit = $("unit").value;
-  Object.assign(playground, { text: "", values: [], unit, finish: null, controller: new AbortController() });
+  Object.assign(playground, { text: "", values: [], unit, scale: 0, finish: null, controller: new AbortController() });
+  showScale(unit[0], 0);
   $("output").replaceChildren($("prompt-echo"));
   $("prompt-echo").textContent = $("prompt").value;
   drawSparkline();
