@@ -183,7 +183,10 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
             def sample() -> None:
                 t0 = time.perf_counter()
                 while not stop.wait(args.sample_seconds):
-                    samples.append((time.perf_counter() - t0, rss_bytes(server.pid) / 2**20))
+                    elapsed, mb = time.perf_counter() - t0, rss_bytes(server.pid) / 2**20
+                    if samples and int(elapsed // 60) > int(samples[-1][0] // 60):  # progress, once a minute
+                        log.info("soak: minute %d of %d, server RSS %.1f MB", elapsed // 60, args.minutes, mb)
+                    samples.append((elapsed, mb))
 
             drivers = [
                 threading.Thread(target=sample, daemon=True),
