@@ -30,7 +30,7 @@ from service.requests import GenerationRequest, Validator
 from service.scheduler import Scheduler
 from service.sessions import SessionStore
 from service.status import abort
-from service.stream import Delivery, DeliveryObserver, Finished, ResumePoint
+from service.stream import Checkpoint, Delivery, DeliveryObserver, Finished
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ class CharRNNServicer(pb_grpc.CharRNNServicer):
             stop=finished.stop,
         )
 
-    def _signed(self, model: LoadedModel, checkpoint: ResumePoint | None) -> pb.GenerateCheckpoint | None:
+    def _signed(self, model: LoadedModel, checkpoint: Checkpoint | None) -> pb.GenerateCheckpoint | None:
         if checkpoint is None:
             return None
         token = model.codec.encode(checkpoint.context)
