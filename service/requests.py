@@ -13,7 +13,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from charrnn.protocol import STATE_KINDS
+from charrnn.protocol import MAX_SEED, STATE_KINDS
 from charrnn.quoting import quote
 from charrnn.vocab import UnknownCharactersError
 from service.config import Limits
@@ -93,7 +93,7 @@ class Validator:
         return SamplingParams(float(temperature), int(top_k), float(top_p))
 
     def seed(self, seed: int | None) -> int | None:
-        if seed is not None and not 0 <= seed < 2**64:
+        if seed is not None and not 0 <= seed <= MAX_SEED:
             raise self._refuse("seed", f"{self.name('seed')} must be in [0, 2**64 - 1], got {seed}")
         return seed
 
