@@ -87,7 +87,7 @@ class CharRNNServicer(pb_grpc.CharRNNServicer):
         start = request.WhichOneof("start")
         session_id = request.session_id if start == "session_id" else ""
         acquired = False
-        final: Context | None = None  # what the session continues from once the client has the last message
+        final: Context | None = None  # the session continues from here once the last message is built
         try:
             if session_id:
                 ctx = self.rt.sessions.acquire(session_id)
@@ -119,6 +119,7 @@ class CharRNNServicer(pb_grpc.CharRNNServicer):
         except Exception as exc:  # mid-stream: a draining server's ShuttingDown, or a bug (INTERNAL)
             await abort(context, exc)
         finally:
+            generation.cancel()  # a client gone mid-stream frees its row now, not when `messages` is collected
             if acquired:
                 self.rt.sessions.release(session_id, final)
 
