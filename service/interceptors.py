@@ -51,6 +51,13 @@ class _Call:
         metrics.grpc_started.labels(*labels).inc()
         self.start = time.perf_counter()
 
+    def receiving(self, request: Any, streaming: bool) -> Any:
+        """The request (or the client's stream of them) as the behaviour gets it, counted as received."""
+        if streaming:
+            return _counted(request, self.received)
+        self.received.inc()
+        return request
+
     def done(self, code: grpc.StatusCode) -> None:
         m = self.metrics
         m.grpc_handled.labels(*self.labels, grpc_code_name(code)).inc()
@@ -106,12 +113,8 @@ class GrpcMetricsInterceptor(grpc.aio.ServerInterceptor):
 
             async def unary_out(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 call = _Call(metrics, labels)
-                if streaming_in:
-                    request = _counted(request, call.received)
-                else:
-                    call.received.inc()
                 try:
-                    response = await behavior(request, context)
+                    response = await behavior(call.receiving(request, streaming_in), context)
                 except BaseException as exc:
                     call.fail(exc, context)
                     raise
@@ -123,12 +126,8 @@ class GrpcMetricsInterceptor(grpc.aio.ServerInterceptor):
 
         async def stream_out(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             call = _Call(metrics, labels)
-            if streaming_in:
-                request = _counted(request, call.received)
-            else:
-                call.received.inc()
             try:
-                async for response in responses_of(behavior(request, context)):
+                async for response in responses_of(behavior(call.receiving(request, streaming_in), context)):
                     call.sent.inc()
                     yield response
             except BaseException as exc:
