@@ -12,6 +12,9 @@ from charrnn.v1 import charrnn_pb2 as pb
 # The trailer gRPC's own retry policy reads: how long to wait before retrying a refused call.
 RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
 
+# The largest sampling seed (the API's seed is a uint64); the server and the client CLI refuse a larger one.
+MAX_SEED = 2**64 - 1
+
 # Hidden-state kinds as the API names them: "h" (every cell) and "c" (the LSTM's cell state).
 STATE_KINDS: dict[str, pb.StateKind.ValueType] = {"h": pb.STATE_KIND_H, "c": pb.STATE_KIND_C}
 

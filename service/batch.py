@@ -16,7 +16,7 @@ import numpy as np
 
 from charrnn.engine import States
 from service.context import Context
-from service.stream import NO_VALUES, Chunk, Finished, FinishReason, FlushPolicy, ResumePoint, Stream
+from service.stream import NO_VALUES, Checkpoint, Chunk, Finished, FinishReason, FlushPolicy, Stream
 
 
 class StopMatcher:
@@ -190,7 +190,7 @@ class Batch:
         point = None
         if checkpoint and not done:
             chars, every = int(self.sent[i]), int(stream.job.checkpoint_every)
-            point = ResumePoint(chars, self.context(i))
+            point = Checkpoint(chars, self.context(i))
             self.next_checkpoint[i] = (chars // every + 1) * every
         stream.put(Chunk(text, finished, values, point))
         return stream

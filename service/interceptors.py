@@ -1,57 +1,152 @@
-"""Server interceptors in front of the servicers: bearer-token authentication and undecodable requests.
+"""Server interceptors in front of the servicers: RED metrics, bearer-token authentication and undecodable
+requests.
 
-The server installs them as `[metrics, auth, decode guard]`: the metrics interceptor is the
-outermost, so refused calls (UNAUTHENTICATED, INVALID_ARGUMENT for unparsable messages) are
-counted like any other status. Both refusals go through `service.status` (the one table).
+The server installs them as `[metrics, auth, decode guard]`: the metrics interceptor is the outermost,
+so refused calls (UNAUTHENTICATED, INVALID_ARGUMENT for unparsable messages) are counted like any other
+status. Both refusals go through `service.status` (the one table); the tokens are the front's, which the
+HTTP edge checks too.
 """
 
 from __future__ import annotations
 
-import hmac
+import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
+from prometheus_client import Counter
 
 from service.errors import InvalidRequest, Unauthenticated
-from service.rpc import HEALTH_SERVICE, Continuation, behavior_of, rebuild, responses_of, service_and_method
+from service.front import BearerTokens
+from service.metrics import Metrics
+from service.rpc import HEALTH_SERVICE, Continuation, behavior_of, kind_of, rebuild, responses_of, service_and_method
 from service.status import abort
 
 log = logging.getLogger(__name__)
 
 
+# --- metrics -----------------------------------------------------------------------------------
+def grpc_code_name(code: grpc.StatusCode) -> str:
+    """The code as grpc-go / go-grpc-prometheus spell it ("InvalidArgument", "Canceled")."""
+    if code is grpc.StatusCode.OK:
+        return "OK"
+    if code is grpc.StatusCode.CANCELLED:
+        return "Canceled"
+    return "".join(part.capitalize() for part in code.name.split("_"))
+
+
+class _Call:
+    """The label children of one RPC kind, resolved once per call (not per message)."""
+
+    __slots__ = ("labels", "metrics", "received", "sent", "start")
+
+    def __init__(self, metrics: Metrics, labels: tuple[str, str, str]):
+        self.metrics = metrics
+        self.labels = labels
+        self.received = metrics.grpc_received.labels(*labels)
+        self.sent = metrics.grpc_sent.labels(*labels)
+        metrics.grpc_started.labels(*labels).inc()
+        self.start = time.perf_counter()
+
+    def receiving(self, request: Any, streaming: bool) -> Any:
+        """The request (or the client's stream of them) as the behaviour gets it, counted as received."""
+        if streaming:
+            return _counted(request, self.received)
+        self.received.inc()
+        return request
+
+    def done(self, code: grpc.StatusCode) -> None:
+        m = self.metrics
+        m.grpc_handled.labels(*self.labels, grpc_code_name(code)).inc()
+        m.grpc_seconds.labels(*self.labels).observe(time.perf_counter() - self.start)
+
+    def fail(self, exc: BaseException, context: grpc.aio.ServicerContext) -> None:
+        """Record how the call ended on an exception: an abort's code, a cancellation, or UNKNOWN.
+
+        A client that goes away cancels the handler where it waits: inside an await (CancelledError) or at a
+        `yield` while gRPC writes its last message (the response generator is closed: GeneratorExit)."""
+        if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+            remaining = context.time_remaining()
+            expired = remaining is not None and remaining <= 0
+            self.done(grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED)
+        else:
+            self.done(_code(context) or grpc.StatusCode.UNKNOWN)
+
+
+def _code(context: grpc.aio.ServicerContext) -> grpc.StatusCode | None:
+    code: Any = context.code()
+    if code is None or isinstance(code, grpc.StatusCode):
+        return code
+    return next((c for c in grpc.StatusCode if c.value[0] == code), grpc.StatusCode.UNKNOWN)
+
+
+async def _counted(messages: AsyncIterator[Any], counter: Counter) -> AsyncIterator[Any]:
+    async for message in messages:
+        counter.inc()
+        yield message
+
+
+class GrpcMetricsInterceptor(grpc.aio.ServerInterceptor):
+    """RED metrics for every RPC, under go-grpc-prometheus' names and labels."""
+
+    def __init__(self, metrics: Metrics):
+        self.metrics = metrics
+
+    async def intercept_service(
+        self,
+        continuation: Continuation,
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(details)
+        if handler is None:
+            return handler
+        service, method = service_and_method(details)
+        streaming_in, streaming_out = handler.request_streaming, handler.response_streaming
+        labels = (service, method, kind_of(handler).label)
+        metrics = self.metrics
+        behavior = behavior_of(handler)
+
+        if not streaming_out:
+
+            async def unary_out(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                call = _Call(metrics, labels)
+                try:
+                    response = await behavior(call.receiving(request, streaming_in), context)
+                except BaseException as exc:
+                    call.fail(exc, context)
+                    raise
+                call.sent.inc()
+                call.done(_code(context) or grpc.StatusCode.OK)
+                return response
+
+            return rebuild(handler, unary_out)
+
+        async def stream_out(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            call = _Call(metrics, labels)
+            try:
+                async for response in responses_of(behavior(call.receiving(request, streaming_in), context)):
+                    call.sent.inc()
+                    yield response
+            except BaseException as exc:
+                call.fail(exc, context)
+                raise
+            call.done(_code(context) or grpc.StatusCode.OK)
+
+        return rebuild(handler, stream_out)
+
+
 # --- authentication --------------------------------------------------------------------------
-def bearer_token(metadata: Sequence[tuple[str, str | bytes]] | None) -> bytes | None:
-    """The token of an `authorization: Bearer <token>` metadata entry, or None."""
-    for key, value in metadata or ():
-        if key.lower() != "authorization" or not isinstance(value, str):
-            continue
-        scheme, _, token = value.strip().partition(" ")
-        if scheme.lower() == "bearer" and token.strip():
-            return token.strip().encode("utf-8")
-    return None
-
-
 class BearerAuthInterceptor(grpc.aio.ServerInterceptor):
-    """Refuse calls without an accepted bearer token (UNAUTHENTICATED); `exempt` services stay open.
+    """Refuse calls without an accepted bearer token (UNAUTHENTICATED); `exempt` services stay open."""
 
-    Tokens are compared with `hmac.compare_digest`, against every configured token (no early exit),
-    so timing reveals neither a token's prefix nor which token matched.
-    """
+    HOW = "metadata 'authorization: Bearer <token>'"  # how a gRPC client sends one (the refusal says it)
 
     def __init__(self, tokens: Iterable[str], exempt: Iterable[str] = (HEALTH_SERVICE,)):
-        self._tokens = tuple(t.encode("utf-8") for t in tokens)
-        if not self._tokens or not all(self._tokens):
-            raise ValueError("bearer authentication needs at least one non-empty token")
+        self._tokens = BearerTokens(tokens)
         self._exempt = frozenset(exempt)
-
-    def accepts(self, token: bytes | None) -> bool:
-        if token is None:
-            return False
-        matches = [hmac.compare_digest(token, known) for known in self._tokens]
-        return any(matches)
 
     async def intercept_service(
         self, continuation: Continuation, details: grpc.HandlerCallDetails
@@ -60,16 +155,16 @@ class BearerAuthInterceptor(grpc.aio.ServerInterceptor):
         service, _ = service_and_method(details)
         if handler is None or service in self._exempt:
             return handler
-        token = bearer_token(details.invocation_metadata)
-        if self.accepts(token):
-            return handler
-        why = "no bearer token" if token is None else "the bearer token is not accepted"
-        refusal = Unauthenticated(f"{why}: send metadata 'authorization: Bearer <token>' with a configured token")
+        try:
+            self._tokens.check(details.invocation_metadata, self.HOW)
+        except Unauthenticated as refusal:
+            error = refusal
 
-        async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
-            await abort(context, refusal)
+            async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
+                await abort(context, error)
 
-        return rebuild(handler, refuse)
+            return rebuild(handler, refuse)
+        return handler
 
 
 # --- undecodable messages ---------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Prometheus metrics: gRPC and HTTP RED metrics (interceptor, middleware) and the scheduler's own (observer).
+"""Prometheus metrics: gRPC and HTTP RED metrics (each edge records its own: service/interceptors.py, the
+HTTP middleware) and the scheduler's own (observer).
 
 Everything registers in one injectable `CollectorRegistry` (tests use a fresh one) and is served
 over HTTP on its own port. Hot-path cost is a few prometheus_client calls per scheduler step
@@ -9,17 +10,12 @@ model's identity; no per-request or per-session labels.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from service.ports import bind_error
-from service.rpc import Continuation, behavior_of, kind_of, rebuild, responses_of, service_and_method
 from service.scheduler import SchedulerObserver
 from service.stream import DeliveryObserver, Finished, FinishReason
 
@@ -27,7 +23,7 @@ if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
     from charrnn.artifact import Manifest
-    from service.servicer import Runtime
+    from service.front import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -45,15 +41,6 @@ REJECT_REASONS = ("queue_full", "shutting_down")
 EVICTION_REASONS = ("ttl", "count", "memory")
 TOKEN_REFUSALS = ("malformed", "signature", "version", "shape", "foreign_model", "non_finite")
 RELOAD_RESULTS = ("loaded", "unchanged", "refused")
-
-
-def grpc_code_name(code: grpc.StatusCode) -> str:
-    """The code as grpc-go / go-grpc-prometheus spell it ("InvalidArgument", "Canceled")."""
-    if code is grpc.StatusCode.OK:
-        return "OK"
-    if code is grpc.StatusCode.CANCELLED:
-        return "Canceled"
-    return "".join(part.capitalize() for part in code.name.split("_"))
 
 
 class Metrics(SchedulerObserver, DeliveryObserver):
@@ -148,7 +135,9 @@ class Metrics(SchedulerObserver, DeliveryObserver):
         )
         self.step_model = step.labels("model")
         self.step_sampling = step.labels("sampling")
-        self.live = Gauge("charrnn_live_streams", "Streams in the batch now.", registry=r)
+        self.live = Gauge(
+            "charrnn_live_streams", "Streams holding a slot now (prefilling their prompt or decoding).", registry=r
+        )
         self.queued = Gauge("charrnn_queued_streams", "Streams waiting for a slot now.", registry=r)
         self.sessions = Gauge("charrnn_sessions", "Open server-side sessions.", registry=r)
         self.session_streams = Gauge(
@@ -242,110 +231,6 @@ class Metrics(SchedulerObserver, DeliveryObserver):
         labels = (method, route, str(code))
         self.http_requests.labels(*labels).inc()
         self.http_seconds.labels(*labels).observe(seconds)
-
-    def interceptor(self) -> GrpcMetricsInterceptor:
-        return GrpcMetricsInterceptor(self)
-
-
-class _Call:
-    """The label children of one RPC kind, resolved once per call (not per message)."""
-
-    __slots__ = ("labels", "metrics", "received", "sent", "start")
-
-    def __init__(self, metrics: Metrics, labels: tuple[str, str, str]):
-        self.metrics = metrics
-        self.labels = labels
-        self.received = metrics.grpc_received.labels(*labels)
-        self.sent = metrics.grpc_sent.labels(*labels)
-        metrics.grpc_started.labels(*labels).inc()
-        self.start = time.perf_counter()
-
-    def done(self, code: grpc.StatusCode) -> None:
-        m = self.metrics
-        m.grpc_handled.labels(*self.labels, grpc_code_name(code)).inc()
-        m.grpc_seconds.labels(*self.labels).observe(time.perf_counter() - self.start)
-
-    def fail(self, exc: BaseException, context: grpc.aio.ServicerContext) -> None:
-        """Record how the call ended on an exception: an abort's code, a cancellation, or UNKNOWN.
-
-        A client that goes away cancels the handler where it waits: inside an await (CancelledError) or at a
-        `yield` while gRPC writes its last message (the response generator is closed: GeneratorExit)."""
-        if isinstance(exc, asyncio.CancelledError | GeneratorExit):
-            remaining = context.time_remaining()
-            expired = remaining is not None and remaining <= 0
-            self.done(grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED)
-        else:
-            self.done(_code(context) or grpc.StatusCode.UNKNOWN)
-
-
-def _code(context: grpc.aio.ServicerContext) -> grpc.StatusCode | None:
-    code: Any = context.code()
-    if code is None or isinstance(code, grpc.StatusCode):
-        return code
-    return next((c for c in grpc.StatusCode if c.value[0] == code), grpc.StatusCode.UNKNOWN)
-
-
-async def _counted(messages: AsyncIterator[Any], counter: Counter) -> AsyncIterator[Any]:
-    async for message in messages:
-        counter.inc()
-        yield message
-
-
-class GrpcMetricsInterceptor(grpc.aio.ServerInterceptor):
-    """RED metrics for every RPC, under go-grpc-prometheus' names and labels."""
-
-    def __init__(self, metrics: Metrics):
-        self.metrics = metrics
-
-    async def intercept_service(
-        self,
-        continuation: Continuation,
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        handler = await continuation(details)
-        if handler is None:
-            return handler
-        service, method = service_and_method(details)
-        streaming_in, streaming_out = handler.request_streaming, handler.response_streaming
-        labels = (service, method, kind_of(handler).label)
-        metrics = self.metrics
-        behavior = behavior_of(handler)
-
-        if not streaming_out:
-
-            async def unary_out(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                call = _Call(metrics, labels)
-                if streaming_in:
-                    request = _counted(request, call.received)
-                else:
-                    call.received.inc()
-                try:
-                    response = await behavior(request, context)
-                except BaseException as exc:
-                    call.fail(exc, context)
-                    raise
-                call.sent.inc()
-                call.done(_code(context) or grpc.StatusCode.OK)
-                return response
-
-            return rebuild(handler, unary_out)
-
-        async def stream_out(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            call = _Call(metrics, labels)
-            if streaming_in:
-                request = _counted(request, call.received)
-            else:
-                call.received.inc()
-            try:
-                async for response in responses_of(behavior(request, context)):
-                    call.sent.inc()
-                    yield response
-            except BaseException as exc:
-                call.fail(exc, context)
-                raise
-            call.done(_code(context) or grpc.StatusCode.OK)
-
-        return rebuild(handler, stream_out)
 
 
 class MetricsHTTPServer:

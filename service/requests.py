@@ -15,14 +15,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from charrnn.protocol import STATE_KINDS
+from charrnn.protocol import MAX_SEED, STATE_KINDS
 from charrnn.quoting import quote
 from charrnn.vocab import UnknownCharactersError
 from service.config import Limits
 from service.context import Context
 from service.errors import InvalidRequest
 from service.registry import LoadedModel
-from service.sampling import MAX_SEED, SamplingParams
+from service.sampling import SamplingParams
 from service.stream import Job, WatchedUnit
 
 # Every number a request carries is range-checked here, against the type the engine stores it in, before it

@@ -18,8 +18,6 @@ _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 _TWO_POW_MINUS_53 = 2.0**-53
 
-MAX_SEED = 2**64 - 1
-
 
 @dataclass(frozen=True)
 class SamplingParams:

@@ -32,7 +32,7 @@ from service.context import Context
 from service.errors import LimitExceeded, ShuttingDown
 from service.feed import TextRun, next_group, run_chunk
 from service.sampling import sample
-from service.stream import NO_VALUES, Chunk, Finished, FinishReason, Job, ResumePoint, Stream
+from service.stream import NO_VALUES, Checkpoint, Chunk, Finished, FinishReason, Job, Stream
 
 log = logging.getLogger(__name__)
 
@@ -279,7 +279,7 @@ class _Worker(threading.Thread):
         self.batch.concatenate(rows, states, logits)
         for i, stream in enumerate(streams):
             if stream.job.checkpoint_every:  # a resume point at 0 chars: failover works from the start
-                stream.put(Chunk("", None, NO_VALUES, ResumePoint(0, self.batch.context(first + i))))
+                stream.put(Chunk("", None, NO_VALUES, Checkpoint(0, self.batch.context(first + i))))
                 woken.append(stream)
 
     def _drop_cancelled(self, woken: list[Stream]) -> None:

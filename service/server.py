@@ -25,13 +25,14 @@ from charrnn.engine import Engine
 from charrnn.v1 import charrnn_pb2, charrnn_pb2_grpc
 from charrnn.vocab import Vocabulary
 from service.config import ConfigError, ServerConfig
+from service.front import Runtime
 from service.http import HttpFace
-from service.interceptors import BearerAuthInterceptor, DecodeGuardInterceptor
+from service.interceptors import BearerAuthInterceptor, DecodeGuardInterceptor, GrpcMetricsInterceptor
 from service.metrics import Metrics, MetricsHTTPServer
 from service.ports import bind_error, check_bindable
 from service.registry import LoadedModel, ModelRegistry
 from service.scheduler import Scheduler
-from service.servicer import CharRNNServicer, Runtime
+from service.servicer import CharRNNServicer
 from service.sessions import SessionStore
 from service.stream import DeliveryObserver
 from service.tokens import TokenCodec
@@ -232,7 +233,7 @@ class CharRNNServer:
 
 def _interceptors(config: ServerConfig, metrics: Metrics) -> list[grpc.aio.ServerInterceptor]:
     """Metrics first (outermost), so it counts what authentication and the decode guard refuse."""
-    chain: list[grpc.aio.ServerInterceptor] = [metrics.interceptor()]
+    chain: list[grpc.aio.ServerInterceptor] = [GrpcMetricsInterceptor(metrics)]
     tokens = config.bearer_tokens()
     if tokens:
         chain.append(BearerAuthInterceptor(tokens))

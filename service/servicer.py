@@ -1,69 +1,41 @@
-"""The gRPC servicer: validate, convert protobuf to domain types at the edge, map errors.
+"""The gRPC servicer: protobuf to the service's terms and back; everything else is the front's.
 
-Nothing here computes: jobs go to the scheduler, contexts to the state module, and every
-refusal is a domain error turned into a status by `errors.status_for` (one table).
+Nothing here computes: generations and text runs start through `service.front` (the same path as the
+HTTP edge's), and every refusal is a domain error turned into a status by `service.status` (one table).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import math
 import time
 from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
+from typing import Any
 
 import grpc
-import numpy as np
 
-from charrnn.artifact import Manifest
 from charrnn.protocol import CELL_TYPES, FINISH_REASONS, PRECISION_TYPES, STATE_KINDS, UNKNOWN_POLICIES
 from charrnn.v1 import charrnn_pb2 as pb
 from charrnn.v1 import charrnn_pb2_grpc as pb_grpc
-from service.config import Limits
 from service.context import Context
 from service.errors import InvalidRequest, LimitExceeded
-from service.registry import LoadedModel, ModelRegistry
-from service.requests import GenerationRequest, Validator
-from service.scheduler import Scheduler
-from service.sessions import SessionStore
+from service.front import Front, Runtime
+from service.registry import LoadedModel
+from service.requests import GenerationRequest
 from service.status import abort
-from service.stream import Delivery, DeliveryObserver, Finished, ResumePoint
-
-log = logging.getLogger(__name__)
+from service.stream import Checkpoint, Chunk, Finished
 
 # A watched unit's kind by its protobuf value (unspecified means h, the state every cell has).
 _KIND_NAMES = {value: name for name, value in STATE_KINDS.items()} | {pb.STATE_KIND_UNSPECIFIED: "h"}
 
 
-@dataclass
-class Runtime:
-    """Everything a request needs, built once by the server (the models change on a hot reload)."""
-
-    models: ModelRegistry
-    sessions: SessionStore
-    limits: Limits
-    delivery: DeliveryObserver = field(default_factory=DeliveryObserver)  # times what clients see (metrics)
-    session_streams: int = 0  # open Session RPCs (the event loop's count; a gauge reads it)
-    # Warm and accepting: set by the server once the model is warmed up, cleared when draining starts. The
-    # charrnn_serving gauge and the HTTP face's /health read it (gRPC health is set at the same two points).
-    serving: bool = False
-
-    @property
-    def manifest(self) -> Manifest:
-        return self.models.current.manifest
-
-    @property
-    def scheduler(self) -> Scheduler:
-        return self.models.current.scheduler
-
-
 class CharRNNServicer(pb_grpc.CharRNNServicer):
     def __init__(self, runtime: Runtime):
         self.rt = runtime
-        self.validator = Validator(runtime.limits)
+        self.front = Front(runtime)
 
     # --- conversion: protobuf → domain types ------------------------------------------------
     def _request(self, msg: pb.GenerateRequest | pb.GenerateAction) -> GenerationRequest:
@@ -101,7 +73,7 @@ class CharRNNServicer(pb_grpc.CharRNNServicer):
             stop=finished.stop,
         )
 
-    def _signed(self, model: LoadedModel, checkpoint: ResumePoint | None) -> pb.GenerateCheckpoint | None:
+    def _signed(self, model: LoadedModel, checkpoint: Checkpoint | None) -> pb.GenerateCheckpoint | None:
         if checkpoint is None:
             return None
         token = model.codec.encode(checkpoint.context)
@@ -112,39 +84,42 @@ class CharRNNServicer(pb_grpc.CharRNNServicer):
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateResponse]:
         arrived = time.monotonic()
-        session_id = request.session_id if request.WhichOneof("start") == "session_id" else ""
+        start = request.WhichOneof("start")
+        session_id = request.session_id if start == "session_id" else ""
         acquired = False
-        final: Context | None = None
+        final: Context | None = None  # the session continues from here once the last message is built
         try:
             if session_id:
                 ctx = self.rt.sessions.acquire(session_id)
                 acquired = True
             else:
-                ctx = self._context(request.WhichOneof("start"), request.resume_token, "")
-            model = self.rt.models.for_context(ctx)
-            stream = model.scheduler.submit(self.validator.job(model, ctx, self._request(request)))
+                ctx = self._context(start, request.resume_token, "")
+            generation = self.front.generate(ctx, self._request(request), arrived)
         except Exception as exc:
             if acquired:
                 self.rt.sessions.release(session_id, None)
             await abort(context, exc)
-            return
-        delivery = Delivery(self.rt.delivery, arrived)
+        model = generation.model
+
+        def render(chunk: Chunk) -> list[pb.GenerateResponse]:
+            nonlocal final, session_id
+            values = chunk.values.tolist()
+            if chunk.finished is None:
+                signed = self._signed(model, chunk.checkpoint)
+                return [pb.GenerateResponse(text=chunk.text, activations=values, checkpoint=signed)]
+            final = chunk.finished.context
+            if request.create_session and not session_id:
+                session_id = self.rt.sessions.create(final)
+            done = self._done(model, chunk.finished, session_id)
+            return [pb.GenerateResponse(text=chunk.text, done=done, activations=values)]
+
         try:
-            async for text, finished, values, checkpoint in stream.chunks():
-                if finished is None:
-                    signed = self._signed(model, checkpoint)
-                    delivery.sending(text)
-                    yield pb.GenerateResponse(text=text, activations=values.tolist(), checkpoint=signed)
-                    continue
-                final = finished.context
-                if request.create_session and not session_id:
-                    session_id = self.rt.sessions.create(finished.context)
-                done = self._done(model, finished, session_id)
-                delivery.sending(text)
-                yield pb.GenerateResponse(text=text, done=done, activations=values.tolist())
+            async for response in generation.messages(render):
+                yield response
         except Exception as exc:  # mid-stream: a draining server's ShuttingDown, or a bug (INTERNAL)
             await abort(context, exc)
         finally:
+            generation.cancel()  # a client gone mid-stream frees its row now, not when `messages` is collected
             if acquired:
                 self.rt.sessions.release(session_id, final)
 
@@ -173,13 +148,10 @@ class CharRNNServicer(pb_grpc.CharRNNServicer):
             ctx = self._context(request.WhichOneof("start"), request.resume_token, request.session_id)
             if not request.text:
                 raise InvalidRequest("text must not be empty")
-            model = self.rt.models.for_context(ctx)
             limit = self.rt.limits.max_score_chars
-            ids = np.asarray(self.validator.encode(model, request.text, limit, "text"), np.int64)
-            run = await model.scheduler.feed(ctx, ids, logprobs=True)
+            model, run = await self.front.feed(ctx, request.text, limit, "text", logprobs=True)
         except Exception as exc:
             await abort(context, exc)
-            raise AssertionError("unreachable") from exc
         assert run.logprobs is not None
         nats = float(-run.logprobs.sum())
         bpc = nats / len(run.logprobs) / math.log(2) if len(run.logprobs) else 0.0
@@ -291,46 +263,53 @@ class _Conversation:
     async def _feed(self, text: str) -> None:
         if not text:
             return
-        model = self.rt.models.for_context(self.ctx)
         limit = self.rt.limits.max_prompt_chars
-        ids = np.asarray(self.servicer.validator.encode(model, text, limit, "fed text"), np.int64)
-        self.ctx = (await model.scheduler.feed(self.ctx, ids)).after()
+        _, run = await self.servicer.front.feed(self.ctx, text, limit, "fed text")
+        self.ctx = run.after()
 
     async def _generate(self, action: pb.GenerateAction) -> AsyncIterator[pb.SessionResponse]:
+        """One generation; a `cancel` that arrives meanwhile stops it, any other action waits until it ends."""
         s = self.servicer
-        delivery = Delivery(self.rt.delivery, time.monotonic())
-        model = self.rt.models.for_context(self.ctx)
-        stream = model.scheduler.submit(s.validator.job(model, self.ctx, s._request(action)))
-        chunks = stream.chunks()
-        incoming: asyncio.Task[pb.SessionRequest | None] | None = None
+        generation = s.front.generate(self.ctx, s._request(action), time.monotonic())
+
+        def render(chunk: Chunk) -> list[pb.SessionResponse]:
+            out = [pb.SessionResponse(text=chunk.text)] if chunk.text else []
+            if chunk.finished is not None:
+                self.ctx = chunk.finished.context
+                out.append(pb.SessionResponse(done=s._done(generation.model, chunk.finished)))
+            return out
+
+        messages = generation.messages(render)
+        next_message = asyncio.ensure_future(anext(messages, None))
+        incoming: asyncio.Future[pb.SessionRequest | None] | None = None
         try:
-            pending_chunk = asyncio.ensure_future(anext(chunks))
             while True:
                 if incoming is None and not (self.backlog and self.backlog[-1] is None):
                     incoming = asyncio.ensure_future(self.inbox.get())
-                waiting = {pending_chunk} if incoming is None else {pending_chunk, incoming}
-                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                either: set[asyncio.Future[Any]] = {next_message} if incoming is None else {next_message, incoming}
+                await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
                 if incoming is not None and incoming.done():
                     request = incoming.result()
                     incoming = None
                     if request is not None and request.WhichOneof("action") == "cancel":
-                        stream.cancel()
+                        generation.cancel()
                     else:
                         self.backlog.append(request)  # runs after this generation
-                if pending_chunk.done():
-                    text, finished, _, _ = pending_chunk.result()
-                    if text:
-                        delivery.sending(text)
-                        yield pb.SessionResponse(text=text)
-                    if finished is not None:
-                        self.ctx = finished.context
-                        yield pb.SessionResponse(done=s._done(model, finished))
+                if next_message.done():
+                    message = next_message.result()
+                    if message is None:
                         return
-                    pending_chunk = asyncio.ensure_future(anext(chunks))
+                    yield message
+                    next_message = asyncio.ensure_future(anext(messages, None))
         finally:
             if incoming is not None:
                 if incoming.done():
                     self.backlog.append(incoming.result())
                 else:
                     incoming.cancel()
-            await chunks.aclose()
+            if not next_message.done():  # the RPC went away mid-generation
+                next_message.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await next_message
+            await messages.aclose()
+            generation.cancel()  # a no-op once it has finished

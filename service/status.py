@@ -8,7 +8,7 @@ with a generic message, and the traceback is logged.
 from __future__ import annotations
 
 import logging
-from typing import NamedTuple
+from typing import NamedTuple, NoReturn
 
 import grpc
 
@@ -84,7 +84,8 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     return status.grpc, message
 
 
-async def abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
-    """End the call with `exc`'s status, message and trailers."""
+async def abort(context: grpc.aio.ServicerContext, exc: BaseException) -> NoReturn:
+    """End the call with `exc`'s status, message and trailers (grpc.aio's abort raises, always)."""
     code, message = status_for(exc)
     await context.abort(code, message, trailing_metadata=trailers_for(exc))
+    raise AssertionError("grpc.aio's ServicerContext.abort returned")  # its stubs don't say it never returns

@@ -75,8 +75,8 @@ class Finished:
     stop: str = ""
 
 
-class ResumePoint(NamedTuple):
-    """A stream's context after exactly `chars` generated characters (what a mid-stream token holds)."""
+class Checkpoint(NamedTuple):
+    """A stream's context after exactly `chars` generated characters: a resume point, unsigned (the edge signs it)."""
 
     chars: int
     context: Context
@@ -88,7 +88,7 @@ class Chunk(NamedTuple):
     text: str
     finished: Finished | None
     values: np.ndarray  # watched units' values, float32 [len(text) x units] flat; empty without a watch
-    checkpoint: ResumePoint | None = None  # covers exactly the text handed out so far, this chunk's included
+    checkpoint: Checkpoint | None = None  # covers exactly the text handed out so far, this chunk's included
 
 
 NO_VALUES = np.zeros(0, np.float32)

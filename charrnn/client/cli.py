@@ -23,7 +23,6 @@ if TYPE_CHECKING:
     from charrnn.client import Client, GenerationOptions
 
 DEFAULT_TARGET = "127.0.0.1:50051"
-MAX_SEED = 2**64 - 1
 # Server answers that mean the request itself was wrong: the command exits 2, as for a bad flag.
 _REQUEST_ERRORS = ("INVALID_ARGUMENT", "FAILED_PRECONDITION", "NOT_FOUND", "OUT_OF_RANGE", "UNAUTHENTICATED")
 
@@ -77,6 +76,8 @@ class Sampling:
 
     def check(self) -> None:
         """SettingError for values no server would take (so the user gets one line, not a traceback)."""
+        from charrnn.protocol import MAX_SEED  # here: the protocol loads protobuf, which `charrnn --help` never needs
+
         if self.max_chars < 0:
             raise SettingError(f"--max-chars must be 0 or more, got {self.max_chars}")
         if self.top_k < 0:

@@ -22,19 +22,18 @@ from aiohttp.typedefs import Handler
 
 from charrnn.quoting import quote
 from service.config import ConfigError, ServerConfig
-from service.errors import Unauthenticated
+from service.front import BearerTokens, Runtime
 from service.http import errors
 from service.http.body import Bodies
 from service.http.routes import CLIENT_CLOSED, CLIENT_GONE, HEALTH, Routes
-from service.interceptors import BearerAuthInterceptor, bearer_token
 
 if TYPE_CHECKING:
     from service.metrics import Metrics
-    from service.servicer import Runtime
 
 log = logging.getLogger(__name__)
 
 OPEN_ROUTES = ("/", "/static", HEALTH)  # route templates that need no bearer token
+HOW_TO_AUTHENTICATE = "the header 'Authorization: Bearer <token>'"  # what a refusal tells the client to send
 # How long stop() lets handlers finish once the schedulers have closed (their streams have ended by then).
 SHUTDOWN_TIMEOUT_S = 1.0
 
@@ -47,7 +46,7 @@ def _route(request: web.Request) -> str:
 
 def build_app(config: ServerConfig, runtime: Runtime, metrics: Metrics) -> web.Application:
     tokens = config.bearer_tokens()
-    auth = BearerAuthInterceptor(tokens) if tokens else None
+    auth = BearerTokens(tokens) if tokens else None
 
     @web.middleware
     async def count(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -79,10 +78,7 @@ def build_app(config: ServerConfig, runtime: Runtime, metrics: Metrics) -> web.A
     @web.middleware
     async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
         if auth is not None and _route(request) not in OPEN_ROUTES:
-            token = bearer_token([("authorization", request.headers.get("Authorization", ""))])
-            if not auth.accepts(token):
-                why = "no bearer token" if token is None else "the bearer token is not accepted"
-                raise Unauthenticated(f"{why}: send the header 'Authorization: Bearer <token>' with a configured token")
+            auth.check(request.headers.items(), HOW_TO_AUTHENTICATE)
         return await handler(request)
 
     app = web.Application(middlewares=[count, refusals, authenticate], client_max_size=config.http_max_body_kb * 1024)

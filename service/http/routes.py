@@ -1,9 +1,10 @@
 """The HTTP routes: POST /v1/completions (JSON or server-sent events), GET /v1/models, GET /health (for
 probes and load balancers) and the playground.
 
-A completion runs exactly as a gRPC Generate does: the shared Validator makes the Job, the model's scheduler
-batches it with every other stream (gRPC or HTTP), and a client that goes away cancels its stream, so the
-scheduler drops its row at the next step (aiohttp cancels the handler when the connection closes).
+A completion takes the same path as a gRPC Generate (service/front.py): the shared Validator makes the Job,
+the model's scheduler batches it with every other stream (gRPC or HTTP), and a client that goes away cancels
+its stream, so the scheduler drops its row at the next step (aiohttp cancels the handler when the connection
+closes).
 """
 
 from __future__ import annotations
@@ -18,15 +19,13 @@ from aiohttp import web
 from charrnn.quoting import quote
 from service.context import Context
 from service.errors import InvalidRequest, ServiceError
+from service.front import Front, Generation, Runtime
 from service.http import errors, openai, sse
 from service.http.body import Bodies
-from service.registry import LoadedModel
-from service.requests import Validator
-from service.stream import Chunk, Delivery, Stream
+from service.stream import Chunk, Finished
 
 if TYPE_CHECKING:
     from service.metrics import Metrics
-    from service.servicer import Runtime
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 COMPLETIONS = "/v1/completions"
@@ -39,7 +38,7 @@ CLIENT_CLOSED = 499
 class Routes:
     def __init__(self, runtime: Runtime, metrics: Metrics, bodies: Bodies):
         self.rt = runtime
-        self.validator = Validator(runtime.limits, openai.PARAMETERS)
+        self.front = Front(runtime, openai.PARAMETERS)
         self.bodies = bodies
         self.events = metrics.http_events.labels(COMPLETIONS)
 
@@ -65,51 +64,57 @@ class Routes:
         if completion.model not in (None, name):
             served = f"GET /v1/models: {name!r}"
             raise InvalidRequest(f"model {quote(completion.model)} is not served here ({served})", param="model")
-        stream = model.scheduler.submit(self.validator.job(model, ctx, completion.request))
-        delivery = Delivery(self.rt.delivery, arrived)
+        generation = self.front.generate(ctx, completion.request, arrived, model)
         try:
             if completion.stream:
-                return await self._events(request, completion, model, stream, delivery)
-            return await self._whole(completion, model, stream, delivery)
-        finally:  # a client that went away (the handler is cancelled, or a write failed) frees its row
-            stream.cancel()  # a no-op once the stream has finished
+                return await self._events(request, completion, generation)
+            return await self._whole(completion, generation)
+        finally:  # a client that went away before its stream was read (the handler is cancelled) frees its row
+            generation.cancel()  # a no-op once the stream has finished
 
-    async def _whole(
-        self, completion: openai.Completion, model: LoadedModel, stream: Stream, delivery: Delivery
-    ) -> web.Response:
-        parts: list[str] = []
-        values: list[np.ndarray] = []
-        async for chunk in stream.chunks():
-            parts.append(chunk.text)
-            values.append(chunk.values)
-        finished = stream.finished
-        assert finished is not None
-        extension = openai.final_extension(model, finished)
-        if completion.request.watch:
-            extension["values"] = openai.rounded(np.concatenate(values))
-        text = "".join(parts)
-        delivery.sending(text)  # one message: its text goes out now
-        choice = openai.choice(text, finished.reason.value)
-        name = model.manifest.model.name
-        body = openai.body(openai.completion_id(), openai.now(), name, [choice], usage=openai.usage(finished))
-        return web.json_response({**body, openai.OWNER: extension})
+    async def _whole(self, completion: openai.Completion, generation: Generation) -> web.Response:
+        model = generation.model
+
+        def render(chunks: list[Chunk], finished: Finished) -> web.Response:
+            extension = openai.final_extension(model, finished)
+            if completion.request.watch:
+                extension["values"] = openai.rounded(np.concatenate([chunk.values for chunk in chunks]))
+            choice = openai.choice("".join(chunk.text for chunk in chunks), finished.reason.value)
+            name = model.manifest.model.name
+            body = openai.body(openai.completion_id(), openai.now(), name, [choice], usage=openai.usage(finished))
+            return web.json_response({**body, openai.OWNER: extension})
+
+        return await generation.whole(render)
 
     async def _events(
-        self,
-        request: web.Request,
-        completion: openai.Completion,
-        model: LoadedModel,
-        stream: Stream,
-        delivery: Delivery,
+        self, request: web.Request, completion: openai.Completion, generation: Generation
     ) -> web.StreamResponse:
+        model = generation.model
         response = web.StreamResponse(headers={"Content-Type": sse.CONTENT_TYPE, **sse.HEADERS})
         cid, created, name = openai.completion_id(), openai.now(), model.manifest.model.name
         watching = bool(completion.request.watch)
+
+        def render(chunk: Chunk) -> list[bytes]:
+            """The chunk's event; none for a chunk with neither text nor the result (a resume point's)."""
+            finished = chunk.finished
+            if not chunk.text and finished is None:
+                return []
+            extension: dict[str, Any] = {}
+            if watching:
+                extension["values"] = openai.rounded(chunk.values)
+            if finished is not None:
+                extension |= openai.final_extension(model, finished)
+            reason = None if finished is None else finished.reason.value
+            extra = {openai.OWNER: extension} if extension else {}
+            choices = [openai.choice(chunk.text, reason)]
+            return [sse.event(openai.body(cid, created, name, choices, **extra))]
+
         try:
             await response.prepare(request)
-            async for chunk in stream.chunks():
-                await self._write_chunk(response, chunk, model, cid, created, watching, delivery)
-            finished = stream.finished
+            async for event in generation.messages(render):
+                await response.write(event)
+                self.events.inc()
+            finished = generation.stream.finished
             if completion.include_usage and finished is not None:
                 await response.write(sse.event(openai.body(cid, created, name, [], usage=openai.usage(finished))))
             await response.write(sse.DONE)
@@ -120,32 +125,6 @@ class Routes:
             await response.write(errors.error_event(exc))
         await response.write_eof()
         return response
-
-    async def _write_chunk(
-        self,
-        response: web.StreamResponse,
-        chunk: Chunk,
-        model: LoadedModel,
-        cid: str,
-        created: int,
-        watching: bool,
-        delivery: Delivery,
-    ) -> None:
-        finished = chunk.finished
-        if not chunk.text and finished is None:
-            return
-        extension: dict[str, Any] = {}
-        if watching:
-            extension["values"] = openai.rounded(chunk.values)
-        if finished is not None:
-            extension |= openai.final_extension(model, finished)
-        reason = None if finished is None else finished.reason.value
-        extra = {openai.OWNER: extension} if extension else {}
-        choices = [openai.choice(chunk.text, reason)]
-        event = sse.event(openai.body(cid, created, model.manifest.model.name, choices, **extra))
-        delivery.sending(chunk.text)
-        await response.write(event)
-        self.events.inc()
 
     async def models(self, request: web.Request) -> web.Response:
         card = openai.model_card(self.rt.models.current.manifest, self.rt.limits)

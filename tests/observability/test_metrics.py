@@ -14,7 +14,7 @@ from charrnn.artifact import load_manifest
 from charrnn.client import CharRNNError, Client
 from charrnn.v1 import charrnn_pb2 as pb
 from charrnn.v1 import charrnn_pb2_grpc as pb_grpc
-from service.metrics import grpc_code_name
+from service.interceptors import grpc_code_name
 from service.tokens import TokenCodec
 from tests.observability.scrape import MissingSeries, scrape, value
 from tests.service.harness import TEST_KEY, ServerThread, make_config, wait_until

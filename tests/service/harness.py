@@ -15,6 +15,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+import numpy as np
+from prometheus_client import CollectorRegistry
+
 from charrnn.settings import settings_of
 from service.config import ServerConfig
 from service.server import CharRNNServer
@@ -95,6 +98,12 @@ class ServerThread:
         assert self.server is not None
         return self.server.scheduler.queued
 
+    @property
+    def registry(self) -> CollectorRegistry:
+        """The server's own metrics (each ServerThread has a fresh registry)."""
+        assert self.server is not None
+        return self.server.metrics.registry
+
     def stop(self, grace_s: float = 0.0) -> None:
         """Drain and stop the server now (the thread then ends)."""
         if self.server is not None:
@@ -112,29 +121,57 @@ def generate_together(
 ) -> tuple[list[tuple[str, list[tuple[float, ...]]]], int]:
     """Start every request at once (a barrier) on its own thread: the streams share batches.
 
-    Returns each stream's (text, watched values) and the peak live-stream count seen, so a
-    test can check the streams really were batched together.
+    Returns each stream's (text, watched values) and the most rows one decode step's model call advanced
+    meanwhile, so a test can check the streams really were batched together.
     """
     n = len(requests)
     results: list[tuple[str, list[tuple[float, ...]]]] = [("", [])] * n
     barrier = threading.Barrier(n)
-    peak = [0]
 
     def run(i: int) -> None:
         barrier.wait()
         gen = client.generate(**requests[i])
-        parts = []
-        for chunk in gen:
-            parts.append(chunk)
-            peak[0] = max(peak[0], server.live)
-        results[i] = ("".join(parts), gen.activations)
+        results[i] = ("".join(gen), gen.activations)
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    return results, peak[0]
+    with ModelCalls(server) as model:
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    return results, model.widest_step()
+
+
+class ModelCalls:
+    """`with ModelCalls(srv) as calls:` records every call of the running server's model, in order: the
+    decode worker that made it and its token ids ([rows, time]; time 1 is a decode step). The real engine
+    runs each call; only its `run` is wrapped while the block lasts (blocks nest)."""
+
+    def __init__(self, server: ServerThread):
+        assert server.server is not None
+        self._engine = server.server.scheduler.engine
+        self.calls: list[tuple[str, np.ndarray]] = []
+
+    def widest_step(self) -> int:
+        """The most rows one decode step advanced in one model call (0: no step)."""
+        return max((tokens.shape[0] for _, tokens in list(self.calls) if tokens.shape[1] == 1), default=0)
+
+    def __enter__(self) -> ModelCalls:
+        self._previous = vars(self._engine).get("run")  # an enclosing block's recorder, if any
+        run = self._engine.run
+
+        def recording(tokens: np.ndarray, states: Any) -> Any:
+            self.calls.append((threading.current_thread().name, tokens.copy()))
+            return run(tokens, states)
+
+        self._engine.run = recording  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        if self._previous is None:
+            del self._engine.run  # the engine's own method again
+        else:
+            self._engine.run = self._previous  # type: ignore[method-assign]
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:

@@ -140,8 +140,8 @@ def test_batch_invariance_with_and_without_watches(server: ServerThread, client:
     for r in requests:
         gen = client.generate(**r)  # type: ignore[arg-type]
         alone.append((gen.text(), gen.activations))
-    together, peak = generate_together(client, requests, server)
-    assert peak > 4, "the streams really shared batches"
+    together, widest = generate_together(client, requests, server)
+    assert widest > 4, "the streams really shared batches: one model call stepped many rows"
     for i in range(n):
         assert together[i] == alone[i], f"stream {i} differs when batched"
 

@@ -6,7 +6,7 @@ now sets the decode workers, which change only which rows share a batch). 1 is t
 the documented alternative (`--intra-op-threads 2`). At each: a row's logits and states are bit-identical
 alone and in batches of 5, 16, 33 and 64, for decoding (time 1) and prefill, and a prefill split into chunks
 equals the whole; end to end, seeded streams give the same text alone as beside 63 others (on two decode
-workers) and a Score beside them is unchanged.
+workers) and a Score whose chunks run between their steps is unchanged.
 """
 
 from __future__ import annotations
@@ -19,9 +19,18 @@ import numpy as np
 import pytest
 import yaml
 
+from charrnn.artifact import load_manifest
 from charrnn.client import Client
 from charrnn.engine import Engine, EngineOptions
-from tests.service.harness import REPO, ServerThread, generate_together, make_config
+from charrnn.vocab import Vocabulary
+from tests.service.harness import (
+    REPO,
+    ModelCalls,
+    ServerThread,
+    generate_together,
+    make_config,
+    wait_until,
+)
 
 DEFAULT_MODEL = REPO / "models" / "default"
 
@@ -95,22 +104,41 @@ def test_rows_are_bit_identical_alone_and_batched(threads: int, time: int) -> No
 
 @pytest.mark.slow
 def test_seeded_streams_are_the_same_alone_and_batched_at_the_deploy_thread_count() -> None:
-    threads = max(THREADS)
-    config = make_config(DEFAULT_MODEL, intra_op_threads=threads, decode_workers=2, prefill_chunk_chars=64)
+    threads, chunk = max(THREADS), 64
+    config = make_config(DEFAULT_MODEL, intra_op_threads=threads, decode_workers=2, prefill_chunk_chars=chunk)
     with ServerThread(config) as server, Client(server.target, timeout=120) as client:
         requests = [
-            {"prompt": f"def f{i}(x):\n" * (1 + i % 9), "max_chars": 80 + i, "seed": 7 + i,
+            {"prompt": f"def f{i}(x):\n" * (1 + i % 9), "max_chars": 80 + 4 * i, "seed": 7 + i,
              "temperature": [0.0, 0.8, 1.0][i % 3], "top_p": [None, 0.9][i % 2]}
             for i in range(64)
         ]  # fmt: skip
         alone = [client.generate(**r).text() for r in requests]  # type: ignore[arg-type]
-        long_text = (REPO / "service" / "scheduler.py").read_text(encoding="utf-8")[:20000]
+        text = (REPO / "service" / "scheduler.py").read_text(encoding="utf-8")[:20000]
+        long_text = text[: len(text) // chunk * chunk]  # whole chunks: none is one character, like a decode step
         score_alone = client.score(long_text).logprobs
-        beside: list[list[float]] = []
-        scorer = threading.Thread(target=lambda: beside.append(client.score(long_text).logprobs))
-        scorer.start()  # its chunks interleave with the streams' steps
-        together, peak = generate_together(client, requests, server)
-        scorer.join(120)
-        assert peak > 8, "the streams really shared batches"
-        assert [t for t, _ in together] == alone
-        assert beside == [score_alone]
+        together: list[tuple[list[tuple[str, list[tuple[float, ...]]]], int]] = []
+        with ModelCalls(server) as model:
+            streams = threading.Thread(target=lambda: together.append(generate_together(client, requests, server)))
+            streams.start()
+            assert wait_until(lambda: model.widest_step() > 8), "the streams are decoding together"
+            beside = client.score(long_text).logprobs
+            streams.join(120)
+        ((texts, widest),) = together
+        assert widest > 8, "the streams really shared batches: one model call stepped many rows"
+        assert [t for t, _ in texts] == alone
+        assert beside == score_alone
+    # The Score beside them was really cut into chunks between their steps, on the worker that ran it.
+    vocab = Vocabulary.from_spec(load_manifest(DEFAULT_MODEL).vocabulary)
+    ids = vocab.encode(long_text).astype(np.int64)
+    pieces = {ids[i : i + chunk].tobytes() for i in range(0, len(ids), chunk)}
+
+    def kind(tokens: np.ndarray) -> str:
+        if any(row.astype(np.int64).tobytes() in pieces for row in tokens):
+            return "score"
+        return "step" if tokens.shape[1] == 1 else "prompt"
+
+    (worker,) = {name for name, tokens in model.calls if kind(tokens) == "score"}
+    order = [kind(tokens) for name, tokens in model.calls if name == worker]
+    first, last = order.index("score"), len(order) - 1 - order[::-1].index("score")
+    assert order.count("score") == len(ids) // chunk, "every chunk of the Score was seen, one model call each"
+    assert "step" in order[first:last], "the Score's chunks ran back to back: prefill did not interleave with decoding"

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
+from charrnn.protocol import MAX_SEED
 from service.context import Context
 from service.errors import InvalidRequest
 from service.requests import MAX_TEMPERATURE, MAX_UINT32, MIN_TEMPERATURE, GenerationRequest, Validator
-from service.sampling import MAX_SEED
 from service.server import build_runtime
 from service.servicer import Runtime
 from tests.service.harness import make_config
