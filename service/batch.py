@@ -11,12 +11,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 
 from charrnn.engine import States
+from charrnn.quoting import quote
 from service.context import Context
+from service.errors import InvalidRequest
 from service.stream import NO_VALUES, Chunk, Finished, FinishReason, FlushPolicy, ResumePoint, Stream
+
+T = TypeVar("T", bound=np.generic)
 
 
 class StopMatcher:
@@ -90,33 +95,61 @@ class Batch:
         self.next_checkpoint = np.zeros(0, np.int64)  # chars at which the next resume point is due; 0 = never
         self._gather: _Gather | None = None  # None while no row watches units
         self._matching: list[tuple[int, Row, StopMatcher]] = []  # rows with stop strings, checked per step
+        self.failures: dict[int, tuple[str, BaseException]] = {}  # rows that failed alone this step
 
     def __len__(self) -> int:
         return len(self.rows)
 
     # --- algebra ----------------------------------------------------------------------------------
-    def concatenate(self, rows: list[Row], states: States, logits: np.ndarray) -> None:
-        """Rows join with their states ([layers, n, hidden] each) and next-char logits [n, vocab]."""
-        n = len(rows)
-        jobs = [r.stream.job for r in rows]
+    def prepare(self, stream: Stream, context: Context) -> Entry:
+        """Everything `stream` needs to join, from `context` (the state after its prompt); raises if this one
+        row cannot run (InvalidRequest naming the parameter), so a bad row fails before it shares anything."""
+        job = stream.job
+        context.check_shapes(len(self.states), self.layers, self.hidden, len(self.chars))
+        if context.logits is None:
+            raise InvalidRequest("a stream starts after a prompt or a state")
+        states = context.states
+        if states is None:
+            states = tuple(np.zeros((self.layers, self.hidden), np.float32) for _ in self.states)
+        for unit in job.watch:  # a unit out of range would pick another row's values
+            if not (0 <= unit.state < len(states) and 0 <= unit.layer < self.layers and 0 <= unit.index < self.hidden):
+                raise InvalidRequest(f"watched unit {unit} is outside the model's states", param="watch")
+        matcher = StopMatcher(job.stops) if job.stops else None
+        return Entry(
+            Row(stream, matcher),
+            states,
+            context.logits,
+            _typed("temperature", job.sampling.temperature, np.float64),
+            _typed("top_k", job.sampling.top_k, np.int64),
+            _typed("top_p", job.sampling.top_p, np.float64),
+            _typed("seed", stream.seed, np.uint64),
+            _typed("position", stream.position, np.uint64),
+            _typed("max_chars", job.max_chars, np.int64),
+            _typed("checkpoint_every", job.checkpoint_every, np.int64),
+        )
+
+    def concatenate(self, entries: Sequence[Entry]) -> None:
+        """Prepared rows join (nothing here depends on one row's values: it cannot fail for one of them)."""
+        n = len(entries)
+        states = tuple(np.stack([e.states[k] for e in entries], axis=1) for k in range(len(self.states)))
         new = {
-            "logits": logits,
-            "temperature": np.array([j.sampling.temperature for j in jobs], np.float64),
-            "top_k": np.array([j.sampling.top_k for j in jobs], np.int64),
-            "top_p": np.array([j.sampling.top_p for j in jobs], np.float64),
-            "seeds": np.array([r.stream.seed for r in rows], np.uint64),
-            "positions": np.array([r.stream.position for r in rows], np.uint64),
+            "logits": np.stack([e.logits for e in entries]),
+            "temperature": np.array([e.temperature for e in entries], np.float64),
+            "top_k": np.array([e.top_k for e in entries], np.int64),
+            "top_p": np.array([e.top_p for e in entries], np.float64),
+            "seeds": np.array([e.seed for e in entries], np.uint64),
+            "positions": np.array([e.position for e in entries], np.uint64),
             "generated": np.zeros(n, np.int64),
-            "max_chars": np.array([j.max_chars for j in jobs], np.int64),
+            "max_chars": np.array([e.max_chars for e in entries], np.int64),
             "pending": np.zeros((n, self.capacity), np.int32),
             "waiting": np.zeros(n, np.int64),
             "held": np.zeros(n, np.int64),
             "flushed_once": np.zeros(n, bool),
             "last_flush": np.zeros(n, np.float64),
             "sent": np.zeros(n, np.int64),
-            "next_checkpoint": np.array([j.checkpoint_every for j in jobs], np.int64),
+            "next_checkpoint": np.array([e.checkpoint_every for e in entries], np.int64),
         }
-        self.rows.extend(rows)
+        self.rows.extend(e.row for e in entries)
         self.states = tuple(np.concatenate([a, b], axis=1) for a, b in zip(self.states, states, strict=True))
         for name in self._COLUMNS:
             setattr(self, name, np.concatenate([getattr(self, name), new[name]]))
@@ -147,8 +180,12 @@ class Batch:
         self.positions += np.uint64(1)
         done = self.generated >= self.max_chars
         for i, row, matcher in self._matching:
-            row.tail = (row.tail + self.chars[ids[i]])[-matcher.longest :]
-            matched, hold = matcher.check(row.tail)
+            try:
+                row.tail = (row.tail + self.chars[ids[i]])[-matcher.longest :]
+                matched, hold = matcher.check(row.tail)
+            except Exception as exc:  # this row's stop strings: it fails alone
+                self.failures[i] = ("record", exc)
+                continue
             self.held[i] = hold
             if matched is not None:
                 row.stop = matched
@@ -163,9 +200,19 @@ class Batch:
         due = self.flush_policy.due(waiting, self.flushed_once, self.last_flush, now)
         checkpoint = (self.next_checkpoint > 0) & (self.sent + waiting >= self.next_checkpoint) & (self.held == 0)
         woken = []
-        for i in np.flatnonzero(due | checkpoint | done):
-            woken.append(self._flush_row(int(i), bool(done[i]), bool(checkpoint[i]), now))
+        for i in np.flatnonzero(due | checkpoint | done).tolist():
+            if i in self.failures:
+                continue
+            try:
+                woken.append(self._flush_row(i, bool(done[i]), bool(checkpoint[i]), now))
+            except Exception as exc:  # this row's chunk: it fails alone
+                self.failures[i] = ("flush", exc)
         return woken
+
+    def take_failures(self) -> dict[int, tuple[str, BaseException]]:
+        """Rows that failed alone since the last call: index -> (phase, error); the caller fails and filters them."""
+        failures, self.failures = self.failures, {}
+        return failures
 
     def _flush_row(self, i: int, done: bool, checkpoint: bool, now: float) -> Stream:
         row = self.rows[i]
@@ -219,6 +266,29 @@ class Batch:
             int(self.positions[i]),
             self.model_sha256,
         )
+
+
+class Entry(NamedTuple):
+    """A row ready to join: checked and converted to the columns' types (`Batch.prepare`)."""
+
+    row: Row
+    states: States  # each [layers, hidden]
+    logits: np.ndarray  # [vocab]
+    temperature: np.float64
+    top_k: np.int64
+    top_p: np.float64
+    seed: np.uint64
+    position: np.uint64
+    max_chars: np.int64
+    checkpoint_every: np.int64
+
+
+def _typed(name: str, value: object, kind: type[T]) -> T:
+    """`value` as the column's numpy type; InvalidRequest naming `name` when it does not fit."""
+    try:
+        return kind(value)
+    except (OverflowError, TypeError, ValueError) as exc:
+        raise InvalidRequest(f"{name} {quote(str(value))} cannot be represented ({exc})", param=name) from exc
 
 
 class _Gather:

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 from service.ports import bind_error
 from service.rpc import Continuation, behavior_of, kind_of, rebuild, responses_of, service_and_method
-from service.scheduler import SchedulerObserver
+from service.scheduler import BATCH_PHASES, ROW_PHASES, SchedulerObserver
 from service.stream import DeliveryObserver, Finished, FinishReason
 
 if TYPE_CHECKING:
@@ -157,6 +157,18 @@ class Metrics(SchedulerObserver, DeliveryObserver):
         self.rejections = Counter(
             "charrnn_rejections_total", "Streams refused at admission, by reason.", ("reason",), registry=r
         )
+        self.row_failures = Counter(
+            "charrnn_row_failures_total",
+            "Streams that failed alone (their own parameters, context or text), by phase; their neighbours went on.",
+            ("phase",),
+            registry=r,
+        )
+        self.batch_failures = Counter(
+            "charrnn_batch_failures_total",
+            "Model calls that failed, failing every stream in them, by phase (decode, prefill).",
+            ("phase",),
+            registry=r,
+        )
         self.evictions = Counter(
             "charrnn_session_evictions_total", "Sessions dropped by the store, by reason.", ("reason",), registry=r
         )
@@ -178,6 +190,8 @@ class Metrics(SchedulerObserver, DeliveryObserver):
         # Known label values start at 0, so rate() and alerts see a series before the first event.
         for counter, reasons in (
             (self.rejections, REJECT_REASONS),
+            (self.row_failures, ROW_PHASES),
+            (self.batch_failures, BATCH_PHASES),
             (self.evictions, EVICTION_REASONS),
             (self.tokens_refused, TOKEN_REFUSALS),
             (self.reloads, RELOAD_RESULTS),
@@ -225,6 +239,12 @@ class Metrics(SchedulerObserver, DeliveryObserver):
 
     def on_reject(self, reason: str) -> None:
         self.rejections.labels(reason).inc()
+
+    def on_row_failure(self, phase: str) -> None:
+        self.row_failures.labels(phase).inc()
+
+    def on_batch_failure(self, phase: str) -> None:
+        self.batch_failures.labels(phase).inc()
 
     # --- other components' hooks --------------------------------------------------------------
     def on_evict(self, reason: str) -> None:

@@ -26,7 +26,7 @@ from collections import deque
 import numpy as np
 
 from charrnn.engine import Engine
-from service.batch import Batch, Row, StopMatcher
+from service.batch import Batch, Entry
 from service.config import FlushPolicy, Limits, SchedulingOptions
 from service.context import Context
 from service.errors import LimitExceeded, ShuttingDown
@@ -35,6 +35,11 @@ from service.sampling import sample
 from service.stream import NO_VALUES, Chunk, Finished, FinishReason, Job, ResumePoint, Stream
 
 log = logging.getLogger(__name__)
+
+# Where one stream can fail by itself (its own parameters, context or text), and what the log says.
+_DOING = {"join": "joining", "sample": "sampling", "record": "recording", "flush": "flushing"}
+ROW_PHASES = tuple(_DOING)
+BATCH_PHASES = ("decode", "prefill")  # model calls: they fail every row in them
 
 
 class SchedulerObserver:
@@ -51,6 +56,12 @@ class SchedulerObserver:
 
     def on_reject(self, reason: str) -> None:
         """A stream was refused ("queue_full", "shutting_down")."""
+
+    def on_row_failure(self, phase: str) -> None:
+        """One stream failed alone (a ROW_PHASES phase); its neighbours went on."""
+
+    def on_batch_failure(self, phase: str) -> None:
+        """A model call failed (a BATCH_PHASES phase): every row in it failed."""
 
 
 class Scheduler:
@@ -221,16 +232,18 @@ class _Worker(threading.Thread):
         self._fail_all(self.error)
 
     def _iterate(self) -> None:
-        woken: list[Stream] = []  # every stream this iteration gave a chunk: woken together at its end
-        self._admit(woken)
-        self._drop_cancelled(woken)
-        if self.runs and (self._prefill_debt <= 0.0 or not len(self.batch)):
-            self._prefill(woken)
-        if len(self.batch):
-            self._decode(woken)
-        else:
-            self._prefill_debt = 0.0
-        self.s.wake(woken)
+        woken: list[Stream] = []  # every stream this iteration gave a chunk or failed: woken together at its end
+        try:
+            self._admit(woken)
+            self._drop_cancelled(woken)
+            if self.runs and (self._prefill_debt <= 0.0 or not len(self.batch)):
+                self._prefill(woken)
+            if len(self.batch):
+                self._decode(woken)
+            else:
+                self._prefill_debt = 0.0
+        finally:
+            self.s.wake(woken)
         if not (self.runs or len(self.batch)):
             self._idle()
 
@@ -253,31 +266,35 @@ class _Worker(threading.Thread):
                 stream = self.waiting.popleft()
                 free -= 1
                 job = stream.job
-                if job.prompt:
-                    run = TextRun(np.asarray(job.prompt, np.int64), job.context, self.s.engine)
-                    self.prefilling[run] = stream
-                    self.runs.append(run)
-                else:
+                if not job.prompt:
                     joining.append(stream)  # continues its context: no model call needed
+                    continue
+                try:
+                    run = TextRun(job.prompt, job.context, self.s.engine)
+                except Exception as exc:  # this stream's prompt or context: it fails alone
+                    self._fail_rows([(stream, exc)], woken, "join")
+                    continue
+                self.prefilling[run] = stream
+                self.runs.append(run)
             if joining:
                 self._join(joining, [s.job.context for s in joining], woken)
 
     def _join(self, streams: list[Stream], contexts: list[Context], woken: list[Stream]) -> None:
-        """Streams enter the decode batch from these contexts (states after their prompts, next logits)."""
-        engine = self.s.engine
-        n = len(streams)
-        states = engine.zero_states(n)
-        logits = np.empty((n, engine.vocab_size), np.float32)
-        for i, ctx in enumerate(contexts):
-            if ctx.states is not None:
-                for dst, src in zip(states, ctx.states, strict=True):
-                    dst[:, i] = src
-            assert ctx.logits is not None, "validated at the edge: a stream starts after a prompt or a state"
-            logits[i] = ctx.logits
-        rows = [Row(s, StopMatcher(s.job.stops) if s.job.stops else None) for s in streams]
+        """Streams enter the decode batch from these contexts (states after their prompts, next logits); a
+        stream that cannot (its own parameters or context) fails alone."""
+        entries: list[Entry] = []
+        failed: list[tuple[Stream, BaseException]] = []
+        for stream, ctx in zip(streams, contexts, strict=True):
+            try:
+                entries.append(self.batch.prepare(stream, ctx))
+            except Exception as exc:
+                failed.append((stream, exc))
+        self._fail_rows(failed, woken, "join")
+        if not entries:
+            return
         first = len(self.batch)
-        self.batch.concatenate(rows, states, logits)
-        for i, stream in enumerate(streams):
+        self.batch.concatenate(entries)
+        for i, stream in enumerate(e.row.stream for e in entries):
             if stream.job.checkpoint_every:  # a resume point at 0 chars: failover works from the start
                 stream.put(Chunk("", None, NO_VALUES, ResumePoint(0, self.batch.context(first + i))))
                 woken.append(stream)
@@ -321,15 +338,20 @@ class _Worker(threading.Thread):
         options = self.s.options
         group = next_group([r for r in self.runs if not r.cancelled], options.prefill_chunk_chars,
                            options.max_prefill_rows)  # fmt: skip
+        for run in group:  # round robin: advanced runs go to the back
+            self.runs.remove(run)
         t0 = time.perf_counter()
-        chars = run_chunk(self.s.engine, group, options.prefill_chunk_chars)
+        try:
+            chars = run_chunk(self.s.engine, group, options.prefill_chunk_chars)
+        except Exception as exc:  # the model call: every run in it fails, nothing else does
+            log.exception("a prefill model call failed: %d texts fail", len(group))
+            self.s.observer.on_batch_failure("prefill")
+            self._fail_runs(group, exc, woken)
+            return
         elapsed = time.perf_counter() - t0
         self._prefill_debt += elapsed
         self.s.observer.on_prefill(len(group), chars, elapsed)
-        for run in group:  # round robin: advanced runs go to the back
-            self.runs.remove(run)
-            if not run.done:
-                self.runs.append(run)
+        self.runs.extend(run for run in group if not run.done)
         joining = [run for run in group if run.done and run in self.prefilling]
         if joining:
             self._join([self.prefilling.pop(r) for r in joining], [r.after() for r in joining], woken)
@@ -337,27 +359,90 @@ class _Worker(threading.Thread):
             if run.done and run.on_done is not None:
                 run.on_done(run)
 
+    def _fail_runs(self, runs: list[TextRun], error: BaseException, woken: list[Stream]) -> None:
+        """These runs end with `error`: a prompt's stream fails, a Score or feed caller gets the error."""
+        self._fail_rows([(self.prefilling.pop(r), error) for r in runs if r in self.prefilling], woken)
+        for run in runs:
+            if run.on_done is not None:
+                run.error = error
+                run.on_done(run)
+
     def _decode(self, woken: list[Stream]) -> None:
-        """One step for every live row: sample, ONE model call, record, flush; done rows leave."""
+        """One step for every live row: sample, ONE model call, record, flush; done rows leave.
+
+        A row that fails alone (sampling, recording, flushing) leaves with its error and its neighbours go on;
+        a failed model call fails every row of the batch (it is the batch's)."""
         b = self.batch
         t0 = time.perf_counter()
-        ids = sample(b.logits, b.temperature, b.top_k, b.top_p, b.seeds, b.positions)
+        try:
+            ids = sample(b.logits, b.temperature, b.top_k, b.top_p, b.seeds, b.positions)
+        except Exception:  # some row's numbers: sample row by row (the same bits: rows are independent)
+            ids = self._sample_alone(woken)
+            if not len(b):
+                return
         t1 = time.perf_counter()
         # Done rows take this step too: their final context is the state after their last character plus
         # the logits for the next one, exactly what a continuation needs.
-        logits, b.states = self.s.engine.run(ids[:, None], b.states)
+        try:
+            logits, b.states = self.s.engine.run(ids[:, None], b.states)
+        except Exception as exc:
+            log.exception("a decode model call failed: its %d streams fail", len(b))
+            self.s.observer.on_batch_failure("decode")
+            streams = [r.stream for r in b.rows]
+            b.filter(np.zeros(len(b), bool))
+            self._fail_rows([(stream, exc) for stream in streams], woken)
+            return
         t2 = time.perf_counter()
         b.logits = logits[:, -1, :]
         done = b.record(ids)
         woken.extend(b.flush(done, time.monotonic()))
         self._prefill_debt = max(0.0, self._prefill_debt - (time.perf_counter() - t0) * self._payback)
         self.s.observer.on_step(len(b), t2 - t1, t1 - t0)
-        if done.any():
-            for i in np.flatnonzero(done):
-                stream = b.rows[int(i)].stream
-                assert stream.finished is not None
+        failures = b.take_failures()
+        leaving = done.copy()
+        for i in np.flatnonzero(done).tolist():
+            stream = b.rows[i].stream
+            if i not in failures and stream.finished is not None:
                 self.s.observer.on_finish(stream.finished, time.monotonic() - stream.submitted)
-            b.filter(~done)
+        if failures:
+            leaving[list(failures)] = True
+            for phase in {phase for phase, _ in failures.values()}:
+                failed = [(b.rows[i].stream, exc) for i, (p, exc) in failures.items() if p == phase]
+                self._fail_rows(failed, woken, phase)
+        if leaving.any():
+            b.filter(~leaving)
+
+    def _sample_alone(self, woken: list[Stream]) -> np.ndarray:
+        """Each row's id sampled on its own; rows that fail alone leave the batch (their ids dropped)."""
+        b = self.batch
+        ids = np.zeros(len(b), np.int64)
+        failed: dict[int, BaseException] = {}
+        for i in range(len(b)):
+            one = slice(i, i + 1)
+            try:
+                ids[i] = sample(b.logits[one], b.temperature[one], b.top_k[one], b.top_p[one], b.seeds[one],
+                                b.positions[one])[0]  # fmt: skip
+            except Exception as exc:
+                failed[i] = exc
+        if not failed:
+            return ids
+        keep = np.ones(len(b), bool)
+        keep[list(failed)] = False
+        self._fail_rows([(b.rows[i].stream, exc) for i, exc in failed.items()], woken, "sample")
+        b.filter(keep)
+        return ids[keep]
+
+    def _fail_rows(
+        self, failed: list[tuple[Stream, BaseException]], woken: list[Stream], alone: str | None = None
+    ) -> None:
+        """These streams end with their errors now (after the chunks they already have); nothing else does.
+        `alone`: the phase in which each failed by itself (counted), else they failed with their model call."""
+        for stream, exc in failed:
+            if alone is not None:
+                log.warning("a stream failed alone while %s: %r", _DOING[alone], exc)
+                self.s.observer.on_row_failure(alone)
+            stream.fail(exc)
+            woken.append(stream)
 
     def _fail_all(self, error: BaseException) -> None:
         """End every stream this worker holds with `error`, and every text run."""
