@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from service.observer import BATCH_PHASES, ROW_PHASES, SchedulerObserver
 from service.ports import bind_error
 from service.rpc import Continuation, behavior_of, kind_of, rebuild, responses_of, service_and_method
-from service.scheduler import BATCH_PHASES, ROW_PHASES, SchedulerObserver
 from service.stream import DeliveryObserver, Finished, FinishReason
 
 if TYPE_CHECKING:

@@ -16,11 +16,12 @@ import pytest
 
 from charrnn.engine import Engine
 from charrnn.vocab import Vocabulary
-from service import scheduler as scheduler_module
+from service import core as core_module
 from service.config import Limits, SchedulingOptions
 from service.context import Context
 from service.errors import InvalidRequest
 from service.metrics import Metrics
+from service.observer import ROW_PHASES
 from service.sampling import SamplingParams
 from service.scheduler import Scheduler
 from service.stream import FlushPolicy, Job, Stream
@@ -160,7 +161,7 @@ def test_a_stop_string_that_breaks_matching_fails_its_row_alone(engine: Engine) 
 def test_a_row_whose_sampling_fails_leaves_and_the_others_are_sampled_alone(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = scheduler_module.sample
+    real = core_module.sample
 
     def sample(*args: np.ndarray) -> np.ndarray:
         seeds = args[4]
@@ -168,7 +169,7 @@ def test_a_row_whose_sampling_fails_leaves_and_the_others_are_sampled_alone(
             raise FloatingPointError("injected: this row's numbers")
         return real(*args)
 
-    monkeypatch.setattr(scheduler_module, "sample", sample)
+    monkeypatch.setattr(core_module, "sample", sample)
     error = check_isolated(engine, job(engine, BAD_SEED), "sample")
     assert isinstance(error, FloatingPointError)
 
@@ -206,5 +207,5 @@ def test_a_failed_model_call_fails_its_batch_counted_and_the_other_worker_goes_o
     assert [type(e) for e in errors] == [RuntimeError, type(None), RuntimeError, type(None)], errors
     assert [outcomes[1][0], outcomes[3][0]] == alone(engine, [jobs[1], jobs[3]])
     assert failures(metrics, "charrnn_batch_failures_total", "decode") == 1
-    assert all(failures(metrics, "charrnn_row_failures_total", p) == 0 for p in scheduler_module.ROW_PHASES)
+    assert all(failures(metrics, "charrnn_row_failures_total", p) == 0 for p in ROW_PHASES)
     assert run(engine, [jobs[0]]) == [(alone(engine, [jobs[0]])[0], None)], "the worker serves on"
