@@ -13,12 +13,13 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from service.observer import BATCH_PHASES, ROW_PHASES, SchedulerObserver
+from service.observer import BATCH_PHASES, ENGINE_RESTARTS, ROW_PHASES, SchedulerObserver
 from service.ports import bind_error
 from service.rpc import Continuation, behavior_of, kind_of, rebuild, responses_of, service_and_method
 from service.stream import DeliveryObserver, Finished, FinishReason
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
     from charrnn.artifact import Manifest
+    from service.registry import ModelRegistry
     from service.servicer import Runtime
 
 log = logging.getLogger(__name__)
@@ -169,6 +171,15 @@ class Metrics(SchedulerObserver, DeliveryObserver):
             ("phase",),
             registry=r,
         )
+        self.engine_restarts = Counter(
+            "charrnn_engine_restarts_total",
+            "Decode workers replaced, by reason: died (its loop failed) or wedged (no iteration for the stall).",
+            ("reason",),
+            registry=r,
+        )
+        self.engine_batch = Gauge(
+            "charrnn_engine_batch_size", "Rows in each decode worker's batch now.", ("engine",), registry=r
+        )
         self.evictions = Counter(
             "charrnn_session_evictions_total", "Sessions dropped by the store, by reason.", ("reason",), registry=r
         )
@@ -192,6 +203,7 @@ class Metrics(SchedulerObserver, DeliveryObserver):
             (self.rejections, REJECT_REASONS),
             (self.row_failures, ROW_PHASES),
             (self.batch_failures, BATCH_PHASES),
+            (self.engine_restarts, ENGINE_RESTARTS),
             (self.evictions, EVICTION_REASONS),
             (self.tokens_refused, TOKEN_REFUSALS),
             (self.reloads, RELOAD_RESULTS),
@@ -208,6 +220,8 @@ class Metrics(SchedulerObserver, DeliveryObserver):
         self.queued.set_function(lambda: sum(m.scheduler.queued for m in models))
         self.sessions.set_function(lambda: len(sessions))
         self.session_streams.set_function(lambda: runtime.session_streams)
+        for i in range(len(models.current.scheduler.rows())):
+            self.engine_batch.labels(str(i)).set_function(partial(_engine_rows, models, i))
         self.set_model(runtime.manifest)
 
     def set_model(self, manifest: Manifest) -> None:
@@ -246,6 +260,9 @@ class Metrics(SchedulerObserver, DeliveryObserver):
     def on_batch_failure(self, phase: str) -> None:
         self.batch_failures.labels(phase).inc()
 
+    def on_engine_restart(self, reason: str) -> None:
+        self.engine_restarts.labels(reason).inc()
+
     # --- other components' hooks --------------------------------------------------------------
     def on_evict(self, reason: str) -> None:
         self.evictions.labels(reason).inc()
@@ -264,6 +281,12 @@ class Metrics(SchedulerObserver, DeliveryObserver):
 
     def interceptor(self) -> GrpcMetricsInterceptor:
         return GrpcMetricsInterceptor(self)
+
+
+def _engine_rows(models: ModelRegistry, i: int) -> int:
+    """Rows in the current model's decode worker `i` (0 where a reloaded model runs fewer workers)."""
+    rows = models.current.scheduler.rows()
+    return rows[i] if i < len(rows) else 0
 
 
 class _Call:

@@ -21,6 +21,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 
 import numpy as np
 
@@ -28,7 +29,7 @@ from charrnn.engine import Engine
 from service.config import FlushPolicy, Limits, SchedulingOptions
 from service.context import Context
 from service.core import EngineCore
-from service.errors import LimitExceeded, ShuttingDown
+from service.errors import EngineFailed, LimitExceeded, ShuttingDown
 from service.feed import TextRun
 from service.observer import SchedulerObserver
 from service.policy import least_loaded
@@ -59,6 +60,9 @@ class Scheduler:
         self._workers = [_Worker(self, i) for i in range(self.options.decode_workers)]
         self._accepting = True
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._watchdog: asyncio.Task[None] | None = None
+        # Told False when a worker died or wedged, True once a new one took its place (health follows it).
+        self.on_health: Callable[[bool], None] | None = None
 
     # --- the event loop's side -------------------------------------------------------------------
     @property
@@ -69,10 +73,22 @@ class Scheduler:
     def queued(self) -> int:
         return sum(w.queued for w in self._workers)
 
+    def rows(self) -> list[int]:
+        """Each worker's batch size now."""
+        return [len(w.core.batch) for w in self._workers]
+
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         for worker in self._workers:
             worker.start()
+        self._watchdog = self._loop.create_task(self._watch())
+
+    def _pick(self, loads: Callable[[_Worker], int]) -> _Worker:
+        """The least-loaded worker that is running; EngineFailed while none is (one is being replaced)."""
+        alive = [w for w in self._workers if not w.down]
+        if not alive:
+            raise EngineFailed("no decode worker is running; retry shortly", self.limits.retry_pushback_ms)
+        return alive[least_loaded([loads(w) for w in alive])]
 
     def submit(self, job: Job) -> Stream:
         """Queue a generation; ShuttingDown while draining, LimitExceeded when the queue is full."""
@@ -87,7 +103,7 @@ class Scheduler:
                 f"{lim.max_queued_streams} (max_queued_streams) is full; retry later",
                 lim.retry_pushback_ms,
             )
-        worker = self._workers[least_loaded([w.live + w.queued for w in self._workers])]
+        worker = self._pick(lambda w: w.live + w.queued)
         stream = Stream(job, worker.cancel)
         worker.inbox.append(stream)
         worker.signal.set()
@@ -101,7 +117,7 @@ class Scheduler:
         future: asyncio.Future[TextRun] = self._loop.create_future()
         run.on_done = lambda r: self._resolve(future, r)
         # Texts handed in and not yet done, counted here: a burst of them spreads before any worker starts one.
-        worker = self._workers[least_loaded([w.texts for w in self._workers])]
+        worker = self._pick(lambda w: w.texts)
         worker.texts += 1
         worker.runs_in.append(run)
         worker.signal.set()
@@ -137,6 +153,37 @@ class Scheduler:
             if worker is not by and worker.queued:
                 worker.signal.set()
 
+    # --- workers that die or wedge -------------------------------------------------------------------
+    async def _watch(self) -> None:
+        """Replace a worker that died (its loop raised) or wedged (work, and no iteration for the stall)."""
+        stall = self.options.engine_stall_seconds
+        while True:
+            await asyncio.sleep(min(stall / 4, 0.25))
+            now = time.monotonic()
+            for i, worker in enumerate(self._workers):
+                if worker.dead:
+                    self._replace(i, "died")
+                elif worker.wedged(now, stall):
+                    log.error("decode worker %d made no iteration for %.1f s: replacing it", i, now - worker.beat)
+                    worker.abandon(self.engine_failed())
+                    self._replace(i, "wedged")
+
+    def engine_failed(self) -> EngineFailed:
+        return EngineFailed(
+            "the decode worker running this stream failed; resume from its last checkpoint or retry",
+            self.limits.retry_pushback_ms,
+        )
+
+    def _replace(self, index: int, reason: str) -> None:
+        if self.on_health is not None:
+            self.on_health(False)
+        worker = _Worker(self, index)
+        self._workers[index] = worker
+        worker.start()
+        self.observer.on_engine_restart(reason)
+        if self.on_health is not None:
+            self.on_health(True)
+
     def stop_accepting(self) -> None:
         self._accepting = False
 
@@ -153,6 +200,8 @@ class Scheduler:
             "server shut down before the stream finished; resume from its last checkpoint on another replica",
             self.limits.retry_pushback_ms,
         )
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         for worker in self._workers:
             worker.close(error)
         for worker in self._workers:
@@ -181,6 +230,19 @@ class _Worker(threading.Thread):
         self.texts = 0  # texts handed in and not yet done (the event loop's count)
         self.error: BaseException | None = None  # set by close(): fail everything, then stop
         self._closed = False
+        self.beat = time.monotonic()  # when the loop last began an iteration or went idle
+        self.idle = False  # waiting for work (then it cannot be wedged)
+        self.dead = False  # its loop raised: its streams failed, the watchdog replaces it
+        self.abandoned = False  # wedged: its streams failed, the watchdog replaced it
+
+    @property
+    def down(self) -> bool:
+        return self.dead or self.abandoned
+
+    def wedged(self, now: float, stall: float) -> bool:
+        """Work waiting and no iteration for `stall` seconds."""
+        busy = self.live or self.queued or self.texts or self.cancels
+        return bool(busy) and not self.idle and not self.down and now - self.beat > stall
 
     @property
     def live(self) -> int:
@@ -200,15 +262,32 @@ class _Worker(threading.Thread):
         self._closed = True
         self.signal.set()
 
+    def abandon(self, error: EngineFailed) -> None:
+        """From the event loop, for a wedged worker: fail its streams and texts now, and leave it; if its loop
+        ever comes back it stops without touching them again (a failed stream takes no more chunks)."""
+        self.abandoned = True
+        self.close(error)
+        core = self.core
+        streams = [r.stream for r in core.batch.rows] + [*core.queues.prefilling.values(), *core.queues.waiting]
+        for stream in [*streams, *self.inbox]:
+            stream.fail(error)
+        for run in [*core.queues.runs, *self.runs_in]:
+            if run.on_done is not None and run.error is None and not run.done:
+                run.error = error
+                run.on_done(run)
+        self.s.wake([*streams, *self.inbox])
+
     # --- the loop -------------------------------------------------------------------------------------
     def run(self) -> None:
-        while not self._closed:
-            try:
+        try:
+            while not self._closed:
                 self._iterate()
-            except Exception as exc:  # a bug: fail the streams in flight rather than hang them
-                log.exception("decode worker failed")
-                self.core.fail_all(exc)
-                self.s.wake(self.core.take_woken())
+        except Exception:  # a bug: this worker's state is unknown, so it ends; a new worker takes its place
+            log.exception("decode worker %s died: its streams fail UNAVAILABLE", self.name)
+            self.error = self.s.engine_failed()
+            self.dead = True
+        if self.abandoned:
+            return
         assert self.error is not None
         self._take_inbox()
         self.core.fail_all(self.error)
@@ -224,6 +303,7 @@ class _Worker(threading.Thread):
             q.runs.append(self.runs_in.popleft())
 
     def _iterate(self) -> None:
+        self.beat = time.monotonic()
         self._take_inbox()
         core = self.core
         before = core.live
@@ -246,4 +326,7 @@ class _Worker(threading.Thread):
         self.signal.clear()
         if self.inbox or self.runs_in or self.cancels or self._closed:
             return
+        self.idle = True
         self.signal.wait()
+        self.beat = time.monotonic()
+        self.idle = False
