@@ -23,8 +23,9 @@ from service.errors import EngineFailed
 from service.metrics import Metrics
 from service.sampling import SamplingParams
 from service.scheduler import Scheduler
-from service.stream import FlushPolicy, Job, Stream
+from service.stream import FlushPolicy, Job
 from tests.service.harness import ServerThread, make_config, wait_until
+from tests.service.outcomes import Outcome, read
 
 # Long enough that a loaded machine never starves the healthy worker this long (seen: half a second under a
 # load of 15 on two cores), short enough to keep the test quick.
@@ -42,19 +43,6 @@ def engine(lstm_dir: Path) -> Engine:
 def job(engine: Engine, seed: int, max_chars: int = 400) -> Job:
     ids = tuple(Vocabulary.from_spec(engine.manifest.vocabulary).encode("def ").tolist())
     return Job(Context(), ids, max_chars, SamplingParams(1.0), seed=seed)
-
-
-Outcome = tuple[str, BaseException | None]
-
-
-async def read(stream: Stream) -> Outcome:
-    parts = []
-    try:
-        async for chunk in stream.chunks():
-            parts.append(chunk.text)
-    except Exception as exc:
-        return "".join(parts), exc
-    return "".join(parts), None
 
 
 def run(engine: Engine, jobs: list[Job], health: list[bool], metrics: Metrics | None = None) -> list[Outcome]:

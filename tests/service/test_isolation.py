@@ -25,6 +25,7 @@ from service.observer import ROW_PHASES
 from service.sampling import SamplingParams
 from service.scheduler import Scheduler
 from service.stream import FlushPolicy, Job, Stream
+from tests.service.outcomes import Outcome, read
 
 BAD_SEED = 666
 # Generous: the whole run takes well under a second; a hung stream is what this bound catches.
@@ -47,9 +48,6 @@ def job(engine: Engine, seed: int, **changes: Any) -> Job:
     return replace(base, **changes)
 
 
-Outcome = tuple[str, BaseException | None]
-
-
 def run(
     engine: Engine,
     jobs: list[Job],
@@ -67,15 +65,6 @@ def run(
         streams = [sched.submit(j) for j in jobs]
         prepare(streams)
         sched.start()
-
-        async def read(stream: Stream) -> Outcome:
-            parts = []
-            try:
-                async for chunk in stream.chunks():
-                    parts.append(chunk.text)
-            except Exception as exc:
-                return "".join(parts), exc
-            return "".join(parts), None
 
         try:
             return await asyncio.wait_for(asyncio.gather(*(read(s) for s in streams)), DEADLINE_S)
