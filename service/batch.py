@@ -10,13 +10,19 @@ prefix.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 
 from charrnn.engine import States
+from charrnn.quoting import quote
 from service.context import Context
+from service.errors import InvalidRequest
 from service.stream import NO_VALUES, Checkpoint, Chunk, Finished, FinishReason, FlushPolicy, Stream
+
+T = TypeVar("T", bound=np.generic)
+_FIRST_CAPACITY = 16  # rows the columns hold before they first grow
 
 
 class StopMatcher:
@@ -58,76 +64,146 @@ class Row:
         return len(self.stream.job.prompt)
 
 
-class Batch:
-    """Live rows: streams plus their stacked states, next-char logits, sampling and flush columns."""
+@dataclass
+class Columns:
+    """Per-row numbers, one typed array each; in a batch's storage the live rows are the first ones."""
 
-    _COLUMNS = ("logits", "temperature", "top_k", "top_p", "seeds", "positions", "generated", "max_chars",
-                "pending", "waiting", "held", "flushed_once", "last_flush", "sent", "next_checkpoint")  # fmt: skip
+    temperature: np.ndarray  # float64
+    top_k: np.ndarray  # int64
+    top_p: np.ndarray  # float64
+    seeds: np.ndarray  # uint64
+    positions: np.ndarray  # uint64: draws taken from the row's generator
+    generated: np.ndarray  # int64: characters sampled
+    max_chars: np.ndarray  # int64
+    pending: np.ndarray  # int32 [rows, pending width]: token ids not yet flushed
+    waiting: np.ndarray  # int64: how many of `pending` are set
+    held: np.ndarray  # int64: trailing pending chars that might start a stop string
+    flushed_once: np.ndarray  # bool
+    last_flush: np.ndarray  # float64: when the row last flushed
+    sent: np.ndarray  # int64: characters handed out
+    next_checkpoint: np.ndarray  # int64: chars at which the next resume point is due; 0 = never
+
+    @classmethod
+    def allocate(cls, rows: int, width: int) -> Columns:
+        f8, i8, u8 = np.float64, np.int64, np.uint64
+        return cls(
+            np.zeros(rows, f8), np.zeros(rows, i8), np.zeros(rows, f8), np.zeros(rows, u8), np.zeros(rows, u8),
+            np.zeros(rows, i8), np.zeros(rows, i8), np.zeros((rows, width), np.int32), np.zeros(rows, i8),
+            np.zeros(rows, i8), np.zeros(rows, bool), np.zeros(rows, f8), np.zeros(rows, i8), np.zeros(rows, i8),
+        )  # fmt: skip
+
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        return tuple(getattr(self, f.name) for f in fields(self))
+
+    def head(self, n: int) -> Columns:
+        """Views of the first `n` rows (writing through them writes the storage)."""
+        return Columns(*(a[:n] for a in self.arrays()))
+
+
+class Batch:
+    """Live rows: streams plus their stacked states, next-char logits, and their columns.
+
+    The columns are typed arrays of a fixed capacity (doubled when rows outgrow it, up to `max_rows`, never
+    shrunk): rows joining are written after the live ones, rows leaving are condensed out, so a step never
+    reallocates them. `columns` views the live rows. States and logits are the model's own outputs each step.
+    """
 
     def __init__(self, layers: int, hidden: int, num_states: int, vocab: Sequence[str], model_sha256: str,
-                 flush: FlushPolicy, max_stop_chars: int):  # fmt: skip
+                 flush: FlushPolicy, max_stop_chars: int, max_rows: int):  # fmt: skip
         self.layers, self.hidden = layers, hidden
         self.chars = np.array(list(vocab), dtype=object)
         self.model_sha256 = model_sha256
         self.flush_policy = flush
-        self.capacity = flush.max_chunk_chars + max_stop_chars + 1
+        self.width = flush.max_chunk_chars + max_stop_chars + 1  # pending ids a row may hold
+        self.max_rows = max_rows
         self.rows: list[Row] = []
         self.states: States = tuple(np.zeros((layers, 0, hidden), np.float32) for _ in range(num_states))
         self.logits = np.zeros((0, len(vocab)), np.float32)
-        self.temperature = np.zeros(0, np.float64)
-        self.top_k = np.zeros(0, np.int64)
-        self.top_p = np.zeros(0, np.float64)
-        self.seeds = np.zeros(0, np.uint64)
-        self.positions = np.zeros(0, np.uint64)
-        self.generated = np.zeros(0, np.int64)  # characters sampled
-        self.max_chars = np.zeros(0, np.int64)
-        self.pending = np.zeros((0, self.capacity), np.int32)  # token ids not yet flushed
-        self.waiting = np.zeros(0, np.int64)  # how many of `pending` are set
-        self.held = np.zeros(0, np.int64)  # trailing pending chars that might start a stop string
-        self.flushed_once = np.zeros(0, bool)
-        self.last_flush = np.zeros(0, np.float64)
-        self.sent = np.zeros(0, np.int64)  # characters handed out
-        self.next_checkpoint = np.zeros(0, np.int64)  # chars at which the next resume point is due; 0 = never
+        self._storage = Columns.allocate(min(max_rows, _FIRST_CAPACITY), self.width)
+        self.columns = self._storage.head(0)
         self._gather: _Gather | None = None  # None while no row watches units
         self._matching: list[tuple[int, Row, StopMatcher]] = []  # rows with stop strings, checked per step
+        self.failures: dict[int, tuple[str, BaseException]] = {}  # rows that failed alone this step
 
     def __len__(self) -> int:
         return len(self.rows)
 
+    @property
+    def capacity(self) -> int:
+        return len(self._storage.temperature)
+
     # --- algebra ----------------------------------------------------------------------------------
-    def concatenate(self, rows: list[Row], states: States, logits: np.ndarray) -> None:
-        """Rows join with their states ([layers, n, hidden] each) and next-char logits [n, vocab]."""
-        n = len(rows)
-        jobs = [r.stream.job for r in rows]
-        new = {
-            "logits": logits,
-            "temperature": np.array([j.sampling.temperature for j in jobs], np.float64),
-            "top_k": np.array([j.sampling.top_k for j in jobs], np.int64),
-            "top_p": np.array([j.sampling.top_p for j in jobs], np.float64),
-            "seeds": np.array([r.stream.seed for r in rows], np.uint64),
-            "positions": np.array([r.stream.position for r in rows], np.uint64),
-            "generated": np.zeros(n, np.int64),
-            "max_chars": np.array([j.max_chars for j in jobs], np.int64),
-            "pending": np.zeros((n, self.capacity), np.int32),
-            "waiting": np.zeros(n, np.int64),
-            "held": np.zeros(n, np.int64),
-            "flushed_once": np.zeros(n, bool),
-            "last_flush": np.zeros(n, np.float64),
-            "sent": np.zeros(n, np.int64),
-            "next_checkpoint": np.array([j.checkpoint_every for j in jobs], np.int64),
-        }
-        self.rows.extend(rows)
+    def prepare(self, stream: Stream, context: Context) -> Entry:
+        """Everything `stream` needs to join, from `context` (the state after its prompt); raises if this one
+        row cannot run (InvalidRequest naming the parameter), so a bad row fails before it shares anything."""
+        job = stream.job
+        context.check_shapes(len(self.states), self.layers, self.hidden, len(self.chars))
+        if context.logits is None:
+            raise InvalidRequest("a stream starts after a prompt or a state")
+        states = context.states
+        if states is None:
+            states = tuple(np.zeros((self.layers, self.hidden), np.float32) for _ in self.states)
+        for unit in job.watch:  # a unit out of range would pick another row's values
+            if not (0 <= unit.state < len(states) and 0 <= unit.layer < self.layers and 0 <= unit.index < self.hidden):
+                raise InvalidRequest(f"watched unit {unit} is outside the model's states", param="watch")
+        matcher = StopMatcher(job.stops) if job.stops else None
+        return Entry(
+            Row(stream, matcher),
+            states,
+            context.logits,
+            _typed("temperature", job.sampling.temperature, np.float64),
+            _typed("top_k", job.sampling.top_k, np.int64),
+            _typed("top_p", job.sampling.top_p, np.float64),
+            _typed("seed", stream.seed, np.uint64),
+            _typed("position", stream.position, np.uint64),
+            _typed("max_chars", job.max_chars, np.int64),
+            _typed("checkpoint_every", job.checkpoint_every, np.int64),
+        )
+
+    def concatenate(self, entries: Sequence[Entry]) -> None:
+        """Prepared rows join after the live ones (nothing here depends on one row's values: it cannot fail
+        for one of them)."""
+        n, k = len(self.rows), len(entries)
+        if n + k > self.capacity:
+            self._grow(n + k)
+        c = self._storage
+        new = slice(n, n + k)
+        c.temperature[new] = [e.temperature for e in entries]
+        c.top_k[new] = [e.top_k for e in entries]
+        c.top_p[new] = [e.top_p for e in entries]
+        c.seeds[new] = [e.seed for e in entries]
+        c.positions[new] = [e.position for e in entries]
+        c.max_chars[new] = [e.max_chars for e in entries]
+        c.next_checkpoint[new] = [e.checkpoint_every for e in entries]
+        for counter in (c.generated, c.waiting, c.held, c.flushed_once, c.last_flush, c.sent):
+            counter[new] = 0
+        states = tuple(np.stack([e.states[s] for e in entries], axis=1) for s in range(len(self.states)))
         self.states = tuple(np.concatenate([a, b], axis=1) for a, b in zip(self.states, states, strict=True))
-        for name in self._COLUMNS:
-            setattr(self, name, np.concatenate([getattr(self, name), new[name]]))
+        self.logits = np.concatenate([self.logits, np.stack([e.logits for e in entries])])
+        self.rows.extend(e.row for e in entries)
+        self.columns = c.head(n + k)
         self._regather()
 
+    def _grow(self, rows: int) -> None:
+        """Room for `rows` rows: double the storage (the live rows copied over)."""
+        capacity = self.capacity
+        while capacity < rows:
+            capacity *= 2
+        grown = Columns.allocate(min(max(capacity, rows), max(self.max_rows, rows)), self.width)
+        n = len(self.rows)
+        for old, new in zip(self._storage.arrays(), grown.arrays(), strict=True):
+            new[:n] = old[:n]
+        self._storage = grown
+
     def filter(self, keep: np.ndarray) -> None:
-        """Keep the rows where `keep` is True."""
+        """Keep the rows where `keep` is True: they move up, in order, over the ones that leave."""
+        n, m = len(self.rows), int(keep.sum())
         self.rows = [r for r, k in zip(self.rows, keep, strict=True) if k]
         self.states = tuple(s[:, keep] for s in self.states)
-        for name in self._COLUMNS:
-            setattr(self, name, getattr(self, name)[keep])
+        self.logits = self.logits[keep]
+        for a in self._storage.arrays():
+            a[:m] = a[:n][keep]
+        self.columns = self._storage.head(m)
         self._regather()
 
     def _regather(self) -> None:
@@ -139,17 +215,20 @@ class Batch:
     # --- a step -----------------------------------------------------------------------------------
     def record(self, ids: np.ndarray) -> np.ndarray:
         """Take the step's sampled ids (after the model read them); returns the rows that are done."""
-        n = len(self.rows)
-        rows = np.arange(n)
-        self.pending[rows, self.waiting] = ids
-        self.waiting += 1
-        self.generated += 1
-        self.positions += np.uint64(1)
-        done = self.generated >= self.max_chars
+        c = self.columns
+        c.pending[np.arange(len(self.rows)), c.waiting] = ids
+        c.waiting += 1
+        c.generated += 1
+        c.positions += np.uint64(1)
+        done = c.generated >= c.max_chars
         for i, row, matcher in self._matching:
-            row.tail = (row.tail + self.chars[ids[i]])[-matcher.longest :]
-            matched, hold = matcher.check(row.tail)
-            self.held[i] = hold
+            try:
+                row.tail = (row.tail + self.chars[ids[i]])[-matcher.longest :]
+                matched, hold = matcher.check(row.tail)
+            except Exception as exc:  # this row's stop strings: it fails alone
+                self.failures[i] = ("record", exc)
+                continue
+            c.held[i] = hold
             if matched is not None:
                 row.stop = matched
                 done[i] = True
@@ -159,53 +238,67 @@ class Batch:
 
     def flush(self, done: np.ndarray, now: float) -> list[Stream]:
         """Hand out the chunks that are due (every done row's last one); returns the streams to wake."""
-        waiting = self.waiting - self.held
-        due = self.flush_policy.due(waiting, self.flushed_once, self.last_flush, now)
-        checkpoint = (self.next_checkpoint > 0) & (self.sent + waiting >= self.next_checkpoint) & (self.held == 0)
+        c = self.columns
+        waiting = c.waiting - c.held
+        due = self.flush_policy.due(waiting, c.flushed_once, c.last_flush, now)
+        checkpoint = (c.next_checkpoint > 0) & (c.sent + waiting >= c.next_checkpoint) & (c.held == 0)
         woken = []
-        for i in np.flatnonzero(due | checkpoint | done):
-            woken.append(self._flush_row(int(i), bool(done[i]), bool(checkpoint[i]), now))
+        for i in np.flatnonzero(due | checkpoint | done).tolist():
+            if i in self.failures:
+                continue
+            try:
+                woken.append(self._flush_row(i, bool(done[i]), bool(checkpoint[i]), now))
+            except Exception as exc:  # this row's chunk: it fails alone
+                self.failures[i] = ("flush", exc)
         return woken
 
+    def take_failures(self) -> dict[int, tuple[str, BaseException]]:
+        """Rows that failed alone since the last call: index -> (phase, error); the caller fails and filters them."""
+        failures, self.failures = self.failures, {}
+        return failures
+
     def _flush_row(self, i: int, done: bool, checkpoint: bool, now: float) -> Stream:
+        c = self.columns
         row = self.rows[i]
         stream = row.stream
-        count = int(self.waiting[i])
+        count = int(c.waiting[i])
         if done and row.stop:
             count -= len(row.stop)  # the stop string is not part of the text
         elif not done:
-            count -= int(self.held[i])  # a possible stop string waits until it can't be one
-        text = "".join(self.chars[self.pending[i, :count]]) if count > 0 else ""
+            count -= int(c.held[i])  # a possible stop string waits until it can't be one
+        text = "".join(self.chars[c.pending[i, :count]]) if count > 0 else ""
         values = NO_VALUES
         if row.units and count > 0:
             values = np.concatenate(row.values[:count])
             del row.values[:count]
-        self.sent[i] += max(count, 0)
-        rest = int(self.waiting[i]) - max(count, 0)
-        self.pending[i, :rest] = self.pending[i, count : count + rest] if rest > 0 else self.pending[i, :0]
-        self.waiting[i] = rest
-        self.flushed_once[i] |= count > 0
-        self.last_flush[i] = now
+        c.sent[i] += max(count, 0)
+        rest = int(c.waiting[i]) - max(count, 0)
+        if rest > 0:
+            c.pending[i, :rest] = c.pending[i, count : count + rest].copy()
+        c.waiting[i] = rest
+        c.flushed_once[i] |= count > 0
+        c.last_flush[i] = now
         finished = self._finished(i) if done else None
         point = None
         if checkpoint and not done:
-            chars, every = int(self.sent[i]), int(stream.job.checkpoint_every)
+            chars, every = int(c.sent[i]), int(stream.job.checkpoint_every)
             point = Checkpoint(chars, self.context(i))
-            self.next_checkpoint[i] = (chars // every + 1) * every
+            c.next_checkpoint[i] = (chars // every + 1) * every
         stream.put(Chunk(text, finished, values, point))
         return stream
 
     def _finished(self, i: int) -> Finished:
         row = self.rows[i]
         reason = FinishReason.STOP if row.stop else FinishReason.LENGTH
-        return Finished(reason, self.context(i), row.prompt_chars, int(self.generated[i]), row.stream.seed, row.stop)
+        generated = int(self.columns.generated[i])
+        return Finished(reason, self.context(i), row.prompt_chars, generated, row.stream.seed, row.stop)
 
     def cancel(self, i: int) -> Stream:
         """End row i as cancelled (what was generated and not yet sent is dropped); the caller filters it."""
         row = self.rows[i]
         stream = row.stream
         finished = Finished(
-            FinishReason.CANCELLED, self.context(i), row.prompt_chars, int(self.generated[i]), stream.seed
+            FinishReason.CANCELLED, self.context(i), row.prompt_chars, int(self.columns.generated[i]), stream.seed
         )
         stream.put(Chunk("", finished, NO_VALUES))
         return stream
@@ -216,9 +309,32 @@ class Batch:
             tuple(s[:, i].copy() for s in self.states),
             self.logits[i].copy(),
             self.rows[i].stream.seed,
-            int(self.positions[i]),
+            int(self.columns.positions[i]),
             self.model_sha256,
         )
+
+
+class Entry(NamedTuple):
+    """A row ready to join: checked and converted to the columns' types (`Batch.prepare`)."""
+
+    row: Row
+    states: States  # each [layers, hidden]
+    logits: np.ndarray  # [vocab]
+    temperature: np.float64
+    top_k: np.int64
+    top_p: np.float64
+    seed: np.uint64
+    position: np.uint64
+    max_chars: np.int64
+    checkpoint_every: np.int64
+
+
+def _typed(name: str, value: object, kind: type[T]) -> T:
+    """`value` as the column's numpy type; InvalidRequest naming `name` when it does not fit."""
+    try:
+        return kind(value)
+    except (OverflowError, TypeError, ValueError) as exc:
+        raise InvalidRequest(f"{name} {quote(str(value))} cannot be represented ({exc})", param=name) from exc
 
 
 class _Gather:

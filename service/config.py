@@ -77,6 +77,11 @@ class SchedulingOptions:
     prefill_share: float = setting(
         0.5, "while streams decode, the share of a worker's time prefill may take (the rest is decoding)"
     )
+    engine_stall_seconds: float = setting(
+        10.0,
+        "a decode worker with work and no iteration for this long is wedged: its streams end UNAVAILABLE with "
+        "the retry hint and a new worker takes its place",
+    )
 
 
 @dataclass(frozen=True)
@@ -188,6 +193,7 @@ class ServerConfig:
             "--prefill-chunk-chars must be >= 1": self.scheduling.prefill_chunk_chars >= 1,
             "--max-prefill-rows must be >= 1": self.scheduling.max_prefill_rows >= 1,
             "--prefill-share must be in (0, 1)": 0.0 < self.scheduling.prefill_share < 1.0,
+            "--engine-stall-seconds must be > 0": self.scheduling.engine_stall_seconds > 0,
             "--max-connection-age-seconds must be >= 0": conn.max_connection_age_seconds >= 0,
             "--max-connection-age-grace-seconds must be >= 0 (or unset)": grace is None or grace >= 0,
             "--min-ping-interval-seconds must be >= 0": conn.min_ping_interval_seconds >= 0,

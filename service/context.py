@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from service.errors import InvalidRequest
+
 
 @dataclass(frozen=True)
 class Context:
@@ -28,3 +30,13 @@ class Context:
     def nbytes(self) -> int:
         arrays = [*(self.states or ()), *(() if self.logits is None else (self.logits,))]
         return sum(a.nbytes for a in arrays) + 64
+
+    def check_shapes(self, num_states: int, layers: int, hidden: int, vocab: int) -> None:
+        """InvalidRequest unless this context's arrays fit a model of these shapes: one row that does not fit
+        must fail alone before it reaches a model call it shares with other rows."""
+        if self.states is not None and (
+            len(self.states) != num_states or any(s.shape != (layers, hidden) for s in self.states)
+        ):
+            raise InvalidRequest("the context's state shape does not match the model")
+        if self.logits is not None and self.logits.shape != (vocab,):
+            raise InvalidRequest("the context's logits do not match the model's vocabulary")

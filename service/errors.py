@@ -48,5 +48,9 @@ class ShuttingDown(ServiceError):
     """The server is draining and takes no new streams."""
 
 
+class EngineFailed(ServiceError):
+    """The decode worker running a stream died or wedged; the stream can resume from its last checkpoint."""
+
+
 class Unauthenticated(ServiceError):
     """The call carries no bearer token, or one the server does not accept."""

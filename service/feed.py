@@ -16,13 +16,21 @@ import numpy as np
 
 from charrnn.engine import Engine, States
 from service.context import Context
+from service.errors import InvalidRequest
 
 
 class TextRun:
     """`ids` run from `context`; with `logprobs`, the natural log-probability of each character too."""
 
-    def __init__(self, ids: np.ndarray, context: Context, engine: Engine, logprobs: bool = False):
-        self.ids = ids
+    def __init__(self, ids: Sequence[int] | np.ndarray, context: Context, engine: Engine, logprobs: bool = False):
+        # A text or context that does not fit the model fails here, alone, not in a model call it shares.
+        try:
+            self.ids = np.asarray(ids, np.int64)
+        except (OverflowError, TypeError, ValueError) as exc:
+            raise InvalidRequest(f"the text's ids cannot be represented ({exc})") from exc
+        if len(self.ids) and not (self.ids.min() >= 0 and self.ids.max() < engine.vocab_size):
+            raise InvalidRequest("the text holds ids outside the model's vocabulary")
+        context.check_shapes(engine.num_states, engine.layers, engine.hidden, engine.vocab_size)
         self.context = context
         self.model_sha256 = engine.sha256
         self.pos = 0  # characters run so far

@@ -11,12 +11,13 @@ model's identity; no per-request or per-session labels.
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from service.observer import BATCH_PHASES, ENGINE_RESTARTS, ROW_PHASES, SchedulerObserver
 from service.ports import bind_error
-from service.scheduler import SchedulerObserver
 from service.stream import DeliveryObserver, Finished, FinishReason
 
 if TYPE_CHECKING:
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 
     from charrnn.artifact import Manifest
     from service.front import Runtime
+    from service.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +148,27 @@ class Metrics(SchedulerObserver, DeliveryObserver):
         self.rejections = Counter(
             "charrnn_rejections_total", "Streams refused at admission, by reason.", ("reason",), registry=r
         )
+        self.row_failures = Counter(
+            "charrnn_row_failures_total",
+            "Streams that failed alone (their own parameters, context or text), by phase; their neighbours went on.",
+            ("phase",),
+            registry=r,
+        )
+        self.batch_failures = Counter(
+            "charrnn_batch_failures_total",
+            "Model calls that failed, failing every stream in them, by phase (decode, prefill).",
+            ("phase",),
+            registry=r,
+        )
+        self.engine_restarts = Counter(
+            "charrnn_engine_restarts_total",
+            "Decode workers replaced, by reason: died (its loop failed) or wedged (no iteration for the stall).",
+            ("reason",),
+            registry=r,
+        )
+        self.engine_batch = Gauge(
+            "charrnn_engine_batch_size", "Rows in each decode worker's batch now.", ("engine",), registry=r
+        )
         self.evictions = Counter(
             "charrnn_session_evictions_total", "Sessions dropped by the store, by reason.", ("reason",), registry=r
         )
@@ -167,6 +190,9 @@ class Metrics(SchedulerObserver, DeliveryObserver):
         # Known label values start at 0, so rate() and alerts see a series before the first event.
         for counter, reasons in (
             (self.rejections, REJECT_REASONS),
+            (self.row_failures, ROW_PHASES),
+            (self.batch_failures, BATCH_PHASES),
+            (self.engine_restarts, ENGINE_RESTARTS),
             (self.evictions, EVICTION_REASONS),
             (self.tokens_refused, TOKEN_REFUSALS),
             (self.reloads, RELOAD_RESULTS),
@@ -184,6 +210,8 @@ class Metrics(SchedulerObserver, DeliveryObserver):
         self.sessions.set_function(lambda: len(sessions))
         self.session_streams.set_function(lambda: runtime.session_streams)
         self.serving.set_function(lambda: runtime.serving)
+        for i in range(len(models.current.scheduler.rows())):
+            self.engine_batch.labels(str(i)).set_function(partial(_engine_rows, models, i))
         self.set_model(runtime.manifest)
 
     def set_model(self, manifest: Manifest) -> None:
@@ -216,6 +244,15 @@ class Metrics(SchedulerObserver, DeliveryObserver):
     def on_reject(self, reason: str) -> None:
         self.rejections.labels(reason).inc()
 
+    def on_row_failure(self, phase: str) -> None:
+        self.row_failures.labels(phase).inc()
+
+    def on_batch_failure(self, phase: str) -> None:
+        self.batch_failures.labels(phase).inc()
+
+    def on_engine_restart(self, reason: str) -> None:
+        self.engine_restarts.labels(reason).inc()
+
     # --- other components' hooks --------------------------------------------------------------
     def on_evict(self, reason: str) -> None:
         self.evictions.labels(reason).inc()
@@ -231,6 +268,12 @@ class Metrics(SchedulerObserver, DeliveryObserver):
         labels = (method, route, str(code))
         self.http_requests.labels(*labels).inc()
         self.http_seconds.labels(*labels).observe(seconds)
+
+
+def _engine_rows(models: ModelRegistry, i: int) -> int:
+    """Rows in the current model's decode worker `i` (0 where a reloaded model runs fewer workers)."""
+    rows = models.current.scheduler.rows()
+    return rows[i] if i < len(rows) else 0
 
 
 class MetricsHTTPServer:

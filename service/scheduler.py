@@ -1,10 +1,9 @@
 """Continuous batching on decode worker threads; the event loop only does I/O, admission and cancellation.
 
-A worker owns a `Batch` of live rows and loops where the model runs:
-
-    take new streams (free slots permitting) and text runs → drop cancelled rows →
-    one prefill chunk (prompts, Score texts, Session feeds; service/feed.py) →
-    one decode step: sample every row, ONE model call for all rows, record, flush due chunks
+A worker runs one engine's loop (service/core.py) where the model runs: each iteration plans
+(service/policy.py: drop cancelled streams, admit waiting ones into free slots, pick the prefill group,
+decode or not), executes (one prefill chunk of prompts, Score texts and Session feeds; one decode step:
+sample every row, ONE model call, record, flush due chunks) and applies the outputs.
 
 Chunks reach the event loop in batches: one `call_soon_threadsafe` per iteration that flushed anything,
 waking those streams' consumers (service/stream.py). ONNX Runtime releases the GIL while it computes, so the
@@ -22,35 +21,23 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 
 import numpy as np
 
 from charrnn.engine import Engine
-from service.batch import Batch, Row, StopMatcher
 from service.config import FlushPolicy, Limits, SchedulingOptions
 from service.context import Context
-from service.errors import LimitExceeded, ShuttingDown
-from service.feed import TextRun, next_group, run_chunk
-from service.sampling import sample
-from service.stream import NO_VALUES, Checkpoint, Chunk, Finished, FinishReason, Job, Stream
+from service.core import EngineCore
+from service.errors import EngineFailed, LimitExceeded, ShuttingDown
+from service.feed import TextRun
+from service.observer import SchedulerObserver
+from service.policy import least_loaded
+from service.stream import Job, Stream
 
 log = logging.getLogger(__name__)
 
-
-class SchedulerObserver:
-    """Hooks for metrics (service/metrics.py subclasses this); called from worker threads; defaults do nothing."""
-
-    def on_step(self, batch: int, model_s: float, sampling_s: float) -> None:
-        """One decode step advanced `batch` rows."""
-
-    def on_prefill(self, rows: int, chars: int, seconds: float) -> None:
-        """One prefill chunk: `rows` texts advanced by `chars` characters in all."""
-
-    def on_finish(self, finished: Finished, seconds: float) -> None:
-        """A stream left with this result, `seconds` after submission."""
-
-    def on_reject(self, reason: str) -> None:
-        """A stream was refused ("queue_full", "shutting_down")."""
+__all__ = ["Scheduler", "SchedulerObserver"]
 
 
 class Scheduler:
@@ -69,11 +56,13 @@ class Scheduler:
         self.flush = flush
         self.options = options or SchedulingOptions()
         self.observer = observer or SchedulerObserver()
-        self.vocab = engine.manifest.vocabulary.chars
         self.slots = threading.Lock()  # held while a worker admits streams into free live slots
         self._workers = [_Worker(self, i) for i in range(self.options.decode_workers)]
         self._accepting = True
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._watchdog: asyncio.Task[None] | None = None
+        # Told False when a worker died or wedged, True once a new one took its place (health follows it).
+        self.on_health: Callable[[bool], None] | None = None
 
     # --- the event loop's side -------------------------------------------------------------------
     @property
@@ -82,12 +71,24 @@ class Scheduler:
 
     @property
     def queued(self) -> int:
-        return sum(len(w.waiting) for w in self._workers)
+        return sum(w.queued for w in self._workers)
+
+    def rows(self) -> list[int]:
+        """Each worker's batch size now."""
+        return [len(w.core.batch) for w in self._workers]
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         for worker in self._workers:
             worker.start()
+        self._watchdog = self._loop.create_task(self._watch())
+
+    def _pick(self, loads: Callable[[_Worker], int]) -> _Worker:
+        """The least-loaded worker that is running; EngineFailed while none is (one is being replaced)."""
+        alive = [w for w in self._workers if not w.down]
+        if not alive:
+            raise EngineFailed("no decode worker is running; retry shortly", self.limits.retry_pushback_ms)
+        return alive[least_loaded([loads(w) for w in alive])]
 
     def submit(self, job: Job) -> Stream:
         """Queue a generation; ShuttingDown while draining, LimitExceeded when the queue is full."""
@@ -102,9 +103,9 @@ class Scheduler:
                 f"{lim.max_queued_streams} (max_queued_streams) is full; retry later",
                 lim.retry_pushback_ms,
             )
-        worker = min(self._workers, key=lambda w: w.live + len(w.waiting))
+        worker = self._pick(lambda w: w.live + w.queued)
         stream = Stream(job, worker.cancel)
-        worker.waiting.append(stream)
+        worker.inbox.append(stream)
         worker.signal.set()
         return stream
 
@@ -115,7 +116,9 @@ class Scheduler:
         run = TextRun(ids, context, self.engine, logprobs)
         future: asyncio.Future[TextRun] = self._loop.create_future()
         run.on_done = lambda r: self._resolve(future, r)
-        worker = min(self._workers, key=lambda w: len(w.runs))
+        # Texts handed in and not yet done, counted here: a burst of them spreads before any worker starts one.
+        worker = self._pick(lambda w: w.texts)
+        worker.texts += 1
         worker.runs_in.append(run)
         worker.signal.set()
         try:
@@ -123,6 +126,8 @@ class Scheduler:
         except asyncio.CancelledError:
             run.cancelled = True  # the caller went away: the worker drops the run at its next chunk
             raise
+        finally:
+            worker.texts -= 1
         if run.error is not None:
             raise run.error
         return run
@@ -142,6 +147,43 @@ class Scheduler:
         if streams and self._loop is not None:
             self._loop.call_soon_threadsafe(_wake_all, streams)
 
+    def slots_freed(self, by: _Worker) -> None:
+        """From a worker thread: rows left `by`; workers whose streams wait for a slot try again."""
+        for worker in self._workers:
+            if worker is not by and worker.queued:
+                worker.signal.set()
+
+    # --- workers that die or wedge -------------------------------------------------------------------
+    async def _watch(self) -> None:
+        """Replace a worker that died (its loop raised) or wedged (work, and no iteration for the stall)."""
+        stall = self.options.engine_stall_seconds
+        while True:
+            await asyncio.sleep(min(stall / 4, 0.25))
+            now = time.monotonic()
+            for i, worker in enumerate(self._workers):
+                if worker.dead:
+                    self._replace(i, "died")
+                elif worker.wedged(now, stall):
+                    log.error("decode worker %d made no iteration for %.1f s: replacing it", i, now - worker.beat)
+                    worker.abandon(self.engine_failed())
+                    self._replace(i, "wedged")
+
+    def engine_failed(self) -> EngineFailed:
+        return EngineFailed(
+            "the decode worker running this stream failed; resume from its last checkpoint or retry",
+            self.limits.retry_pushback_ms,
+        )
+
+    def _replace(self, index: int, reason: str) -> None:
+        if self.on_health is not None:
+            self.on_health(False)
+        worker = _Worker(self, index)
+        self._workers[index] = worker
+        worker.start()
+        self.observer.on_engine_restart(reason)
+        if self.on_health is not None:
+            self.on_health(True)
+
     def stop_accepting(self) -> None:
         self._accepting = False
 
@@ -158,6 +200,8 @@ class Scheduler:
             "server shut down before the stream finished; resume from its last checkpoint on another replica",
             self.limits.retry_pushback_ms,
         )
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         for worker in self._workers:
             worker.close(error)
         for worker in self._workers:
@@ -171,37 +215,46 @@ def _wake_all(streams: list[Stream]) -> None:
 
 
 class _Worker(threading.Thread):
-    """One decode loop: its own batch, its own waiting streams and text runs, the shared engine."""
+    """One decode loop over its own engine core; streams, cancellations and texts come in through inboxes."""
 
     def __init__(self, scheduler: Scheduler, index: int):
         super().__init__(name=f"decode-{index}", daemon=True)
         self.s = scheduler
-        engine = scheduler.engine
-        self.batch = Batch(
-            engine.layers, engine.hidden, engine.num_states, scheduler.vocab, engine.sha256, scheduler.flush,
-            scheduler.limits.max_stop_chars,
-        )  # fmt: skip
+        self.core = EngineCore(scheduler.engine, scheduler.limits, scheduler.flush, scheduler.options,
+                               scheduler.observer)  # fmt: skip
         self.signal = threading.Event()
-        self.waiting: deque[Stream] = deque()  # submitted, waiting for a slot
-        self.cancelled: deque[Stream] = deque()  # cancelled by their consumers, not yet dropped
-        self.runs_in: deque[TextRun] = deque()  # Score texts and Session feeds, handed in
-        self.runs: deque[TextRun] = deque()  # text runs in progress (prompts included), round robin
-        self.prefilling: dict[TextRun, Stream] = {}  # prompt runs of streams that join once they are done
+        # Handed in from the event loop (deque appends and pops are atomic); the worker moves them to its core.
+        self.inbox: deque[Stream] = deque()
+        self.cancels: deque[Stream] = deque()
+        self.runs_in: deque[TextRun] = deque()
+        self.texts = 0  # texts handed in and not yet done (the event loop's count)
         self.error: BaseException | None = None  # set by close(): fail everything, then stop
         self._closed = False
-        # Prefill time not yet paid back by decoding: while streams decode, prefill runs only when it is
-        # paid back, so it takes at most `prefill_share` of the worker's time.
-        self._prefill_debt = 0.0
-        share = scheduler.options.prefill_share
-        self._payback = share / (1.0 - share)
+        self.beat = time.monotonic()  # when the loop last began an iteration or went idle
+        self.idle = False  # waiting for work (then it cannot be wedged)
+        self.dead = False  # its loop raised: its streams failed, the watchdog replaces it
+        self.abandoned = False  # wedged: its streams failed, the watchdog replaced it
+
+    @property
+    def down(self) -> bool:
+        return self.dead or self.abandoned
+
+    def wedged(self, now: float, stall: float) -> bool:
+        """Work waiting and no iteration for `stall` seconds."""
+        busy = self.live or self.queued or self.texts or self.cancels
+        return bool(busy) and not self.idle and not self.down and now - self.beat > stall
 
     @property
     def live(self) -> int:
-        return len(self.batch) + len(self.prefilling)
+        return self.core.live
+
+    @property
+    def queued(self) -> int:
+        return len(self.inbox) + len(self.core.queues.waiting)
 
     def cancel(self, stream: Stream) -> None:
         """From the event loop: drop `stream` at the next iteration."""
-        self.cancelled.append(stream)
+        self.cancels.append(stream)
         self.signal.set()
 
     def close(self, error: BaseException) -> None:
@@ -209,168 +262,71 @@ class _Worker(threading.Thread):
         self._closed = True
         self.signal.set()
 
+    def abandon(self, error: EngineFailed) -> None:
+        """From the event loop, for a wedged worker: fail its streams and texts now, and leave it; if its loop
+        ever comes back it stops without touching them again (a failed stream takes no more chunks)."""
+        self.abandoned = True
+        self.close(error)
+        core = self.core
+        streams = [r.stream for r in core.batch.rows] + [*core.queues.prefilling.values(), *core.queues.waiting]
+        for stream in [*streams, *self.inbox]:
+            stream.fail(error)
+        for run in [*core.queues.runs, *self.runs_in]:
+            if run.on_done is not None and run.error is None and not run.done:
+                run.error = error
+                run.on_done(run)
+        self.s.wake([*streams, *self.inbox])
+
     # --- the loop -------------------------------------------------------------------------------------
     def run(self) -> None:
-        while not self._closed:
-            try:
+        try:
+            while not self._closed:
                 self._iterate()
-            except Exception as exc:  # a bug: fail the streams in flight rather than hang them
-                log.exception("decode worker failed")
-                self._fail_all(exc)
+        except Exception:  # a bug: this worker's state is unknown, so it ends; a new worker takes its place
+            log.exception("decode worker %s died: its streams fail UNAVAILABLE", self.name)
+            self.error = self.s.engine_failed()
+            self.dead = True
+        if self.abandoned:
+            return
         assert self.error is not None
-        self._fail_all(self.error)
+        self._take_inbox()
+        self.core.fail_all(self.error)
+        self.s.wake(self.core.take_woken())
+
+    def _take_inbox(self) -> None:
+        q = self.core.queues
+        while self.inbox:
+            q.waiting.append(self.inbox.popleft())
+        while self.cancels:
+            q.cancelled.add(self.cancels.popleft())
+        while self.runs_in:
+            q.runs.append(self.runs_in.popleft())
 
     def _iterate(self) -> None:
-        woken: list[Stream] = []  # every stream this iteration gave a chunk: woken together at its end
-        self._admit(woken)
-        self._drop_cancelled(woken)
-        if self.runs and (self._prefill_debt <= 0.0 or not len(self.batch)):
-            self._prefill(woken)
-        if len(self.batch):
-            self._decode(woken)
-        else:
-            self._prefill_debt = 0.0
-        self.s.wake(woken)
-        if not (self.runs or len(self.batch)):
+        self.beat = time.monotonic()
+        self._take_inbox()
+        core = self.core
+        before = core.live
+        try:
+            now = time.monotonic()
+            if core.queues.waiting:
+                with self.s.slots:  # the live-stream limit is the server's, shared by every worker
+                    plan = core.begin(now, self.s.limits.max_live_streams - self.s.live)
+            else:
+                plan = core.begin(now, 0)
+            core.finish(plan)
+        finally:
+            self.s.wake(core.take_woken())
+        if core.live < before:
+            self.s.slots_freed(self)
+        if not (plan.drop or plan.admit or plan.prefill or plan.decode):
             self._idle()
 
     def _idle(self) -> None:
         self.signal.clear()
-        if self.waiting or self.runs_in or self.cancelled or self._closed:
+        if self.inbox or self.runs_in or self.cancels or self._closed:
             return
+        self.idle = True
         self.signal.wait()
-
-    def _admit(self, woken: list[Stream]) -> None:
-        """Waiting streams take free slots (their prompts start prefilling); handed-in runs join the runs."""
-        while self.runs_in:
-            self.runs.append(self.runs_in.popleft())
-        if not self.waiting:
-            return
-        with self.s.slots:  # the live-stream limit is the server's, shared by every worker
-            free = self.s.limits.max_live_streams - self.s.live
-            joining: list[Stream] = []
-            while free > 0 and self.waiting:
-                stream = self.waiting.popleft()
-                free -= 1
-                job = stream.job
-                if job.prompt:
-                    run = TextRun(np.asarray(job.prompt, np.int64), job.context, self.s.engine)
-                    self.prefilling[run] = stream
-                    self.runs.append(run)
-                else:
-                    joining.append(stream)  # continues its context: no model call needed
-            if joining:
-                self._join(joining, [s.job.context for s in joining], woken)
-
-    def _join(self, streams: list[Stream], contexts: list[Context], woken: list[Stream]) -> None:
-        """Streams enter the decode batch from these contexts (states after their prompts, next logits)."""
-        engine = self.s.engine
-        n = len(streams)
-        states = engine.zero_states(n)
-        logits = np.empty((n, engine.vocab_size), np.float32)
-        for i, ctx in enumerate(contexts):
-            if ctx.states is not None:
-                for dst, src in zip(states, ctx.states, strict=True):
-                    dst[:, i] = src
-            assert ctx.logits is not None, "validated at the edge: a stream starts after a prompt or a state"
-            logits[i] = ctx.logits
-        rows = [Row(s, StopMatcher(s.job.stops) if s.job.stops else None) for s in streams]
-        first = len(self.batch)
-        self.batch.concatenate(rows, states, logits)
-        for i, stream in enumerate(streams):
-            if stream.job.checkpoint_every:  # a resume point at 0 chars: failover works from the start
-                stream.put(Chunk("", None, NO_VALUES, Checkpoint(0, self.batch.context(first + i))))
-                woken.append(stream)
-
-    def _drop_cancelled(self, woken: list[Stream]) -> None:
-        if not self.cancelled:
-            return
-        gone = set()
-        while self.cancelled:
-            gone.add(self.cancelled.popleft())
-        for stream in [s for s in self.waiting if s in gone]:
-            self.waiting.remove(stream)
-            woken.append(self._end_cancelled(stream))
-        for run, stream in list(self.prefilling.items()):
-            if stream in gone:
-                del self.prefilling[run]
-                run.cancelled = True
-                woken.append(self._end_cancelled(stream))
-        keep = np.array([r.stream not in gone for r in self.batch.rows], bool)
-        if not keep.all():
-            for i in np.flatnonzero(~keep):
-                stream = self.batch.cancel(int(i))
-                assert stream.finished is not None
-                self.s.observer.on_finish(stream.finished, time.monotonic() - stream.submitted)
-                woken.append(stream)
-            self.batch.filter(keep)
-
-    def _end_cancelled(self, stream: Stream) -> Stream:
-        """A stream cancelled before it joined the batch ends where it started."""
-        finished = Finished(FinishReason.CANCELLED, stream.job.context, 0, 0, stream.seed)
-        stream.put(Chunk("", finished, NO_VALUES))
-        self.s.observer.on_finish(finished, time.monotonic() - stream.submitted)
-        return stream
-
-    def _prefill(self, woken: list[Stream]) -> None:
-        """One model call: the next chunk of the first waiting run and of every run whose chunk matches it."""
-        while self.runs and self.runs[0].cancelled:
-            self.runs.popleft()
-        if not self.runs:
-            return
-        options = self.s.options
-        group = next_group([r for r in self.runs if not r.cancelled], options.prefill_chunk_chars,
-                           options.max_prefill_rows)  # fmt: skip
-        t0 = time.perf_counter()
-        chars = run_chunk(self.s.engine, group, options.prefill_chunk_chars)
-        elapsed = time.perf_counter() - t0
-        self._prefill_debt += elapsed
-        self.s.observer.on_prefill(len(group), chars, elapsed)
-        for run in group:  # round robin: advanced runs go to the back
-            self.runs.remove(run)
-            if not run.done:
-                self.runs.append(run)
-        joining = [run for run in group if run.done and run in self.prefilling]
-        if joining:
-            self._join([self.prefilling.pop(r) for r in joining], [r.after() for r in joining], woken)
-        for run in group:
-            if run.done and run.on_done is not None:
-                run.on_done(run)
-
-    def _decode(self, woken: list[Stream]) -> None:
-        """One step for every live row: sample, ONE model call, record, flush; done rows leave."""
-        b = self.batch
-        t0 = time.perf_counter()
-        ids = sample(b.logits, b.temperature, b.top_k, b.top_p, b.seeds, b.positions)
-        t1 = time.perf_counter()
-        # Done rows take this step too: their final context is the state after their last character plus
-        # the logits for the next one, exactly what a continuation needs.
-        logits, b.states = self.s.engine.run(ids[:, None], b.states)
-        t2 = time.perf_counter()
-        b.logits = logits[:, -1, :]
-        done = b.record(ids)
-        woken.extend(b.flush(done, time.monotonic()))
-        self._prefill_debt = max(0.0, self._prefill_debt - (time.perf_counter() - t0) * self._payback)
-        self.s.observer.on_step(len(b), t2 - t1, t1 - t0)
-        if done.any():
-            for i in np.flatnonzero(done):
-                stream = b.rows[int(i)].stream
-                assert stream.finished is not None
-                self.s.observer.on_finish(stream.finished, time.monotonic() - stream.submitted)
-            b.filter(~done)
-
-    def _fail_all(self, error: BaseException) -> None:
-        """End every stream this worker holds with `error`, and every text run."""
-        streams = [r.stream for r in self.batch.rows] + list(self.prefilling.values()) + list(self.waiting)
-        self.batch.filter(np.zeros(len(self.batch), bool))
-        self.prefilling.clear()
-        self.waiting.clear()
-        for stream in streams:
-            stream.fail(error)
-        for run in [*self.runs, *self.runs_in]:
-            if run.on_done is not None:
-                run.error = error
-                run.on_done(run)
-        self.runs.clear()
-        self.runs_in.clear()
-        self.s.wake(streams)
+        self.beat = time.monotonic()
+        self.idle = False

@@ -108,6 +108,8 @@ class CharRNNServer:
         self.port = 0
         self._reload_lock = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
+        self._health_updates: set[asyncio.Task[None]] = set()
+        self._draining = False
 
     @property
     def scheduler(self) -> Scheduler:
@@ -141,7 +143,7 @@ class CharRNNServer:
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
         await asyncio.to_thread(self.scheduler.engine.warm_up, self.config.limits.max_live_streams)
-        self.scheduler.start()
+        self._start_scheduler(self.scheduler)
         try:
             await self.http.start(_write_port)
         except OSError as exc:  # taken since the check: stop what already runs, so the process can exit
@@ -160,6 +162,20 @@ class CharRNNServer:
             m.onnx.sha256[:12], self.config.host, self.port,
         )  # fmt: skip
         return self.port
+
+    def _start_scheduler(self, scheduler: Scheduler) -> None:
+        """Start its workers; health follows them: NOT_SERVING from a worker's death until its replacement runs."""
+        scheduler.on_health = self._engine_health
+        scheduler.start()
+
+    def _engine_health(self, serving: bool) -> None:
+        if self._draining:
+            return  # draining is NOT_SERVING to the end
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        self.metrics.serving.set(1 if serving else 0)
+        task = asyncio.get_running_loop().create_task(self._set_health(status))
+        self._health_updates.add(task)
+        task.add_done_callback(self._health_updates.discard)
 
     async def reload(self) -> str:
         """Load the artifact directory again without dropping streams: "loaded", "unchanged" or "refused".
@@ -196,7 +212,7 @@ class CharRNNServer:
                 )
                 await model.scheduler.close()
                 return "refused"
-            model.scheduler.start()
+            self._start_scheduler(model.scheduler)
         old = models.switch(model)
         self.metrics.set_model(model.manifest)
         task = asyncio.get_running_loop().create_task(models.retire_when_idle(old))
@@ -209,6 +225,7 @@ class CharRNNServer:
     async def stop(self, grace_s: float | None = None) -> None:
         """Drain: NOT_SERVING, refuse new streams, let live ones finish within the grace, then stop."""
         grace = self.config.grace_seconds if grace_s is None else grace_s
+        self._draining = True
         await self.health.enter_graceful_shutdown()
         self.runtime.serving = False
         for task in self._retiring:

@@ -15,6 +15,7 @@ import grpc
 from charrnn.protocol import RETRY_PUSHBACK_KEY
 from charrnn.vocab import UnknownCharactersError
 from service.errors import (
+    EngineFailed,
     ForeignToken,
     InvalidRequest,
     InvalidToken,
@@ -53,6 +54,7 @@ STATUSES: dict[type[Exception], EdgeStatus] = {
     SessionBusy: EdgeStatus(grpc.StatusCode.FAILED_PRECONDITION, 409),
     LimitExceeded: EdgeStatus(grpc.StatusCode.RESOURCE_EXHAUSTED, 429),
     ShuttingDown: EdgeStatus(grpc.StatusCode.UNAVAILABLE, 503),
+    EngineFailed: EdgeStatus(grpc.StatusCode.UNAVAILABLE, 503),
     Unauthenticated: EdgeStatus(grpc.StatusCode.UNAUTHENTICATED, 401),
 }
 

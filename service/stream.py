@@ -123,7 +123,10 @@ class Stream:
 
     # --- the worker's side (any thread) ---------------------------------------------------------
     def put(self, chunk: Chunk) -> None:
-        """Queue a chunk; the caller wakes the consumer (`wake`, on the event loop) afterwards."""
+        """Queue a chunk; the caller wakes the consumer (`wake`, on the event loop) afterwards. A failed
+        stream takes no more (its worker may have been given up on while it still ran)."""
+        if self._error is not None:
+            return
         if chunk.finished is not None:
             self.finished = chunk.finished
         self._outbox.append(chunk)

@@ -101,6 +101,21 @@ def test_the_edge_rule_sees_an_edge_importing_the_other(tmp_path: Path) -> None:
     assert not _within("service.httpx", EDGES["HTTP"]) and _within("service.http", EDGES["HTTP"])
 
 
+# The engine side of the service: an engine's loop, its policy and batch. It knows nothing of the front (the
+# transports, metrics exposition, the process that serves them), so it can run wherever the model runs.
+ENGINE = ("service/core.py", "service/policy.py", "service/batch.py", "service/feed.py", "service/sampling.py",
+          "service/observer.py", "service/context.py")  # fmt: skip
+FRONT = ("grpc", "aiohttp", "prometheus_client", "service.servicer", "service.http", "service.metrics",
+         "service.interceptors", "service.server", "service.scheduler", "service.registry",
+         "service.front")  # fmt: skip
+
+
+@pytest.mark.parametrize("module", ENGINE)
+def test_the_engine_side_never_imports_the_front(module: str) -> None:
+    bad = [name for name in imported_modules(REPO / module) if name.startswith(FRONT)]
+    assert not bad, f"{module} imports {bad}"
+
+
 def test_the_checker_sees_nested_imports(tmp_path: Path) -> None:
     module = tmp_path / "m.py"
     module.write_text("def f():\n    import torch\n    from training.model import CharRNN\n")
