@@ -156,3 +156,25 @@ def test_a_long_plain_text_split_is_cut_at_a_line(tiny_artifact: Path) -> None:
     assert len(tail) == 1 and len(tail[0]) > 500
     (doc,) = heldout_documents(loaded, max_chars=500)
     assert 0 < len(doc) <= 500 and doc.endswith("\n") and tail[0].startswith(doc)
+
+
+def test_a_prepared_corpus_split_is_read_with_trainings_loader(tiny_corpus: Path, tmp_path: Path) -> None:
+    """A model trained on `prepared:DIR`: its held-out text is the prepared validation split, the same
+    characters as the plain corpus' split; a directory that is gone is a HeldoutError saying what to do."""
+    from tests.conftest import build_artifact
+    from training.analysis.heldout import HeldoutError, heldout_documents, validation_documents
+    from training.config import DataConfig
+    from training.data import load_corpus, split_text
+    from training.prepared import PREFIX, prepare_corpus
+
+    prepared = tmp_path / "prepared"
+    prepare_corpus(DataConfig(corpus=str(tiny_corpus), train_fraction=0.8), prepared)
+    loaded = load_model(build_artifact(tmp_path / "model", Path(f"{PREFIX}{prepared}"), "optim.max_steps=2"))
+    assert loaded.training["config"]["data"]["corpus"] == f"{PREFIX}{prepared}"
+    (tail,) = validation_documents(loaded)
+    assert tail == split_text(load_corpus(str(tiny_corpus)).text, 0.8)[1] and len(tail) > 500
+    (doc,) = heldout_documents(loaded, max_chars=500)
+    assert 0 < len(doc) <= 500 and doc.endswith("\n") and tail.startswith(doc)
+    (prepared / "prepared.json").rename(prepared / "moved.json")
+    with pytest.raises(HeldoutError, match=r"is not available here .*pass --text FILE"):
+        validation_documents(loaded)

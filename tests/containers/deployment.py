@@ -6,7 +6,8 @@ to the Deployment changes what the container tests run. A field this translation
 not silently dropped: a new constraint in the manifest must be taught here before the tests pass again.
 
 What Docker cannot reproduce is left out and named in docs/deploy.md: probes (the tests check the same gRPC
-health from outside), the preStop hook, service-account and Service environment variables, scheduling.
+health, and send the readiness probe's HTTP GET, from outside), the preStop hook, service-account and
+Service environment variables, scheduling.
 """
 
 from __future__ import annotations
