@@ -27,7 +27,8 @@ PIP_PROJECT := pip install -q --no-deps --no-build-isolation
 # torch is the CPU build: on Linux the lock names PyTorch's `+cpu` wheel from its CPU index (PyPI's Linux
 # torch is the CUDA build, gigabytes), on macOS PyPI's. It is installed first and alone (locks/torch.txt),
 # the only install that asks that index: a machine that cannot reach it falls back, after pip's retries
-# (about 10 s), to a wheel in its pip find-links or local indexes, checked against the lock's hash. A CUDA build on purpose: `make install TORCH_BUILD=cu128` then replaces the locked torch with
+# (about 10 s), to a wheel in its pip find-links or local indexes. pip checks its hash wherever the lock has
+# one; where `make lock` could not fetch the wheel to hash it, locks/torch.txt pins the exact version alone. A CUDA build on purpose: `make install TORCH_BUILD=cu128` then replaces the locked torch with
 # PyTorch's build for this version (outside the lock; any build PyTorch publishes for it).
 TORCH_VERSION := $(shell sed -n 's/^ *"torch==\([^"]*\)".*/\1/p' pyproject.toml)
 TORCH_BUILD   ?= cpu
@@ -38,7 +39,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(VENV)/.installed: pyproject.toml $(LOCKS)/dev.txt $(LOCKS)/torch.txt | $(BIN)/python
-	$(BIN)/$(PIP_LOCKED) $(TORCH_LOCKED) -r $(LOCKS)/torch.txt
+	$(BIN)/pip install -q --no-deps $(TORCH_LOCKED) -r $(LOCKS)/torch.txt
 	$(BIN)/$(PIP_LOCKED) -r $(LOCKS)/dev.txt
 	$(BIN)/$(PIP_PROJECT) -e .
 	$(if $(filter-out cpu,$(TORCH_BUILD)),$(BIN)/pip install -q --index-url $(TORCH_INDEX) 'torch==$(TORCH_VERSION)+$(TORCH_BUILD)')

@@ -23,11 +23,18 @@ trap 'rm -rf "$tmp"' EXIT
 sed "s/@TORCH_VERSION@/$TORCH_VERSION/" locks/torch.in >"$tmp/torch.in"
 mkdir "$tmp/wheels"
 missing=()
+covered=()
+elsewhere=()
 for py in 3.11 3.12; do
   for arch in x86_64 aarch64; do
-    "$PYTHON" -m pip download -q --no-deps --only-binary=:all: --implementation cp --python-version "$py" \
+    if "$PYTHON" -m pip download -q --no-deps --only-binary=:all: --implementation cp --python-version "$py" \
       --platform "manylinux_2_28_$arch" --dest "$tmp/wheels" --extra-index-url "$TORCH_INDEX" \
-      "torch==$TORCH_VERSION+cpu" >/dev/null 2>&1 || missing+=("CPython $py on Linux $arch")
+      "torch==$TORCH_VERSION+cpu" >/dev/null 2>&1; then
+      covered+=("(platform_machine == '$arch' and python_version == '$py')")
+      elsewhere+=("(platform_machine != '$arch' or python_version != '$py')")  # markers have no `not`
+    else
+      missing+=("CPython $py on Linux $arch")
+    fi
   done
 done
 if ((${#missing[@]} == 4)); then
@@ -55,9 +62,22 @@ compile dev pyproject.toml locks/build.in --extra serve --extra train --extra lo
 compile tools locks/tools.in locks/build.in
 
 # torch alone, as the train and dev locks pin it: installed first, by itself, with PyTorch's index, so that
-# pip asks that index for torch only (a machine that cannot reach it would retry it for every package).
+# pip asks that index for torch only (a machine that cannot reach it would retry it for every package). Where
+# the lock has no hash of the Linux wheel (the warnings above), the exact version is installed unchecked; pip
+# checks the hash wherever the lock has one.
 {
   echo "# torch as locks/train.txt and locks/dev.txt pin it (written by make lock): installed first, alone."
   awk '/^torch==/ {keep = 1; print; next} /^[a-z0-9]/ {keep = 0} keep' locks/train.txt
 } >locks/torch.txt
+if ((${#missing[@]})); then
+  cover=$(printf ' or %s' "${covered[@]}")
+  cover=${cover# or }
+  rest=$(printf ' and %s' "${elsewhere[@]}")
+  awk -v pin="torch==$TORCH_VERSION+cpu ; sys_platform == 'linux' \\" -v cover="$cover" \
+    '$0 == pin {print substr($0, 1, length($0) - 2) " and (" cover ") \\"; next} {print}' \
+    locks/torch.txt >"$tmp/torch.txt"
+  mv "$tmp/torch.txt" locks/torch.txt
+  printf '%s\n' "# Linux platforms whose +cpu wheel make lock could not hash: the exact version, unchecked." \
+    "torch==$TORCH_VERSION+cpu ; sys_platform == 'linux'$rest" >>locks/torch.txt
+fi
 echo "locks/torch.txt: $(grep -c '^torch==' locks/torch.txt) entries"
