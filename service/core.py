@@ -25,7 +25,7 @@ from service.feed import TextRun, run_chunk
 from service.observer import ROW_PHASES, SchedulerObserver
 from service.policy import Policy, Queues, StepOutputs, StepPlan
 from service.sampling import sample
-from service.stream import NO_VALUES, Checkpoint, Chunk, Finished, FinishReason, FlushPolicy, Stream
+from service.stream import NO_VALUES, Checkpoint, Chunk, FlushPolicy, Stream
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +120,7 @@ class EngineCore:
             self.batch.filter(keep)
 
     def _end_cancelled(self, stream: Stream) -> None:
-        finished = Finished(FinishReason.CANCELLED, stream.job.context, 0, 0, stream.seed)
-        stream.put(Chunk("", finished, NO_VALUES))
+        finished = stream.end_cancelled()
         self.observer.on_finish(finished, time.monotonic() - stream.submitted)
         self.woken.append(stream)
 

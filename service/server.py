@@ -20,8 +20,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import REGISTRY
 
-from charrnn.artifact import ArtifactError, load_manifest
-from charrnn.engine import Engine
+from charrnn.artifact import load_manifest
 from charrnn.v1 import charrnn_pb2, charrnn_pb2_grpc
 from charrnn.vocab import Vocabulary
 from service.config import ConfigError, ServerConfig
@@ -36,6 +35,7 @@ from service.servicer import CharRNNServicer
 from service.sessions import SessionStore
 from service.stream import DeliveryObserver
 from service.tokens import TokenCodec
+from service.wire import EngineSpec
 
 log = logging.getLogger(__name__)
 
@@ -48,20 +48,20 @@ _GRPC_MAX_MS = 2**31 - 1
 
 
 def load_model(config: ServerConfig, key: bytes, metrics: Metrics | None = None) -> LoadedModel:
-    """Load and check the artifact in `config.model_dir` with its own engine and (unstarted) scheduler.
+    """Check the artifact in `config.model_dir` and bind its vocabulary, token codec and (unstarted) scheduler.
 
-    ArtifactError if it cannot work (missing, hash mismatch, unreadable graph). Blocking: at start-up,
-    or off the event loop for a reload.
+    ArtifactError if the manifest or the model file's hash is wrong; a graph ONNX Runtime cannot load is
+    refused when the scheduler's engines start. Blocking: at start-up, or off the event loop for a reload.
     """
     manifest = load_manifest(config.model_dir)
-    try:
-        engine = Engine(config.model_dir, config.engine, manifest=manifest)
-    except Exception as exc:  # onnxruntime raises its own types for unreadable graphs
-        raise ArtifactError(f"{Path(config.model_dir) / manifest.onnx.file} could not be loaded: {exc}") from exc
-    scheduler = Scheduler(engine, config.limits, config.flush, config.scheduling, metrics)
+    spec = EngineSpec(
+        Path(config.model_dir), manifest.onnx.sha256, config.engine, config.limits, config.flush, config.scheduling
+    )
+    scheduler = Scheduler(spec, config.scheduling.engine_count(), metrics)
     on_refuse = metrics.on_token_refused if metrics is not None else None
+    layers, hidden = manifest.state_shape
     codec = TokenCodec(
-        key, manifest.onnx.sha256, engine.num_states, engine.layers, engine.hidden, engine.vocab_size, on_refuse
+        key, manifest.onnx.sha256, len(manifest.onnx.states), layers, hidden, manifest.model.vocab_size, on_refuse
     )
     return LoadedModel(manifest, Vocabulary.from_spec(manifest.vocabulary), codec, scheduler)
 
@@ -142,8 +142,11 @@ class CharRNNServer:
             log.info("metrics on http://%s:%d/metrics", metrics_host, self.metrics_http.port)
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
-        await asyncio.to_thread(self.scheduler.engine.warm_up, self.config.limits.max_live_streams)
-        self._start_scheduler(self.scheduler)
+        try:
+            await self._start_scheduler(self.scheduler)  # its engines load and warm the model up
+        except Exception:
+            await self.server.stop(0)
+            raise
         try:
             await self.http.start(_write_port)
         except OSError as exc:  # taken since the check: stop what already runs, so the process can exit
@@ -163,10 +166,10 @@ class CharRNNServer:
         )  # fmt: skip
         return self.port
 
-    def _start_scheduler(self, scheduler: Scheduler) -> None:
-        """Start its workers; health follows them: NOT_SERVING from a worker's death until its replacement runs."""
+    async def _start_scheduler(self, scheduler: Scheduler) -> None:
+        """Start its engines; health follows them: NOT_SERVING from an engine's death until its replacement runs."""
         scheduler.on_health = self._engine_health
-        scheduler.start()
+        await scheduler.start()
 
     def _engine_health(self, serving: bool) -> None:
         if self._draining:
@@ -198,21 +201,17 @@ class CharRNNServer:
             return "refused"
         known = next((m for m in models if m.sha256 == model.sha256), None)
         if known is not None:
-            await model.scheduler.close()
             if known is models.current:
                 log.info("model reload: %s… unchanged", model.sha256[:12])
                 return "unchanged"
             model = known  # back to a model that was still retiring
         else:
             try:
-                await asyncio.to_thread(model.scheduler.engine.warm_up, self.config.limits.max_live_streams)
-            except Exception as exc:  # onnxruntime's own types: the graph's shapes don't fit the manifest
-                log.error(
-                    "model reload refused (warm-up failed), still serving %s…: %s", models.current.sha256[:12], exc
-                )
-                await model.scheduler.close()
+                await self._start_scheduler(model.scheduler)
+            except Exception as exc:  # the graph does not load, or its shapes fail the warm-up
+                log.error("model reload refused (its engines did not start), still serving %s…: %s",
+                          models.current.sha256[:12], exc)  # fmt: skip
                 return "refused"
-            self._start_scheduler(model.scheduler)
         old = models.switch(model)
         self.metrics.set_model(model.manifest)
         task = asyncio.get_running_loop().create_task(models.retire_when_idle(old))

@@ -135,6 +135,19 @@ class Stream:
         """End the stream with `error` after the chunks already queued."""
         self._error = error
 
+    def end_cancelled(self) -> Finished:
+        """End as CANCELLED where it stands before its first character (it never ran); returns the result."""
+        finished = Finished(FinishReason.CANCELLED, self.job.context, 0, 0, self.seed)
+        self.put(Chunk("", finished, NO_VALUES))
+        return finished
+
+    def drain(self) -> tuple[list[Chunk], BaseException | None]:
+        """In an engine: the chunks queued since the last drain and the error the stream failed with (if any),
+        for the message to the front, whose own handle of the stream puts them for its consumer."""
+        chunks = list(self._outbox)
+        self._outbox.clear()
+        return chunks, self._error
+
     # --- the consumer's side (the event loop) ---------------------------------------------------
     def wake(self) -> None:
         self._event.set()
