@@ -24,6 +24,7 @@ from charrnn.artifact import load_manifest
 from charrnn.v1 import charrnn_pb2, charrnn_pb2_grpc
 from charrnn.vocab import Vocabulary
 from service.config import ConfigError, ServerConfig
+from service.engines import Launcher, start_process
 from service.front import Runtime
 from service.http import HttpFace
 from service.interceptors import BearerAuthInterceptor, DecodeGuardInterceptor, GrpcMetricsInterceptor
@@ -47,7 +48,9 @@ HTTP_FLAGS = ("--http-port", "--host")
 _GRPC_MAX_MS = 2**31 - 1
 
 
-def load_model(config: ServerConfig, key: bytes, metrics: Metrics | None = None) -> LoadedModel:
+def load_model(
+    config: ServerConfig, key: bytes, metrics: Metrics | None = None, launch: Launcher = start_process
+) -> LoadedModel:
     """Check the artifact in `config.model_dir` and bind its vocabulary, token codec and (unstarted) scheduler.
 
     ArtifactError if the manifest or the model file's hash is wrong; a graph ONNX Runtime cannot load is
@@ -57,7 +60,7 @@ def load_model(config: ServerConfig, key: bytes, metrics: Metrics | None = None)
     spec = EngineSpec(
         Path(config.model_dir), manifest.onnx.sha256, config.engine, config.limits, config.flush, config.scheduling
     )
-    scheduler = Scheduler(spec, config.scheduling.engine_count(), metrics)
+    scheduler = Scheduler(spec, config.scheduling.engine_count(), metrics, launch)
     on_refuse = metrics.on_token_refused if metrics is not None else None
     layers, hidden = manifest.state_shape
     codec = TokenCodec(
@@ -66,13 +69,13 @@ def load_model(config: ServerConfig, key: bytes, metrics: Metrics | None = None)
     return LoadedModel(manifest, Vocabulary.from_spec(manifest.vocabulary), codec, scheduler)
 
 
-def build_runtime(config: ServerConfig, metrics: Metrics | None = None) -> Runtime:
+def build_runtime(config: ServerConfig, metrics: Metrics | None = None, launch: Launcher = start_process) -> Runtime:
     """Load and check everything a request needs; ArtifactError/ConfigError if it cannot work.
 
     `metrics` observes the scheduler, session evictions and refused resume tokens.
     """
     config.validate()
-    model = load_model(config, config.resume_key(), metrics)
+    model = load_model(config, config.resume_key(), metrics, launch)
     lim = config.limits
     on_evict = metrics.on_evict if metrics is not None else None
     return Runtime(
@@ -90,10 +93,12 @@ class CharRNNServer:
     served over HTTP only when `config.metrics_port` is set.
     """
 
-    def __init__(self, config: ServerConfig, runtime: Runtime | None = None, metrics: Metrics | None = None):
+    def __init__(self, config: ServerConfig, runtime: Runtime | None = None, metrics: Metrics | None = None,
+                 launch: Launcher = start_process):  # fmt: skip
         self.config = config
         self.metrics = metrics or Metrics()
-        self.runtime = runtime or build_runtime(config, self.metrics)
+        self._launch = launch  # how engines start: processes (tests may run them as threads over a prepared model)
+        self.runtime = runtime or build_runtime(config, self.metrics, launch)
         self.metrics.bind(self.runtime)
         self.health = HealthServicer()
         self.server = grpc.aio.server(interceptors=_interceptors(config, self.metrics), options=_options(config))
@@ -195,7 +200,9 @@ class CharRNNServer:
     async def _reload(self) -> str:
         models = self.runtime.models
         try:
-            model = await asyncio.to_thread(load_model, self.config, self.config.resume_key(), self.metrics)
+            model = await asyncio.to_thread(
+                load_model, self.config, self.config.resume_key(), self.metrics, self._launch
+            )
         except Exception as exc:
             log.error("model reload refused, still serving %s…: %s", models.current.sha256[:12], exc)
             return "refused"

@@ -20,6 +20,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 from charrnn.client import Balancing, CharRNNError, Client, FailoverClient
+from charrnn.engine import Engine
+from service.engines import thread_launcher
 from service.server import CharRNNServer
 from tests.service.harness import REPO, ServerProcess, ServerThread, charrnn_cmd, make_config, wait_until
 
@@ -39,9 +41,9 @@ def test_health_and_reflection(lstm_dir: Path) -> None:
 
 def test_not_serving_until_warmed_up(lstm_dir: Path) -> None:
     async def scenario() -> list[int]:
-        server = CharRNNServer(make_config(lstm_dir))
+        engine = Engine(lstm_dir)  # the engines run as threads over it: its warm-up can be held back
+        server = CharRNNServer(make_config(lstm_dir, engines=1), launch=thread_launcher(engine))
         gate = threading.Event()
-        engine = server.scheduler.engine
         real = engine.warm_up
         engine.warm_up = lambda max_batch, steps=3: gate.wait(10) and real(max_batch, steps)  # type: ignore[method-assign]
         starting = asyncio.create_task(server.start())
@@ -191,9 +193,8 @@ def test_resume_on_a_second_server_process_through_the_cli(lstm_dir: Path, tmp_p
 
 
 def test_a_failure_mid_stream_ends_internal_and_the_server_keeps_serving(lstm_dir: Path) -> None:
-    with ServerThread(make_config(lstm_dir)) as srv, Client(srv.target, timeout=30) as c:
-        assert srv.server is not None
-        engine = srv.server.scheduler.engine
+    engine = Engine(lstm_dir)  # the engines run as threads over it: a failure can be injected into its calls
+    with ServerThread(make_config(lstm_dir), engine=engine) as srv, Client(srv.target, timeout=30) as c:
         real_run = engine.run
         calls = [0]
 

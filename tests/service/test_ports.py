@@ -102,6 +102,7 @@ def test_an_http_port_taken_after_the_check_stops_what_had_started(
 
     message, server = asyncio.run(scenario())
     assert f"HTTP on 127.0.0.1:{http_port}" in message and "choose another --http-port" in message, message
-    assert not any(worker.is_alive() for worker in server.scheduler._workers), "decode workers left running"
+    engines = [e for e in server.scheduler._engines if e is not None]
+    assert engines and all(e.join(0) for e in engines), "engine processes left running"
     with socket.socket() as probe:  # the gRPC port it had bound is closed again
         assert probe.connect_ex(("127.0.0.1", server.port)) != 0
