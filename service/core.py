@@ -2,7 +2,7 @@
 
 `begin` makes the plan (service/policy.py) and carries out its admission (cancelled streams end, waiting
 streams take slots); `finish` runs the model calls (one prefill chunk, one decode step) and applies their
-outputs. The caller (a decode worker, service/scheduler.py) hands streams, cancellations and texts in
+outputs. The caller (an engine's loop, service/engine_loop.py) hands streams, cancellations and texts in
 between iterations and wakes the streams an iteration gave chunks to.
 
 A failure caused by one row (its parameters, context, text, sampling, stop strings or chunk) fails that

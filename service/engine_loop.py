@@ -129,7 +129,7 @@ class EngineLoop:
 
     def __init__(self, engine: Engine, spec: EngineSpec, channel: Channel):
         self.recorder = Recorder()
-        self.core = EngineCore(engine, spec.limits, spec.flush, spec.scheduling, self.recorder)
+        self.core = EngineCore(engine, spec.limits, spec.flush_policy, spec.scheduling, self.recorder)
         self.channel = channel
         self.max_rows = spec.limits.max_live_streams
         # Often enough that the front never mistakes a busy engine for a wedged one, rarely enough to cost nothing.

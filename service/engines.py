@@ -54,7 +54,7 @@ class EngineHandle:
     def busy(self) -> bool:
         return bool(self.streams or self.feeds)
 
-    def flush(self) -> None:
+    def send_pending(self) -> None:
         """Send what this event-loop turn gave the engine, as one message."""
         if self.pending and not self.down:
             self.writer.write(frame(self.pending))

@@ -167,7 +167,7 @@ class Metrics(SchedulerObserver, DeliveryObserver):
             registry=r,
         )
         self.engine_batch = Gauge(
-            "charrnn_engine_batch_size", "Rows in each decode worker's batch now.", ("engine",), registry=r
+            "charrnn_engine_batch_size", "Rows in each engine's batch now.", ("engine",), registry=r
         )
         self.evictions = Counter(
             "charrnn_session_evictions_total", "Sessions dropped by the store, by reason.", ("reason",), registry=r
@@ -271,7 +271,7 @@ class Metrics(SchedulerObserver, DeliveryObserver):
 
 
 def _engine_rows(models: ModelRegistry, i: int) -> int:
-    """Rows in the current model's decode worker `i` (0 where a reloaded model runs fewer workers)."""
+    """Rows in the current model's engine `i` (0 where a reloaded model runs fewer engines)."""
     rows = models.current.scheduler.rows()
     return rows[i] if i < len(rows) else 0
 

@@ -63,7 +63,7 @@ class Scheduler:
         self._ids = itertools.count()
         self._accepting = True
         self._closing = False
-        self._flush_due = False
+        self._send_due = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         # Told False when an engine died or wedged, True once every engine runs again (health follows it).
@@ -197,7 +197,7 @@ class Scheduler:
         if placed is not None:
             engine, sid = placed
             engine.pending.cancels.append(sid)
-            self._schedule_flush()
+            self._schedule_send()
 
     async def feed(self, context: Context, ids: np.ndarray, logprobs: bool = False) -> FedText:
         """Run `ids` (non-empty) from `context`, interleaved with decoding on the engine with the fewest texts
@@ -217,25 +217,25 @@ class Scheduler:
         except asyncio.CancelledError:  # the caller went away: the engine drops the text before its next chunk
             if engine.feeds.pop(rid, None) is not None:
                 engine.pending.dropped_feeds.append(rid)
-                self._schedule_flush()
+                self._schedule_send()
             raise
 
     def _give(self, engine: EngineHandle) -> None:
         """About to hand `engine` work: an idle engine's silence so far was not a stall."""
         if not engine.busy:
             engine.last_heard = time.monotonic()
-        self._schedule_flush()
+        self._schedule_send()
 
-    def _schedule_flush(self) -> None:
-        if not self._flush_due and self._loop is not None:
-            self._flush_due = True
-            self._loop.call_soon(self._flush)
+    def _schedule_send(self) -> None:
+        if not self._send_due and self._loop is not None:
+            self._send_due = True
+            self._loop.call_soon(self._send_all)
 
-    def _flush(self) -> None:
+    def _send_all(self) -> None:
         """Once per event-loop turn: each engine gets what the turn gave it as one message."""
-        self._flush_due = False
+        self._send_due = False
         for engine in self._running():
-            engine.flush()
+            engine.send_pending()
 
     # --- what engines say --------------------------------------------------------------------------
     async def _read(self, engine: EngineHandle) -> None:

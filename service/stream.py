@@ -101,10 +101,10 @@ class FlushPolicy:
     flush_interval_ms: float = setting(100.0, "send a stream's accumulated text at most this often")
     max_chunk_chars: int = setting(256, "... or as soon as this many characters wait")
 
-    def due(self, waiting: np.ndarray, flushed_once: np.ndarray, last_flush: np.ndarray, now: float) -> np.ndarray:
-        """Rows whose waiting characters go out now: the first at once, then by interval or size."""
+    def due(self, ready: np.ndarray, flushed_once: np.ndarray, last_flush: np.ndarray, now: float) -> np.ndarray:
+        """Rows whose `ready` characters go out now: the first at once, then by interval or size."""
         interval = self.flush_interval_ms / 1000.0
-        return (waiting > 0) & (~flushed_once | (waiting >= self.max_chunk_chars) | (now - last_flush >= interval))
+        return (ready > 0) & (~flushed_once | (ready >= self.max_chunk_chars) | (now - last_flush >= interval))
 
 
 class Stream:

@@ -38,7 +38,7 @@ class EngineSpec:
     sha256: str  # the model file the front loaded: an engine that finds another refuses to start
     engine: EngineOptions = field(default_factory=EngineOptions)
     limits: Limits = field(default_factory=Limits)
-    flush: FlushPolicy = field(default_factory=FlushPolicy)
+    flush_policy: FlushPolicy = field(default_factory=FlushPolicy)
     scheduling: SchedulingOptions = field(default_factory=SchedulingOptions)
 
 

@@ -50,7 +50,7 @@ def spec(model_dir: Path, **scheduling: float) -> EngineSpec:
         model_dir,
         load_manifest(model_dir).onnx.sha256,
         limits=Limits(retry_pushback_ms=PUSHBACK_MS),
-        flush=FlushPolicy(flush_interval_ms=5.0),
+        flush_policy=FlushPolicy(flush_interval_ms=5.0),
         scheduling=SchedulingOptions(**scheduling),  # type: ignore[arg-type]
     )
 

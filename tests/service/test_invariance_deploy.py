@@ -2,7 +2,7 @@
 
 What the deploy files set is read from them: docker-compose.yml's server environment and the Kubernetes
 Deployment's (an intra-op thread count set there, or derived from a CPU limit, is tested; the CPU limit
-now sets the decode workers, which change only which rows share a batch). 1 is the server's default and 2
+now sets the engine processes, which change only which rows share a batch). 1 is the server's default and 2
 the documented alternative (`--intra-op-threads 2`). At each: a row's logits and states are bit-identical
 alone and in batches of 5, 16, 33 and 64, for decoding (time 1) and prefill, and a prefill split into chunks
 equals the whole; end to end, seeded streams give the same text alone as beside 63 others (on two decode

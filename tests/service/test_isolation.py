@@ -77,7 +77,7 @@ def run(
 
 
 def spec(engine: Engine) -> EngineSpec:
-    return EngineSpec(engine.model_dir, engine.sha256, flush=FlushPolicy(flush_interval_ms=5.0))
+    return EngineSpec(engine.model_dir, engine.sha256, flush_policy=FlushPolicy(flush_interval_ms=5.0))
 
 
 def alone(engine: Engine, jobs: list[Job]) -> list[str]:

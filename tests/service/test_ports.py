@@ -90,7 +90,7 @@ def test_an_http_port_taken_after_the_check_stops_what_had_started(
     lstm_dir: Path, first: tuple[ServerProcess, int, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The port is taken between the early check and the bind (the check is skipped here to make that
-    happen): the one line, and the gRPC server and decode workers already started are stopped again."""
+    happen): the one line, and the gRPC server and engine processes already started are stopped again."""
     _, _, http_port = first
     monkeypatch.setattr(service.server, "check_bindable", lambda what, *rest: None)
 
