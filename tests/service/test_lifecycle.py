@@ -19,6 +19,7 @@ from google.protobuf.descriptor_pool import DescriptorPool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
+from bench.proctree import tree
 from charrnn.client import Balancing, CharRNNError, Client, FailoverClient
 from charrnn.engine import Engine
 from service.engines import thread_launcher
@@ -75,7 +76,7 @@ def test_sigterm_drains_live_streams_then_exits(lstm_dir: Path, tmp_path: Path) 
     """Live streams run on through the grace period; new ones are refused with UNAVAILABLE and the
     retry hint, and a balanced client, which watches health, sends them to another replica instead."""
     other = ServerProcess(lstm_dir, tmp_path).wait_ready()
-    args = ("--grace-seconds", "3", "--max-request-chars", "1000000", "--retry-pushback-ms", "250")
+    args = ("--grace-seconds", "3", "--max-request-chars", "1000000", "--retry-pushback-ms", "250", "--engines", "2")
     proc = ServerProcess(lstm_dir, tmp_path, *args).wait_ready()
     # pick_first does not watch health: this client still reaches the draining server and sees its answers.
     direct = Balancing(lb_policy="pick_first")
@@ -89,6 +90,8 @@ def test_sigterm_drains_live_streams_then_exits(lstm_dir: Path, tmp_path: Path) 
             short = c.generate("b", max_chars=4000, seed=1)
             next(endless)
             head = next(short)
+            engines = tree(proc.proc.pid)[1:]
+            assert len(engines) == 2, "the front runs its two engine processes"
             proc.proc.send_signal(signal.SIGTERM)
             assert wait_until(lambda: _health(c) == "NOT_SERVING", 5)
             assert _health(balanced) == "NOT_SERVING", "a round_robin client still reads the server's own status"
@@ -104,6 +107,7 @@ def test_sigterm_drains_live_streams_then_exits(lstm_dir: Path, tmp_path: Path) 
             assert err.value.code == grpc.StatusCode.UNAVAILABLE and err.value.retry_pushback_ms == 250
         assert proc.proc.wait(timeout=30) == 0, proc.output()
         assert "draining" in proc.output()
+        assert not any(Path(f"/proc/{pid}").exists() for pid in engines), "the front stopped its engines"
     finally:
         proc.stop()
         other.stop()
