@@ -22,6 +22,7 @@ from service.wire import EngineSpec, Inputs, Outputs, frame, portable
 from tests.service.outcomes import read
 
 FLUSH_MS = 100.0
+MAX_CHUNK_CHARS = FlushPolicy().max_chunk_chars
 HEARTBEAT_S = 0.1  # the engine's heartbeat while busy (min(0.1, stall / 8) with the default stall)
 
 
@@ -99,8 +100,8 @@ def test_one_message_per_event_loop_turn_to_an_engine(lstm_dir: Path) -> None:
 
 
 def test_steps_ride_along_instead_of_costing_a_message_each(lstm_dir: Path) -> None:
-    """One stream of 3,000 characters: thousands of decode steps, and messages only for flushes (one per
-    flush interval, plus the first character and the end) and heartbeats (one per HEARTBEAT_S at most)."""
+    """One stream of 3,000 characters: thousands of decode steps, and messages only for flushes (one per flush
+    interval or full chunk, the first character and the end) and heartbeats (one per HEARTBEAT_S at most)."""
 
     async def main() -> tuple[int, int, float]:
         sched = Scheduler(spec(lstm_dir), 1)
@@ -124,9 +125,11 @@ def test_steps_ride_along_instead_of_costing_a_message_each(lstm_dir: Path) -> N
         return messages[0], steps[0], elapsed
 
     messages, steps, elapsed = asyncio.run(main())
-    windows = elapsed / min(FLUSH_MS / 1000, HEARTBEAT_S) + 1
+    intervals = elapsed / (FLUSH_MS / 1000) + 1
+    flushes = intervals + 3000 / MAX_CHUNK_CHARS + 2  # by time, by size, the first character and the end
+    heartbeats = elapsed / HEARTBEAT_S + 1
     assert steps >= 3000, steps
-    assert messages <= 2 * windows + 3, (messages, steps, elapsed)
+    assert messages <= flushes + heartbeats, (messages, steps, elapsed)
     assert messages < steps / 10, "a message per step would be thousands"
 
 
