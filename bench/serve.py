@@ -552,9 +552,10 @@ def _check(args: argparse.Namespace) -> None:
     if args.int8_streams and args.int8_streams not in args.streams:
         raise ValueError(f"--int8-streams {args.int8_streams} is not one of --streams (0 skips int8)")
     try:
-        for model, precision in ((args.model, "fp32"), (args.int8_model, "int8")):
-            if model and load_manifest(model).precision != precision:
-                raise ValueError(f"{model} is not an {precision} artifact")
+        if load_manifest(args.model).precision != "fp32":
+            raise ValueError(f"{args.model} is not an fp32 artifact (an int8 one is measured beside it: --int8-model)")
+        if args.int8_model and load_manifest(args.int8_model).precision != "int8":
+            raise ValueError(f"{args.int8_model} is not an int8 artifact (`charrnn quantize` writes one)")
     except ArtifactError as exc:
         raise ValueError(str(exc)) from exc
 
