@@ -67,21 +67,29 @@ def register(sub: Any) -> None:
     c.set_defaults(handler=_cells)
 
     s = which.add_parser(
-        "serve", help="chars/s through gRPC vs the in-process ONNX Runtime ceiling", formatter_class=_DEFAULTS
+        "serve",
+        help="served chars/s and chars per server CPU-second vs the in-process ONNX Runtime ceiling",
+        formatter_class=_DEFAULTS,
     )
-    s.add_argument("--model", type=Path, default=Path("models/default"), help="model artifact directory")
-    s.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
+    s.add_argument("--model", type=Path, default=Path("models/default"), help="fp32 model artifact directory")
     s.add_argument("--streams", type=int, nargs="+", default=[1, 16, 64, 256], help="concurrent streams to measure")
+    s.add_argument("--pairs", type=int, default=3, help="interleaved ceiling/served rounds per stream count")
+    s.add_argument("--warmup", type=float, default=4.0, help="seconds of load before each measured window")
+    s.add_argument("--duration", type=float, default=15.0, help="seconds in each measured window")
+    s.add_argument("--ceiling-seconds", type=float, default=5.0, help="seconds per in-process ceiling run")
     s.add_argument("--max-chars", type=int, default=2000, help="characters per request")
+    s.add_argument("--max-live-streams", type=int, default=256, help="the servers' --max-live-streams")
+    s.add_argument(
+        "--int8-streams", type=int, default=64, help="stream count at which int8 is measured too (0: skip int8)"
+    )
+    s.add_argument("--int8-model", type=Path, help="int8 artifact (default: --model quantized into a temp dir)")
     s.add_argument("--out", type=Path, default=Path("bench-results/serve"), help="directory for JSON and PNG")
-    s.add_argument("--flush-interval-ms", type=float, default=100.0, help="server coalescing interval")
     s.add_argument(
         "--server-flags",
         type=shlex.split,
         default=[],
-        help="extra `charrnn serve` flags (one quoted string) for the `default` server, e.g. '--intra-op-threads 2'",
+        help="extra `charrnn serve` flags (one quoted string) for every server, e.g. '--intra-op-threads 2'",
     )
-    s.add_argument("--unbatched", action="store_true", help="also measure a server with batching off")
     s.add_argument("--skip-interference", action="store_true", help="skip the Score/feed interference case")
     s.set_defaults(handler=_lazy("bench.serve:main"))
 

@@ -22,17 +22,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.proctree import cpu_seconds
 from bench.serve import PROMPT, ServerProcess, drive
 
-_TICK = os.sysconf("SC_CLK_TCK")
 FRAMEWORKS = ("aiohttp", "starlette")
 EVENT = b'data: {"id":"cmpl-0","object":"text_completion","choices":[{"index":0,"text":"' + b"x" * 57 + b'"}]}\n\n'
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process `pid` so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK
 
 
 def load_average() -> str:

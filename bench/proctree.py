@@ -1,7 +1,11 @@
-"""A server and its engine processes, read from /proc (Linux): who they are, their memory and their CPU time.
+"""A process and all its descendants, read from Linux /proc: CPU time and memory of the whole tree.
 
-The server is a front process with engine processes as its children, so what "the server" uses is the sum
-over the tree. The tree is read again at each call: an engine replaced since the last reading is counted.
+A server that starts child processes does part of its work in them, so its cost is the tree's, not the
+parent's. Descendants are found through the ppid links in /proc/*/stat, re-scanned at every reading, so a
+child started between two readings is counted at the second. CPU time is utime + stime + cutime + cstime
+of every live process in the tree: a child that exited and was waited for has its time added to its
+parent's cutime/cstime by the kernel, so the sum keeps it (a child reparented away before it was waited
+for is lost; a server reaps its own children).
 """
 
 from __future__ import annotations
@@ -9,53 +13,90 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+_TICK = os.sysconf("SC_CLK_TCK")
+_PROC = Path("/proc")
 
 
-def _stat(pid: int) -> list[str]:
-    """The fields of /proc/PID/stat after the command name (which may hold spaces): [state, ppid, ...]."""
-    text = Path(f"/proc/{pid}/stat").read_text()
-    return text[text.rindex(")") + 2 :].split()
-
-
-def tree(pid: int) -> list[int]:
-    """`pid` and every live descendant of it."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int(_stat(int(entry.name))[1])
-        except (OSError, ValueError, IndexError):
-            continue  # gone meanwhile
-        children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        found.append(p)
-        todo += children.get(p, [])
-    return found
-
-
-def rss_bytes(pid: int) -> int:
-    """Resident set size of `pid` and its descendants (VmRSS summed; shared pages count once per process)."""
-    total = 0
-    for p in tree(pid):
-        try:
-            lines = Path(f"/proc/{p}/status").read_text().splitlines()
-        except OSError:
-            continue
-        total += next((int(line.split()[1]) * 1024 for line in lines if line.startswith("VmRSS:")), 0)
-    return total
+def _stat_fields(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the command name (field 3, the state, is index 0)."""
+    return (_PROC / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of `pid` and its live descendants so far."""
-    total = 0
-    for p in tree(pid):
-        try:
-            fields = _stat(p)
-        except OSError:
+    """User + system CPU time of process `pid` itself so far (Linux /proc)."""
+    fields = _stat_fields(pid)
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def tree(pid: int) -> list[int]:
+    """`pid` and every live descendant, from one scan of the ppid links in /proc/*/stat."""
+    children: dict[int, list[int]] = {}
+    for entry in _PROC.iterdir():
+        if not entry.name.isdigit():
             continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
-    return total / _TICKS
+        try:
+            ppid = int(_stat_fields(int(entry.name))[1])
+        except (OSError, IndexError, ValueError):  # exited while scanned
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(children.get(current, []))
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of `pid` and its descendants so far, those that exited and were waited for
+    included (their time is in their parent's cutime and cstime)."""
+    total = 0
+    for member in tree(pid):
+        try:
+            fields = _stat_fields(member)
+        except OSError:  # exited since the scan: its time is now its parent's cutime, or lost if unreaped
+            continue
+        total += sum(int(fields[i]) for i in (11, 12, 13, 14))
+    return total / _TICK
+
+
+def _rollup_kb(pid: int, field: str) -> int | None:
+    """`field` (e.g. "Pss") of /proc/PID/smaps_rollup in kB, or None where that file cannot be read."""
+    try:
+        text = (_PROC / str(pid) / "smaps_rollup").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return None
+
+
+def _status_kb(pid: int, field: str) -> int:
+    for line in (_PROC / str(pid) / "status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} for pid {pid}")
+
+
+def tree_memory(pid: int) -> tuple[int, str]:
+    """(bytes, measure): the memory of `pid` and its descendants. The measure is "Pss" (proportional set
+    size: pages shared between the processes counted once in all) when every member's smaps_rollup is
+    readable, else "VmRSS" (each process' resident set: shared pages counted in every process)."""
+    members = tree(pid)
+    pss = [_rollup_kb(member, "Pss") for member in members]
+    if all(kb is not None for kb in pss):
+        return sum(kb for kb in pss if kb is not None) * 1024, "Pss"
+    return sum(_status_kb(member, "VmRSS") for member in members) * 1024, "VmRSS"
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of `pid` and its descendants, VmRSS summed (the measure the documented memory bounds
+    use; shared pages count once per process)."""
+    total = 0
+    for member in tree(pid):
+        try:
+            total += _status_kb(member, "VmRSS") * 1024
+        except OSError:  # exited since the scan
+            continue
+    return total

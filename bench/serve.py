@@ -1,13 +1,19 @@
-"""`charrnn bench serve`: the serving core against the model's own speed, through real gRPC.
+"""`charrnn bench serve`: what the server delivers against what the model alone can do, through real gRPC.
 
-For each stream count (default 1, 16, 64, 256) and a fixed duration, an asyncio client (one process, one
-event loop: light enough not to be what is measured) drives that many concurrent Generate streams (their
-first requests spread over half a second, as independent clients' would be, then back to back) against
-servers started as separate processes: `1-worker` (one decode worker: decoding on one core), `default` (the
-shipped settings: two decode workers, one ONNX Runtime thread each; --server-flags adds to them) and, with
---unbatched, batching off (--max-live-streams 1). The ceiling is the in-process ONNX Runtime loop (one decode
-step for the whole batch, argmax fed back) on one thread, measured in the same run: every figure is a ratio
-to it, because absolute speeds drift between runs on shared machines.
+For each stream count (default 1, 16, 64, 256) an asyncio client (one process, one event loop: light enough
+not to be what is measured; its own CPU is recorded) drives that many concurrent Generate streams (2,000
+characters, temperature 1, a 20-character prompt; first requests spread over half a second, then back to
+back) against `charrnn serve` in a separate process (the server's defaults plus --max-live-streams 256 and
+any --server-flags). Only a window after a warm-up counts: characters, time to first character and the
+CPU time of the server's whole process tree (bench/proctree.py) over exactly that window.
+
+The ceiling is the in-process ONNX Runtime loop (one decode step for the whole batch, argmax fed back; no
+gRPC, no sampling) on one thread and on two. A shared machine's speed drifts by up to 2x within minutes, so
+ceiling and server are measured in interleaved pairs (ceiling, served, ceiling, served ...) and every target
+is the median of the pairs' ratios, shown with its spread. Efficiency compares chars per server CPU-second
+with the one-thread ceiling's chars per CPU-second; throughput compares served chars/s with the one-thread
+ceiling's chars/s. At --int8-streams the pairs also run the int8 artifact, alone and served: int8's gain
+through the server is compared with its gain in the model alone.
 
 The interference case runs 16 streams alone, then beside a client scoring a 60,000-character text over and
 over, then beside Session feeds of the same total: the streams' inter-chunk gap p99 must stay within 1.5x.
@@ -19,7 +25,9 @@ import argparse
 import asyncio
 import json
 import logging
+import math
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,12 +41,14 @@ import grpc
 import numpy as np
 
 from bench.plotting import axes
+from bench.proctree import tree_cpu_seconds, tree_memory
 from charrnn.v1 import charrnn_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
-PROMPT = "def main(argv):\n    "
+PROMPT = "def main(argv):\n    "  # 20 characters
 RAMP_S = 0.5  # the streams' first requests are spread over this long
+IDLE_SETTLE_S = 1.0  # after the warm-up, before the idle memory reading: the last flushes and frees are done
 
 
 @dataclass
@@ -53,6 +63,9 @@ class LoadResult:
     messages: int
     chars_per_message: float
     errors: int = 0
+    window_s: float = 0.0  # the measured window
+    server_cpu_s: float = math.nan  # CPU time of the server's process tree over the window (when given its pid)
+    client_cpu_s: float = math.nan  # CPU time of this process (the load generator) over the window
 
 
 def percentile_ms(values: list[float], q: float) -> float:
@@ -62,41 +75,46 @@ def percentile_ms(values: list[float], q: float) -> float:
 
 @dataclass
 class _Tally:
+    """What the streams saw while the window was open; `done` tells them to stop."""
+
     ttfc: list[float] = field(default_factory=list)
     gaps: list[float] = field(default_factory=list)
     chars: int = 0
     messages: int = 0
     errors: int = 0
+    open: bool = False
+    done: bool = False
 
 
-async def _streams(stub: Any, n: int, end: float, max_chars: int, tally: _Tally) -> None:
-    """`n` concurrent Generate streams, each issuing calls back to back until `end`."""
+async def _streams(stub: Any, n: int, max_chars: int, tally: _Tally) -> None:
+    """`n` concurrent Generate streams, each issuing calls back to back until the tally is done."""
     from charrnn.v1 import charrnn_pb2 as pb
 
     async def one(i: int) -> None:
         seed = i * 1_000_003
         await asyncio.sleep(RAMP_S * i / n)  # independent clients arrive spread out, not all in one instant
-        while time.perf_counter() < end:
+        while not tally.done:
             seed += 1
             request = pb.GenerateRequest(prompt=PROMPT, max_chars=max_chars,
                                          sampling=pb.SamplingParams(temperature=1.0, seed=seed))  # fmt: skip
-            sent = time.perf_counter()
+            sent, sent_open = time.perf_counter(), tally.open
             last = None
             call = stub.Generate(request)
             try:
                 async for response in call:
-                    now = time.perf_counter()
-                    if now >= end:
+                    if tally.done:
                         call.cancel()
                         break
                     if not response.text:
                         continue
-                    tally.chars += len(response.text)
-                    tally.messages += 1
-                    if last is None:
-                        tally.ttfc.append(now - sent)
-                    else:
-                        tally.gaps.append(now - last)
+                    now = time.perf_counter()
+                    if tally.open:
+                        tally.chars += len(response.text)
+                        tally.messages += 1
+                        if last is None and sent_open:
+                            tally.ttfc.append(now - sent)
+                        elif last is not None:
+                            tally.gaps.append(now - last)
                     last = now
             except grpc.aio.AioRpcError as exc:
                 if exc.code() != grpc.StatusCode.CANCELLED:
@@ -106,12 +124,12 @@ async def _streams(stub: Any, n: int, end: float, max_chars: int, tally: _Tally)
     await asyncio.gather(*(one(i) for i in range(n)))
 
 
-async def _background(stub: Any, kind: str, text: str, end: float, max_feed: int) -> int:
+async def _background(stub: Any, kind: str, text: str, tally: _Tally, max_feed: int) -> int:
     """Score `text` over and over, or feed it to a Session in pieces of `max_feed`; returns texts done."""
     from charrnn.v1 import charrnn_pb2 as pb
 
     done = 0
-    while time.perf_counter() < end:
+    while not tally.done:
         if kind == "score":
             await stub.Score(pb.ScoreRequest(text=text))
         else:
@@ -123,48 +141,80 @@ async def _background(stub: Any, kind: str, text: str, end: float, max_feed: int
     return done
 
 
+def _cpu_now(server_pid: int | None) -> tuple[float, float]:
+    """(server tree CPU seconds or NaN, this process' CPU seconds)."""
+    return (tree_cpu_seconds(server_pid) if server_pid else math.nan), time.process_time()
+
+
+async def _window(tally: _Tally, warmup: float, duration: float, server_pid: int | None) -> tuple[float, ...]:
+    """Open the tally after `warmup`, close it `duration` later; (wall, server CPU, client CPU) in between.
+    The event loop runs one callback at a time, so exactly the responses handled while open are counted."""
+    await asyncio.sleep(warmup)
+    server0, client0 = _cpu_now(server_pid)
+    start = time.perf_counter()
+    tally.open = True
+    await asyncio.sleep(duration)
+    tally.open, tally.done = False, True
+    wall = time.perf_counter() - start
+    server1, client1 = _cpu_now(server_pid)
+    return wall, server1 - server0, client1 - client0
+
+
 def drive(target: str, mode: str, streams: int, duration: float, max_chars: int, background: str = "",
-          text: str = "", max_feed: int = 8192) -> LoadResult:  # fmt: skip
-    """`streams` concurrent streams for `duration` seconds (beside a `background` Score/feed loop, if set)."""
+          text: str = "", max_feed: int = 8192, *, warmup: float = 0.0,
+          server_pid: int | None = None) -> LoadResult:  # fmt: skip
+    """`streams` concurrent streams (beside a `background` Score/feed loop, if set) for `warmup` + `duration`
+    seconds, measured over the last `duration`; with `server_pid`, the server tree's CPU time over it too."""
     tally = _Tally()
+    measured: tuple[float, ...] = ()
 
     async def main() -> None:
+        nonlocal measured
         async with grpc.aio.insecure_channel(target) as channel:
             stub = pb_grpc.CharRNNStub(channel)
-            end = time.perf_counter() + duration
-            jobs: list[Awaitable[object]] = [_streams(stub, streams, end, max_chars, tally)]
+            window = asyncio.ensure_future(_window(tally, warmup, duration, server_pid))
+            jobs: list[Awaitable[object]] = [_streams(stub, streams, max_chars, tally)]
             if background:
-                jobs.append(_background(stub, background, text, end, max_feed))
+                jobs.append(_background(stub, background, text, tally, max_feed))
             await asyncio.gather(*jobs)
+            measured = await window
 
-    start = time.perf_counter()
     asyncio.run(main())
-    elapsed = time.perf_counter() - start
+    wall, server_cpu, client_cpu = measured
     return LoadResult(
-        mode, streams, tally.chars / min(elapsed, duration), percentile_ms(tally.ttfc, 50),
-        percentile_ms(tally.ttfc, 99), percentile_ms(tally.gaps, 50), percentile_ms(tally.gaps, 99),
-        tally.messages, tally.chars / max(1, tally.messages), tally.errors,
+        mode, streams, tally.chars / wall, percentile_ms(tally.ttfc, 50), percentile_ms(tally.ttfc, 99),
+        percentile_ms(tally.gaps, 50), percentile_ms(tally.gaps, 99), tally.messages,
+        tally.chars / max(1, tally.messages), tally.errors, wall, server_cpu, client_cpu,
     )  # fmt: skip
 
 
-def ceiling(model: Path, threads: int, batch: int, duration: float) -> LoadResult:
-    """The in-process ORT loop: one decode step for all rows, argmax fed back; no gRPC, no sampling."""
-    from charrnn.engine import Engine, EngineOptions
+@dataclass
+class Ceiling:
+    """The model alone: decode steps of `batch` rows on `threads` ONNX Runtime threads, in this process."""
 
-    engine = Engine(model, EngineOptions(intra_op_threads=threads))
+    model: str  # "fp32" or "int8"
+    threads: int
+    batch: int
+    chars_per_s: float
+    chars_per_cpu_s: float
+    step_ms: float
+
+
+def ceiling(engine: Any, model: str, threads: int, batch: int, duration: float) -> Ceiling:
+    """The in-process ORT loop: one decode step for all rows, argmax fed back; no gRPC, no sampling."""
     states = engine.zero_states(batch)
     ids = np.zeros((batch, 1), np.int64)
     for _ in range(10):
         logits, states = engine.run(ids, states)
     steps = 0
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     while time.perf_counter() - start < duration:
         logits, states = engine.run(ids, states)
         ids = logits[:, -1].argmax(axis=1)[:, None]
         steps += 1
-    elapsed = time.perf_counter() - start
-    step_ms = elapsed / steps * 1000
-    return LoadResult("ceiling", batch, batch * steps / elapsed, step_ms, step_ms, step_ms, step_ms, 0, 0.0)
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+    chars = batch * steps
+    return Ceiling(model, threads, batch, chars / elapsed, chars / max(cpu, 1e-9), elapsed / steps * 1000)
 
 
 class ServerProcess:
@@ -213,14 +263,6 @@ class ServerProcess:
         self.log.close()
 
 
-def _serve_flags(args: argparse.Namespace, max_live: int) -> list[str]:
-    return [
-        "--max-live-streams", str(max_live), "--max-queued-streams", "4096",
-        "--max-request-chars", str(max(args.max_chars, INTERFERENCE_MAX_CHARS)),
-        "--flush-interval-ms", str(args.flush_interval_ms),
-    ]  # fmt: skip
-
-
 INTERFERENCE_STREAMS = 16
 INTERFERENCE_CHARS = 60_000
 INTERFERENCE_MAX_CHARS = 20_000
@@ -234,68 +276,191 @@ def interference_text() -> str:
     return (source * (INTERFERENCE_CHARS // len(source) + 1))[:INTERFERENCE_CHARS]
 
 
+INT8_VAL_CHARS = 20_000  # the quantizer's quality check on a sample: this benchmark measures speed, not loss
+
+
+def _int8_model(args: argparse.Namespace, tmp: Path) -> Path:
+    """--int8-model, or --model quantized into `tmp` (whatever its loss: the quality gate is not this
+    benchmark's; `charrnn quantize` enforces it)."""
+    from training.config import QualityGate
+    from training.quantize import quantize_artifact
+
+    if args.int8_model:
+        return Path(args.int8_model)
+    log.info("quantizing %s to int8", args.model)
+    quantize_artifact(args.model, tmp / "int8", QualityGate(allow_loss_increase=True, val_chars=INT8_VAL_CHARS))
+    return tmp / "int8"
+
+
+@dataclass
+class Pair:
+    """One round at one stream count: the ceilings, then the server(s), back to back."""
+
+    streams: int
+    round: int
+    ceilings: list[Ceiling]
+    served: list[LoadResult]  # mode "fp32", and "int8" at --int8-streams
+
+    def ceiling(self, model: str, threads: int) -> Ceiling:
+        return next(c for c in self.ceilings if c.model == model and c.threads == threads)
+
+    def load(self, model: str) -> LoadResult:
+        return next(r for r in self.served if r.mode == model)
+
+    def figures(self) -> dict[str, float]:
+        """The pair's derived figures: one source for the table, the targets and the JSON."""
+        fp32, ceil1 = self.load("fp32"), self.ceiling("fp32", 1)
+        chars = fp32.chars_per_s * fp32.window_s
+        per_cpu = chars / fp32.server_cpu_s if fp32.server_cpu_s > 0 else math.nan
+        out = {
+            "served_chars_per_s": fp32.chars_per_s,
+            "server_cores": fp32.server_cpu_s / fp32.window_s,
+            "client_cores": fp32.client_cpu_s / fp32.window_s,
+            "chars_per_server_cpu_s": per_cpu,
+            "ceiling_1_thread": ceil1.chars_per_s,
+            "ceiling_1_thread_per_cpu_s": ceil1.chars_per_cpu_s,
+            "ceiling_2_threads": self.ceiling("fp32", 2).chars_per_s,
+            "ttfc_p50_ms": fp32.ttfc_p50_ms,
+            "ttfc_p99_ms": fp32.ttfc_p99_ms,
+            "cpu_efficiency": per_cpu / ceil1.chars_per_cpu_s,
+            "served_share": fp32.chars_per_s / ceil1.chars_per_s,
+        }
+        if any(r.mode == "int8" for r in self.served):
+            served = self.load("int8").chars_per_s / fp32.chars_per_s
+            alone = self.ceiling("int8", 1).chars_per_s / ceil1.chars_per_s
+            out |= {"int8_served_gain": served, "int8_alone_gain": alone, "int8_gain_kept": served / alone}
+        return out
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def summarise(pairs: list[Pair]) -> dict[int, dict[str, dict[str, float]]]:
+    """Per stream count: each figure's median over the pairs and its spread (min, max)."""
+    out: dict[int, dict[str, dict[str, float]]] = {}
+    for n in sorted({p.streams for p in pairs}):
+        figures = [p.figures() for p in pairs if p.streams == n]
+        out[n] = {key: _spread([f[key] for f in figures]) for key in figures[0]}
+    return out
+
+
+# (figure, stream count, comparison, goal, what it says)
+TARGETS: tuple[tuple[str, int, str, float, str], ...] = (
+    ("cpu_efficiency", 64, ">=", 0.85, "chars per server CPU-s / 1-thread ceiling's, 64 streams"),
+    ("cpu_efficiency", 256, ">=", 0.85, "chars per server CPU-s / 1-thread ceiling's, 256 streams"),
+    ("cpu_efficiency", 1, ">=", 0.75, "chars per server CPU-s / 1-thread ceiling's, 1 stream"),
+    ("served_share", 64, ">=", 1.4, "served chars/s / 1-thread ceiling, 64 streams"),
+    ("served_share", 256, ">=", 1.4, "served chars/s / 1-thread ceiling, 256 streams"),
+    ("ttfc_p99_ms", 256, "<=", 50.0, "TTFC p99, 256 streams (ms)"),
+    ("ttfc_p99_ms", 1, "<=", 10.0, "TTFC p99, 1 stream (ms)"),
+    ("int8_gain_kept", 64, ">=", 0.85, "int8/fp32 served as a share of int8/fp32 alone, 64 streams"),
+)
+
+
+def _target(what: str, op: str, goal: float, measured: float, spread: tuple[float, float] | None) -> dict[str, Any]:
+    met = measured >= goal if op == ">=" else measured <= goal
+    return {"what": what, "goal": f"{op} {goal:g}", "measured": round(measured, 3),
+            "spread": [round(x, 3) for x in spread] if spread else None, "met": bool(met)}  # fmt: skip
+
+
+def targets(summary: dict[int, dict[str, dict[str, float]]], idle_mb: float, memory_measure: str,
+            interference: dict[str, LoadResult], max_idle_mb: float) -> list[dict[str, Any]]:  # fmt: skip
+    """Each target the run measured, against its goal (medians over the pairs; spread = min, max)."""
+    out = []
+    for key, n, op, goal, what in TARGETS:
+        if key in summary.get(n, {}):
+            s = summary[n][key]
+            out.append(_target(what, op, goal, s["median"], (s["min"], s["max"])))
+    if 64 in summary and 256 in summary:
+        ratio = summary[256]["served_share"]["median"] / summary[64]["served_share"]["median"]
+        out.append(_target("served share at 256 streams / at 64", ">=", 1.0, ratio, None))
+    out.append(_target(f"idle memory of the server tree (MB, {memory_measure})", "<=", max_idle_mb, idle_mb, None))
+    alone = interference.get("16 alone")
+    for background in ("score", "feeds"):
+        beside = interference.get(f"16+{background}")
+        if alone is not None and beside is not None:
+            ratio = beside.gap_p99_ms / alone.gap_p99_ms
+            out.append(_target(f"gap p99 beside 60k-char {background} / alone", "<=", 1.5, ratio, None))
+    return out
+
+
+MAX_IDLE_MB = 300.0
+
+
+def _interference(args: argparse.Namespace, tmp: Path) -> dict[str, LoadResult]:
+    """16 streams alone, beside a Score loop, beside Session feeds (time-based flushes only: chunks never
+    fill, so a gap measures how late a flush is, not how fast 256 characters accumulate)."""
+    flags = ["--max-live-streams", str(INTERFERENCE_STREAMS), "--max-chunk-chars", str(INTERFERENCE_MAX_CHARS)]
+    server = ServerProcess(args.model, tmp, "interference", [*flags, *args.server_flags])
+    results = {}
+    try:
+        text = interference_text()
+        for background in ("", "score", "feeds"):
+            mode = f"16+{background}" if background else "16 alone"
+            log.info("interference: %s for %.1f s", mode, args.duration)
+            # Streams longer than the run: every gap is a steady-state one, none cut short by an end.
+            results[mode] = drive(server.target, mode, INTERFERENCE_STREAMS, args.duration, INTERFERENCE_MAX_CHARS,
+                                  background, text, warmup=args.warmup)  # fmt: skip
+    finally:
+        server.close()
+    return results
+
+
+def _pairs(args: argparse.Namespace, servers: dict[str, ServerProcess], models: dict[str, Path]) -> list[Pair]:
+    """For each stream count, --pairs rounds of: ceilings (1 and 2 threads; int8's too at --int8-streams),
+    then the fp32 server (and the int8 one there)."""
+    from charrnn.engine import Engine, EngineOptions
+
+    engines: dict[tuple[str, int], Any] = {}
+
+    def engine(model: str, threads: int) -> Any:
+        if (model, threads) not in engines:
+            engines[model, threads] = Engine(models[model], EngineOptions(intra_op_threads=threads))
+        return engines[model, threads]
+
+    pairs = []
+    for n in sorted(set(args.streams)):
+        forms = [m for m in servers if m == "fp32" or n == args.int8_streams]
+        for r in range(args.pairs):
+            ceilings, served = [], []
+            for model in forms:
+                for threads in (1, 2) if model == "fp32" else (1,):
+                    ceilings.append(ceiling(engine(model, threads), model, threads, n, args.ceiling_seconds))
+                log.info("%s: %d streams, round %d of %d", model, n, r + 1, args.pairs)
+                served.append(drive(servers[model].target, model, n, args.duration, args.max_chars,
+                                    warmup=args.warmup, server_pid=servers[model].pid))  # fmt: skip
+            pairs.append(Pair(n, r, ceilings, served))
+    return pairs
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from charrnn.artifact import load_manifest
 
-    model: Path = args.model
-    manifest = load_manifest(model)
-    streams: list[int] = sorted(set(args.streams))
-    top = max([*streams, INTERFERENCE_STREAMS])
-    configs = {"1-worker": [*_serve_flags(args, top), "--decode-workers", "1"],
-               "default": [*_serve_flags(args, top), *args.server_flags]}  # fmt: skip
-    if args.unbatched:
-        configs["unbatched"] = _serve_flags(args, 1)
-    results: list[LoadResult] = []
+    manifest = load_manifest(args.model)
     load_start = os.getloadavg()[0]
-    # All servers stay up (idle costs nothing) so that, for each stream count, the ceiling and every mode
-    # are measured back to back: load from other processes drifts on shared machines.
-    with tempfile.TemporaryDirectory(prefix="charrnn-bench-") as tmp:
-        servers = {mode: ServerProcess(model, Path(tmp), mode, flags) for mode, flags in configs.items()}
+    flags = ["--max-live-streams", str(args.max_live_streams), *args.server_flags]
+    with tempfile.TemporaryDirectory(prefix="charrnn-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        models = {"fp32": Path(args.model)}
+        if args.int8_streams:
+            models["int8"] = _int8_model(args, tmp)
+        servers: dict[str, ServerProcess] = {}
         try:
-            for server in servers.values():
-                drive(server.target, "warm-up", 1, min(1.0, args.duration), args.max_chars)
-            for n in streams:
-                results.append(ceiling(model, 1, n, args.duration))
-                for mode, server in servers.items():
-                    log.info("%s: %d streams for %.1f s", mode, n, args.duration)
-                    results.append(drive(server.target, mode, n, args.duration, args.max_chars))
-            if not args.skip_interference:
-                # Time-based flushes only (chunks never fill): a gap then measures how late a flush is, not how
-                # fast 256 characters accumulate, which changes with the share of the machine a Score takes.
-                flags = [*_serve_flags(args, INTERFERENCE_STREAMS), "--max-chunk-chars", str(INTERFERENCE_MAX_CHARS)]
-                servers["interference"] = ServerProcess(model, Path(tmp), "interference", flags)
-                text, target = interference_text(), servers["interference"].target
-                drive(target, "warm-up", 1, min(1.0, args.duration), args.max_chars)
-                n = INTERFERENCE_STREAMS
-                for background in ("", "score", "feeds"):
-                    mode = f"16+{background}" if background else "16 alone"
-                    log.info("interference: %s for %.1f s", mode, args.duration)
-                    # Streams longer than the run: every gap is a steady-state one, none cut short by an end.
-                    results.append(drive(target, mode, n, args.duration, INTERFERENCE_MAX_CHARS, background, text))
+            for model, directory in models.items():
+                servers[model] = ServerProcess(directory, tmp, model, flags)
+                drive(servers[model].target, "warm-up", 1, args.warmup, args.max_chars)
+            time.sleep(IDLE_SETTLE_S)
+            idle_bytes, measure = tree_memory(servers["fp32"].pid)
+            pairs = _pairs(args, servers, models)
+            time.sleep(IDLE_SETTLE_S)
+            after_bytes, _ = tree_memory(servers["fp32"].pid)
         finally:
             for server in servers.values():
                 server.close()
-    by = {(r.mode, r.streams): r for r in results}
-
-    def share(mode: str, n: int) -> float:
-        return by[mode, n].chars_per_s / by["ceiling", n].chars_per_s if (mode, n) in by else float("nan")
-
-    targets = []
-    for n, mode, goal in ((64, "1-worker", 0.9), (64, "default", 1.2), (1, "default", 0.6), (256, "default", 0.9)):
-        if ("ceiling", n) in by:
-            targets.append({"what": f"{mode} {n} streams / 1-thread ceiling", "goal": f">= {goal}",
-                            "measured": round(share(mode, n), 3), "met": share(mode, n) >= goal})  # fmt: skip
-    if ("default", 256) in by:
-        p99 = by["default", 256].ttfc_p99_ms
-        targets.append({"what": "TTFC p99 at 256 streams (ms)", "goal": "<= 50", "measured": round(p99, 1),
-                        "met": p99 <= 50})  # fmt: skip
-    alone = by.get(("16 alone", INTERFERENCE_STREAMS))
-    for background in ("score", "feeds"):
-        beside = by.get((f"16+{background}", INTERFERENCE_STREAMS))
-        if alone is not None and beside is not None:
-            ratio = beside.gap_p99_ms / alone.gap_p99_ms
-            targets.append({"what": f"gap p99 beside 60k-char {background} / alone", "goal": "<= 1.5",
-                            "measured": round(ratio, 3), "met": ratio <= 1.5})  # fmt: skip
+        interference = {} if args.skip_interference else _interference(args, tmp)
+    summary = summarise(pairs)
+    idle_mb = idle_bytes / 1e6
     return {
         "model": {
             "name": manifest.model.name,
@@ -305,55 +470,68 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "sha256": manifest.onnx.sha256,
         },
         "settings": {
+            "warmup_s": args.warmup,
             "duration_s": args.duration,
+            "ceiling_s": args.ceiling_seconds,
+            "pairs": args.pairs,
             "max_chars": args.max_chars,
-            "flush_interval_ms": args.flush_interval_ms,
-            "server_flags": args.server_flags,
+            "server_flags": flags,
+            "int8_model": str(args.int8_model or ("quantized from --model" if args.int8_streams else "none")),
             "cpus": os.cpu_count(),
             "loadavg_start": load_start,
             "loadavg_end": os.getloadavg()[0],
         },
-        "results": [asdict(r) for r in results],
-        "targets": targets,
+        "idle_memory": {"measure": measure, "after_warmup_mb": idle_mb, "after_run_mb": after_bytes / 1e6},
+        "summary": {str(n): figures for n, figures in summary.items()},
+        "pairs": [
+            {
+                "streams": p.streams,
+                "round": p.round,
+                "figures": p.figures(),
+                "ceilings": [asdict(c) for c in p.ceilings],
+                "served": [asdict(r) for r in p.served],
+            }
+            for p in pairs
+        ],
+        "interference": [asdict(r) for r in interference.values()],
+        "targets": targets(summary, idle_mb, measure, interference, MAX_IDLE_MB),
     }
 
 
-def table(report: dict[str, Any]) -> str:
-    rows = report["results"]
-    ceilings = {r["streams"]: r["chars_per_s"] for r in rows if r["mode"] == "ceiling"}
-    head = (
-        f"{'mode':<12} {'streams':>7} {'chars/s':>9} {'x ceil':>7} {'TTFC p50/p99 ms':>17} "
-        f"{'gap p50/p99 ms':>16} {'chars/msg':>9} {'errors':>6}"
-    )
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        base = ceilings.get(r["streams"])
-        share = f"{r['chars_per_s'] / base:>7.2f}" if base else f"{'':>7}"
-        if r["mode"] == "ceiling":
-            lat = f"step {r['ttfc_p50_ms']:.3f} ms"
-            lines.append(f"{r['mode']:<12} {r['streams']:>7} {r['chars_per_s']:>9.0f} {share} {lat:>17}")
-            continue
-        ttfc = f"{r['ttfc_p50_ms']:.1f}/{r['ttfc_p99_ms']:.1f}"
-        gap = f"{r['gap_p50_ms']:.1f}/{r['gap_p99_ms']:.1f}"
-        lines.append(
-            f"{r['mode']:<12} {r['streams']:>7} {r['chars_per_s']:>9.0f} {share} {ttfc:>17} {gap:>16} "
-            f"{r['chars_per_message']:>9.1f} {r['errors']:>6}"
-        )
-    s = report["settings"]
-    flags = " ".join(s["server_flags"]) or "none: the shipped defaults"
-    lines += ["", f"default server's extra flags: {flags}; load average {s['loadavg_start']:.2f} at the "
-                  f"start, {s['loadavg_end']:.2f} at the end ({s['cpus']} CPUs)", ""]  # fmt: skip
-    lines.append(f"{'target':<46} {'goal':>8} {'measured':>9}  met")
-    for t in report["targets"]:
-        lines.append(f"{t['what']:<46} {t['goal']:>8} {t['measured']:>9}  {'yes' if t['met'] else 'NO'}")
-    return "\n".join(lines)
+def _median_spread(figure: dict[str, float], digits: int = 2) -> str:
+    return f"{figure['median']:.{digits}f} ({figure['min']:.{digits}f}-{figure['max']:.{digits}f})"
+
+
+def table_rows(report: dict[str, Any]) -> list[dict[str, str]]:
+    """One row per stream count: medians over the pairs (the ratios with their min-max spread)."""
+    rows = []
+    for n, f in report["summary"].items():
+        row = {
+            "streams": n,
+            "served chars/s": f"{f['served_chars_per_s']['median']:.0f}",
+            "server CPU (cores)": f"{f['server_cores']['median']:.2f}",
+            "chars/server CPU-s": f"{f['chars_per_server_cpu_s']['median']:.0f}",
+            "ceiling 1 thread": f"{f['ceiling_1_thread']['median']:.0f}",
+            "ceiling 2 threads": f"{f['ceiling_2_threads']['median']:.0f}",
+            "TTFC p50/p99 ms": f"{f['ttfc_p50_ms']['median']:.1f}/{f['ttfc_p99_ms']['median']:.1f}",
+            "CPU-s / ceiling's": _median_spread(f["cpu_efficiency"]),
+            "served / ceiling": _median_spread(f["served_share"]),
+            "int8 gain kept": _median_spread(f["int8_gain_kept"]) if "int8_gain_kept" in f else "",
+            "load gen (cores)": f"{f['client_cores']['median']:.2f}",
+            "errors": sum(r["errors"] for p in report["pairs"] if str(p["streams"]) == n for r in p["served"]),
+        }
+        rows.append({key: str(value) for key, value in row.items()})
+    return rows
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
+    summary = report["summary"]
+    streams = [int(n) for n in summary]
     with axes(path, (7, 4.5)) as ax:
-        for mode, style in (("ceiling", "k--"), ("1-worker", "o-"), ("default", "^-"), ("unbatched", "s-")):
-            rows = [r for r in report["results"] if r["mode"] == mode]
-            ax.plot([r["streams"] for r in rows], [r["chars_per_s"] for r in rows], style, label=mode)
+        for key, style, label in (("ceiling_1_thread", "k--", "ceiling, 1 thread"),
+                                  ("ceiling_2_threads", "k:", "ceiling, 2 threads"),
+                                  ("served_chars_per_s", "^-", "served (median of pairs)")):  # fmt: skip
+            ax.plot(streams, [f[key]["median"] for f in summary.values()], style, label=label)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("concurrent streams")
         ax.set_ylabel("aggregate characters / s")
@@ -361,12 +539,56 @@ def plot(report: dict[str, Any], path: Path) -> None:
         ax.set_title(f"charrnn serve: {m['name']} ({m['cell']} {m['layers']}x{m['hidden']})")
 
 
+def _check(args: argparse.Namespace) -> None:
+    """Settings that cannot run, and a model that cannot load, before anything starts: ValueError."""
+    from charrnn.artifact import ArtifactError, load_manifest
+
+    if min(args.streams) < 1 or args.pairs < 1 or args.max_chars < 1 or args.int8_streams < 0:
+        raise ValueError("--streams, --pairs and --max-chars must be >= 1, --int8-streams >= 0")
+    if args.warmup < 0 or args.duration <= 0 or args.ceiling_seconds <= 0:
+        raise ValueError("--duration and --ceiling-seconds must be > 0, --warmup >= 0")
+    if max(args.streams) > args.max_live_streams:
+        raise ValueError(f"--streams above --max-live-streams {args.max_live_streams} would queue")
+    if args.int8_streams and args.int8_streams not in args.streams:
+        raise ValueError(f"--int8-streams {args.int8_streams} is not one of --streams (0 skips int8)")
+    try:
+        if load_manifest(args.model).precision != "fp32":
+            raise ValueError(f"{args.model} is not an fp32 artifact (an int8 one is measured beside it: --int8-model)")
+        if args.int8_model and load_manifest(args.int8_model).precision != "int8":
+            raise ValueError(f"{args.int8_model} is not an int8 artifact (`charrnn quantize` writes one)")
+    except ArtifactError as exc:
+        raise ValueError(str(exc)) from exc
+
+
 def main(args: argparse.Namespace) -> int:
-    report = run(args)
-    print(table(report))
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench-serve.json").write_text(json.dumps(report, indent=1) + "\n")
-    plot(report, out / "bench-serve.png")
-    print(f"\nwrote {out / 'bench-serve.json'} and {out / 'bench-serve.png'}")
+    from bench.cli import print_table
+    from training.quantize_graph import QuantizeError
+
+    try:
+        _check(args)
+        report = run(args)
+    except (ValueError, QuantizeError) as exc:
+        print(f"charrnn bench serve: {exc}", file=sys.stderr)
+        return 2
+    s = report["settings"]
+    print(
+        f"{report['model']['name']}: {s['pairs']} interleaved pairs per stream count, {s['warmup_s']:g} s "
+        f"warm-up + {s['duration_s']:g} s measured; load average {s['loadavg_start']:.2f} at the start, "
+        f"{s['loadavg_end']:.2f} at the end ({s['cpus']} CPUs); server flags: {' '.join(s['server_flags'])}"
+    )
+    print_table(table_rows(report))
+    if report["interference"]:
+        print()
+        print_table([{"mode": r["mode"], "streams": r["streams"], "chars/s": f"{r['chars_per_s']:.0f}",
+                      "gap p50/p99 ms": f"{r['gap_p50_ms']:.1f}/{r['gap_p99_ms']:.1f}", "errors": r["errors"]}
+                     for r in report["interference"]])  # fmt: skip
+    print()
+    print_table([{"target": t["what"], "goal": t["goal"], "median": t["measured"],
+                  "min-max": "-".join(map(str, t["spread"])) if t["spread"] else "", "met": "yes" if t["met"] else "NO"}
+                 for t in report["targets"]])  # fmt: skip
+    directory: Path = args.out
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "bench-serve.json").write_text(json.dumps(report, indent=1) + "\n")
+    plot(report, directory / "bench-serve.png")
+    print(f"\nwrote {directory / 'bench-serve.json'} and {directory / 'bench-serve.png'}")
     return 0
