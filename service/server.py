@@ -1,7 +1,8 @@
-"""Wiring: load the artifact, build the runtime, serve gRPC with health and reflection (and HTTP when
+"""Wiring: load the models of the repository, build the runtime, serve gRPC with health and reflection (and HTTP when
 `http_port` is set, service/http/), drain on SIGTERM.
 
-Health is NOT_SERVING until the model is loaded and warmed up. On SIGTERM/SIGINT health goes
+Health is NOT_SERVING until every model is loaded and warmed up. SIGHUP (or `--watch-repository`) rescans
+the repository (`reload`). On SIGTERM/SIGINT health goes
 NOT_SERVING, new streams are refused with UNAVAILABLE, live ones get `grace_s` to finish, then
 whatever is left fails with UNAVAILABLE and the process exits 0.
 """
@@ -24,13 +25,14 @@ from charrnn.artifact import ArtifactError, load_manifest
 from charrnn.engine import Engine
 from charrnn.v1 import charrnn_pb2, charrnn_pb2_grpc
 from charrnn.vocab import Vocabulary
-from service.config import ConfigError, ServerConfig
+from service.config import ConfigError, Limits, ServerConfig
 from service.front import Runtime
 from service.http import HttpFace
 from service.interceptors import BearerAuthInterceptor, DecodeGuardInterceptor, GrpcMetricsInterceptor
 from service.metrics import Metrics, MetricsHTTPServer
 from service.ports import bind_error, check_bindable
 from service.registry import LoadedModel, ModelRegistry
+from service.repository import Repository, choose_default, fingerprint, model_limits
 from service.scheduler import Scheduler
 from service.servicer import CharRNNServicer
 from service.sessions import SessionStore
@@ -47,39 +49,52 @@ HTTP_FLAGS = ("--http-port", "--host")
 _GRPC_MAX_MS = 2**31 - 1
 
 
-def load_model(config: ServerConfig, key: bytes, metrics: Metrics | None = None) -> LoadedModel:
-    """Load and check the artifact in `config.model_dir` with its own engine and (unstarted) scheduler.
+def load_model(
+    name: str, folder: Path, config: ServerConfig, key: bytes, metrics: Metrics | None = None
+) -> LoadedModel:
+    """Load and check the artifact in `folder`, served as `name`, with its own engine, limits (its
+    serving.json) and (unstarted) scheduler.
 
-    ArtifactError if it cannot work (missing, hash mismatch, unreadable graph). Blocking: at start-up,
-    or off the event loop for a reload.
+    ArtifactError if it cannot work (missing, hash mismatch, unreadable graph, bad serving.json). Blocking: at
+    start-up, or off the event loop for a rescan.
     """
-    manifest = load_manifest(config.model_dir)
+    manifest = load_manifest(folder)
+    limits = model_limits(folder, config.limits)
     try:
-        engine = Engine(config.model_dir, config.engine, manifest=manifest)
+        engine = Engine(folder, config.engine, manifest=manifest)
     except Exception as exc:  # onnxruntime raises its own types for unreadable graphs
-        raise ArtifactError(f"{Path(config.model_dir) / manifest.onnx.file} could not be loaded: {exc}") from exc
-    scheduler = Scheduler(engine, config.limits, config.flush, config.scheduling, metrics)
-    on_refuse = metrics.on_token_refused if metrics is not None else None
+        raise ArtifactError(f"{Path(folder) / manifest.onnx.file} could not be loaded: {exc}") from exc
+    observer = metrics.model(name) if metrics is not None else None
+    scheduler = Scheduler(engine, limits, config.flush, config.scheduling, observer)
+    on_refuse = observer.on_token_refused if observer is not None else None
     codec = TokenCodec(
         key, manifest.onnx.sha256, engine.num_states, engine.layers, engine.hidden, engine.vocab_size, on_refuse
     )
-    return LoadedModel(manifest, Vocabulary.from_spec(manifest.vocabulary), codec, scheduler)
+    return LoadedModel(name, manifest, Vocabulary.from_spec(manifest.vocabulary), codec, scheduler, limits)
+
+
+def _identity(folder: Path, base: Limits) -> tuple[str, Limits]:
+    """What decides whether a folder changed: its graph's sha256 (verified) and its limits."""
+    return load_manifest(folder).onnx.sha256, model_limits(folder, base)
 
 
 def build_runtime(config: ServerConfig, metrics: Metrics | None = None) -> Runtime:
-    """Load and check everything a request needs; ArtifactError/ConfigError if it cannot work.
+    """Load and check every model a request may name; ArtifactError/ConfigError if one cannot work.
 
-    `metrics` observes the scheduler, session evictions and refused resume tokens.
+    `metrics` observes the schedulers, session evictions and refused resume tokens.
     """
     config.validate()
-    model = load_model(config, config.resume_key(), metrics)
+    key = config.resume_key()
+    folders = Repository(*config.models()).scan()
+    default = choose_default(list(folders), config.default_model)
+    models = [load_model(name, folder, config, key, metrics) for name, folder in folders.items()]
     lim = config.limits
     on_evict = metrics.on_evict if metrics is not None else None
     return Runtime(
-        models=ModelRegistry(model),
+        models=ModelRegistry(models, default),
         sessions=SessionStore(lim.max_sessions, lim.session_ttl_seconds, lim.session_memory_bytes, on_evict=on_evict),
         limits=lim,
-        delivery=metrics if metrics is not None else DeliveryObserver(),
+        delivery=metrics.model if metrics is not None else lambda name: DeliveryObserver(),
     )
 
 
@@ -105,7 +120,9 @@ class CharRNNServer:
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             self.server,
         )
+        self.repository = Repository(*config.models())
         self.port = 0
+        self._watcher: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
         self._health_updates: set[asyncio.Task[None]] = set()
@@ -142,8 +159,9 @@ class CharRNNServer:
             log.info("metrics on http://%s:%d/metrics", metrics_host, self.metrics_http.port)
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
-        await asyncio.to_thread(self.scheduler.engine.warm_up, self.config.limits.max_live_streams)
-        self._start_scheduler(self.scheduler)
+        for model in self.runtime.models.served():
+            await asyncio.to_thread(model.scheduler.engine.warm_up, model.limits.max_live_streams)
+            self._start_scheduler(model.scheduler)
         try:
             await self.http.start(_write_port)
         except OSError as exc:  # taken since the check: stop what already runs, so the process can exit
@@ -155,12 +173,16 @@ class CharRNNServer:
             _write_port(self.config.metrics_port_file, self.metrics_http.port)
         if self.config.port_file is not None:
             _write_port(self.config.port_file, self.port)
-        m = self.runtime.manifest
-        log.info(
-            "serving %s %s (%s %dx%d, sha256 %s…) on %s:%d",
-            m.model.name, m.model.version, m.model.cell, m.model.layers, m.model.hidden_size,
-            m.onnx.sha256[:12], self.config.host, self.port,
-        )  # fmt: skip
+        for model in self.runtime.models.served():
+            m = model.manifest
+            log.info(
+                "serving %s%s: %s %s (%s %dx%d, sha256 %s…) on %s:%d",
+                model.name, " (default)" if model is self.runtime.models.current else "", m.model.name,
+                m.model.version, m.model.cell, m.model.layers, m.model.hidden_size, m.onnx.sha256[:12],
+                self.config.host, self.port,
+            )  # fmt: skip
+        if self.config.watch_repository > 0:
+            self._watcher = asyncio.get_running_loop().create_task(self._watch(self.config.watch_repository))
         return self.port
 
     def _start_scheduler(self, scheduler: Scheduler) -> None:
@@ -177,50 +199,100 @@ class CharRNNServer:
         self._health_updates.add(task)
         task.add_done_callback(self._health_updates.discard)
 
-    async def reload(self) -> str:
-        """Load the artifact directory again without dropping streams: "loaded", "unchanged" or "refused".
+    async def reload(self) -> dict[str, str]:
+        """Rescan the repository without dropping streams; each name's result: "added", "loaded" (changed),
+        "unchanged", "removed" or "refused" (it serves as before).
 
-        The new model is loaded off the event loop and warmed up before it becomes current; a refused
-        artifact (missing, hash mismatch, unreadable graph, shapes that fail the warm-up) leaves the
-        serving one in place. The previous model retires once nothing runs on it.
+        New and changed folders are loaded off the event loop and warmed up before they are served; a refused
+        artifact (missing, hash mismatch, unreadable graph, bad serving.json, shapes that fail the warm-up)
+        leaves the name as it was. Unchanged models are not touched. A replaced or removed model retires once
+        nothing runs on it.
         """
         async with self._reload_lock:
-            result = await self._reload()
-        self.metrics.on_reload(result)
-        return result
+            results = await self._rescan()
+        for name, result in results.items():
+            self.metrics.on_reload(name, result)
+        self.metrics.set_models(self.runtime.models)
+        return results
 
-    async def _reload(self) -> str:
+    async def _rescan(self) -> dict[str, str]:
         models = self.runtime.models
         try:
-            model = await asyncio.to_thread(load_model, self.config, self.config.resume_key(), self.metrics)
+            folders = await asyncio.to_thread(self.repository.scan)
         except Exception as exc:
-            log.error("model reload refused, still serving %s…: %s", models.current.sha256[:12], exc)
+            log.error("model rescan refused, serving %s as before: %s", ", ".join(models.names()), exc)
+            return dict.fromkeys(models.names(), "refused")
+        results = {}
+        for name in models.names():
+            if name in folders:
+                continue
+            if name == models.default:
+                log.error("the default model %s is gone from the repository: it keeps serving until a restart", name)
+                results[name] = "refused"
+                continue
+            self._retire(models.remove(name))
+            log.info("model %s removed: it retires once its streams end", name)
+            results[name] = "removed"
+        for name, folder in folders.items():
+            results[name] = await self._load(name, folder)
+        return dict(sorted(results.items()))
+
+    async def _load(self, name: str, folder: Path) -> str:
+        """Serve `folder` as `name` unless it is unchanged or cannot work; the rescan's result for it."""
+        models = self.runtime.models
+        served = next((m for m in models.served() if m.name == name), None)
+        before = f"still serving {served.sha256[:12]}…" if served is not None else "not served"
+        try:
+            sha, limits = await asyncio.to_thread(_identity, folder, self.config.limits)
+        except Exception as exc:
+            log.error("model %s refused, %s: %s", name, before, exc)
             return "refused"
-        known = next((m for m in models if m.sha256 == model.sha256), None)
-        if known is not None:
-            await model.scheduler.close()
-            if known is models.current:
-                log.info("model reload: %s… unchanged", model.sha256[:12])
-                return "unchanged"
-            model = known  # back to a model that was still retiring
-        else:
+        if served is not None and (served.sha256, served.limits) == (sha, limits):
+            return "unchanged"
+        model = next((m for m in models if (m.name, m.sha256, m.limits) == (name, sha, limits)), None)
+        if model is None:  # not a model that is still retiring under this name
             try:
-                await asyncio.to_thread(model.scheduler.engine.warm_up, self.config.limits.max_live_streams)
-            except Exception as exc:  # onnxruntime's own types: the graph's shapes don't fit the manifest
-                log.error(
-                    "model reload refused (warm-up failed), still serving %s…: %s", models.current.sha256[:12], exc
+                model = await asyncio.to_thread(
+                    load_model, name, folder, self.config, self.config.resume_key(), self.metrics
                 )
+            except Exception as exc:
+                log.error("model %s refused, %s: %s", name, before, exc)
+                return "refused"
+            try:
+                await asyncio.to_thread(model.scheduler.engine.warm_up, model.limits.max_live_streams)
+            except Exception as exc:  # onnxruntime's own types: the graph's shapes don't fit the manifest
+                log.error("model %s refused (warm-up failed), %s: %s", name, before, exc)
                 await model.scheduler.close()
                 return "refused"
             self._start_scheduler(model.scheduler)
-        old = models.switch(model)
-        self.metrics.set_model(model.manifest)
-        task = asyncio.get_running_loop().create_task(models.retire_when_idle(old))
+        old = models.install(model)
+        if old is not None:
+            self._retire(old)
+        m = model.manifest
+        log.info("model %s: now serving %s %s (sha256 %s…)", name, m.model.name, m.model.version, sha[:12])
+        return "added" if served is None else "loaded"
+
+    def _retire(self, model: LoadedModel) -> None:
+        """Let `model` finish its streams, then drop it (and its name's metric series, if no longer served)."""
+
+        async def retire() -> None:
+            await self.runtime.models.retire_when_idle(model)
+            if model.name not in self.runtime.models.names():
+                self.metrics.forget(model.name)
+
+        task = asyncio.get_running_loop().create_task(retire())
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
-        m = model.manifest
-        log.info("reloaded: now serving %s %s (sha256 %s…)", m.model.name, m.model.version, model.sha256[:12])
-        return "loaded"
+
+    async def _watch(self, every_s: float) -> None:
+        """Rescan whenever a poll every `every_s` seconds finds a folder added, removed or rewritten."""
+        seen = await asyncio.to_thread(fingerprint, self.repository)
+        while True:
+            await asyncio.sleep(every_s)
+            now = await asyncio.to_thread(fingerprint, self.repository)
+            if now != seen:
+                seen = now
+                await self.reload()
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Drain: NOT_SERVING, refuse new streams, let live ones finish within the grace, then stop."""
@@ -228,6 +300,8 @@ class CharRNNServer:
         self._draining = True
         await self.health.enter_graceful_shutdown()
         self.runtime.serving = False
+        if self._watcher is not None:
+            self._watcher.cancel()
         for task in self._retiring:
             task.cancel()
         schedulers = [m.scheduler for m in self.runtime.models]
@@ -303,7 +377,7 @@ async def serve(config: ServerConfig) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    reloads: set[asyncio.Task[str]] = set()
+    reloads: set[asyncio.Task[dict[str, str]]] = set()
 
     def reload() -> None:
         task = loop.create_task(server.reload())
