@@ -24,7 +24,6 @@ from service.stream import DeliveryObserver, Finished, FinishReason
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
-    from charrnn.artifact import Manifest
     from service.front import Runtime
     from service.registry import ModelRegistry
 
@@ -220,7 +219,7 @@ class Metrics:
         """Drop every series of a model no longer served, so the labels stay the repository's names."""
         self._models.pop(name, None)
         for family in self._per_model():
-            for labels in [k for k in family._metrics if k[0] == name]:  # noqa: SLF001 (prometheus_client)
+            for labels in [k for k in family._metrics if k[0] == name]:
                 family.remove(*labels)
 
     def _per_model(self) -> tuple[Counter | Gauge | Histogram, ...]:

@@ -20,9 +20,9 @@ import grpc
 from charrnn.protocol import CELL_TYPES, FINISH_REASONS, PRECISION_TYPES, STATE_KINDS, UNKNOWN_POLICIES
 from charrnn.v1 import charrnn_pb2 as pb
 from charrnn.v1 import charrnn_pb2_grpc as pb_grpc
+from service.config import Limits
 from service.context import Context
 from service.errors import InvalidRequest, LimitExceeded
-from service.config import Limits
 from service.front import Front, Runtime
 from service.registry import LoadedModel
 from service.requests import GenerationRequest

@@ -21,7 +21,6 @@ import numpy as np
 from charrnn.artifact import Manifest
 from charrnn.client.options import parse_units
 from charrnn.quoting import QUOTE_CHARS, quote
-from service.config import Limits
 from service.errors import InvalidRequest
 from service.registry import LoadedModel
 from service.requests import GenerationRequest
