@@ -174,13 +174,13 @@ class CharRNNServicer(pb_grpc.CharRNNServicer):
             model = self.rt.models.get(request.model)
         except Exception as exc:
             await abort(context, exc)
-        return _info(model)
+        return _info(model, model is self.rt.models.current)
 
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
         models = self.rt.models
-        return pb.ListModelsResponse(models=[_info(m) for m in models.served()], default_model=models.default)
+        return pb.ListModelsResponse(models=[_info(m, m is models.current) for m in models.served()])
 
 
 def _score_limit(limits: Limits) -> int:
@@ -191,11 +191,12 @@ def _feed_limit(limits: Limits) -> int:
     return limits.max_prompt_chars
 
 
-def _info(model: LoadedModel) -> pb.GetModelInfoResponse:
+def _info(model: LoadedModel, default: bool) -> pb.GetModelInfoResponse:
     """GetModelInfo's answer for one served model: its manifest and the limits its requests are held to."""
     m, lim = model.manifest, model.limits
     info = pb.GetModelInfoResponse(
         served_name=model.name,
+        default=default,
         name=m.model.name,
         version=m.model.version,
         cell=CELL_TYPES[m.model.cell],

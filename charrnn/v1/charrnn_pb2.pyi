@@ -1001,6 +1001,7 @@ class GetModelInfoResponse(_message.Message):
     LIMITS_FIELD_NUMBER: _builtins.int
     PRECISION_FIELD_NUMBER: _builtins.int
     SERVED_NAME_FIELD_NUMBER: _builtins.int
+    DEFAULT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Model name from the manifest."""
     version: _builtins.str
@@ -1033,6 +1034,10 @@ class GetModelInfoResponse(_message.Message):
     """The name the server serves it under (its folder in the model repository):
     what requests' `model` field takes. `name` is the manifest's.
     """
+    default: _builtins.bool
+    """Whether requests without `model` go to this model (exactly one served
+    model is the default).
+    """
     @_builtins.property
     def vocabulary(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The vocabulary, in token-id order (one character per entry)."""
@@ -1062,10 +1067,11 @@ class GetModelInfoResponse(_message.Message):
         limits: Global___Limits | None = ...,
         precision: Global___Precision.ValueType = ...,
         served_name: _builtins.str = ...,
+        default: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_val_bits_per_char", b"_val_bits_per_char", "limits", b"limits", "val_bits_per_char", b"val_bits_per_char"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_val_bits_per_char", b"_val_bits_per_char", "cell", b"cell", "embedding_size", b"embedding_size", "hidden_size", b"hidden_size", "layers", b"layers", "limits", b"limits", "name", b"name", "parameters", b"parameters", "precision", b"precision", "served_name", b"served_name", "sha256", b"sha256", "unknown_char", b"unknown_char", "unknown_policy", b"unknown_policy", "val_bits_per_char", b"val_bits_per_char", "version", b"version", "vocab_size", b"vocab_size", "vocabulary", b"vocabulary"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_val_bits_per_char", b"_val_bits_per_char", "cell", b"cell", "default", b"default", "embedding_size", b"embedding_size", "hidden_size", b"hidden_size", "layers", b"layers", "limits", b"limits", "name", b"name", "parameters", b"parameters", "precision", b"precision", "served_name", b"served_name", "sha256", b"sha256", "unknown_char", b"unknown_char", "unknown_policy", b"unknown_policy", "val_bits_per_char", b"val_bits_per_char", "version", b"version", "vocab_size", b"vocab_size", "vocabulary", b"vocabulary"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__val_bits_per_char: _TypeAlias = _typing.Literal["val_bits_per_char"]  # noqa: Y015
     _WhichOneofArgType__val_bits_per_char: _TypeAlias = _typing.Literal["_val_bits_per_char", b"_val_bits_per_char"]  # noqa: Y015
@@ -1097,22 +1103,18 @@ class ListModelsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     MODELS_FIELD_NUMBER: _builtins.int
-    DEFAULT_MODEL_FIELD_NUMBER: _builtins.int
-    default_model: _builtins.str
-    """The served_name requests without `model` go to."""
     @_builtins.property
     def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___GetModelInfoResponse]:
-        """Every served model, sorted by served_name."""
+        """Every served model, sorted by served_name (`default` marks the default)."""
 
     def __init__(
         self,
         *,
         models: _abc.Iterable[Global___GetModelInfoResponse] | None = ...,
-        default_model: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_model", b"default_model", "models", b"models"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["models", b"models"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
