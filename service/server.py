@@ -108,6 +108,9 @@ class CharRNNServer:
     def __init__(self, config: ServerConfig, runtime: Runtime | None = None, metrics: Metrics | None = None):
         self.config = config
         self.metrics = metrics or Metrics()
+        self.repository = Repository(*config.models())
+        # Before the models load: a folder that changes while they do is rescanned at the first poll.
+        self._seen = fingerprint(self.repository) if config.watch_repository > 0 else ()
         self.runtime = runtime or build_runtime(config, self.metrics)
         self.metrics.bind(self.runtime)
         self.health = HealthServicer()
@@ -120,7 +123,6 @@ class CharRNNServer:
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             self.server,
         )
-        self.repository = Repository(*config.models())
         self.port = 0
         self._watcher: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()
@@ -286,12 +288,11 @@ class CharRNNServer:
 
     async def _watch(self, every_s: float) -> None:
         """Rescan whenever a poll every `every_s` seconds finds a folder added, removed or rewritten."""
-        seen = await asyncio.to_thread(fingerprint, self.repository)
         while True:
             await asyncio.sleep(every_s)
             now = await asyncio.to_thread(fingerprint, self.repository)
-            if now != seen:
-                seen = now
+            if now != self._seen:
+                self._seen = now
                 await self.reload()
 
     async def stop(self, grace_s: float | None = None) -> None:

@@ -52,7 +52,8 @@ def run(engine: Engine, jobs: list[Job], health: list[bool], metrics: Metrics | 
     async def main() -> list[Outcome]:
         options = SchedulingOptions(decode_workers=2, engine_stall_seconds=STALL_S)
         limits = Limits(retry_pushback_ms=PUSHBACK_MS)
-        sched = Scheduler(engine, limits, FlushPolicy(flush_interval_ms=5.0), options, metrics)
+        observer = metrics.model("tiny") if metrics is not None else None
+        sched = Scheduler(engine, limits, FlushPolicy(flush_interval_ms=5.0), options, observer)
         sched.on_health = health.append
         streams = [sched.submit(j) for j in jobs]
         sched.start()
@@ -93,7 +94,7 @@ def check(engine: Engine, outcomes: list[Outcome], jobs: list[Job], metrics: Met
         assert error.retry_pushback_ms == PUSHBACK_MS
     assert [streams[1], streams[3]] == [(alone(engine, jobs[1]), None), (alone(engine, jobs[3]), None)]
     assert after == (alone(engine, jobs[0]), None), "the new worker serves"
-    assert metrics.registry.get_sample_value("charrnn_engine_restarts_total", {"reason": reason}) == 1
+    assert metrics.registry.get_sample_value("charrnn_engine_restarts_total", {"model": "tiny", "reason": reason}) == 1
 
 
 def test_a_wedged_worker_is_given_up_on_and_replaced(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -60,7 +60,11 @@ def run(
 
     async def main() -> list[Outcome]:
         sched = Scheduler(
-            engine, Limits(), FlushPolicy(flush_interval_ms=5.0), SchedulingOptions(decode_workers=workers), metrics
+            engine,
+            Limits(),
+            FlushPolicy(flush_interval_ms=5.0),
+            SchedulingOptions(decode_workers=workers),
+            metrics.model("tiny") if metrics is not None else None,
         )
         streams = [sched.submit(j) for j in jobs]
         prepare(streams)
@@ -84,7 +88,7 @@ def alone(engine: Engine, jobs: list[Job]) -> list[str]:
 
 
 def failures(metrics: Metrics, name: str, phase: str) -> float:
-    value = metrics.registry.get_sample_value(name, {"phase": phase})
+    value = metrics.registry.get_sample_value(name, {"model": "tiny", "phase": phase})
     assert value is not None
     return value
 
