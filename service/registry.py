@@ -82,9 +82,12 @@ class ModelRegistry:
         return self._served.get(model.name) is model
 
     def get(self, name: str | None = None) -> LoadedModel:
-        """The model served as `name` (None or "": the default); ModelNotFound listing the served names."""
-        if not name:
-            return self.current
+        """The model served as `name` (None or "", protobuf's unset: the default); ModelNotFound listing the
+        served names."""
+        return self.named(name) if name else self.current
+
+    def named(self, name: str) -> LoadedModel:
+        """The model served as `name`, which must be one ("" too is refused); ModelNotFound listing them."""
         model = self._served.get(name)
         if model is None:
             raise ModelNotFound(f"model {quote(name)} is not served here; served: {', '.join(self.names())}")

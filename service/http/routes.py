@@ -62,6 +62,8 @@ class Routes:
                 exc.param = f"{openai.OWNER}.resume_token"
                 raise
         try:
+            if completion.model is not None:
+                self.rt.models.named(completion.model)  # JSON's "" is a name, not protobuf's unset
             generation = self.front.generate(ctx, completion.request, arrived, completion.model)
         except (ModelNotFound, ForeignToken) as exc:
             named = isinstance(exc, ModelNotFound) or completion.model is not None
@@ -136,7 +138,7 @@ class Routes:
     async def model(self, request: web.Request) -> web.Response:
         """One served model's card (its units for the playground's picker); 404 listing the served names."""
         try:
-            return web.json_response(self._card(self.rt.models.get(request.match_info["model"])))
+            return web.json_response(self._card(self.rt.models.named(request.match_info["model"])))
         except ModelNotFound as exc:
             exc.param = "model"
             raise
