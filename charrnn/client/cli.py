@@ -12,6 +12,7 @@ import argparse
 import json
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -287,35 +288,30 @@ def _score(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from charrnn.client import CharRNNError
-
-    try:
-        connection = build(Connection, args)
-    except SettingError as exc:
-        return _usage("info", exc)
-    with connection.client() as client:
-        try:
-            info = client.info(args.model)
-        except CharRNNError as exc:
-            return _failed("info", exc)
-    print(json.dumps(_info_dict(info), ensure_ascii=False, indent=1))
-    return 0
+    return _describe(args, "info", lambda client: [client.info(args.model)], indent=1)
 
 
 def _models(args: argparse.Namespace) -> int:
+    return _describe(args, "models", lambda client: client.list_models(), indent=None)
+
+
+def _describe(
+    args: argparse.Namespace, command: str, fetch: Callable[[Client], list[ModelInfo]], indent: int | None
+) -> int:
+    """Print what `fetch` asks the server, a JSON object per model (one line each unless `indent`)."""
     from charrnn.client import CharRNNError
 
     try:
         connection = build(Connection, args)
     except SettingError as exc:
-        return _usage("models", exc)
+        return _usage(command, exc)
     with connection.client() as client:
         try:
-            models = client.list_models()
+            models = fetch(client)
         except CharRNNError as exc:
-            return _failed("models", exc)
+            return _failed(command, exc)
     for info in models:
-        print(json.dumps(_info_dict(info), ensure_ascii=False))
+        print(json.dumps(_info_dict(info), ensure_ascii=False, indent=indent))
     return 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import subprocess
 import threading
 from pathlib import Path
 
@@ -21,7 +22,15 @@ from charrnn.client import CharRNNError, Client
 from service.config import ConfigError
 from service.repository import Repository, choose_default, model_limits
 from tests.observability.scrape import series, value
-from tests.service.harness import ModelCalls, ServerProcess, ServerThread, make_config, wait_until
+from tests.service.harness import (
+    REPO,
+    ModelCalls,
+    ServerProcess,
+    ServerThread,
+    charrnn_cmd,
+    make_config,
+    wait_until,
+)
 
 PROMPT = "def f(x):\n"
 SEEDS = (1, 2, 3)
@@ -228,3 +237,24 @@ def test_sighup_rescans_the_repository_of_charrnn_serve(repo: Path, artifacts: d
             assert len(c.generate(PROMPT, max_chars=20, model="third").text()) == 20
     finally:
         assert proc.stop() == 0
+
+
+def test_the_client_cli_names_a_model_and_an_unknown_one_is_one_line_and_exit_2(repo: Path) -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(charrnn_cmd(*args), cwd=REPO, capture_output=True, text=True, timeout=60)
+
+    with ServerThread(make_config(None, model_repository=repo)) as srv, Client(srv.target, timeout=30) as c:
+        target = ("--target", srv.target)
+        listed = [json.loads(line) for line in run("models", *target).stdout.splitlines()]
+        assert [(m["served_name"], m["default"], m["cell"]) for m in listed] == [
+            ("default", True, "lstm"), ("small", False, "gru")]  # fmt: skip
+        assert json.loads(run("info", "--model", "small", *target).stdout)["hidden_size"] == 16
+        sampling = ("--max-chars", "40", "--seed", "2", *target)
+        out = run("generate", PROMPT, "--model", "small", *sampling)
+        assert out.returncode == 0 and out.stdout == c.generate(PROMPT, max_chars=40, seed=2, model="small").text()
+        score = json.loads(run("score", "x = 1", "--model", "small", *target).stdout)
+        assert score["bits_per_char"] == pytest.approx(c.score("x = 1", model="small").bits_per_char)
+        for command in (("generate", PROMPT), ("score", PROMPT), ("info",)):
+            done = run(*command, "--model", "shakespeare", *target)
+            assert done.returncode == 2 and done.stdout == "", done
+            assert done.stderr.count("\n") == 1 and "served: default, small" in done.stderr, done.stderr
