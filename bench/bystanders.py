@@ -5,7 +5,7 @@ Each bystander repeats one seeded request, over gRPC or HTTP (whole or streamed)
 reference is the same request run alone on the same server before the other traffic starts. A row's text
 depends only on its own parameters and seed (batch invariance, docs/api.md), so any difference means another
 request reached a bystander's row: a failure that was not isolated to its own row, a shared column
-corrupted, a decode worker that died. The traffic beside them calls `witness()` per request it sends, which
+corrupted, an engine that died. The traffic beside them calls `witness()` per request it sends, which
 counts how many went out while a bystander was in flight: the evidence that they shared batches.
 """
 

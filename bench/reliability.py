@@ -29,6 +29,7 @@ from typing import Any
 
 import grpc
 
+from bench.proctree import rss_bytes
 from bench.serve import PROMPT, ServerProcess, percentile_ms
 from charrnn.client import CharRNNError, Client, Generation
 
@@ -37,14 +38,6 @@ log = logging.getLogger(__name__)
 GAUGES = ("charrnn_live_streams", "charrnn_queued_streams", "charrnn_sessions")
 OVERLOAD_SETTINGS = ("max_live_streams", "max_queued_streams", "factor", "seconds", "max_chars", "flush_interval_ms")
 MAX_BACKOFF_S = 2.0  # cap on a refused client's wait, whatever the hint says
-
-
-def rss_bytes(pid: int) -> int:
-    """Resident set size of process `pid` (VmRSS in /proc; Linux)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
 def scrape(url: str, names: tuple[str, ...] = GAUGES) -> dict[str, float]:

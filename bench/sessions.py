@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.reliability import rss_bytes
+from bench.proctree import rss_bytes
 from bench.serve import ServerProcess
 from charrnn.artifact import load_manifest
 from charrnn.client import Client

@@ -37,12 +37,12 @@ from bench.bystanders import Bystanders, standard
 from bench.completions import CompletionsClient, HttpRefusal
 from bench.hostile import grpc_cases, http_cases
 from bench.plotting import axes
+from bench.proctree import rss_bytes
 from bench.reliability import (
     Tally,
     backoff,
     consume,
     gap_summary,
-    rss_bytes,
     run_clients,
     run_settings,
     session_body,

@@ -76,7 +76,7 @@ class Columns:
     generated: np.ndarray  # int64: characters sampled
     max_chars: np.ndarray  # int64
     pending: np.ndarray  # int32 [rows, pending width]: token ids not yet flushed
-    waiting: np.ndarray  # int64: how many of `pending` are set
+    pending_len: np.ndarray  # int64: how many of `pending` are set
     held: np.ndarray  # int64: trailing pending chars that might start a stop string
     flushed_once: np.ndarray  # bool
     last_flush: np.ndarray  # float64: when the row last flushed
@@ -175,7 +175,7 @@ class Batch:
         c.positions[new] = [e.position for e in entries]
         c.max_chars[new] = [e.max_chars for e in entries]
         c.next_checkpoint[new] = [e.checkpoint_every for e in entries]
-        for counter in (c.generated, c.waiting, c.held, c.flushed_once, c.last_flush, c.sent):
+        for counter in (c.generated, c.pending_len, c.held, c.flushed_once, c.last_flush, c.sent):
             counter[new] = 0
         states = tuple(np.stack([e.states[s] for e in entries], axis=1) for s in range(len(self.states)))
         self.states = tuple(np.concatenate([a, b], axis=1) for a, b in zip(self.states, states, strict=True))
@@ -216,8 +216,8 @@ class Batch:
     def record(self, ids: np.ndarray) -> np.ndarray:
         """Take the step's sampled ids (after the model read them); returns the rows that are done."""
         c = self.columns
-        c.pending[np.arange(len(self.rows)), c.waiting] = ids
-        c.waiting += 1
+        c.pending[np.arange(len(self.rows)), c.pending_len] = ids
+        c.pending_len += 1
         c.generated += 1
         c.positions += np.uint64(1)
         done = c.generated >= c.max_chars
@@ -239,9 +239,9 @@ class Batch:
     def flush(self, done: np.ndarray, now: float) -> list[Stream]:
         """Hand out the chunks that are due (every done row's last one); returns the streams to wake."""
         c = self.columns
-        waiting = c.waiting - c.held
-        due = self.flush_policy.due(waiting, c.flushed_once, c.last_flush, now)
-        checkpoint = (c.next_checkpoint > 0) & (c.sent + waiting >= c.next_checkpoint) & (c.held == 0)
+        ready = c.pending_len - c.held  # characters that may go out (none of them might start a stop string)
+        due = self.flush_policy.due(ready, c.flushed_once, c.last_flush, now)
+        checkpoint = (c.next_checkpoint > 0) & (c.sent + ready >= c.next_checkpoint) & (c.held == 0)
         woken = []
         for i in np.flatnonzero(due | checkpoint | done).tolist():
             if i in self.failures:
@@ -261,7 +261,7 @@ class Batch:
         c = self.columns
         row = self.rows[i]
         stream = row.stream
-        count = int(c.waiting[i])
+        count = int(c.pending_len[i])
         if done and row.stop:
             count -= len(row.stop)  # the stop string is not part of the text
         elif not done:
@@ -272,10 +272,10 @@ class Batch:
             values = np.concatenate(row.values[:count])
             del row.values[:count]
         c.sent[i] += max(count, 0)
-        rest = int(c.waiting[i]) - max(count, 0)
+        rest = int(c.pending_len[i]) - max(count, 0)
         if rest > 0:
             c.pending[i, :rest] = c.pending[i, count : count + rest].copy()
-        c.waiting[i] = rest
+        c.pending_len[i] = rest
         c.flushed_once[i] |= count > 0
         c.last_flush[i] = now
         finished = self._finished(i) if done else None

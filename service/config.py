@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hmac
 import logging
+import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,23 +69,41 @@ class Limits:
 
 @dataclass(frozen=True)
 class SchedulingOptions:
-    """How the decode workers share the machine (docs/benchmarks.md has the measurements behind the defaults)."""
+    """How the engines share the machine (docs/benchmarks.md has the measurements behind the defaults)."""
 
-    # Two workers on two cores beat one worker with two ONNX Runtime threads (docs/benchmarks.md); give a pod its
-    # CPU limit here (deploy/k8s does) and keep --intra-op-threads at 1.
-    decode_workers: int = setting(2, "decode threads, each stepping its own rows (their model calls run in parallel)")
+    # One engine process per core the server may use, each with one ONNX Runtime thread: a pod's CPU limit is
+    # read from its cgroup, so the default fits a container too (deploy/k8s still sets it explicitly).
+    engines: int = setting(
+        0, "engine processes, each stepping its own rows on its own core (0: one per CPU the server may use)"
+    )
     prefill_chunk_chars: int = setting(
         256, "prompts, Score texts and Session feeds run this many characters per model call, between decode steps"
     )
     max_prefill_rows: int = setting(32, "texts advanced together by one prefill call")
     prefill_share: float = setting(
-        0.5, "while streams decode, the share of a worker's time prefill may take (the rest is decoding)"
+        0.5, "while streams decode, the share of an engine's time prefill may take (the rest is decoding)"
     )
     engine_stall_seconds: float = setting(
         10.0,
-        "a decode worker with work and no iteration for this long is wedged: its streams end UNAVAILABLE with "
-        "the retry hint and a new worker takes its place",
+        "an engine with work that sends nothing for this long is wedged: it is killed, its streams end "
+        "UNAVAILABLE with the retry hint and a new engine takes its place",
     )
+
+    def engine_count(self) -> int:
+        """`engines`, with 0 resolved to the CPUs this process may use."""
+        return self.engines or available_cpus()
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on: its affinity, capped by a cgroup v2 CPU quota (a container's CPU limit)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+    except (OSError, ValueError):
+        return cpus
+    if quota == "max":
+        return cpus
+    return max(1, min(cpus, math.ceil(int(quota) / int(period))))
 
 
 @dataclass(frozen=True)
@@ -214,7 +234,7 @@ class ServerConfig:
             "--http-max-body-kb must be >= 1": self.http_max_body_kb >= 1,
             "--http-max-string-chars must be >= 1": self.http_max_string_chars >= 1,
             "--intra-op-threads must be >= 0": self.engine.intra_op_threads >= 0,
-            "--decode-workers must be >= 1": self.scheduling.decode_workers >= 1,
+            "--engines must be >= 0": self.scheduling.engines >= 0,
             "--prefill-chunk-chars must be >= 1": self.scheduling.prefill_chunk_chars >= 1,
             "--max-prefill-rows must be >= 1": self.scheduling.max_prefill_rows >= 1,
             "--prefill-share must be in (0, 1)": 0.0 < self.scheduling.prefill_share < 1.0,

@@ -2,7 +2,7 @@
 
 `begin` makes the plan (service/policy.py) and carries out its admission (cancelled streams end, waiting
 streams take slots); `finish` runs the model calls (one prefill chunk, one decode step) and applies their
-outputs. The caller (a decode worker, service/scheduler.py) hands streams, cancellations and texts in
+outputs. The caller (an engine's loop, service/engine_loop.py) hands streams, cancellations and texts in
 between iterations and wakes the streams an iteration gave chunks to.
 
 A failure caused by one row (its parameters, context, text, sampling, stop strings or chunk) fails that
@@ -25,7 +25,7 @@ from service.feed import TextRun, run_chunk
 from service.observer import ROW_PHASES, SchedulerObserver
 from service.policy import Policy, Queues, StepOutputs, StepPlan
 from service.sampling import sample
-from service.stream import NO_VALUES, Checkpoint, Chunk, Finished, FinishReason, FlushPolicy, Stream
+from service.stream import NO_VALUES, Checkpoint, Chunk, FlushPolicy, Stream
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +120,7 @@ class EngineCore:
             self.batch.filter(keep)
 
     def _end_cancelled(self, stream: Stream) -> None:
-        finished = Finished(FinishReason.CANCELLED, stream.job.context, 0, 0, stream.seed)
-        stream.put(Chunk("", finished, NO_VALUES))
+        finished = stream.end_cancelled()
         self.observer.on_finish(finished, time.monotonic() - stream.submitted)
         self.woken.append(stream)
 

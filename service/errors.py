@@ -53,7 +53,7 @@ class ShuttingDown(ServiceError):
 
 
 class EngineFailed(ServiceError):
-    """The decode worker running a stream died or wedged; the stream can resume from its last checkpoint."""
+    """The engine running a stream died or wedged; the stream can resume from its last checkpoint."""
 
 
 class Unauthenticated(ServiceError):

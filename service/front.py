@@ -20,12 +20,12 @@ from charrnn.artifact import Manifest
 from service.config import Limits
 from service.context import Context
 from service.errors import Unauthenticated
-from service.feed import TextRun
 from service.registry import LoadedModel, ModelRegistry
 from service.requests import GenerationRequest, Validator
 from service.scheduler import Scheduler
 from service.sessions import SessionStore
 from service.stream import Chunk, Delivery, DeliveryObserver, Finished, Stream
+from service.wire import FedText
 
 Message = TypeVar("Message")
 
@@ -166,7 +166,7 @@ class Front:
         what: str,
         logprobs: bool = False,
         name: str | None = None,
-    ) -> tuple[LoadedModel, TextRun]:
+    ) -> tuple[LoadedModel, FedText]:
         """Run `text` (at most `limit(its model's limits)` characters; `what` names it in a refusal) from `ctx`
         on its model (`model`)."""
         model = self.model(ctx, name)

@@ -178,7 +178,7 @@ class Metrics:
             registry=r,
         )
         self.engine_batch = Gauge(
-            "charrnn_engine_batch_size", "Rows in each decode worker's batch now.", (*MODEL, "engine"), registry=r
+            "charrnn_engine_batch_size", "Rows in each engine's batch now.", (*MODEL, "engine"), registry=r
         )
         self.evictions = Counter(
             "charrnn_session_evictions_total", "Sessions dropped by the store, by reason.", ("reason",), registry=r
@@ -272,7 +272,7 @@ def _streams(models: ModelRegistry, name: str, which: str) -> int:
 
 
 def _engine_rows(models: ModelRegistry, name: str, i: int) -> int:
-    """Rows in decode worker `i` of the model served as `name` (0 where a reloaded model runs fewer workers)."""
+    """Rows in engine `i` of the model served as `name` (0 where a reloaded model runs fewer engines)."""
     served = [m for m in models.served() if m.name == name]
     rows = served[0].scheduler.rows() if served else []
     return rows[i] if i < len(rows) else 0

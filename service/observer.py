@@ -7,7 +7,7 @@ from service.stream import Finished
 # Where one stream can fail by itself (its own parameters, context or text), and what a log line says.
 ROW_PHASES = {"join": "joining", "sample": "sampling", "record": "recording", "flush": "flushing"}
 BATCH_PHASES = ("decode", "prefill")  # model calls: they fail every row in them
-ENGINE_RESTARTS = ("died", "wedged")  # why a decode worker was replaced
+ENGINE_RESTARTS = ("died", "wedged")  # why an engine was replaced
 
 
 class SchedulerObserver:
@@ -29,7 +29,7 @@ class SchedulerObserver:
         """One stream failed alone (a ROW_PHASES phase); its neighbours went on."""
 
     def on_engine_restart(self, reason: str) -> None:
-        """A decode worker was replaced (an ENGINE_RESTARTS reason)."""
+        """An engine was replaced (an ENGINE_RESTARTS reason)."""
 
     def on_batch_failure(self, phase: str) -> None:
         """A model call failed (a BATCH_PHASES phase): every row in it failed."""

@@ -1,6 +1,6 @@
 """The loaded models: the one served under each name, and older ones kept while streams and tokens still use them.
 
-Each model has its own engine and scheduler, so rows of different models never share a model call and one
+Each model has its own engines and scheduler, so rows of different models never share a model call and one
 model's queue never holds another's streams. A rescan of the repository (SIGHUP, `--watch-repository`) loads
 a new or changed folder into a new `LoadedModel`, warms it up and installs it under its name: new streams
 go to it. The model it replaces (or a removed folder's) stops taking new work except continuations of its

@@ -1,188 +1,122 @@
-"""Continuous batching on decode worker threads; the event loop only does I/O, admission and cancellation.
+"""Continuous batching across engine processes; the front's event loop does only I/O, admission and cancellation.
 
-A worker runs one engine's loop (service/core.py) where the model runs: each iteration plans
-(service/policy.py: drop cancelled streams, admit waiting ones into free slots, pick the prefill group,
-decode or not), executes (one prefill chunk of prompts, Score texts and Session feeds; one decode step:
-sample every row, ONE model call, record, flush due chunks) and applies the outputs.
+Each engine (service/engine_loop.py) owns a model session, its rows and its loop: every iteration plans
+(service/policy.py: drop cancelled streams, admit new ones, pick the prefill group, decode or not),
+executes (one prefill chunk, one decode step: sample every row, ONE model call, record, flush due chunks)
+and applies the outputs. The engines run on their own cores, so the front's gRPC and HTTP work never
+takes turns with a model step on one interpreter lock.
 
-Chunks reach the event loop in batches: one `call_soon_threadsafe` per iteration that flushed anything,
-waking those streams' consumers (service/stream.py). ONNX Runtime releases the GIL while it computes, so the
-event loop's gRPC work overlaps the model's; with `decode_workers` > 1 each worker steps its own rows (the
-engine's session is shared and thread-safe), which lets two model calls run at once.
+The front and an engine exchange batched messages (service/wire.py): everything one event-loop turn gave
+an engine goes in one message, and an engine answers once per iteration that flushed chunks or finished a
+text. The live-stream limit is the server's: streams wait in the front's queue until a slot is free and
+then go to the least-loaded engine; texts go to the engine with the fewest in flight.
+
+An engine that dies (its socket closes: kill -9, a crash) or wedges (work, and no message for
+`engine_stall_seconds`) is killed and replaced: its streams end UNAVAILABLE with the retry hint at once,
+health is NOT_SERVING until the new engine is ready, and the restart is counted; the other engines'
+streams never notice.
 
 Every row's result depends only on its own inputs (the model's rows are independent and sampling is
-counter-based), so which worker, batch or chunk a stream lands in never changes its text.
+counter-based), so which engine, batch or chunk a stream lands in never changes its text.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
-import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import numpy as np
 
-from charrnn.engine import Engine
-from service.config import FlushPolicy, Limits, SchedulingOptions
 from service.context import Context
-from service.core import EngineCore
+from service.engines import EngineHandle, Launcher, read_message, start_process
 from service.errors import EngineFailed, LimitExceeded, ShuttingDown
-from service.feed import TextRun
 from service.observer import SchedulerObserver
 from service.policy import least_loaded
 from service.stream import Job, Stream
+from service.wire import EngineSpec, FedText, Feed, Outputs, Submit
 
 log = logging.getLogger(__name__)
 
 __all__ = ["Scheduler", "SchedulerObserver"]
 
+RESTART_BACKOFF_S = 1.0  # between attempts to start a replacement engine that failed to start
+
 
 class Scheduler:
-    """The streams of one model: admission on the event loop, decoding on `decode_workers` threads."""
+    """The streams of one model: admission on the event loop, decoding in `engines` engine processes."""
 
-    def __init__(
-        self,
-        engine: Engine,
-        limits: Limits,
-        flush: FlushPolicy,
-        options: SchedulingOptions | None = None,
-        observer: SchedulerObserver | None = None,
-    ):
-        self.engine = engine
-        self.limits = limits
-        self.flush = flush
-        self.options = options or SchedulingOptions()
+    def __init__(self, spec: EngineSpec, engines: int, observer: SchedulerObserver | None = None,
+                 launch: Launcher = start_process):  # fmt: skip
+        self.spec = spec
+        self.limits = spec.limits
+        self.options = spec.scheduling
         self.observer = observer or SchedulerObserver()
-        self.slots = threading.Lock()  # held while a worker admits streams into free live slots
-        self._workers = [_Worker(self, i) for i in range(self.options.decode_workers)]
+        self._launch = launch
+        self._engines: list[EngineHandle | None] = [None] * engines
+        self._waiting: deque[Stream] = deque()  # submitted, waiting for a live slot
+        self._placed: dict[Stream, tuple[EngineHandle, int]] = {}  # sent to an engine: (engine, sid)
+        self._ids = itertools.count()
         self._accepting = True
+        self._closing = False
+        self._send_due = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._watchdog: asyncio.Task[None] | None = None
-        # Told False when a worker died or wedged, True once a new one took its place (health follows it).
+        self._tasks: set[asyncio.Task[Any]] = set()
+        # Told False when an engine died or wedged, True once every engine runs again (health follows it).
         self.on_health: Callable[[bool], None] | None = None
 
-    # --- the event loop's side -------------------------------------------------------------------
+    # --- what the event loop reads -----------------------------------------------------------------
     @property
     def live(self) -> int:
-        return sum(w.live for w in self._workers)
+        """Streams holding a slot: sent to an engine and not ended."""
+        return len(self._placed)
 
     @property
     def queued(self) -> int:
-        return sum(w.queued for w in self._workers)
+        """Streams waiting in the front for a slot."""
+        return len(self._waiting)
 
     def rows(self) -> list[int]:
-        """Each worker's batch size now."""
-        return [len(w.core.batch) for w in self._workers]
+        """Each engine's batch size, as its last message said."""
+        return [0 if e is None or e.down else e.rows for e in self._engines]
 
-    def start(self) -> None:
+    def pids(self) -> list[int]:
+        """The running engines' process ids."""
+        return [e.pid for e in self._engines if e is not None and not e.down]
+
+    def _running(self) -> list[EngineHandle]:
+        return [e for e in self._engines if e is not None and not e.down]
+
+    # --- start and stop ----------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Start every engine (each loads and warms up the model); ArtifactError if one cannot."""
         self._loop = asyncio.get_running_loop()
-        for worker in self._workers:
-            worker.start()
-        self._watchdog = self._loop.create_task(self._watch())
-
-    def _pick(self, loads: Callable[[_Worker], int]) -> _Worker:
-        """The least-loaded worker that is running; EngineFailed while none is (one is being replaced)."""
-        alive = [w for w in self._workers if not w.down]
-        if not alive:
-            raise EngineFailed("no decode worker is running; retry shortly", self.limits.retry_pushback_ms)
-        return alive[least_loaded([loads(w) for w in alive])]
-
-    def submit(self, job: Job) -> Stream:
-        """Queue a generation; ShuttingDown while draining, LimitExceeded when the queue is full."""
-        if not self._accepting:
-            self.observer.on_reject("shutting_down")
-            raise ShuttingDown("server is shutting down; retry on another replica", self.limits.retry_pushback_ms)
-        lim = self.limits
-        if self.live + self.queued >= lim.max_live_streams + lim.max_queued_streams:
-            self.observer.on_reject("queue_full")
-            raise LimitExceeded(
-                f"all {lim.max_live_streams} stream slots (max_live_streams) are busy and the queue of "
-                f"{lim.max_queued_streams} (max_queued_streams) is full; retry later",
-                lim.retry_pushback_ms,
-            )
-        worker = self._pick(lambda w: w.live + w.queued)
-        stream = Stream(job, worker.cancel)
-        worker.inbox.append(stream)
-        worker.signal.set()
-        return stream
-
-    async def feed(self, context: Context, ids: np.ndarray, logprobs: bool = False) -> TextRun:
-        """Run `ids` (non-empty) from `context`, interleaved with decoding; the finished run (its `after()`
-        context, and with `logprobs` each character's log-probability)."""
-        assert self._loop is not None, "start() the scheduler first"
-        run = TextRun(ids, context, self.engine, logprobs)
-        future: asyncio.Future[TextRun] = self._loop.create_future()
-        run.on_done = lambda r: self._resolve(future, r)
-        # Texts handed in and not yet done, counted here: a burst of them spreads before any worker starts one.
-        worker = self._pick(lambda w: w.texts)
-        worker.texts += 1
-        worker.runs_in.append(run)
-        worker.signal.set()
-        try:
-            await future
-        except asyncio.CancelledError:
-            run.cancelled = True  # the caller went away: the worker drops the run at its next chunk
-            raise
-        finally:
-            worker.texts -= 1
-        if run.error is not None:
-            raise run.error
-        return run
-
-    def _resolve(self, future: asyncio.Future[TextRun], run: TextRun) -> None:
-        """From a worker thread: complete `future` on the event loop (unless its caller went away)."""
-        assert self._loop is not None
-
-        def resolve() -> None:
-            if not future.done():
-                future.set_result(run)
-
-        self._loop.call_soon_threadsafe(resolve)
-
-    def wake(self, streams: list[Stream]) -> None:
-        """From a worker thread: wake these streams' consumers on the event loop, in one call."""
-        if streams and self._loop is not None:
-            self._loop.call_soon_threadsafe(_wake_all, streams)
-
-    def slots_freed(self, by: _Worker) -> None:
-        """From a worker thread: rows left `by`; workers whose streams wait for a slot try again."""
-        for worker in self._workers:
-            if worker is not by and worker.queued:
-                worker.signal.set()
-
-    # --- workers that die or wedge -------------------------------------------------------------------
-    async def _watch(self) -> None:
-        """Replace a worker that died (its loop raised) or wedged (work, and no iteration for the stall)."""
-        stall = self.options.engine_stall_seconds
-        while True:
-            await asyncio.sleep(min(stall / 4, 0.25))
-            now = time.monotonic()
-            for i, worker in enumerate(self._workers):
-                if worker.dead:
-                    self._replace(i, "died")
-                elif worker.wedged(now, stall):
-                    log.error("decode worker %d made no iteration for %.1f s: replacing it", i, now - worker.beat)
-                    worker.abandon(self.engine_failed())
-                    self._replace(i, "wedged")
-
-    def engine_failed(self) -> EngineFailed:
-        return EngineFailed(
-            "the decode worker running this stream failed; resume from its last checkpoint or retry",
-            self.limits.retry_pushback_ms,
+        results = await asyncio.gather(
+            *(self._launch(self.spec, i) for i in range(len(self._engines))), return_exceptions=True
         )
+        for result in results:
+            if isinstance(result, EngineHandle):
+                self._attach(result)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            await self.close()
+            raise failed[0]
+        self._spawn(self._watch())
 
-    def _replace(self, index: int, reason: str) -> None:
-        if self.on_health is not None:
-            self.on_health(False)
-        worker = _Worker(self, index)
-        self._workers[index] = worker
-        worker.start()
-        self.observer.on_engine_restart(reason)
-        if self.on_health is not None:
-            self.on_health(True)
+    def _attach(self, engine: EngineHandle) -> None:
+        self._engines[engine.index] = engine
+        engine.reading = self._spawn(self._read(engine))
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        assert self._loop is not None
+        task = self._loop.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     def stop_accepting(self) -> None:
         self._accepting = False
@@ -195,138 +129,225 @@ class Scheduler:
         return not (self.live or self.queued)
 
     async def close(self) -> None:
-        """Fail whatever is left with ShuttingDown and stop the workers."""
+        """Fail whatever is left with ShuttingDown and stop the engines."""
+        self._closing = True
         error = ShuttingDown(
             "server shut down before the stream finished; resume from its last checkpoint on another replica",
             self.limits.retry_pushback_ms,
         )
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-        for worker in self._workers:
-            worker.close(error)
-        for worker in self._workers:
-            if worker.is_alive():
-                await asyncio.to_thread(worker.join, 10.0)
+        for task in list(self._tasks):
+            task.cancel()
+        while self._waiting:
+            self._waiting.popleft().fail(error)
+        engines = [e for e in self._engines if e is not None]
+        for engine in engines:
+            self._abandon(engine, error)
+            engine.close()
+        for engine in engines:
+            if not await asyncio.to_thread(engine.join, 10.0):
+                log.warning("engine %d did not exit within 10 s of closing: killing it", engine.index)
+                engine.kill()
+                await asyncio.to_thread(engine.join, 10.0)
 
+    # --- streams -----------------------------------------------------------------------------------
+    def submit(self, job: Job) -> Stream:
+        """Queue a generation; ShuttingDown while draining, LimitExceeded when the queue is full, EngineFailed
+        while no engine runs."""
+        if not self._accepting:
+            self.observer.on_reject("shutting_down")
+            raise ShuttingDown("server is shutting down; retry on another replica", self.limits.retry_pushback_ms)
+        lim = self.limits
+        if self.live + self.queued >= lim.max_live_streams + lim.max_queued_streams:
+            self.observer.on_reject("queue_full")
+            raise LimitExceeded(
+                f"all {lim.max_live_streams} stream slots (max_live_streams) are busy and the queue of "
+                f"{lim.max_queued_streams} (max_queued_streams) is full; retry later",
+                lim.retry_pushback_ms,
+            )
+        if not self._running():
+            raise self._no_engine()
+        stream = Stream(job, self._cancel)
+        self._waiting.append(stream)
+        self._admit()
+        return stream
 
-def _wake_all(streams: list[Stream]) -> None:
-    for stream in streams:
-        stream.wake()
+    def _admit(self) -> None:
+        """Waiting streams take free slots, each on the engine with the fewest streams."""
+        while self._waiting and self.live < self.limits.max_live_streams:
+            running = self._running()
+            if not running:
+                return
+            engine = running[least_loaded([len(e.streams) for e in running])]
+            stream = self._waiting.popleft()
+            sid = next(self._ids)
+            self._give(engine)
+            engine.streams[sid] = stream
+            self._placed[stream] = (engine, sid)
+            engine.pending.submits.append(Submit(sid, stream.job))
 
-
-class _Worker(threading.Thread):
-    """One decode loop over its own engine core; streams, cancellations and texts come in through inboxes."""
-
-    def __init__(self, scheduler: Scheduler, index: int):
-        super().__init__(name=f"decode-{index}", daemon=True)
-        self.s = scheduler
-        self.core = EngineCore(scheduler.engine, scheduler.limits, scheduler.flush, scheduler.options,
-                               scheduler.observer)  # fmt: skip
-        self.signal = threading.Event()
-        # Handed in from the event loop (deque appends and pops are atomic); the worker moves them to its core.
-        self.inbox: deque[Stream] = deque()
-        self.cancels: deque[Stream] = deque()
-        self.runs_in: deque[TextRun] = deque()
-        self.texts = 0  # texts handed in and not yet done (the event loop's count)
-        self.error: BaseException | None = None  # set by close(): fail everything, then stop
-        self._closed = False
-        self.beat = time.monotonic()  # when the loop last began an iteration or went idle
-        self.idle = False  # waiting for work (then it cannot be wedged)
-        self.dead = False  # its loop raised: its streams failed, the watchdog replaces it
-        self.abandoned = False  # wedged: its streams failed, the watchdog replaced it
-
-    @property
-    def down(self) -> bool:
-        return self.dead or self.abandoned
-
-    def wedged(self, now: float, stall: float) -> bool:
-        """Work waiting and no iteration for `stall` seconds."""
-        busy = self.live or self.queued or self.texts or self.cancels
-        return bool(busy) and not self.idle and not self.down and now - self.beat > stall
-
-    @property
-    def live(self) -> int:
-        return self.core.live
-
-    @property
-    def queued(self) -> int:
-        return len(self.inbox) + len(self.core.queues.waiting)
-
-    def cancel(self, stream: Stream) -> None:
-        """From the event loop: drop `stream` at the next iteration."""
-        self.cancels.append(stream)
-        self.signal.set()
-
-    def close(self, error: BaseException) -> None:
-        self.error = error
-        self._closed = True
-        self.signal.set()
-
-    def abandon(self, error: EngineFailed) -> None:
-        """From the event loop, for a wedged worker: fail its streams and texts now, and leave it; if its loop
-        ever comes back it stops without touching them again (a failed stream takes no more chunks)."""
-        self.abandoned = True
-        self.close(error)
-        core = self.core
-        streams = [r.stream for r in core.batch.rows] + [*core.queues.prefilling.values(), *core.queues.waiting]
-        for stream in [*streams, *self.inbox]:
-            stream.fail(error)
-        for run in [*core.queues.runs, *self.runs_in]:
-            if run.on_done is not None and run.error is None and not run.done:
-                run.error = error
-                run.on_done(run)
-        self.s.wake([*streams, *self.inbox])
-
-    # --- the loop -------------------------------------------------------------------------------------
-    def run(self) -> None:
-        try:
-            while not self._closed:
-                self._iterate()
-        except Exception:  # a bug: this worker's state is unknown, so it ends; a new worker takes its place
-            log.exception("decode worker %s died: its streams fail UNAVAILABLE", self.name)
-            self.error = self.s.engine_failed()
-            self.dead = True
-        if self.abandoned:
+    def _cancel(self, stream: Stream) -> None:
+        """From the consumer: a waiting stream ends here without ever running; a placed one, at its engine."""
+        if stream in self._waiting:
+            self._waiting.remove(stream)
+            finished = stream.end_cancelled()
+            self.observer.on_finish(finished, time.monotonic() - stream.submitted)
+            stream.wake()
             return
-        assert self.error is not None
-        self._take_inbox()
-        self.core.fail_all(self.error)
-        self.s.wake(self.core.take_woken())
+        placed = self._placed.get(stream)
+        if placed is not None:
+            engine, sid = placed
+            engine.pending.cancels.append(sid)
+            self._schedule_send()
 
-    def _take_inbox(self) -> None:
-        q = self.core.queues
-        while self.inbox:
-            q.waiting.append(self.inbox.popleft())
-        while self.cancels:
-            q.cancelled.add(self.cancels.popleft())
-        while self.runs_in:
-            q.runs.append(self.runs_in.popleft())
-
-    def _iterate(self) -> None:
-        self.beat = time.monotonic()
-        self._take_inbox()
-        core = self.core
-        before = core.live
+    async def feed(self, context: Context, ids: np.ndarray, logprobs: bool = False) -> FedText:
+        """Run `ids` (non-empty) from `context`, interleaved with decoding on the engine with the fewest texts
+        in flight: the context after it (and with `logprobs` each character's log-probability)."""
+        assert self._loop is not None, "start() the scheduler first"
+        running = self._running()
+        if not running:
+            raise self._no_engine()
+        engine = running[least_loaded([len(e.feeds) for e in running])]
+        rid = next(self._ids)
+        future: asyncio.Future[FedText] = self._loop.create_future()
+        self._give(engine)
+        engine.feeds[rid] = future
+        engine.pending.feeds.append(Feed(rid, ids, context, logprobs))
         try:
-            now = time.monotonic()
-            if core.queues.waiting:
-                with self.s.slots:  # the live-stream limit is the server's, shared by every worker
-                    plan = core.begin(now, self.s.limits.max_live_streams - self.s.live)
+            return await future
+        except asyncio.CancelledError:  # the caller went away: the engine drops the text before its next chunk
+            if engine.feeds.pop(rid, None) is not None:
+                engine.pending.dropped_feeds.append(rid)
+                self._schedule_send()
+            raise
+
+    def _give(self, engine: EngineHandle) -> None:
+        """About to hand `engine` work: an idle engine's silence so far was not a stall."""
+        if not engine.busy:
+            engine.last_heard = time.monotonic()
+        self._schedule_send()
+
+    def _schedule_send(self) -> None:
+        if not self._send_due and self._loop is not None:
+            self._send_due = True
+            self._loop.call_soon(self._send_all)
+
+    def _send_all(self) -> None:
+        """Once per event-loop turn: each engine gets what the turn gave it as one message."""
+        self._send_due = False
+        for engine in self._running():
+            engine.send_pending()
+
+    # --- what engines say --------------------------------------------------------------------------
+    async def _read(self, engine: EngineHandle) -> None:
+        try:
+            while True:
+                message = await read_message(engine.reader)
+                assert isinstance(message, Outputs), f"engines send Outputs, not {type(message).__name__}"
+                self._apply(engine, message)
+        except asyncio.CancelledError:
+            raise
+        except (asyncio.IncompleteReadError, ConnectionError, OSError) as exc:
+            if not engine.down:
+                log.error("engine %d (pid %d) died: %r", engine.index, engine.pid, exc)
+                self._lost(engine, "died")
+        except Exception:  # a message this front cannot take: the engine's state is unknown
+            log.exception("engine %d (pid %d) sent a message the front cannot take", engine.index, engine.pid)
+            self._lost(engine, "died")
+
+    def _apply(self, engine: EngineHandle, out: Outputs) -> None:
+        now = time.monotonic()
+        engine.last_heard = now
+        engine.rows = out.rows
+        for name, args in out.events:
+            getattr(self.observer, name)(*args)
+        freed = False
+        for update in out.streams:
+            stream = engine.streams.get(update.sid)
+            if stream is None:
+                continue
+            for chunk in update.chunks:
+                stream.put(chunk)
+            if update.error is not None:
+                stream.fail(update.error)
+            if update.error is not None or stream.finished is not None:
+                del engine.streams[update.sid], self._placed[stream]
+                freed = True
+                if stream.finished is not None:
+                    self.observer.on_finish(stream.finished, now - stream.submitted)
+            stream.wake()
+        for result in out.feeds:
+            future = engine.feeds.pop(result.rid, None)
+            if future is None or future.done():
+                continue
+            if result.error is not None:
+                future.set_exception(result.error)
             else:
-                plan = core.begin(now, 0)
-            core.finish(plan)
-        finally:
-            self.s.wake(core.take_woken())
-        if core.live < before:
-            self.s.slots_freed(self)
-        if not (plan.drop or plan.admit or plan.prefill or plan.decode):
-            self._idle()
+                assert result.context is not None
+                future.set_result(FedText(result.context, result.logprobs, result.first_scored))
+        if freed:
+            self._admit()
 
-    def _idle(self) -> None:
-        self.signal.clear()
-        if self.inbox or self.runs_in or self.cancels or self._closed:
+    # --- engines that die or wedge -----------------------------------------------------------------
+    async def _watch(self) -> None:
+        """Replace an engine that has work and sent nothing for the stall (it heartbeats while busy)."""
+        stall = self.options.engine_stall_seconds
+        while True:
+            await asyncio.sleep(min(stall / 4, 0.25))
+            now = time.monotonic()
+            for engine in self._running():
+                if engine.busy and now - engine.last_heard > stall:
+                    log.error("engine %d (pid %d) sent nothing for %.1f s with work: replacing it",
+                              engine.index, engine.pid, now - engine.last_heard)  # fmt: skip
+                    self._lost(engine, "wedged")
+
+    def engine_failed(self) -> EngineFailed:
+        return EngineFailed(
+            "the engine running this stream failed; resume from its last checkpoint or retry",
+            self.limits.retry_pushback_ms,
+        )
+
+    def _no_engine(self) -> EngineFailed:
+        return EngineFailed("no engine is running; retry shortly", self.limits.retry_pushback_ms)
+
+    def _abandon(self, engine: EngineHandle, error: BaseException) -> None:
+        """Fail everything `engine` holds with `error`, now; it takes no more."""
+        engine.down = True
+        for stream in engine.streams.values():
+            del self._placed[stream]
+            stream.fail(error)
+            stream.wake()
+        engine.streams.clear()
+        for future in engine.feeds.values():
+            if not future.done():
+                future.set_exception(error)
+        engine.feeds.clear()
+
+    def _lost(self, engine: EngineHandle, reason: str) -> None:
+        if self._closing or engine.down:
             return
-        self.idle = True
-        self.signal.wait()
-        self.beat = time.monotonic()
-        self.idle = False
+        self._abandon(engine, self.engine_failed())
+        engine.kill()
+        self._spawn(asyncio.to_thread(engine.join, 10.0))  # reap it
+        self.observer.on_engine_restart(reason)
+        if self.on_health is not None:
+            self.on_health(False)
+        self._spawn(self._replace(engine.index))
+        self._admit()  # its slots are free: waiting streams go to the engines that run
+
+    async def _replace(self, index: int) -> None:
+        while not self._closing:
+            try:
+                engine = await self._launch(self.spec, index)
+            except Exception as exc:
+                log.error("engine %d could not be restarted (retrying in %.0f s): %s", index, RESTART_BACKOFF_S, exc)
+                await asyncio.sleep(RESTART_BACKOFF_S)
+                continue
+            if self._closing:
+                engine.close()
+                return
+            self._attach(engine)
+            log.info("engine %d restarted (pid %d)", index, engine.pid)
+            if self.on_health is not None and len(self._running()) == len(self._engines):
+                self.on_health(True)
+            self._admit()
+            return

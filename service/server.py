@@ -1,5 +1,5 @@
-"""Wiring: load the models of the repository, build the runtime, serve gRPC with health and reflection (and HTTP when
-`http_port` is set, service/http/), drain on SIGTERM.
+"""Wiring: load the repository's models, build the runtime, serve gRPC with health and reflection (and HTTP
+when `http_port` is set, service/http/), drain on SIGTERM.
 
 Health is NOT_SERVING until every model is loaded and warmed up. SIGHUP (or `--watch-repository`) rescans
 the repository (`reload`). On SIGTERM/SIGINT health goes
@@ -21,11 +21,11 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import REGISTRY
 
-from charrnn.artifact import ArtifactError, load_manifest
-from charrnn.engine import Engine
+from charrnn.artifact import load_manifest
 from charrnn.v1 import charrnn_pb2, charrnn_pb2_grpc
 from charrnn.vocab import Vocabulary
 from service.config import ConfigError, Limits, ServerConfig
+from service.engines import Launcher, start_process
 from service.front import Runtime
 from service.http import HttpFace
 from service.interceptors import BearerAuthInterceptor, DecodeGuardInterceptor, GrpcMetricsInterceptor
@@ -38,6 +38,7 @@ from service.servicer import CharRNNServicer
 from service.sessions import SessionStore
 from service.stream import DeliveryObserver
 from service.tokens import TokenCodec
+from service.wire import EngineSpec
 
 log = logging.getLogger(__name__)
 
@@ -50,25 +51,28 @@ _GRPC_MAX_MS = 2**31 - 1
 
 
 def load_model(
-    name: str, folder: Path, config: ServerConfig, key: bytes, metrics: Metrics | None = None
+    name: str,
+    folder: Path,
+    config: ServerConfig,
+    key: bytes,
+    metrics: Metrics | None = None,
+    launch: Launcher = start_process,
 ) -> LoadedModel:
-    """Load and check the artifact in `folder`, served as `name`, with its own engine, limits (its
+    """Check the artifact in `folder`, served as `name`, and bind its vocabulary, token codec, limits (its
     serving.json) and (unstarted) scheduler.
 
-    ArtifactError if it cannot work (missing, hash mismatch, unreadable graph, bad serving.json). Blocking: at
-    start-up, or off the event loop for a rescan.
+    ArtifactError if the manifest, the model file's hash or serving.json is wrong; a graph ONNX Runtime cannot
+    load is refused when the scheduler's engines start. Blocking: at start-up, or off the event loop for a rescan.
     """
     manifest = load_manifest(folder)
     limits = model_limits(folder, config.limits)
-    try:
-        engine = Engine(folder, config.engine, manifest=manifest)
-    except Exception as exc:  # onnxruntime raises its own types for unreadable graphs
-        raise ArtifactError(f"{Path(folder) / manifest.onnx.file} could not be loaded: {exc}") from exc
+    spec = EngineSpec(Path(folder), manifest.onnx.sha256, config.engine, limits, config.flush, config.scheduling)
     observer = metrics.model(name) if metrics is not None else None
-    scheduler = Scheduler(engine, limits, config.flush, config.scheduling, observer)
+    scheduler = Scheduler(spec, config.scheduling.engine_count(), observer, launch)
     on_refuse = observer.on_token_refused if observer is not None else None
+    layers, hidden = manifest.state_shape
     codec = TokenCodec(
-        key, manifest.onnx.sha256, engine.num_states, engine.layers, engine.hidden, engine.vocab_size, on_refuse
+        key, manifest.onnx.sha256, len(manifest.onnx.states), layers, hidden, manifest.model.vocab_size, on_refuse
     )
     return LoadedModel(name, manifest, Vocabulary.from_spec(manifest.vocabulary), codec, scheduler, limits)
 
@@ -78,7 +82,7 @@ def _identity(folder: Path, base: Limits) -> tuple[str, Limits]:
     return load_manifest(folder).onnx.sha256, model_limits(folder, base)
 
 
-def build_runtime(config: ServerConfig, metrics: Metrics | None = None) -> Runtime:
+def build_runtime(config: ServerConfig, metrics: Metrics | None = None, launch: Launcher = start_process) -> Runtime:
     """Load and check every model a request may name; ArtifactError/ConfigError if one cannot work.
 
     `metrics` observes the schedulers, session evictions and refused resume tokens.
@@ -87,7 +91,7 @@ def build_runtime(config: ServerConfig, metrics: Metrics | None = None) -> Runti
     key = config.resume_key()
     folders = Repository(*config.models()).scan()
     default = choose_default(list(folders), config.default_model)
-    models = [load_model(name, folder, config, key, metrics) for name, folder in folders.items()]
+    models = [load_model(name, folder, config, key, metrics, launch) for name, folder in folders.items()]
     lim = config.limits
     on_evict = metrics.on_evict if metrics is not None else None
     return Runtime(
@@ -105,13 +109,15 @@ class CharRNNServer:
     served over HTTP only when `config.metrics_port` is set.
     """
 
-    def __init__(self, config: ServerConfig, runtime: Runtime | None = None, metrics: Metrics | None = None):
+    def __init__(self, config: ServerConfig, runtime: Runtime | None = None, metrics: Metrics | None = None,
+                 launch: Launcher = start_process):  # fmt: skip
         self.config = config
         self.metrics = metrics or Metrics()
+        self._launch = launch  # how engines start: processes (tests may run them as threads over a prepared model)
         self.repository = Repository(*config.models())
         # Before the models load: a folder that changes while they do is rescanned at the first poll.
         self._seen = fingerprint(self.repository) if config.watch_repository > 0 else ()
-        self.runtime = runtime or build_runtime(config, self.metrics)
+        self.runtime = runtime or build_runtime(config, self.metrics, launch)
         self.metrics.bind(self.runtime)
         self.health = HealthServicer()
         self.server = grpc.aio.server(interceptors=_interceptors(config, self.metrics), options=_options(config))
@@ -161,9 +167,16 @@ class CharRNNServer:
             log.info("metrics on http://%s:%d/metrics", metrics_host, self.metrics_http.port)
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
-        for model in self.runtime.models.served():
-            await asyncio.to_thread(model.scheduler.engine.warm_up, model.limits.max_live_streams)
-            self._start_scheduler(model.scheduler)
+        started: list[Scheduler] = []
+        try:
+            for model in self.runtime.models.served():
+                await self._start_scheduler(model.scheduler)  # its engines load and warm the model up
+                started.append(model.scheduler)
+        except Exception:
+            for scheduler in started:  # no engine outlives a start-up that failed
+                await scheduler.close()
+            await self.server.stop(0)
+            raise
         try:
             await self.http.start(_write_port)
         except OSError as exc:  # taken since the check: stop what already runs, so the process can exit
@@ -187,10 +200,10 @@ class CharRNNServer:
             self._watcher = asyncio.get_running_loop().create_task(self._watch(self.config.watch_repository))
         return self.port
 
-    def _start_scheduler(self, scheduler: Scheduler) -> None:
-        """Start its workers; health follows them: NOT_SERVING from a worker's death until its replacement runs."""
+    async def _start_scheduler(self, scheduler: Scheduler) -> None:
+        """Start its engines; health follows them: NOT_SERVING from an engine's death until its replacement runs."""
         scheduler.on_health = self._engine_health
-        scheduler.start()
+        await scheduler.start()
 
     def _engine_health(self, serving: bool) -> None:
         if self._draining:
@@ -254,19 +267,16 @@ class CharRNNServer:
         model = next((m for m in models if (m.name, m.sha256, m.limits) == (name, sha, limits)), None)
         if model is None:  # not a model that is still retiring under this name
             try:
-                model = await asyncio.to_thread(
-                    load_model, name, folder, self.config, self.config.resume_key(), self.metrics
-                )
+                key = self.config.resume_key()
+                model = await asyncio.to_thread(load_model, name, folder, self.config, key, self.metrics, self._launch)
             except Exception as exc:
                 log.error("model %s refused, %s: %s", name, before, exc)
                 return "refused"
             try:
-                await asyncio.to_thread(model.scheduler.engine.warm_up, model.limits.max_live_streams)
-            except Exception as exc:  # onnxruntime's own types: the graph's shapes don't fit the manifest
-                log.error("model %s refused (warm-up failed), %s: %s", name, before, exc)
-                await model.scheduler.close()
+                await self._start_scheduler(model.scheduler)
+            except Exception as exc:  # the graph does not load, or its shapes fail the warm-up
+                log.error("model %s refused (its engines did not start), %s: %s", name, before, exc)
                 return "refused"
-            self._start_scheduler(model.scheduler)
         old = models.install(model)
         if old is not None:
             self._retire(old)

@@ -101,10 +101,10 @@ class FlushPolicy:
     flush_interval_ms: float = setting(100.0, "send a stream's accumulated text at most this often")
     max_chunk_chars: int = setting(256, "... or as soon as this many characters wait")
 
-    def due(self, waiting: np.ndarray, flushed_once: np.ndarray, last_flush: np.ndarray, now: float) -> np.ndarray:
-        """Rows whose waiting characters go out now: the first at once, then by interval or size."""
+    def due(self, ready: np.ndarray, flushed_once: np.ndarray, last_flush: np.ndarray, now: float) -> np.ndarray:
+        """Rows whose `ready` characters go out now: the first at once, then by interval or size."""
         interval = self.flush_interval_ms / 1000.0
-        return (waiting > 0) & (~flushed_once | (waiting >= self.max_chunk_chars) | (now - last_flush >= interval))
+        return (ready > 0) & (~flushed_once | (ready >= self.max_chunk_chars) | (now - last_flush >= interval))
 
 
 class Stream:
@@ -134,6 +134,19 @@ class Stream:
     def fail(self, error: BaseException) -> None:
         """End the stream with `error` after the chunks already queued."""
         self._error = error
+
+    def end_cancelled(self) -> Finished:
+        """End as CANCELLED where it stands before its first character (it never ran); returns the result."""
+        finished = Finished(FinishReason.CANCELLED, self.job.context, 0, 0, self.seed)
+        self.put(Chunk("", finished, NO_VALUES))
+        return finished
+
+    def drain(self) -> tuple[list[Chunk], BaseException | None]:
+        """In an engine: the chunks queued since the last drain and the error the stream failed with (if any),
+        for the message to the front, whose own handle of the stream puts them for its consumer."""
+        chunks = list(self._outbox)
+        self._outbox.clear()
+        return chunks, self._error
 
     # --- the consumer's side (the event loop) ---------------------------------------------------
     def wake(self) -> None:

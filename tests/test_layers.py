@@ -101,12 +101,14 @@ def test_the_edge_rule_sees_an_edge_importing_the_other(tmp_path: Path) -> None:
     assert not _within("service.httpx", EDGES["HTTP"]) and _within("service.http", EDGES["HTTP"])
 
 
-# The engine side of the service: an engine's loop, its policy and batch. It knows nothing of the front (the
-# transports, metrics exposition, the process that serves them), so it can run wherever the model runs.
-ENGINE = ("service/core.py", "service/policy.py", "service/batch.py", "service/feed.py", "service/sampling.py",
-          "service/observer.py", "service/context.py")  # fmt: skip
+# The engine side of the service: an engine process's loop, its messages, its policy and batch. It knows nothing
+# of the front (the transports, metrics exposition, the process that serves them), so an engine process imports
+# neither gRPC nor aiohttp nor Prometheus.
+ENGINE = ("service/engine_loop.py", "service/wire.py", "service/core.py", "service/policy.py", "service/batch.py",
+          "service/feed.py", "service/sampling.py", "service/observer.py", "service/context.py",
+          "service/stream.py")  # fmt: skip
 FRONT = ("grpc", "aiohttp", "prometheus_client", "service.servicer", "service.http", "service.metrics",
-         "service.interceptors", "service.server", "service.scheduler", "service.registry",
+         "service.interceptors", "service.server", "service.scheduler", "service.engines", "service.registry",
          "service.front")  # fmt: skip
 
 

@@ -166,9 +166,9 @@ def test_the_server_runs_under_the_deployment_constraints(
     else:
         cpus = int(seen["cpu"][0]) / int(seen["cpu"][1])
     assert math.isclose(cpus, want["cpus"])
-    # The key is a readable file, never an environment variable; the decode workers follow the CPU limit.
+    # The key is a readable file, never an environment variable; the engine processes follow the CPU limit.
     assert seen["key_file"] and "CHARRNN_HMAC_KEY" not in seen["env"]
-    assert seen["env"]["CHARRNN_DECODE_WORKERS"] == str(math.ceil(want["cpus"]))
+    assert seen["env"]["CHARRNN_ENGINES"] == str(math.ceil(want["cpus"]))
     for item in spec["env"]:
         assert item["name"] in seen["env"], item["name"]
     for source in spec["envFrom"]:

@@ -221,9 +221,9 @@ def test_deployment_promises(overlay: tuple[str, list[dict[str, Any]]]) -> None:
     limit = cpu_cores(str(resources["limits"]["cpu"]))
     assert limit == math.ceil(limit), f"{name}: CPU limit {limit} is not whole cores; workers would round up"
     env = {e["name"]: e for e in server["env"]}
-    workers = env["CHARRNN_DECODE_WORKERS"]["valueFrom"]["resourceFieldRef"]
+    workers = env["CHARRNN_ENGINES"]["valueFrom"]["resourceFieldRef"]
     assert workers == {"containerName": "server", "resource": "limits.cpu", "divisor": "1"}
-    assert "CHARRNN_DECODE_WORKERS" not in config and "CHARRNN_INTRA_OP_THREADS" not in config
+    assert "CHARRNN_ENGINES" not in config and "CHARRNN_INTRA_OP_THREADS" not in config
     # Hardened: non-root, read-only root, no capabilities, RuntimeDefault seccomp, writable /tmp only.
     sc = server["securityContext"]
     assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False

@@ -69,8 +69,8 @@ def fuzz_artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def _serve(model: Path, tmp: Path) -> ServerProcess:
     args = [str(a) for flag, value in FUZZ_LIMITS.items() for a in (flag, value)]
     args += ["--http-port", "0", "--http-port-file", str(tmp / "http"), "--metrics-port-file", str(tmp / "metrics")]
-    # One decode worker: every stream, the bystanders' and the fuzz's, shares its steps.
-    return ServerProcess(model, tmp, "--flush-interval-ms", str(FLUSH_MS), "--decode-workers", "1", *args)
+    # One engine: every stream, the bystanders' and the fuzz's, shares its steps.
+    return ServerProcess(model, tmp, "--flush-interval-ms", str(FLUSH_MS), "--engines", "1", *args)
 
 
 def http_url(server: ServerProcess) -> str:

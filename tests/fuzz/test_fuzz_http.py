@@ -12,7 +12,7 @@ there is only that the server answers, never with a 5xx, within the timeout.
 Every answer is checked: a 200 is a well-formed completion (or event stream ending in [DONE]); a refusal is
 OpenAI's JSON error shape with a short one-line message, except the plain-text 400 and 417 aiohttp sends for
 a request it cannot parse as HTTP at all. Never a 500, never a hang. The bystanders (tests/fuzz/conftest.py)
-run throughout on the same decode worker and must end with exactly their texts. Counts go to the terminal
+run throughout on the same engine and must end with exactly their texts. Counts go to the terminal
 summary; CHARRNN_FUZZ_EXAMPLES scales the run.
 """
 

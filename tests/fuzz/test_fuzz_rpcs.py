@@ -9,7 +9,7 @@ first, so a message that parses gets the code its fields call for and one that d
 INVALID_ARGUMENT. A Session's code is the first failing action's. Resume tokens are fuzzed by random
 bytes, truncation, bit flips, extra bytes, a wrong key, another model, and forgeries signed with the
 right key (odd headers, NaN/infinite/huge values). Throughout, the bystanders (tests/fuzz/conftest.py:
-seeded streams over gRPC and HTTP on the server's one decode worker) share the fuzz's batches and must end
+seeded streams over gRPC and HTTP on the server's one engine) share the fuzz's batches and must end
 every run with exactly their text alone. Afterwards the server is still SERVING, its RSS is flat and its
 sessions stay within their bound. Counts (cases by RPC and expected code) land in the
 terminal summary (conftest.COUNTS); CHARRNN_FUZZ_EXAMPLES=20000 scales the run up.

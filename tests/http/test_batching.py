@@ -17,8 +17,8 @@ CHARS = 1500
 
 
 def test_a_grpc_and_an_http_stream_share_batches_and_agree(model_dir: Path) -> None:
-    # One decode worker: with two, the streams would land on different workers and never share a step.
-    with ServerThread(make_config(model_dir, http_port=0, decode_workers=1)) as server:
+    # One engine: with two, the streams would land on different engines and never share a step.
+    with ServerThread(make_config(model_dir, http_port=0, engines=1)) as server:
         _share_and_agree(server)
 
 

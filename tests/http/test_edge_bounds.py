@@ -28,8 +28,8 @@ NEIGHBOUR_CHARS = 4000  # long enough to be mid-stream when the other request ar
 
 @pytest.fixture(scope="module")
 def edge(model_dir: Path) -> Iterator[ServerThread]:
-    # One decode worker: every stream shares its steps with every other.
-    with ServerThread(make_config(model_dir, http_port=0, decode_workers=1, http_max_string_chars=MAX_STRING)) as srv:
+    # One engine: every stream shares its steps with every other.
+    with ServerThread(make_config(model_dir, http_port=0, engines=1, http_max_string_chars=MAX_STRING)) as srv:
         yield srv
 
 

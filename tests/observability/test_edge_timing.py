@@ -21,7 +21,8 @@ import grpc
 from charrnn.client import Client
 from charrnn.v1 import charrnn_pb2 as pb
 from charrnn.v1 import charrnn_pb2_grpc as pb_grpc
-from service.stream import Stream
+from service.engines import EngineHandle
+from service.wire import Outputs
 from tests.observability.scrape import scrape, value
 from tests.service.harness import ServerProcess, ServerThread, make_config
 
@@ -53,21 +54,21 @@ def histogram_quantile(buckets: Iterable[tuple[float, float]], q: float) -> floa
 def test_a_delay_between_the_model_and_grpc_is_in_the_servers_time_to_first_char(model_dir: Path) -> None:
     with ServerThread(make_config(model_dir)) as srv, Client(srv.target, timeout=30) as client:
         assert srv.server is not None and srv.loop is not None
-        scheduler, loop = srv.server.scheduler, srv.loop
-        real_wake = scheduler.wake
+        scheduler = srv.server.scheduler
+        real_apply = scheduler._apply
 
-        def late_wake(streams: list[Stream]) -> None:  # the character exists; gRPC gets it INJECTED_S later
-            if streams:
-                loop.call_soon_threadsafe(time.sleep, INJECTED_S)
-            real_wake(streams)
+        def late_apply(engine: EngineHandle, out: Outputs) -> None:  # the character exists; gRPC gets it later
+            if out.streams:
+                time.sleep(INJECTED_S)  # on the event loop, as a busy front would be
+            real_apply(engine, out)
 
-        scheduler.wake = late_wake  # type: ignore[method-assign]
+        scheduler._apply = late_apply  # type: ignore[method-assign]
         sent = time.monotonic()
         gen = client.generate("def f(x):\n", max_chars=20, seed=1)
         next(gen)
         client_ttfc = time.monotonic() - sent
         gen.text()
-        scheduler.wake = real_wake  # type: ignore[method-assign]
+        del scheduler._apply
         registry = srv.server.metrics.registry
         count = value(registry, f"{TTFC}_count")
         total = value(registry, f"{TTFC}_sum")

@@ -18,9 +18,12 @@ from typing import Any, TypeVar
 import numpy as np
 from prometheus_client import CollectorRegistry
 
+from charrnn.engine import Engine
 from charrnn.settings import settings_of
 from service.config import ServerConfig
+from service.engines import EngineHandle, start_process, thread_launcher
 from service.server import CharRNNServer
+from service.wire import Outputs
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[2]
@@ -43,10 +46,15 @@ def make_config(model_dir: Path | None, **overrides: Any) -> ServerConfig:
 
 
 class ServerThread:
-    """`with ServerThread(config) as srv:` → srv.target is "127.0.0.1:PORT"; srv.call(coro) runs on its loop."""
+    """`with ServerThread(config) as srv:` → srv.target is "127.0.0.1:PORT"; srv.call(coro) runs on its loop.
 
-    def __init__(self, config: ServerConfig):
+    Its engines are processes, as in production. With `engine` (an Engine this test holds) they are threads of
+    this process over that object instead, so a test can watch or break its model calls (`ModelCalls`); the
+    messages between the front and the engines are the same either way."""
+
+    def __init__(self, config: ServerConfig, engine: Engine | None = None):
         self.config = config
+        self.engine = engine
         self.loop: asyncio.AbstractEventLoop | None = None
         self.server: CharRNNServer | None = None
         self.port = 0
@@ -60,7 +68,8 @@ class ServerThread:
             self.loop = asyncio.get_running_loop()
             self._stop = asyncio.Event()
             try:
-                self.server = CharRNNServer(self.config)
+                launch = start_process if self.engine is None else thread_launcher(self.engine)
+                self.server = CharRNNServer(self.config, launch=launch)
                 self.port = await self.server.start()
             except BaseException as exc:
                 self._error = exc
@@ -117,6 +126,34 @@ class ServerThread:
         self.thread.join(timeout=30)
 
 
+class EngineReports:
+    """`with EngineReports(srv) as reports:` records what each engine reported to the front while the block
+    lasts (processes or threads alike): (engine index, hook name, arguments), e.g. ("on_step", (rows, ...))
+    for every decode step, in each engine's order."""
+
+    def __init__(self, server: ServerThread):
+        assert server.server is not None
+        self._scheduler = server.server.scheduler
+        self.events: list[tuple[int, str, tuple[Any, ...]]] = []
+
+    def widest_step(self) -> int:
+        """The most rows one decode step advanced in one model call (0: no step)."""
+        return max((args[0] for _, name, args in list(self.events) if name == "on_step"), default=0)
+
+    def __enter__(self) -> EngineReports:
+        real = self._scheduler._apply
+
+        def recording(engine: EngineHandle, out: Outputs) -> None:
+            self.events += [(engine.index, name, args) for name, args in out.events]
+            real(engine, out)
+
+        self._scheduler._apply = recording  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        del self._scheduler._apply  # the class's own again
+
+
 def generate_together(
     client: Any, requests: list[dict[str, Any]], server: ServerThread
 ) -> tuple[list[tuple[str, list[tuple[float, ...]]]], int]:
@@ -134,7 +171,7 @@ def generate_together(
         gen = client.generate(**requests[i])
         results[i] = ("".join(gen), gen.activations)
 
-    with ModelCalls(server) as model:
+    with EngineReports(server) as model:
         threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
         for t in threads:
             t.start()
@@ -145,12 +182,13 @@ def generate_together(
 
 class ModelCalls:
     """`with ModelCalls(srv) as calls:` records every call of the running server's model, in order: the
-    decode worker that made it and its token ids ([rows, time]; time 1 is a decode step). The real engine
-    runs each call; only its `run` is wrapped while the block lasts (blocks nest)."""
+    engine that made it and its token ids ([rows, time]; time 1 is a decode step). The real engine runs each
+    call; only its `run` is wrapped while the block lasts (blocks nest). The server must run its engines as
+    threads over a model this test holds (`ServerThread(config, engine=Engine(...))`)."""
 
     def __init__(self, server: ServerThread):
-        assert server.server is not None
-        self._engine = server.server.scheduler.engine
+        assert server.engine is not None, "ModelCalls needs ServerThread(config, engine=Engine(model_dir))"
+        self._engine = server.engine
         self.calls: list[tuple[str, np.ndarray]] = []
 
     def widest_step(self) -> int:

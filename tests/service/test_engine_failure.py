@@ -1,21 +1,25 @@
-"""A decode worker that dies (its loop raises) or wedges (work and no iteration for --engine-stall-seconds) is
-noticed: its streams end UNAVAILABLE with the retry hint at once, the other worker's streams go on untouched
-(their text as alone), health goes NOT_SERVING until a new worker runs, and the restart is counted."""
+"""An engine process that dies (kill -9) or wedges (SIGSTOP: work, and no message for --engine-stall-seconds) is
+noticed: its streams end UNAVAILABLE with the retry hint at once, the other engine's streams go on untouched
+(their text as alone), health goes NOT_SERVING until a new engine runs, the restart is counted, and a client
+with checkpoints continues exactly. Killing the front leaves no engine behind."""
 
 from __future__ import annotations
 
 import asyncio
-import threading
-from dataclasses import replace
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import grpc
-import numpy as np
 import pytest
 
-from charrnn.client import CharRNNError, Client
-from charrnn.engine import Engine
+from charrnn.artifact import load_manifest
+from charrnn.client import CharRNNError, Client, FailoverClient
 from charrnn.vocab import Vocabulary
 from service.config import Limits, SchedulingOptions
 from service.context import Context
@@ -23,60 +27,38 @@ from service.errors import EngineFailed
 from service.metrics import Metrics
 from service.sampling import SamplingParams
 from service.scheduler import Scheduler
-from service.stream import FlushPolicy, Job
-from tests.service.harness import ServerThread, make_config, wait_until
+from service.stream import FlushPolicy, Job, Stream
+from service.wire import EngineSpec
+from tests.service.harness import REPO, ServerThread, make_config, wait_until
 from tests.service.outcomes import Outcome, read
 
-# Long enough that a loaded machine never starves the healthy worker this long (seen: half a second under a
+# Long enough that a loaded machine never starves the healthy engine this long (seen: half a second under a
 # load of 15 on two cores), short enough to keep the test quick.
 STALL_S = 3.0
 PUSHBACK_MS = 321
 # Far beyond the stall and the watchdog's tick: what it bounds is a stream that never ends.
-DEADLINE_S = 20.0
+DEADLINE_S = 30.0
 
 
-@pytest.fixture(scope="module")
-def engine(lstm_dir: Path) -> Engine:
-    return Engine(lstm_dir)
-
-
-def job(engine: Engine, seed: int, max_chars: int = 400) -> Job:
-    ids = tuple(Vocabulary.from_spec(engine.manifest.vocabulary).encode("def ").tolist())
+def job(model_dir: Path, seed: int, max_chars: int) -> Job:
+    ids = tuple(Vocabulary.from_spec(load_manifest(model_dir).vocabulary).encode("def ").tolist())
     return Job(Context(), ids, max_chars, SamplingParams(1.0), seed=seed)
 
 
-def run(engine: Engine, jobs: list[Job], health: list[bool], metrics: Metrics | None = None) -> list[Outcome]:
-    """Streams placed alternately on two workers (least loaded: 0, 1, 0, 1), read to their ends; then one
-    more stream after the failure, which must run on the replaced worker's successor."""
-
-    async def main() -> list[Outcome]:
-        options = SchedulingOptions(decode_workers=2, engine_stall_seconds=STALL_S)
-        limits = Limits(retry_pushback_ms=PUSHBACK_MS)
-        observer = metrics.model("tiny") if metrics is not None else None
-        sched = Scheduler(engine, limits, FlushPolicy(flush_interval_ms=5.0), options, observer)
-        sched.on_health = health.append
-        streams = [sched.submit(j) for j in jobs]
-        sched.start()
-        try:
-            outcomes = await asyncio.wait_for(asyncio.gather(*(read(s) for s in streams)), DEADLINE_S)
-            await asyncio.wait_for(_until(lambda: health == [False, True]), DEADLINE_S)
-            after = await asyncio.wait_for(read(sched.submit(jobs[0])), DEADLINE_S)
-            return [*outcomes, after]
-        finally:
-            await sched.close()
-
-    return asyncio.run(main())
+def spec(model_dir: Path, **scheduling: float) -> EngineSpec:
+    return EngineSpec(
+        model_dir,
+        load_manifest(model_dir).onnx.sha256,
+        limits=Limits(retry_pushback_ms=PUSHBACK_MS),
+        flush_policy=FlushPolicy(flush_interval_ms=5.0),
+        scheduling=SchedulingOptions(**scheduling),  # type: ignore[arg-type]
+    )
 
 
-async def _until(predicate: Any) -> None:
-    while not predicate():
-        await asyncio.sleep(0.01)
-
-
-def alone(engine: Engine, j: Job) -> str:
+def alone(model_dir: Path, j: Job) -> str:
     async def main() -> str:
-        sched = Scheduler(engine, Limits(), FlushPolicy(), SchedulingOptions(decode_workers=1))
-        sched.start()
+        sched = Scheduler(spec(model_dir), 1)
+        await sched.start()
         try:
             text, error = await read(sched.submit(j))
         finally:
@@ -87,82 +69,151 @@ def alone(engine: Engine, j: Job) -> str:
     return asyncio.run(main())
 
 
-def check(engine: Engine, outcomes: list[Outcome], jobs: list[Job], metrics: Metrics, reason: str) -> None:
+async def _first_text(stream: Stream) -> str:
+    """Read until some text has arrived (the stream is mid-way), without ending it."""
+    return (await stream.next_chunk()).text
+
+
+def run(model_dir: Path, jobs: list[Job], fault: Callable[[int], None], health: list[bool], metrics: Metrics
+        ) -> list[Outcome]:  # fmt: skip
+    """Streams placed alternately on two engine processes (least loaded: 0, 1, 0, 1); once engine 0's first
+    stream has text, `fault(pid of engine 0)`; every stream read to its end, then one more stream, which must
+    run after health came back."""
+
+    async def main() -> list[Outcome]:
+        sched = Scheduler(spec(model_dir, engine_stall_seconds=STALL_S), 2, metrics.model("tiny"))
+        sched.on_health = health.append
+        await sched.start()
+        try:
+            streams = [sched.submit(j) for j in jobs]
+            first = await asyncio.wait_for(_first_text(streams[0]), DEADLINE_S)
+            fault(sched.pids()[0])
+            rest = await asyncio.wait_for(asyncio.gather(*(read(s) for s in streams)), DEADLINE_S)
+            outcomes = [(first + rest[0][0], rest[0][1]), *rest[1:]]
+            await asyncio.wait_for(_until(lambda: health == [False, True]), DEADLINE_S)
+            after = await asyncio.wait_for(read(sched.submit(jobs[0])), DEADLINE_S)
+            return [*outcomes, after]
+        finally:
+            await sched.close()
+
+    return asyncio.run(main())
+
+
+async def _until(predicate: Callable[[], bool]) -> None:
+    while not predicate():
+        await asyncio.sleep(0.01)
+
+
+def check(model_dir: Path, outcomes: list[Outcome], jobs: list[Job], metrics: Metrics, reason: str) -> None:
     *streams, after = outcomes
-    for text, error in (streams[0], streams[2]):  # worker 0's
+    for text, error in (streams[0], streams[2]):  # engine 0's
         assert isinstance(error, EngineFailed), (text, error)
         assert error.retry_pushback_ms == PUSHBACK_MS
-    assert [streams[1], streams[3]] == [(alone(engine, jobs[1]), None), (alone(engine, jobs[3]), None)]
-    assert after == (alone(engine, jobs[0]), None), "the new worker serves"
+    assert [streams[1], streams[3]] == [(alone(model_dir, jobs[1]), None), (alone(model_dir, jobs[3]), None)]
+    assert after == (alone(model_dir, jobs[0]), None), "the engine's successor serves"
     assert metrics.registry.get_sample_value("charrnn_engine_restarts_total", {"model": "tiny", "reason": reason}) == 1
 
 
-def test_a_wedged_worker_is_given_up_on_and_replaced(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Worker 0's model call blocks (until the test ends): after the stall its streams fail, a new worker runs."""
-    real = engine.run
-    release = threading.Event()
-    calls = [0]
+def jobs_for(model_dir: Path) -> list[Job]:
+    """Engine 0's streams are long (they are still running when it fails), engine 1's short."""
+    return [job(model_dir, seed, 400 if seed % 2 == 0 else 20000) for seed in (1, 2, 3, 4)]
 
-    def model(tokens: np.ndarray, states: Any) -> Any:
-        if threading.current_thread().name == "decode-0" and tokens.shape[1] == 1:
-            calls[0] += 1
-            if calls[0] == 20:  # mid-stream: some text has gone out
-                release.wait(60)
-        return real(tokens, states)
 
-    monkeypatch.setattr(engine, "run", model)
-    jobs = [replace(job(engine, seed), max_chars=400 if seed % 2 else 5000) for seed in (1, 2, 3, 4)]
+def test_a_killed_engine_fails_its_streams_alone_and_is_replaced(lstm_dir: Path) -> None:
+    jobs = jobs_for(lstm_dir)
     metrics, health = Metrics(), list[bool]()
+    outcomes = run(lstm_dir, jobs, lambda pid: os.kill(pid, signal.SIGKILL), health, metrics)
+    check(lstm_dir, outcomes, jobs, metrics, "died")
+
+
+def test_a_stopped_engine_is_wedged_given_up_on_and_replaced(lstm_dir: Path) -> None:
+    """SIGSTOP: the process exists and its socket stays open, but it sends nothing: after the stall it is
+    killed and replaced, exactly like a dead one."""
+    jobs = jobs_for(lstm_dir)
+    metrics, health = Metrics(), list[bool]()
+    stopped: list[int] = []
+
+    def stop(pid: int) -> None:
+        os.kill(pid, signal.SIGSTOP)
+        stopped.append(pid)
+
+    started = time.monotonic()
     try:
-        outcomes = run(engine, jobs, health, metrics)
+        outcomes = run(lstm_dir, jobs, stop, health, metrics)
     finally:
-        release.set()
-    monkeypatch.setattr(engine, "run", real)
-    check(engine, outcomes, jobs, metrics, "wedged")
+        for pid in stopped:  # it was killed; a continue is harmless if it was already reaped
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+    assert time.monotonic() - started >= STALL_S, "it was given up on only after the stall"
+    check(lstm_dir, outcomes, jobs, metrics, "wedged")
 
 
-def test_a_worker_whose_loop_raises_dies_and_is_replaced(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A bug outside any one row's work (here: planning) ends worker 0; its streams fail UNAVAILABLE."""
-    from service import core
-
-    real = core.EngineCore.begin
-    calls = [0]
-
-    def begin(self: core.EngineCore, now: float, free: int) -> Any:
-        if threading.current_thread().name == "decode-0":
-            calls[0] += 1
-            if calls[0] == 20:
-                raise RuntimeError("injected: a bug in the loop")
-        return real(self, now, free)
-
-    monkeypatch.setattr(core.EngineCore, "begin", begin)
-    jobs = [job(engine, seed) for seed in (1, 2, 3, 4)]
-    metrics, health = Metrics(), list[bool]()
-    outcomes = run(engine, jobs, health, metrics)
-    check(engine, outcomes, jobs, metrics, "died")
-
-
-def test_a_wedged_worker_reads_unavailable_with_the_retry_hint_and_health_recovers(
-    lstm_dir: Path, monkeypatch: pytest.MonkeyPatch
+def test_a_killed_engine_reads_unavailable_health_recovers_and_a_checkpointed_stream_fails_over_exactly(
+    lstm_dir: Path,
 ) -> None:
-    config = make_config(lstm_dir, decode_workers=1, engine_stall_seconds=STALL_S, retry_pushback_ms=PUSHBACK_MS)
+    config = make_config(lstm_dir, engines=1, retry_pushback_ms=PUSHBACK_MS)
+    sampling = {"max_chars": 3000, "seed": 5, "temperature": 1.0}
     with ServerThread(config) as srv, Client(srv.target, timeout=30) as c:
         assert srv.server is not None
-        engine = srv.server.scheduler.engine
-        real = engine.run
-        release = threading.Event()
+        scheduler = srv.server.scheduler
+        expected = c.generate("def ", **sampling).text()  # type: ignore[arg-type]
 
-        def model(tokens: np.ndarray, states: Any) -> Any:
-            if tokens.shape[1] == 1 and not release.is_set():
-                release.wait(60)
-            return real(tokens, states)
-
-        monkeypatch.setattr(engine, "run", model)
-        try:
-            with pytest.raises(CharRNNError) as err:
-                c.generate("def ", max_chars=50, seed=1).text()
-        finally:
-            release.set()
+        gen = c.generate("def ", **sampling)  # type: ignore[arg-type]
+        next(gen)
+        os.kill(scheduler.pids()[0], signal.SIGKILL)
+        with pytest.raises(CharRNNError) as err:
+            gen.text()
         assert err.value.code == grpc.StatusCode.UNAVAILABLE and err.value.retry_pushback_ms == PUSHBACK_MS
-        assert wait_until(lambda: c.health() == "SERVING", 10)
-        assert len(c.generate("def ", max_chars=50, seed=1).text()) == 50
+        assert wait_until(lambda: c.health() == "SERVING", 30)
+
+        failover = FailoverClient([srv.target], timeout=30)
+        try:
+            parts = []
+            stream = failover.generate("def ", checkpoint_every_chars=256, **sampling)  # type: ignore[arg-type]
+            for i, piece in enumerate(stream):
+                parts.append(piece)
+                if i == 2:
+                    os.kill(scheduler.pids()[0], signal.SIGKILL)
+            assert "".join(parts) == expected, "resumed from its checkpoint: the same text as unbroken"
+        finally:
+            failover.close()
+        assert srv.registry.get_sample_value("charrnn_engine_restarts_total", {"reason": "died"}) == 2
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True, check=False)
+    return [int(p) for p in out.stdout.split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"  # a zombie is dead, waiting for its parent to read it
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc and relies on PR_SET_PDEATHSIG")
+def test_killing_the_front_leaves_no_engine_behind(lstm_dir: Path, tmp_path: Path) -> None:
+    port_file = tmp_path / "port"
+    front = subprocess.Popen(
+        [sys.executable, "-m", "charrnn.cli", "serve", "--model", str(lstm_dir), "--dev", "--host", "127.0.0.1",
+         "--port", "0", "--port-file", str(port_file), "--metrics-port", "-1", "--engines", "2"],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        assert wait_until(port_file.exists, 60), "the server came up"
+        engines = _children(front.pid)
+        assert len(engines) == 2, engines
+        for pid in engines:  # stopped, they cannot see their sockets close: only the kernel's signal reaches them
+            os.kill(pid, signal.SIGSTOP)
+    finally:
+        front.kill()
+        front.wait(10)
+    try:
+        # SIGKILL from the parent-death signal ends even a stopped process, within milliseconds: generous.
+        assert wait_until(lambda: not any(_alive(p) for p in engines), 10), "engines outlived the front"
+    finally:
+        for pid in engines:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

@@ -2,7 +2,7 @@
 
 What the deploy files set is read from them: docker-compose.yml's server environment and the Kubernetes
 Deployment's (an intra-op thread count set there, or derived from a CPU limit, is tested; the CPU limit
-now sets the decode workers, which change only which rows share a batch). 1 is the server's default and 2
+now sets the engine processes, which change only which rows share a batch). 1 is the server's default and 2
 the documented alternative (`--intra-op-threads 2`). At each: a row's logits and states are bit-identical
 alone and in batches of 5, 16, 33 and 64, for decoding (time 1) and prefill, and a prefill split into chunks
 equals the whole; end to end, seeded streams give the same text alone as beside 63 others (on two decode
@@ -105,8 +105,11 @@ def test_rows_are_bit_identical_alone_and_batched(threads: int, time: int) -> No
 @pytest.mark.slow
 def test_seeded_streams_are_the_same_alone_and_batched_at_the_deploy_thread_count() -> None:
     threads, chunk = max(THREADS), 64
-    config = make_config(DEFAULT_MODEL, intra_op_threads=threads, decode_workers=2, prefill_chunk_chars=chunk)
-    with ServerThread(config) as server, Client(server.target, timeout=120) as client:
+    config = make_config(DEFAULT_MODEL, intra_op_threads=threads, engines=2, prefill_chunk_chars=chunk)
+    # Engines as threads over a model this test holds, so ModelCalls sees every call (the texts' invariance across
+    # engine processes is tested in test_generate.py and test_resume*.py, on processes).
+    engine = Engine(DEFAULT_MODEL, config.engine)
+    with ServerThread(config, engine=engine) as server, Client(server.target, timeout=120) as client:
         requests = [
             {"prompt": f"def f{i}(x):\n" * (1 + i % 9), "max_chars": 80 + 4 * i, "seed": 7 + i,
              "temperature": [0.0, 0.8, 1.0][i % 3], "top_p": [None, 0.9][i % 2]}

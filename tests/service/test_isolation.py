@@ -1,6 +1,7 @@
 """One stream's failure stays its own: a bad row injected past the validator (a Job built directly) fails alone,
-promptly, with its status, while seeded neighbours in the same batch finish with the text they have alone. A
-failed model call fails its batch (and is counted), not the other worker's streams."""
+promptly, with its status, while seeded neighbours in the same batch of an engine process finish with the text
+they have alone. A failed model call fails its batch (and is counted), not the other engine's streams. Faults
+injected into the model or the core run their engines as threads of this process, over the same messages."""
 
 from __future__ import annotations
 
@@ -17,14 +18,15 @@ import pytest
 from charrnn.engine import Engine
 from charrnn.vocab import Vocabulary
 from service import core as core_module
-from service.config import Limits, SchedulingOptions
 from service.context import Context
+from service.engines import start_process, thread_launcher
 from service.errors import InvalidRequest
 from service.metrics import Metrics
 from service.observer import ROW_PHASES
 from service.sampling import SamplingParams
 from service.scheduler import Scheduler
 from service.stream import FlushPolicy, Job, Stream
+from service.wire import EngineSpec
 from tests.service.outcomes import Outcome, read
 
 BAD_SEED = 666
@@ -53,24 +55,20 @@ def run(
     jobs: list[Job],
     workers: int = 1,
     metrics: Metrics | None = None,
-    prepare: Callable[[list[Stream]], None] = lambda streams: None,
+    threads: bool = False,
+    started: Callable[[], None] = lambda: None,
 ) -> list[Outcome]:
-    """Submit every job before the workers start (so they join the same batches), then read each stream to
-    its end: (text, the error it failed with or None). A stream that does not end in DEADLINE_S fails the test."""
+    """Submit every job in one event-loop turn (one message: they join the same batches), then read each stream
+    to its end: (text, the error it failed with or None). A stream that does not end in DEADLINE_S fails the
+    test. The engines are processes, or with `threads` threads over `engine` (for a fault injected into it)."""
 
     async def main() -> list[Outcome]:
-        sched = Scheduler(
-            engine,
-            Limits(),
-            FlushPolicy(flush_interval_ms=5.0),
-            SchedulingOptions(decode_workers=workers),
-            metrics.model("tiny") if metrics is not None else None,
-        )
-        streams = [sched.submit(j) for j in jobs]
-        prepare(streams)
-        sched.start()
-
+        launch = thread_launcher(engine) if threads else start_process
+        sched = Scheduler(spec(engine), workers, metrics.model("tiny") if metrics is not None else None, launch)
+        await sched.start()
+        started()  # the engines have warmed up
         try:
+            streams = [sched.submit(j) for j in jobs]
             return await asyncio.wait_for(asyncio.gather(*(read(s) for s in streams)), DEADLINE_S)
         finally:
             await sched.close()
@@ -78,13 +76,27 @@ def run(
     return asyncio.run(main())
 
 
+def spec(engine: Engine) -> EngineSpec:
+    return EngineSpec(engine.model_dir, engine.sha256, flush_policy=FlushPolicy(flush_interval_ms=5.0))
+
+
 def alone(engine: Engine, jobs: list[Job]) -> list[str]:
-    texts = []
-    for j in jobs:
-        [(text, error)] = run(engine, [j])
-        assert error is None
-        texts.append(text)
-    return texts
+    """Each job's text with nothing beside it: one engine process, one stream at a time."""
+
+    async def main() -> list[str]:
+        sched = Scheduler(spec(engine), 1)
+        await sched.start()
+        try:
+            texts = []
+            for j in jobs:
+                text, error = await asyncio.wait_for(read(sched.submit(j)), DEADLINE_S)
+                assert error is None
+                texts.append(text)
+            return texts
+        finally:
+            await sched.close()
+
+    return asyncio.run(main())
 
 
 def failures(metrics: Metrics, name: str, phase: str) -> float:
@@ -96,11 +108,11 @@ def failures(metrics: Metrics, name: str, phase: str) -> float:
 NEIGHBOURS = (1, 2, 3)
 
 
-def check_isolated(engine: Engine, bad: Job, phase: str, **kwargs: Any) -> BaseException:
+def check_isolated(engine: Engine, bad: Job, phase: str, threads: bool = False) -> BaseException:
     """`bad` between seeded neighbours: they finish as alone, it fails alone (counted under `phase`)."""
     neighbours = [job(engine, seed) for seed in NEIGHBOURS]
     metrics = Metrics()
-    outcomes = run(engine, [neighbours[0], bad, *neighbours[1:]], metrics=metrics, **kwargs)
+    outcomes = run(engine, [neighbours[0], bad, *neighbours[1:]], metrics=metrics, threads=threads)
     bad_text, error = outcomes.pop(1)
     assert error is not None, f"the bad row ended without an error (text {bad_text!r})"
     assert [e for _, e in outcomes] == [None] * len(neighbours)
@@ -162,19 +174,21 @@ def test_a_row_whose_sampling_fails_leaves_and_the_others_are_sampled_alone(
             raise FloatingPointError("injected: this row's numbers")
         return real(*args)
 
-    monkeypatch.setattr(core_module, "sample", sample)
-    error = check_isolated(engine, job(engine, BAD_SEED), "sample")
+    monkeypatch.setattr(core_module, "sample", sample)  # in this process: the engines run as threads
+    error = check_isolated(engine, job(engine, BAD_SEED), "sample", threads=True)
     assert isinstance(error, FloatingPointError)
 
 
-def test_a_row_whose_chunk_cannot_be_handed_over_fails_alone(engine: Engine) -> None:
-    def break_put(streams: list[Stream]) -> None:
-        def put(chunk: Any) -> None:
+def test_a_row_whose_chunk_cannot_be_handed_over_fails_alone(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = Stream.put
+
+    def put(self: Stream, chunk: Any) -> None:
+        if self.seed == BAD_SEED and threading.current_thread().name.startswith("engine-"):
             raise RuntimeError("injected: this stream's chunk")
+        real(self, chunk)
 
-        streams[1].put = put  # type: ignore[method-assign]
-
-    error = check_isolated(engine, job(engine, 9), "flush", prepare=break_put)
+    monkeypatch.setattr(Stream, "put", put)  # the engine's side of the stream, in its thread
+    error = check_isolated(engine, job(engine, BAD_SEED), "flush", threads=True)
     assert isinstance(error, RuntimeError)
 
 
@@ -183,22 +197,23 @@ def test_a_failed_model_call_fails_its_batch_counted_and_the_other_worker_goes_o
 ) -> None:
     """Worker 0's decode call fails once: its streams end promptly with the error, worker 1's finish as alone."""
     real = engine.run
-    failed = threading.Event()
+    armed, failed = threading.Event(), threading.Event()
 
     def model(tokens: np.ndarray, states: Any) -> Any:
-        if tokens.shape[1] == 1 and threading.current_thread().name == "decode-0" and not failed.is_set():
+        engine_0 = threading.current_thread().name == "engine-0"
+        if armed.is_set() and tokens.shape[1] == 1 and engine_0 and not failed.is_set():
             failed.set()
             raise RuntimeError("injected: the model call")
         return real(tokens, states)
 
     monkeypatch.setattr(engine, "run", model)
-    jobs = [job(engine, seed) for seed in (1, 2, 3, 4)]  # least-loaded placement: 1, 3 on worker 0; 2, 4 on 1
+    jobs = [job(engine, seed) for seed in (1, 2, 3, 4)]  # least-loaded placement: 1, 3 on engine 0; 2, 4 on 1
     metrics = Metrics()
-    outcomes = run(engine, jobs, workers=2, metrics=metrics)
+    outcomes = run(engine, jobs, workers=2, metrics=metrics, threads=True, started=armed.set)
     monkeypatch.setattr(engine, "run", real)
     errors = [e for _, e in outcomes]
     assert [type(e) for e in errors] == [RuntimeError, type(None), RuntimeError, type(None)], errors
     assert [outcomes[1][0], outcomes[3][0]] == alone(engine, [jobs[1], jobs[3]])
     assert failures(metrics, "charrnn_batch_failures_total", "decode") == 1
     assert all(failures(metrics, "charrnn_row_failures_total", p) == 0 for p in ROW_PHASES)
-    assert run(engine, [jobs[0]]) == [(alone(engine, [jobs[0]])[0], None)], "the worker serves on"
+    assert run(engine, [jobs[0]], threads=True) == [(alone(engine, [jobs[0]])[0], None)], "the engine serves on"

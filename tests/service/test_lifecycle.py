@@ -19,7 +19,10 @@ from google.protobuf.descriptor_pool import DescriptorPool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
+from bench.proctree import tree
 from charrnn.client import Balancing, CharRNNError, Client, FailoverClient
+from charrnn.engine import Engine
+from service.engines import thread_launcher
 from service.server import CharRNNServer
 from tests.service.harness import REPO, ServerProcess, ServerThread, charrnn_cmd, make_config, wait_until
 
@@ -39,9 +42,9 @@ def test_health_and_reflection(lstm_dir: Path) -> None:
 
 def test_not_serving_until_warmed_up(lstm_dir: Path) -> None:
     async def scenario() -> list[int]:
-        server = CharRNNServer(make_config(lstm_dir))
+        engine = Engine(lstm_dir)  # the engines run as threads over it: its warm-up can be held back
+        server = CharRNNServer(make_config(lstm_dir, engines=1), launch=thread_launcher(engine))
         gate = threading.Event()
-        engine = server.scheduler.engine
         real = engine.warm_up
         engine.warm_up = lambda max_batch, steps=3: gate.wait(10) and real(max_batch, steps)  # type: ignore[method-assign]
         starting = asyncio.create_task(server.start())
@@ -73,7 +76,7 @@ def test_sigterm_drains_live_streams_then_exits(lstm_dir: Path, tmp_path: Path) 
     """Live streams run on through the grace period; new ones are refused with UNAVAILABLE and the
     retry hint, and a balanced client, which watches health, sends them to another replica instead."""
     other = ServerProcess(lstm_dir, tmp_path).wait_ready()
-    args = ("--grace-seconds", "3", "--max-request-chars", "1000000", "--retry-pushback-ms", "250")
+    args = ("--grace-seconds", "3", "--max-request-chars", "1000000", "--retry-pushback-ms", "250", "--engines", "2")
     proc = ServerProcess(lstm_dir, tmp_path, *args).wait_ready()
     # pick_first does not watch health: this client still reaches the draining server and sees its answers.
     direct = Balancing(lb_policy="pick_first")
@@ -87,6 +90,8 @@ def test_sigterm_drains_live_streams_then_exits(lstm_dir: Path, tmp_path: Path) 
             short = c.generate("b", max_chars=4000, seed=1)
             next(endless)
             head = next(short)
+            engines = tree(proc.proc.pid)[1:]
+            assert len(engines) == 2, "the front runs its two engine processes"
             proc.proc.send_signal(signal.SIGTERM)
             assert wait_until(lambda: _health(c) == "NOT_SERVING", 5)
             assert _health(balanced) == "NOT_SERVING", "a round_robin client still reads the server's own status"
@@ -102,6 +107,7 @@ def test_sigterm_drains_live_streams_then_exits(lstm_dir: Path, tmp_path: Path) 
             assert err.value.code == grpc.StatusCode.UNAVAILABLE and err.value.retry_pushback_ms == 250
         assert proc.proc.wait(timeout=30) == 0, proc.output()
         assert "draining" in proc.output()
+        assert not any(Path(f"/proc/{pid}").exists() for pid in engines), "the front stopped its engines"
     finally:
         proc.stop()
         other.stop()
@@ -191,9 +197,8 @@ def test_resume_on_a_second_server_process_through_the_cli(lstm_dir: Path, tmp_p
 
 
 def test_a_failure_mid_stream_ends_internal_and_the_server_keeps_serving(lstm_dir: Path) -> None:
-    with ServerThread(make_config(lstm_dir)) as srv, Client(srv.target, timeout=30) as c:
-        assert srv.server is not None
-        engine = srv.server.scheduler.engine
+    engine = Engine(lstm_dir)  # the engines run as threads over it: a failure can be injected into its calls
+    with ServerThread(make_config(lstm_dir), engine=engine) as srv, Client(srv.target, timeout=30) as c:
         real_run = engine.run
         calls = [0]
 

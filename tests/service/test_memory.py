@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.reliability import rss_bytes
+from bench.proctree import rss_bytes
 from charrnn.client import Client
 from tests.service.harness import REPO, ServerProcess
 

@@ -24,7 +24,7 @@ from service.repository import Repository, choose_default, model_limits
 from tests.observability.scrape import series, value
 from tests.service.harness import (
     REPO,
-    ModelCalls,
+    EngineReports,
     ServerProcess,
     ServerThread,
     charrnn_cmd,
@@ -69,7 +69,7 @@ def test_each_models_streams_read_as_on_a_server_of_that_model_alone(repo: Path)
             barrier.wait()
             texts[i] = c.generate(**requests[i]).text()  # type: ignore[arg-type]
 
-        with ModelCalls(srv) as calls:  # the default model's calls: only its own rows, batched together
+        with EngineReports(srv) as calls:  # the default model's engines: only its own rows, batched together
             threads = [threading.Thread(target=run, args=(i,)) for i in range(len(requests))]
             for t in threads:
                 t.start()

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from charrnn.engine import Engine
+from charrnn.artifact import load_manifest
 from service.batch import Batch
 from service.config import Limits, SchedulingOptions
 from service.context import Context
@@ -22,6 +22,7 @@ from service.policy import Policy, Queues, StepOutputs, least_loaded
 from service.sampling import SamplingParams
 from service.scheduler import Scheduler
 from service.stream import Chunk, FinishReason, FlushPolicy, Job, Stream
+from service.wire import EngineSpec
 
 CHARS = "abcdxyz_"
 LAYERS, HIDDEN = 1, 2
@@ -193,18 +194,22 @@ def test_least_loaded_picks_the_first_smallest() -> None:
     assert least_loaded([0]) == 0
 
 
-def test_a_burst_of_scores_spreads_over_the_workers(lstm_dir: Path) -> None:
-    """Eight texts handed in at once (before any worker has taken one) land four and four."""
+def test_a_burst_of_scores_spreads_over_the_engines(lstm_dir: Path) -> None:
+    """Eight texts handed in at once (in one event-loop turn, before any engine has answered) land four and four."""
 
     async def main() -> list[int]:
-        sched = Scheduler(Engine(lstm_dir), Limits(), FlushPolicy(), SchedulingOptions(decode_workers=2))
-        sched._loop = asyncio.get_running_loop()  # the workers are not started: the texts stay where they land
-        feeds = [asyncio.ensure_future(sched.feed(Context(), np.ones(2000, np.int64))) for _ in range(8)]
-        await asyncio.sleep(0)  # every feed has handed its text in
-        placed = [len(w.runs_in) for w in sched._workers]
-        for f in feeds:
-            f.cancel()
-        await asyncio.gather(*feeds, return_exceptions=True)
+        spec = EngineSpec(lstm_dir, load_manifest(lstm_dir).onnx.sha256)
+        sched = Scheduler(spec, 2)
+        await sched.start()
+        try:
+            feeds = [asyncio.ensure_future(sched.feed(Context(), np.ones(2000, np.int64))) for _ in range(8)]
+            await asyncio.sleep(0)  # every feed has handed its text in
+            placed = [len(e.feeds) for e in sched._engines if e is not None]
+            for f in feeds:
+                f.cancel()
+            await asyncio.gather(*feeds, return_exceptions=True)
+        finally:
+            await sched.close()
         return placed
 
     assert asyncio.run(main()) == [4, 4]

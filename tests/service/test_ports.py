@@ -90,7 +90,7 @@ def test_an_http_port_taken_after_the_check_stops_what_had_started(
     lstm_dir: Path, first: tuple[ServerProcess, int, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The port is taken between the early check and the bind (the check is skipped here to make that
-    happen): the one line, and the gRPC server and decode workers already started are stopped again."""
+    happen): the one line, and the gRPC server and engine processes already started are stopped again."""
     _, _, http_port = first
     monkeypatch.setattr(service.server, "check_bindable", lambda what, *rest: None)
 
@@ -102,6 +102,7 @@ def test_an_http_port_taken_after_the_check_stops_what_had_started(
 
     message, server = asyncio.run(scenario())
     assert f"HTTP on 127.0.0.1:{http_port}" in message and "choose another --http-port" in message, message
-    assert not any(worker.is_alive() for worker in server.scheduler._workers), "decode workers left running"
+    engines = [e for e in server.scheduler._engines if e is not None]
+    assert engines and all(e.join(0) for e in engines), "engine processes left running"
     with socket.socket() as probe:  # the gRPC port it had bound is closed again
         assert probe.connect_ex(("127.0.0.1", server.port)) != 0
