@@ -177,7 +177,8 @@ def test_a_killed_engine_reads_unavailable_health_recovers_and_a_checkpointed_st
             assert "".join(parts) == expected, "resumed from its checkpoint: the same text as unbroken"
         finally:
             failover.close()
-        assert srv.registry.get_sample_value("charrnn_engine_restarts_total", {"reason": "died"}) == 2
+        restarts = {"model": lstm_dir.name, "reason": "died"}
+        assert srv.registry.get_sample_value("charrnn_engine_restarts_total", restarts) == 2
 
 
 def _children(pid: int) -> list[int]:
