@@ -73,8 +73,8 @@ test-latest: $(TOOLS_VENV)/.installed $(SERVE_VENV)/.installed  ## the suite on 
 	touch $(LATEST_VENV)/.installed
 	CHARRNN_UNLOCKED=1 $(MAKE) --no-print-directory lint typecheck unit VENV=$(LATEST_VENV)
 
-serve: $(SERVE_VENV)/.installed  ## serve models/default: gRPC on 127.0.0.1:50051, HTTP + playground on :8000 (no torch)
-	$(SERVE_VENV)/bin/charrnn serve --model models/default --http-port 8000 $(if $(CHARRNN_HMAC_KEY),,--dev)
+serve: $(SERVE_VENV)/.installed  ## serve models/ (default, shakespeare): gRPC on 127.0.0.1:50051, HTTP + playground on :8000 (no torch)
+	$(SERVE_VENV)/bin/charrnn serve --model-repository models --default-model default --http-port 8000 $(if $(CHARRNN_HMAC_KEY),,--dev)
 
 sample: $(SERVE_VENV)/.installed  ## sample locally from the shipped default model (no server, no torch)
 	$(SERVE_VENV)/bin/charrnn sample --model models/default --prompt 'def ' --chars 400

@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 DEV_HMAC_KEY = b"charrnn-development-key-do-not-use-in-production"
 # `charrnn serve`'s /metrics port: the one OpenTelemetry's Prometheus exporter uses by convention.
 DEFAULT_METRICS_PORT = 9464
+# Served when neither --model nor --model-repository is given.
+DEFAULT_MODEL_DIR = Path("models/default")
 
 
 class ConfigError(Exception):
@@ -130,7 +132,21 @@ class ConnectionPolicy:
 class ServerConfig:
     """Everything `charrnn serve` is told; each field is a flag and a `CHARRNN_*` variable (charrnn.settings)."""
 
-    model_dir: Path = setting(Path("models/default"), "model artifact directory", aliases=("--model",))
+    model_dir: Path | None = setting(
+        None,
+        "one model artifact directory, served under the folder's name (a repository of one)",
+        aliases=("--model",),
+        shown=f"{DEFAULT_MODEL_DIR} (without --model-repository)",
+    )
+    model_repository: Path | None = setting(
+        None, "serve every artifact folder in this directory, each under its folder's name (instead of --model)"
+    )
+    default_model: str | None = setting(
+        None, "the model a request without `model` goes to; unset: the only model, else the one named `default`"
+    )
+    watch_repository: float = setting(
+        0.0, "rescan the models every this many seconds (as on SIGHUP: add, retire, reload); 0 = only on SIGHUP"
+    )
     host: str = setting("127.0.0.1", "address to bind (0.0.0.0 in containers)")
     port: int = setting(50051, "gRPC port (0 = any free port)")
     port_file: Path | None = setting(None, "write the bound port here once SERVING (useful with --port 0)")
@@ -163,6 +179,14 @@ class ServerConfig:
     scheduling: SchedulingOptions = field(default_factory=SchedulingOptions)
     connections: ConnectionPolicy = field(default_factory=ConnectionPolicy)
     engine: EngineOptions = field(default_factory=EngineOptions)
+
+    def models(self) -> tuple[Path, bool]:
+        """Where the models are: (the repository directory, False) or (the one artifact directory, True)."""
+        if self.model_repository is not None:
+            if self.model_dir is not None:
+                raise ConfigError("set --model or --model-repository, not both")
+            return self.model_repository, False
+        return (self.model_dir if self.model_dir is not None else DEFAULT_MODEL_DIR), True
 
     def bearer_tokens(self) -> tuple[str, ...]:
         """Accepted bearer tokens: `auth_tokens` plus the file's (ConfigError if it can't be read)."""
@@ -204,6 +228,7 @@ class ServerConfig:
             "--flush-interval-ms must be >= 0": flush.flush_interval_ms >= 0,
             "--max-chunk-chars must be >= 1": flush.max_chunk_chars >= 1,
             "--grace-seconds must be >= 0": self.grace_seconds >= 0,
+            "--watch-repository must be >= 0": self.watch_repository >= 0,
             "--metrics-port must be -1 (off) or a port": -1 <= self.metrics_port <= 65535,
             "--http-port must be -1 (off) or a port": -1 <= self.http_port <= 65535,
             "--http-max-body-kb must be >= 1": self.http_max_body_kb >= 1,

@@ -32,6 +32,10 @@ class ForeignToken(ServiceError):
     """A correctly signed resume token that belongs to a different model."""
 
 
+class ModelNotFound(ServiceError):
+    """The request names a model this server does not serve; the message lists the ones it does."""
+
+
 class SessionNotFound(ServiceError):
     """No live session has this id (never created, expired or evicted)."""
 

@@ -37,18 +37,21 @@ class Runtime:
     models: ModelRegistry
     sessions: SessionStore
     limits: Limits
-    delivery: DeliveryObserver = field(default_factory=DeliveryObserver)  # times what clients see (metrics)
+    # Times what a model's clients see (metrics: each model's series); by served name.
+    delivery: Callable[[str], DeliveryObserver] = field(default=lambda name: DeliveryObserver())
     session_streams: int = 0  # open Session RPCs (the event loop's count; a gauge reads it)
-    # Warm and accepting: set by the server once the model is warmed up, cleared when draining starts. The
+    # Warm and accepting: set by the server once the models are warmed up, cleared when draining starts. The
     # charrnn_serving gauge and the HTTP edge's /health read it (gRPC health is set at the same two points).
     serving: bool = False
 
     @property
     def manifest(self) -> Manifest:
+        """The default model's."""
         return self.models.current.manifest
 
     @property
     def scheduler(self) -> Scheduler:
+        """The default model's."""
         return self.models.current.scheduler
 
 
@@ -137,21 +140,35 @@ class Front:
 
     def __init__(self, runtime: Runtime, names: Mapping[str, str] | None = None):
         self.runtime = runtime
-        self.validator = Validator(runtime.limits, names)  # `names`: the edge's parameter names, where they differ
+        self._names = names  # the edge's parameter names, where they differ
 
-    def generate(
-        self, ctx: Context, request: GenerationRequest, arrived: float, model: LoadedModel | None = None
-    ) -> Generation:
-        """Validate `request` and queue it on the scheduler of the model `ctx` belongs to (`model`, when the edge
-        has looked it up already). `arrived` (time.monotonic()) is where the client's clock starts."""
-        model = model or self.runtime.models.for_context(ctx)
-        stream = model.scheduler.submit(self.validator.job(model, ctx, request))
-        return Generation(model, stream, Delivery(self.runtime.delivery, arrived))
+    def validator(self, model: LoadedModel) -> Validator:
+        """Checks requests against `model`'s limits (the server's, with its serving.json's overrides)."""
+        return Validator(model.limits, self._names)
+
+    def model(self, ctx: Context, name: str | None = None) -> LoadedModel:
+        """The model `ctx` continues on, or the one served as `name` (None: the default) for a text's start;
+        ModelNotFound for a name not served, ForeignToken for a state made on another model or name."""
+        return self.runtime.models.for_context(ctx, name)
+
+    def generate(self, ctx: Context, request: GenerationRequest, arrived: float, name: str | None = None) -> Generation:
+        """Validate `request` and queue it on the scheduler of its model (`model`). `arrived`
+        (time.monotonic()) is where the client's clock starts."""
+        model = self.model(ctx, name)
+        stream = model.scheduler.submit(self.validator(model).job(model, ctx, request))
+        return Generation(model, stream, Delivery(self.runtime.delivery(model.name), arrived))
 
     async def feed(
-        self, ctx: Context, text: str, limit: int, what: str, logprobs: bool = False
+        self,
+        ctx: Context,
+        text: str,
+        limit: Callable[[Limits], int],
+        what: str,
+        logprobs: bool = False,
+        name: str | None = None,
     ) -> tuple[LoadedModel, FedText]:
-        """Run `text` (at most `limit` characters; `what` names it in a refusal) from `ctx` on its model."""
-        model = self.runtime.models.for_context(ctx)
-        ids = np.asarray(self.validator.encode(model, text, limit, what), np.int64)
-        return model, await model.scheduler.feed(ctx, ids, logprobs=logprobs)
+        """Run `text` (at most `limit(its model's limits)` characters; `what` names it in a refusal) from `ctx`
+        on its model (`model`)."""
+        model = self.model(ctx, name)
+        ids = self.validator(model).encode(model, text, limit(model.limits), what)
+        return model, await model.scheduler.feed(ctx, np.asarray(ids, np.int64), logprobs=logprobs)

@@ -1,7 +1,8 @@
-"""Wiring: load the artifact, build the runtime, serve gRPC with health and reflection (and HTTP when
-`http_port` is set, service/http/), drain on SIGTERM.
+"""Wiring: load the repository's models, build the runtime, serve gRPC with health and reflection (and HTTP
+when `http_port` is set, service/http/), drain on SIGTERM.
 
-Health is NOT_SERVING until the model is loaded and warmed up. On SIGTERM/SIGINT health goes
+Health is NOT_SERVING until every model is loaded and warmed up. SIGHUP (or `--watch-repository`) rescans
+the repository (`reload`). On SIGTERM/SIGINT health goes
 NOT_SERVING, new streams are refused with UNAVAILABLE, live ones get `grace_s` to finish, then
 whatever is left fails with UNAVAILABLE and the process exits 0.
 """
@@ -23,7 +24,7 @@ from prometheus_client import REGISTRY
 from charrnn.artifact import load_manifest
 from charrnn.v1 import charrnn_pb2, charrnn_pb2_grpc
 from charrnn.vocab import Vocabulary
-from service.config import ConfigError, ServerConfig
+from service.config import ConfigError, Limits, ServerConfig
 from service.engines import Launcher, start_process
 from service.front import Runtime
 from service.http import HttpFace
@@ -31,6 +32,7 @@ from service.interceptors import BearerAuthInterceptor, DecodeGuardInterceptor, 
 from service.metrics import Metrics, MetricsHTTPServer
 from service.ports import bind_error, check_bindable
 from service.registry import LoadedModel, ModelRegistry
+from service.repository import Repository, choose_default, fingerprint, model_limits
 from service.scheduler import Scheduler
 from service.servicer import CharRNNServicer
 from service.sessions import SessionStore
@@ -49,40 +51,54 @@ _GRPC_MAX_MS = 2**31 - 1
 
 
 def load_model(
-    config: ServerConfig, key: bytes, metrics: Metrics | None = None, launch: Launcher = start_process
+    name: str,
+    folder: Path,
+    config: ServerConfig,
+    key: bytes,
+    metrics: Metrics | None = None,
+    launch: Launcher = start_process,
 ) -> LoadedModel:
-    """Check the artifact in `config.model_dir` and bind its vocabulary, token codec and (unstarted) scheduler.
+    """Check the artifact in `folder`, served as `name`, and bind its vocabulary, token codec, limits (its
+    serving.json) and (unstarted) scheduler.
 
-    ArtifactError if the manifest or the model file's hash is wrong; a graph ONNX Runtime cannot load is
-    refused when the scheduler's engines start. Blocking: at start-up, or off the event loop for a reload.
+    ArtifactError if the manifest, the model file's hash or serving.json is wrong; a graph ONNX Runtime cannot
+    load is refused when the scheduler's engines start. Blocking: at start-up, or off the event loop for a rescan.
     """
-    manifest = load_manifest(config.model_dir)
-    spec = EngineSpec(
-        Path(config.model_dir), manifest.onnx.sha256, config.engine, config.limits, config.flush, config.scheduling
-    )
-    scheduler = Scheduler(spec, config.scheduling.engine_count(), metrics, launch)
-    on_refuse = metrics.on_token_refused if metrics is not None else None
+    manifest = load_manifest(folder)
+    limits = model_limits(folder, config.limits)
+    spec = EngineSpec(Path(folder), manifest.onnx.sha256, config.engine, limits, config.flush, config.scheduling)
+    observer = metrics.model(name) if metrics is not None else None
+    scheduler = Scheduler(spec, config.scheduling.engine_count(), observer, launch)
+    on_refuse = observer.on_token_refused if observer is not None else None
     layers, hidden = manifest.state_shape
     codec = TokenCodec(
         key, manifest.onnx.sha256, len(manifest.onnx.states), layers, hidden, manifest.model.vocab_size, on_refuse
     )
-    return LoadedModel(manifest, Vocabulary.from_spec(manifest.vocabulary), codec, scheduler)
+    return LoadedModel(name, manifest, Vocabulary.from_spec(manifest.vocabulary), codec, scheduler, limits)
+
+
+def _identity(folder: Path, base: Limits) -> tuple[str, Limits]:
+    """What decides whether a folder changed: its graph's sha256 (verified) and its limits."""
+    return load_manifest(folder).onnx.sha256, model_limits(folder, base)
 
 
 def build_runtime(config: ServerConfig, metrics: Metrics | None = None, launch: Launcher = start_process) -> Runtime:
-    """Load and check everything a request needs; ArtifactError/ConfigError if it cannot work.
+    """Load and check every model a request may name; ArtifactError/ConfigError if one cannot work.
 
-    `metrics` observes the scheduler, session evictions and refused resume tokens.
+    `metrics` observes the schedulers, session evictions and refused resume tokens.
     """
     config.validate()
-    model = load_model(config, config.resume_key(), metrics, launch)
+    key = config.resume_key()
+    folders = Repository(*config.models()).scan()
+    default = choose_default(list(folders), config.default_model)
+    models = [load_model(name, folder, config, key, metrics, launch) for name, folder in folders.items()]
     lim = config.limits
     on_evict = metrics.on_evict if metrics is not None else None
     return Runtime(
-        models=ModelRegistry(model),
+        models=ModelRegistry(models, default),
         sessions=SessionStore(lim.max_sessions, lim.session_ttl_seconds, lim.session_memory_bytes, on_evict=on_evict),
         limits=lim,
-        delivery=metrics if metrics is not None else DeliveryObserver(),
+        delivery=metrics.model if metrics is not None else lambda name: DeliveryObserver(),
     )
 
 
@@ -98,6 +114,9 @@ class CharRNNServer:
         self.config = config
         self.metrics = metrics or Metrics()
         self._launch = launch  # how engines start: processes (tests may run them as threads over a prepared model)
+        self.repository = Repository(*config.models())
+        # Before the models load: a folder that changes while they do is rescanned at the first poll.
+        self._seen = fingerprint(self.repository) if config.watch_repository > 0 else ()
         self.runtime = runtime or build_runtime(config, self.metrics, launch)
         self.metrics.bind(self.runtime)
         self.health = HealthServicer()
@@ -111,6 +130,7 @@ class CharRNNServer:
             self.server,
         )
         self.port = 0
+        self._watcher: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
         self._health_updates: set[asyncio.Task[None]] = set()
@@ -147,9 +167,14 @@ class CharRNNServer:
             log.info("metrics on http://%s:%d/metrics", metrics_host, self.metrics_http.port)
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
+        started: list[Scheduler] = []
         try:
-            await self._start_scheduler(self.scheduler)  # its engines load and warm the model up
+            for model in self.runtime.models.served():
+                await self._start_scheduler(model.scheduler)  # its engines load and warm the model up
+                started.append(model.scheduler)
         except Exception:
+            for scheduler in started:  # no engine outlives a start-up that failed
+                await scheduler.close()
             await self.server.stop(0)
             raise
         try:
@@ -163,12 +188,16 @@ class CharRNNServer:
             _write_port(self.config.metrics_port_file, self.metrics_http.port)
         if self.config.port_file is not None:
             _write_port(self.config.port_file, self.port)
-        m = self.runtime.manifest
-        log.info(
-            "serving %s %s (%s %dx%d, sha256 %s…) on %s:%d",
-            m.model.name, m.model.version, m.model.cell, m.model.layers, m.model.hidden_size,
-            m.onnx.sha256[:12], self.config.host, self.port,
-        )  # fmt: skip
+        for model in self.runtime.models.served():
+            m = model.manifest
+            log.info(
+                "serving %s%s: %s %s (%s %dx%d, sha256 %s…) on %s:%d",
+                model.name, " (default)" if model is self.runtime.models.current else "", m.model.name,
+                m.model.version, m.model.cell, m.model.layers, m.model.hidden_size, m.onnx.sha256[:12],
+                self.config.host, self.port,
+            )  # fmt: skip
+        if self.config.watch_repository > 0:
+            self._watcher = asyncio.get_running_loop().create_task(self._watch(self.config.watch_repository))
         return self.port
 
     async def _start_scheduler(self, scheduler: Scheduler) -> None:
@@ -185,48 +214,96 @@ class CharRNNServer:
         self._health_updates.add(task)
         task.add_done_callback(self._health_updates.discard)
 
-    async def reload(self) -> str:
-        """Load the artifact directory again without dropping streams: "loaded", "unchanged" or "refused".
+    async def reload(self) -> dict[str, str]:
+        """Rescan the repository without dropping streams; each name's result: "added", "loaded" (changed),
+        "unchanged", "removed" or "refused" (it serves as before).
 
-        The new model is loaded off the event loop and warmed up before it becomes current; a refused
-        artifact (missing, hash mismatch, unreadable graph, shapes that fail the warm-up) leaves the
-        serving one in place. The previous model retires once nothing runs on it.
+        New and changed folders are loaded off the event loop and warmed up before they are served; a refused
+        artifact (missing, hash mismatch, unreadable graph, bad serving.json, shapes that fail the warm-up)
+        leaves the name as it was. Unchanged models are not touched. A replaced or removed model retires once
+        nothing runs on it.
         """
         async with self._reload_lock:
-            result = await self._reload()
-        self.metrics.on_reload(result)
-        return result
+            results = await self._rescan()
+        for name, result in results.items():
+            self.metrics.on_reload(name, result)
+        self.metrics.set_models(self.runtime.models)
+        return results
 
-    async def _reload(self) -> str:
+    async def _rescan(self) -> dict[str, str]:
         models = self.runtime.models
         try:
-            model = await asyncio.to_thread(
-                load_model, self.config, self.config.resume_key(), self.metrics, self._launch
-            )
+            folders = await asyncio.to_thread(self.repository.scan)
         except Exception as exc:
-            log.error("model reload refused, still serving %s…: %s", models.current.sha256[:12], exc)
+            log.error("model rescan refused, serving %s as before: %s", ", ".join(models.names()), exc)
+            return dict.fromkeys(models.names(), "refused")
+        results = {}
+        for name in models.names():
+            if name in folders:
+                continue
+            if name == models.default:
+                log.error("the default model %s is gone from the repository: it keeps serving until a restart", name)
+                results[name] = "refused"
+                continue
+            self._retire(models.remove(name))
+            log.info("model %s removed: it retires once its streams end", name)
+            results[name] = "removed"
+        for name, folder in folders.items():
+            results[name] = await self._load(name, folder)
+        return dict(sorted(results.items()))
+
+    async def _load(self, name: str, folder: Path) -> str:
+        """Serve `folder` as `name` unless it is unchanged or cannot work; the rescan's result for it."""
+        models = self.runtime.models
+        served = next((m for m in models.served() if m.name == name), None)
+        before = f"still serving {served.sha256[:12]}…" if served is not None else "not served"
+        try:
+            sha, limits = await asyncio.to_thread(_identity, folder, self.config.limits)
+        except Exception as exc:
+            log.error("model %s refused, %s: %s", name, before, exc)
             return "refused"
-        known = next((m for m in models if m.sha256 == model.sha256), None)
-        if known is not None:
-            if known is models.current:
-                log.info("model reload: %s… unchanged", model.sha256[:12])
-                return "unchanged"
-            model = known  # back to a model that was still retiring
-        else:
+        if served is not None and (served.sha256, served.limits) == (sha, limits):
+            return "unchanged"
+        model = next((m for m in models if (m.name, m.sha256, m.limits) == (name, sha, limits)), None)
+        if model is None:  # not a model that is still retiring under this name
+            try:
+                key = self.config.resume_key()
+                model = await asyncio.to_thread(load_model, name, folder, self.config, key, self.metrics, self._launch)
+            except Exception as exc:
+                log.error("model %s refused, %s: %s", name, before, exc)
+                return "refused"
             try:
                 await self._start_scheduler(model.scheduler)
             except Exception as exc:  # the graph does not load, or its shapes fail the warm-up
-                log.error("model reload refused (its engines did not start), still serving %s…: %s",
-                          models.current.sha256[:12], exc)  # fmt: skip
+                log.error("model %s refused (its engines did not start), %s: %s", name, before, exc)
                 return "refused"
-        old = models.switch(model)
-        self.metrics.set_model(model.manifest)
-        task = asyncio.get_running_loop().create_task(models.retire_when_idle(old))
+        old = models.install(model)
+        if old is not None:
+            self._retire(old)
+        m = model.manifest
+        log.info("model %s: now serving %s %s (sha256 %s…)", name, m.model.name, m.model.version, sha[:12])
+        return "added" if served is None else "loaded"
+
+    def _retire(self, model: LoadedModel) -> None:
+        """Let `model` finish its streams, then drop it (and its name's metric series, if no longer served)."""
+
+        async def retire() -> None:
+            await self.runtime.models.retire_when_idle(model)
+            if model.name not in self.runtime.models.names():
+                self.metrics.forget(model.name)
+
+        task = asyncio.get_running_loop().create_task(retire())
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
-        m = model.manifest
-        log.info("reloaded: now serving %s %s (sha256 %s…)", m.model.name, m.model.version, model.sha256[:12])
-        return "loaded"
+
+    async def _watch(self, every_s: float) -> None:
+        """Rescan whenever a poll every `every_s` seconds finds a folder added, removed or rewritten."""
+        while True:
+            await asyncio.sleep(every_s)
+            now = await asyncio.to_thread(fingerprint, self.repository)
+            if now != self._seen:
+                self._seen = now
+                await self.reload()
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Drain: NOT_SERVING, refuse new streams, let live ones finish within the grace, then stop."""
@@ -234,6 +311,8 @@ class CharRNNServer:
         self._draining = True
         await self.health.enter_graceful_shutdown()
         self.runtime.serving = False
+        if self._watcher is not None:
+            self._watcher.cancel()
         for task in self._retiring:
             task.cancel()
         schedulers = [m.scheduler for m in self.runtime.models]
@@ -309,7 +388,7 @@ async def serve(config: ServerConfig) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    reloads: set[asyncio.Task[str]] = set()
+    reloads: set[asyncio.Task[dict[str, str]]] = set()
 
     def reload() -> None:
         task = loop.create_task(server.reload())

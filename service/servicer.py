@@ -20,6 +20,7 @@ import grpc
 from charrnn.protocol import CELL_TYPES, FINISH_REASONS, PRECISION_TYPES, STATE_KINDS, UNKNOWN_POLICIES
 from charrnn.v1 import charrnn_pb2 as pb
 from charrnn.v1 import charrnn_pb2_grpc as pb_grpc
+from service.config import Limits
 from service.context import Context
 from service.errors import InvalidRequest, LimitExceeded
 from service.front import Front, Runtime
@@ -54,13 +55,17 @@ class CharRNNServicer(pb_grpc.CharRNNServicer):
         watch = tuple((_KIND_NAMES.get(u.kind, f"kind {u.kind}"), u.layer, u.index) for u in msg.activations.units)
         return replace(request, watch=watch, checkpoint_every=msg.checkpoint_every_chars)
 
-    def _context(self, which: str | None, token: bytes, session_id: str) -> Context:
-        """The context a request's token/session oneof names (`which`); sessions are read, not taken."""
+    def _context(self, which: str | None, token: bytes, session_id: str, model: str = "") -> Context:
+        """The context a request's token/session oneof names (`which`), checked against the `model` the
+        request names (ForeignToken if it was made on another); sessions are read, not taken."""
         if which == "resume_token":
-            return self.rt.models.decode(token)
-        if which == "session_id":
-            return self.rt.sessions.get(session_id)
-        return Context()
+            ctx = self.rt.models.decode(token)
+        elif which == "session_id":
+            ctx = self.rt.sessions.get(session_id)
+        else:
+            ctx = Context()
+        self.front.model(ctx, model)
+        return ctx
 
     def _done(self, model: LoadedModel, finished: Finished, session_id: str = "") -> pb.GenerateDone:
         """The final message; signed by the stream's own model (it may have been retired meanwhile)."""
@@ -93,8 +98,8 @@ class CharRNNServicer(pb_grpc.CharRNNServicer):
                 ctx = self.rt.sessions.acquire(session_id)
                 acquired = True
             else:
-                ctx = self._context(start, request.resume_token, "")
-            generation = self.front.generate(ctx, self._request(request), arrived)
+                ctx = self._context(start, request.resume_token, "", request.model)
+            generation = self.front.generate(ctx, self._request(request), arrived, request.model)
         except Exception as exc:
             if acquired:
                 self.rt.sessions.release(session_id, None)
@@ -145,11 +150,10 @@ class CharRNNServicer(pb_grpc.CharRNNServicer):
 
     async def Score(self, request: pb.ScoreRequest, context: grpc.aio.ServicerContext) -> pb.ScoreResponse:
         try:
-            ctx = self._context(request.WhichOneof("start"), request.resume_token, request.session_id)
+            ctx = self._context(request.WhichOneof("start"), request.resume_token, request.session_id, request.model)
             if not request.text:
                 raise InvalidRequest("text must not be empty")
-            limit = self.rt.limits.max_score_chars
-            model, run = await self.front.feed(ctx, request.text, limit, "text", logprobs=True)
+            model, run = await self.front.feed(ctx, request.text, _score_limit, "text", True, request.model)
         except Exception as exc:
             await abort(context, exc)
         assert run.logprobs is not None
@@ -166,42 +170,66 @@ class CharRNNServicer(pb_grpc.CharRNNServicer):
     async def GetModelInfo(
         self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetModelInfoResponse:
-        m = self.rt.models.current.manifest
-        lim = self.rt.limits
-        info = pb.GetModelInfoResponse(
-            name=m.model.name,
-            version=m.model.version,
-            cell=CELL_TYPES[m.model.cell],
-            layers=m.model.layers,
-            hidden_size=m.model.hidden_size,
-            embedding_size=m.model.embedding_size,
-            vocab_size=m.model.vocab_size,
-            parameters=m.model.parameters,
-            vocabulary=list(m.vocabulary.chars),
-            unknown_policy=UNKNOWN_POLICIES[m.vocabulary.unknown_policy],
-            unknown_char=m.vocabulary.unknown_char or "",
-            sha256=m.onnx.sha256,
-            precision=PRECISION_TYPES[m.precision],
-            limits=pb.Limits(
-                max_live_streams=lim.max_live_streams,
-                max_queued_streams=lim.max_queued_streams,
-                max_prompt_chars=lim.max_prompt_chars,
-                max_chars=lim.max_request_chars,
-                default_max_chars=lim.default_max_chars,
-                max_stop_strings=lim.max_stop_strings,
-                max_stop_chars=lim.max_stop_chars,
-                max_score_chars=lim.max_score_chars,
-                max_sessions=lim.max_sessions,
-                session_ttl_seconds=lim.session_ttl_seconds,
-                max_watched_units=lim.max_watched_units,
-                min_checkpoint_chars=lim.min_checkpoint_chars,
-                max_session_streams=lim.max_session_streams,
-            ),
-        )
-        value = m.training.get("val_bits_per_char")  # training/export.py writes it; absent for other artifacts
-        if isinstance(value, int | float):
-            info.val_bits_per_char = float(value)
-        return info
+        try:
+            model = self.rt.models.get(request.model)
+        except Exception as exc:
+            await abort(context, exc)
+        return _info(model, model is self.rt.models.current)
+
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListModelsResponse:
+        models = self.rt.models
+        return pb.ListModelsResponse(models=[_info(m, m is models.current) for m in models.served()])
+
+
+def _score_limit(limits: Limits) -> int:
+    return limits.max_score_chars
+
+
+def _feed_limit(limits: Limits) -> int:
+    return limits.max_prompt_chars
+
+
+def _info(model: LoadedModel, default: bool) -> pb.GetModelInfoResponse:
+    """GetModelInfo's answer for one served model: its manifest and the limits its requests are held to."""
+    m, lim = model.manifest, model.limits
+    info = pb.GetModelInfoResponse(
+        served_name=model.name,
+        default=default,
+        name=m.model.name,
+        version=m.model.version,
+        cell=CELL_TYPES[m.model.cell],
+        layers=m.model.layers,
+        hidden_size=m.model.hidden_size,
+        embedding_size=m.model.embedding_size,
+        vocab_size=m.model.vocab_size,
+        parameters=m.model.parameters,
+        vocabulary=list(m.vocabulary.chars),
+        unknown_policy=UNKNOWN_POLICIES[m.vocabulary.unknown_policy],
+        unknown_char=m.vocabulary.unknown_char or "",
+        sha256=m.onnx.sha256,
+        precision=PRECISION_TYPES[m.precision],
+        limits=pb.Limits(
+            max_live_streams=lim.max_live_streams,
+            max_queued_streams=lim.max_queued_streams,
+            max_prompt_chars=lim.max_prompt_chars,
+            max_chars=lim.max_request_chars,
+            default_max_chars=lim.default_max_chars,
+            max_stop_strings=lim.max_stop_strings,
+            max_stop_chars=lim.max_stop_chars,
+            max_score_chars=lim.max_score_chars,
+            max_sessions=lim.max_sessions,
+            session_ttl_seconds=lim.session_ttl_seconds,
+            max_watched_units=lim.max_watched_units,
+            min_checkpoint_chars=lim.min_checkpoint_chars,
+            max_session_streams=lim.max_session_streams,
+        ),
+    )
+    value = m.training.get("val_bits_per_char")  # training/export.py writes it; absent for other artifacts
+    if isinstance(value, int | float):
+        info.val_bits_per_char = float(value)
+    return info
 
 
 class _Conversation:
@@ -211,6 +239,7 @@ class _Conversation:
         self.servicer = servicer
         self.rt = servicer.rt
         self.ctx = Context()
+        self.model: str | None = None  # the served name the first message named ("" for the default)
         self.inbox: asyncio.Queue[pb.SessionRequest | None] = asyncio.Queue()
         self.backlog: deque[pb.SessionRequest | None] = deque()
 
@@ -228,6 +257,7 @@ class _Conversation:
         reader = asyncio.get_running_loop().create_task(self._read(requests))
         try:
             while (request := await self._next()) is not None:
+                self._bind(request.model)
                 action = request.WhichOneof("action")
                 if action == "feed":
                     await self._feed(request.feed.text)
@@ -236,11 +266,12 @@ class _Conversation:
                     async for response in self._generate(request.generate):
                         yield response
                 elif action == "token":
-                    token = self.rt.models.for_context(self.ctx).codec.encode(self.ctx)
+                    token = self.servicer.front.model(self.ctx, self.model).codec.encode(self.ctx)
                     yield pb.SessionResponse(token=pb.ResumeToken(resume_token=token))
                 elif action == "load":
                     load = request.load
-                    self.ctx = self.servicer._context(load.WhichOneof("source"), load.resume_token, load.session_id)
+                    source = load.WhichOneof("source")
+                    self.ctx = self.servicer._context(source, load.resume_token, load.session_id, self.model or "")
                     yield pb.SessionResponse(loaded=pb.Loaded())
                 elif action == "reset":
                     self.ctx = Context()
@@ -260,17 +291,25 @@ class _Conversation:
         with contextlib.suppress(asyncio.CancelledError):
             await reader
 
+    def _bind(self, model: str) -> None:
+        """The first message names the stream's model (NOT_FOUND if not served); later ones repeat it or not."""
+        if self.model is None:
+            self.rt.models.get(model)
+            self.model = model
+        elif model and model != self.model:
+            shown = f"model {self.model!r}" if self.model else "the default model"
+            raise InvalidRequest(f"this Session runs on {shown} (its first message's): `model` cannot change")
+
     async def _feed(self, text: str) -> None:
         if not text:
             return
-        limit = self.rt.limits.max_prompt_chars
-        _, run = await self.servicer.front.feed(self.ctx, text, limit, "fed text")
+        _, run = await self.servicer.front.feed(self.ctx, text, _feed_limit, "fed text", name=self.model)
         self.ctx = run.after()
 
     async def _generate(self, action: pb.GenerateAction) -> AsyncIterator[pb.SessionResponse]:
         """One generation; a `cancel` that arrives meanwhile stops it, any other action waits until it ends."""
         s = self.servicer
-        generation = s.front.generate(self.ctx, s._request(action), time.monotonic())
+        generation = s.front.generate(self.ctx, s._request(action), time.monotonic(), self.model)
 
         def render(chunk: Chunk) -> list[pb.SessionResponse]:
             out = [pb.SessionResponse(text=chunk.text)] if chunk.text else []

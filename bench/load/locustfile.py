@@ -11,8 +11,8 @@ the OpenAI-compatible HTTP API (server-sent events).
 user runs only when it is given.
 
 `--model-weights NAME=WEIGHT,...` mixes models: each request picks one by weight and names it in its
-`model` field (HTTP; gRPC Generate and Score once their request messages have a `model` field: the
-locustfile reads the protobuf descriptor). Without it no request names a model: the server's default.
+`model` field (HTTP; gRPC Generate, Score and Session where their request messages have a `model` field:
+the locustfile reads the protobuf descriptor). Without it no request names a model: the server's default.
 
 Request events, one per call, so Locust's tables hold calls and nothing else:
 - "Generate stream" (grpc): a whole Generate stream (its length is the characters received).
@@ -77,6 +77,7 @@ COMPLETIONS = "/v1/completions"
 # gRPC requests name a model only where the message has the field (older protos do not).
 GENERATE_HAS_MODEL = "model" in pb.GenerateRequest.DESCRIPTOR.fields_by_name
 SCORE_HAS_MODEL = "model" in pb.ScoreRequest.DESCRIPTOR.fields_by_name
+SESSION_HAS_MODEL = "model" in pb.SessionRequest.DESCRIPTOR.fields_by_name
 
 
 def parse_model_weights(text: str) -> list[tuple[str, float]]:
@@ -461,7 +462,7 @@ class SessionUser(CharRNNUser):
 
     @task
     def converse(self) -> None:
-        with self.client.session() as s:
+        with self.client.session(**self.model_field(SESSION_HAS_MODEL)) as s:
             with self.timed("Session feed") as fed:
                 fed["length"] = s.feed(self.prompt())
             with self.timed("Session generate") as gen:

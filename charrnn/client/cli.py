@@ -12,6 +12,7 @@ import argparse
 import json
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,7 +21,7 @@ from charrnn.client.balancing import Balancing, grpc_target
 from charrnn.settings import SettingError, add_flags, build, setting
 
 if TYPE_CHECKING:
-    from charrnn.client import Client, GenerationOptions
+    from charrnn.client import Client, GenerationOptions, ModelInfo
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 # Server answers that mean the request itself was wrong: the command exits 2, as for a bad flag.
@@ -91,10 +92,11 @@ class Sampling:
 
 
 def register(sub: Any) -> None:
-    """Add generate/score/info to `charrnn`."""
+    """Add generate/score/info/models to `charrnn`."""
     g = sub.add_parser("generate", help="stream generated text from a server to stdout")
     g.add_argument("prompt", nargs="?", default="", help="text to continue")
     add_flags(g, Connection)
+    _model_arg(g)
     add_flags(g, Sampling)
     g.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     g.add_argument("--resume", type=Path, help="continue from a resume token saved with --save-state")
@@ -123,14 +125,24 @@ def register(sub: Any) -> None:
     s.add_argument("text", nargs="?", help="text to score (or --file)")
     s.add_argument("--file", type=Path, help="read the text from a file")
     add_flags(s, Connection)
+    _model_arg(s)
     s.add_argument("--resume", type=Path, help="score as a continuation of a saved state")
     s.add_argument("--per-char", action="store_true", help="also print each character's log-probability")
     _unescape_arg(s, "the text (not --file)")
     s.set_defaults(handler=_score)
 
-    i = sub.add_parser("info", help="what the served model is (JSON)")
+    i = sub.add_parser("info", help="what a served model is (JSON)")
     add_flags(i, Connection)
+    _model_arg(i)
     i.set_defaults(handler=_info)
+
+    m = sub.add_parser("models", help="the served models (JSON lines: served_name, default, name, sha256, ...)")
+    add_flags(m, Connection)
+    m.set_defaults(handler=_models)
+
+
+def _model_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", help="a served model's name (`charrnn models`); unset: the server's default")
 
 
 def _unescape_arg(parser: argparse.ArgumentParser, what: str) -> None:
@@ -214,6 +226,7 @@ def _generate(args: argparse.Namespace) -> int:
             session_id=args.session,
             create_session=args.create_session,
             watch=watch,
+            model=args.model,
             **sampling.options(stop),
         )
         if tsv:
@@ -259,7 +272,7 @@ def _score(args: argparse.Namespace) -> int:
         return _usage("score", exc)
     with connection.client() as client:
         try:
-            r = client.score(text, resume_token=token)
+            r = client.score(text, resume_token=token, model=args.model)
         except CharRNNError as exc:
             return _failed("score", exc)
     out: dict[str, Any] = {
@@ -275,18 +288,34 @@ def _score(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
+    return _describe(args, "info", lambda client: [client.info(args.model)], indent=1)
+
+
+def _models(args: argparse.Namespace) -> int:
+    return _describe(args, "models", lambda client: client.list_models(), indent=None)
+
+
+def _describe(
+    args: argparse.Namespace, command: str, fetch: Callable[[Client], list[ModelInfo]], indent: int | None
+) -> int:
+    """Print what `fetch` asks the server, a JSON object per model (one line each unless `indent`)."""
     from charrnn.client import CharRNNError
 
     try:
         connection = build(Connection, args)
     except SettingError as exc:
-        return _usage("info", exc)
+        return _usage(command, exc)
     with connection.client() as client:
         try:
-            info = client.info()
+            models = fetch(client)
         except CharRNNError as exc:
-            return _failed("info", exc)
+            return _failed(command, exc)
+    for info in models:
+        print(json.dumps(_info_dict(info), ensure_ascii=False, indent=indent))
+    return 0
+
+
+def _info_dict(info: ModelInfo) -> dict[str, Any]:
     data = asdict(info)
     data["vocabulary"] = "".join(info.vocabulary)
-    print(json.dumps(data, ensure_ascii=False, indent=1))
-    return 0
+    return data

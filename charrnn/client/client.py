@@ -135,11 +135,14 @@ class Client:
         watch: Sequence[Unit] = (),
         timeout: float | None = None,
         checkpoint_every_chars: int = 0,
+        model: str | None = None,
         **options: Unpack[GenerationOptions],
     ) -> Generation:
         """Stream a generation; `watch` names hidden units whose per-character values to stream too;
-        `checkpoint_every_chars` asks for mid-stream resume tokens (`Generation.checkpoint`)."""
+        `checkpoint_every_chars` asks for mid-stream resume tokens (`Generation.checkpoint`); `model` a served
+        model by name (`list_models`; None: the server's default, or the resume token's or session's own)."""
         request = pb.GenerateRequest(
+            model=model or "",
             prompt=prompt,
             max_chars=max_chars,
             sampling=sampling_message(options),
@@ -155,8 +158,15 @@ class Client:
         call = self._stub.Generate(request, timeout=timeout if timeout is not None else self.timeout)
         return Generation(call, call, len(watch))
 
-    def score(self, text: str, *, resume_token: bytes | None = None, session_id: str | None = None) -> ScoreResult:
-        request = pb.ScoreRequest(text=text)
+    def score(
+        self,
+        text: str,
+        *,
+        resume_token: bytes | None = None,
+        session_id: str | None = None,
+        model: str | None = None,
+    ) -> ScoreResult:
+        request = pb.ScoreRequest(text=text, model=model or "")
         if resume_token is not None:
             request.resume_token = resume_token
         elif session_id is not None:
@@ -167,28 +177,21 @@ class Client:
             raise CharRNNError.wrap(exc) from None
         return ScoreResult(list(r.logprobs), r.first_scored, r.total_nats, r.bits_per_char, r.resume_token)
 
-    def info(self) -> ModelInfo:
+    def info(self, model: str | None = None) -> ModelInfo:
+        """What the served model `model` is (None: the default)."""
         try:
-            r = self._stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=self.timeout)
+            r = self._stub.GetModelInfo(pb.GetModelInfoRequest(model=model or ""), timeout=self.timeout)
         except grpc.RpcError as exc:
             raise CharRNNError.wrap(exc) from None
-        return ModelInfo(
-            name=r.name,
-            version=r.version,
-            cell=name_of(CELL_TYPES, r.cell),
-            layers=r.layers,
-            hidden_size=r.hidden_size,
-            embedding_size=r.embedding_size,
-            vocab_size=r.vocab_size,
-            parameters=r.parameters,
-            vocabulary=list(r.vocabulary),
-            unknown_policy=name_of(UNKNOWN_POLICIES, r.unknown_policy),
-            unknown_char=r.unknown_char,
-            val_bits_per_char=r.val_bits_per_char if r.HasField("val_bits_per_char") else None,
-            sha256=r.sha256,
-            limits={f.name: v for f, v in r.limits.ListFields()},
-            precision=name_of(PRECISION_TYPES, r.precision),
-        )
+        return _model_info(r)
+
+    def list_models(self) -> list[ModelInfo]:
+        """Every served model, sorted by `served_name`; `default` marks the one requests without `model` get."""
+        try:
+            r = self._stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout)
+        except grpc.RpcError as exc:
+            raise CharRNNError.wrap(exc) from None
+        return [_model_info(m) for m in r.models]
 
     def health(self, service: str = "") -> str:
         """The health status name ("SERVING", "NOT_SERVING", ...) of `service` ("" = the server), as the
@@ -202,8 +205,32 @@ class Client:
             raise CharRNNError.wrap(exc) from None
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(r.status))
 
-    def session(self) -> SessionClient:
-        """Open a bidirectional Session: the server keeps the state while it is open."""
+    def session(self, model: str | None = None) -> SessionClient:
+        """Open a bidirectional Session on the served model `model` (None: the default): the server keeps the
+        state while it is open."""
         from charrnn.client.session import SessionClient
 
-        return SessionClient(self._stub)
+        return SessionClient(self._stub, model)
+
+
+def _model_info(r: pb.GetModelInfoResponse) -> ModelInfo:
+    """A GetModelInfo answer (alone or in ListModels) as a ModelInfo."""
+    return ModelInfo(
+        name=r.name,
+        version=r.version,
+        cell=name_of(CELL_TYPES, r.cell),
+        layers=r.layers,
+        hidden_size=r.hidden_size,
+        embedding_size=r.embedding_size,
+        vocab_size=r.vocab_size,
+        parameters=r.parameters,
+        vocabulary=list(r.vocabulary),
+        unknown_policy=name_of(UNKNOWN_POLICIES, r.unknown_policy),
+        unknown_char=r.unknown_char,
+        val_bits_per_char=r.val_bits_per_char if r.HasField("val_bits_per_char") else None,
+        sha256=r.sha256,
+        limits={f.name: v for f, v in r.limits.ListFields()},
+        precision=name_of(PRECISION_TYPES, r.precision),
+        served_name=r.served_name,
+        default=r.default,
+    )

@@ -33,6 +33,7 @@ class _Request:
     resume_token: bytes | None
     checkpoint_every_chars: int
     timeout: float | None
+    model: str | None
 
     @property
     def reproducible(self) -> bool:
@@ -63,7 +64,8 @@ class ResumableGeneration(Iterator[str]):
     def _start(self) -> Generation:
         r, cp = self._request, self._checkpoint
         client = self._owner.client
-        common: dict[str, Any] = {"timeout": r.timeout, "checkpoint_every_chars": r.checkpoint_every_chars}
+        common: dict[str, Any] = {"timeout": r.timeout, "checkpoint_every_chars": r.checkpoint_every_chars,
+                                  "model": r.model}  # fmt: skip
         if cp is None:
             return client.generate(r.prompt, max_chars=r.max_chars, resume_token=r.resume_token, **common, **r.options)
         # The token carries the generator (seed and position): a seed sent again would restart it.
@@ -154,13 +156,14 @@ class FailoverClient:
         resume_token: bytes | None = None,
         checkpoint_every_chars: int = 256,
         timeout: float | None = None,
+        model: str | None = None,
         **options: Unpack[GenerationOptions],
     ) -> ResumableGeneration:
         """Like `Client.generate`; `max_chars` is required (the remainder after a resume point is sent)."""
         if max_chars <= 0:
             raise ValueError("max_chars must be set: a resumed stream asks for what is left of it")
         options["stop"] = tuple(options.get("stop", ()))
-        request = _Request(prompt, max_chars, options, resume_token, checkpoint_every_chars, timeout)
+        request = _Request(prompt, max_chars, options, resume_token, checkpoint_every_chars, timeout, model)
         return ResumableGeneration(self, request)
 
     def close(self) -> None:

@@ -58,6 +58,8 @@ class ModelInfo:
     sha256: str
     limits: dict[str, float]
     precision: str  # "fp32" or "int8"; "unspecified" from a server that predates the field
+    served_name: str = ""  # what `model=` takes ("" from a server that serves one model without names)
+    default: bool = False  # requests without `model` go to it
 
 
 class ResumePoint(NamedTuple):

@@ -20,7 +20,8 @@ from charrnn.v1 import charrnn_pb2_grpc as pb_grpc
 class SessionClient:
     """A Session stream driven synchronously: each method sends one action and reads its answer."""
 
-    def __init__(self, stub: pb_grpc.CharRNNStub):
+    def __init__(self, stub: pb_grpc.CharRNNStub, model: str | None = None):
+        self._model = model or ""  # sent with the first message: the stream's model
         self._requests: queue.Queue[pb.SessionRequest | None] = queue.Queue()
         self._responses: Any = stub.Session(iter(self._requests.get, None))  # iterator and grpc.Call
         self._closed = False
@@ -29,6 +30,7 @@ class SessionClient:
         self._receiving = False
 
     def _send(self, request: pb.SessionRequest) -> None:
+        request.model, self._model = self._model, ""
         self._requests.put(request)
 
     def _receive(self) -> pb.SessionResponse:

@@ -246,6 +246,7 @@ class GenerateRequest(_message.Message):
     CREATE_SESSION_FIELD_NUMBER: _builtins.int
     ACTIVATIONS_FIELD_NUMBER: _builtins.int
     CHECKPOINT_EVERY_CHARS_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
     prompt: _builtins.str
     """Text to condition on. May be empty only when continuing from a state."""
     max_chars: _builtins.int
@@ -264,6 +265,11 @@ class GenerateRequest(_message.Message):
     each multiple). 0 means none. Non-zero values must be at least
     Limits.min_checkpoint_chars (each checkpoint costs a copy of the state and an
     HMAC over it).
+    """
+    model: _builtins.str
+    """The served model to generate with (ListModels); empty means the server's
+    default. A resume token or session continues on the model it was made on:
+    naming another model is FAILED_PRECONDITION, an unknown one NOT_FOUND.
     """
     @_builtins.property
     def sampling(self) -> Global___SamplingParams:
@@ -293,10 +299,11 @@ class GenerateRequest(_message.Message):
         create_session: _builtins.bool = ...,
         activations: Global___ActivationRequest | None = ...,
         checkpoint_every_chars: _builtins.int = ...,
+        model: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["activations", b"activations", "resume_token", b"resume_token", "sampling", b"sampling", "session_id", b"session_id", "start", b"start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["activations", b"activations", "checkpoint_every_chars", b"checkpoint_every_chars", "create_session", b"create_session", "max_chars", b"max_chars", "prompt", b"prompt", "resume_token", b"resume_token", "sampling", b"sampling", "session_id", b"session_id", "start", b"start", "stop", b"stop"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activations", b"activations", "checkpoint_every_chars", b"checkpoint_every_chars", "create_session", b"create_session", "max_chars", b"max_chars", "model", b"model", "prompt", b"prompt", "resume_token", b"resume_token", "sampling", b"sampling", "session_id", b"session_id", "start", b"start", "stop", b"stop"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_start: _TypeAlias = _typing.Literal["resume_token", "session_id"]  # noqa: Y015
     _WhichOneofArgType_start: _TypeAlias = _typing.Literal["start", b"start"]  # noqa: Y015
@@ -639,6 +646,13 @@ class SessionRequest(_message.Message):
     CANCEL_FIELD_NUMBER: _builtins.int
     LOAD_FIELD_NUMBER: _builtins.int
     RESET_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """The served model this stream's texts run on (ListModels); read on the
+    first message only (later messages leave it empty or repeat it); empty
+    means the server's default. Loading a state made on another model is
+    FAILED_PRECONDITION, an unknown name NOT_FOUND.
+    """
     @_builtins.property
     def feed(self) -> Global___FeedAction:
         """Feed text."""
@@ -672,10 +686,11 @@ class SessionRequest(_message.Message):
         cancel: Global___CancelAction | None = ...,
         load: Global___LoadAction | None = ...,
         reset: Global___ResetAction | None = ...,
+        model: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "cancel", b"cancel", "feed", b"feed", "generate", b"generate", "load", b"load", "reset", b"reset", "token", b"token"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "cancel", b"cancel", "feed", b"feed", "generate", b"generate", "load", b"load", "reset", b"reset", "token", b"token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "cancel", b"cancel", "feed", b"feed", "generate", b"generate", "load", b"load", "model", b"model", "reset", b"reset", "token", b"token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_action: _TypeAlias = _typing.Literal["feed", "generate", "token", "cancel", "load", "reset"]  # noqa: Y015
     _WhichOneofArgType_action: _TypeAlias = _typing.Literal["action", b"action"]  # noqa: Y015
@@ -801,22 +816,28 @@ class ScoreRequest(_message.Message):
     TEXT_FIELD_NUMBER: _builtins.int
     RESUME_TOKEN_FIELD_NUMBER: _builtins.int
     SESSION_ID_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     """The text to score."""
     resume_token: _builtins.bytes
     """A resume token from an earlier call."""
     session_id: _builtins.str
     """A server-side session id (read, not updated)."""
+    model: _builtins.str
+    """The served model to score with (ListModels); empty means the server's
+    default, or the model of the resume token or session.
+    """
     def __init__(
         self,
         *,
         text: _builtins.str = ...,
         resume_token: _builtins.bytes = ...,
         session_id: _builtins.str = ...,
+        model: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["resume_token", b"resume_token", "session_id", b"session_id", "start", b"start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["resume_token", b"resume_token", "session_id", b"session_id", "start", b"start", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "resume_token", b"resume_token", "session_id", b"session_id", "start", b"start", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_start: _TypeAlias = _typing.Literal["resume_token", "session_id"]  # noqa: Y015
     _WhichOneofArgType_start: _TypeAlias = _typing.Literal["start", b"start"]  # noqa: Y015
@@ -872,12 +893,17 @@ class GetModelInfoRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    MODEL_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """The served model to describe (ListModels); empty means the server's default."""
     def __init__(
         self,
+        *,
+        model: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -974,6 +1000,8 @@ class GetModelInfoResponse(_message.Message):
     SHA256_FIELD_NUMBER: _builtins.int
     LIMITS_FIELD_NUMBER: _builtins.int
     PRECISION_FIELD_NUMBER: _builtins.int
+    SERVED_NAME_FIELD_NUMBER: _builtins.int
+    DEFAULT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Model name from the manifest."""
     version: _builtins.str
@@ -1002,13 +1030,23 @@ class GetModelInfoResponse(_message.Message):
     """The arithmetic of the model file (an int8 and an fp32 file of the same
     weights are different models: different sha256).
     """
+    served_name: _builtins.str
+    """The name the server serves it under (its folder in the model repository):
+    what requests' `model` field takes. `name` is the manifest's.
+    """
+    default: _builtins.bool
+    """Whether requests without `model` go to this model (exactly one served
+    model is the default).
+    """
     @_builtins.property
     def vocabulary(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The vocabulary, in token-id order (one character per entry)."""
 
     @_builtins.property
     def limits(self) -> Global___Limits:
-        """The server's limits."""
+        """The limits requests to this model are held to (the server's, with the
+        model's own overrides).
+        """
 
     def __init__(
         self,
@@ -1028,13 +1066,56 @@ class GetModelInfoResponse(_message.Message):
         sha256: _builtins.str = ...,
         limits: Global___Limits | None = ...,
         precision: Global___Precision.ValueType = ...,
+        served_name: _builtins.str = ...,
+        default: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_val_bits_per_char", b"_val_bits_per_char", "limits", b"limits", "val_bits_per_char", b"val_bits_per_char"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_val_bits_per_char", b"_val_bits_per_char", "cell", b"cell", "embedding_size", b"embedding_size", "hidden_size", b"hidden_size", "layers", b"layers", "limits", b"limits", "name", b"name", "parameters", b"parameters", "precision", b"precision", "sha256", b"sha256", "unknown_char", b"unknown_char", "unknown_policy", b"unknown_policy", "val_bits_per_char", b"val_bits_per_char", "version", b"version", "vocab_size", b"vocab_size", "vocabulary", b"vocabulary"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_val_bits_per_char", b"_val_bits_per_char", "cell", b"cell", "default", b"default", "embedding_size", b"embedding_size", "hidden_size", b"hidden_size", "layers", b"layers", "limits", b"limits", "name", b"name", "parameters", b"parameters", "precision", b"precision", "served_name", b"served_name", "sha256", b"sha256", "unknown_char", b"unknown_char", "unknown_policy", b"unknown_policy", "val_bits_per_char", b"val_bits_per_char", "version", b"version", "vocab_size", b"vocab_size", "vocabulary", b"vocabulary"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__val_bits_per_char: _TypeAlias = _typing.Literal["val_bits_per_char"]  # noqa: Y015
     _WhichOneofArgType__val_bits_per_char: _TypeAlias = _typing.Literal["_val_bits_per_char", b"_val_bits_per_char"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__val_bits_per_char) -> _WhichOneofReturnType__val_bits_per_char | None: ...
 
 Global___GetModelInfoResponse: _TypeAlias = GetModelInfoResponse  # noqa: Y015
+
+@_typing.final
+class ListModelsRequest(_message.Message):
+    """Request of ListModels."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListModelsRequest: _TypeAlias = ListModelsRequest  # noqa: Y015
+
+@_typing.final
+class ListModelsResponse(_message.Message):
+    """Reply of ListModels."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODELS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___GetModelInfoResponse]:
+        """Every served model, sorted by served_name (`default` marks the default)."""
+
+    def __init__(
+        self,
+        *,
+        models: _abc.Iterable[Global___GetModelInfoResponse] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["models", b"models"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListModelsResponse: _TypeAlias = ListModelsResponse  # noqa: Y015

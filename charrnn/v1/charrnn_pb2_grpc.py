@@ -55,6 +55,11 @@ class CharRNNStub:
                 request_serializer=charrnn_dot_v1_dot_charrnn__pb2.GetModelInfoRequest.SerializeToString,
                 response_deserializer=charrnn_dot_v1_dot_charrnn__pb2.GetModelInfoResponse.FromString,
                 _registered_method=True)
+        self.ListModels = channel.unary_unary(
+                '/charrnn.v1.CharRNN/ListModels',
+                request_serializer=charrnn_dot_v1_dot_charrnn__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=charrnn_dot_v1_dot_charrnn__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
 
 
 class CharRNNServicer:
@@ -86,7 +91,14 @@ class CharRNNServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetModelInfo(self, request, context):
-        """What the served model artifact's manifest says, plus the server's limits.
+        """What a served model artifact's manifest says, plus its limits.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListModels(self, request, context):
+        """Every served model, and which one requests without `model` go to.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -114,6 +126,11 @@ def add_CharRNNServicer_to_server(servicer, server):
                     servicer.GetModelInfo,
                     request_deserializer=charrnn_dot_v1_dot_charrnn__pb2.GetModelInfoRequest.FromString,
                     response_serializer=charrnn_dot_v1_dot_charrnn__pb2.GetModelInfoResponse.SerializeToString,
+            ),
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=charrnn_dot_v1_dot_charrnn__pb2.ListModelsRequest.FromString,
+                    response_serializer=charrnn_dot_v1_dot_charrnn__pb2.ListModelsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -225,6 +242,33 @@ class CharRNN:
             '/charrnn.v1.CharRNN/GetModelInfo',
             charrnn_dot_v1_dot_charrnn__pb2.GetModelInfoRequest.SerializeToString,
             charrnn_dot_v1_dot_charrnn__pb2.GetModelInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/charrnn.v1.CharRNN/ListModels',
+            charrnn_dot_v1_dot_charrnn__pb2.ListModelsRequest.SerializeToString,
+            charrnn_dot_v1_dot_charrnn__pb2.ListModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -21,7 +21,6 @@ import numpy as np
 from charrnn.artifact import Manifest
 from charrnn.client.options import parse_units
 from charrnn.quoting import QUOTE_CHARS, quote
-from service.config import Limits
 from service.errors import InvalidRequest
 from service.registry import LoadedModel
 from service.requests import GenerationRequest
@@ -155,15 +154,19 @@ def body(cid: str, created: int, model: str, choices: list[dict[str, Any]], **ex
     return {"id": cid, "object": "text_completion", "created": created, "model": model, "choices": choices, **extra}
 
 
-def model_card(manifest: Manifest, limits: Limits) -> dict[str, Any]:
-    """GET /v1/models' entry for the served model; `charrnn` has what the playground needs."""
+def model_card(model: LoadedModel, default: bool) -> dict[str, Any]:
+    """GET /v1/models' entry for a served model (`id`: its served name, what `model` takes); `charrnn` has
+    what the playground needs."""
+    manifest, limits = model.manifest, model.limits
     m = manifest.model
     return {
-        "id": m.name,
+        "id": model.name,
         "object": "model",
         "created": _created(manifest),
         "owned_by": OWNER,
         OWNER: {
+            "default": default,
+            "name": m.name,
             "version": m.version,
             "sha256": manifest.onnx.sha256,
             "precision": manifest.precision,

@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from aiohttp import web
 
-from charrnn.quoting import quote
 from service.context import Context
-from service.errors import InvalidRequest, ServiceError
+from service.errors import ForeignToken, ModelNotFound, ServiceError
 from service.front import Front, Generation, Runtime
 from service.http import errors, openai, sse
 from service.http.body import Bodies
+from service.registry import LoadedModel
 from service.stream import Chunk, Finished
 
 if TYPE_CHECKING:
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 COMPLETIONS = "/v1/completions"
+MODEL = "/v1/models/{model}"
 HEALTH = "/health"
 # Set on a request whose client went away mid-response (counted as status 499, nginx's "client closed").
 CLIENT_GONE = web.RequestKey("charrnn_client_gone", bool)
@@ -45,6 +46,7 @@ class Routes:
     def add_to(self, app: web.Application) -> None:
         app.router.add_post(COMPLETIONS, self.completions)
         app.router.add_get("/v1/models", self.models)
+        app.router.add_get(MODEL, self.model)
         app.router.add_get(HEALTH, self.health)
         app.router.add_get("/", self.playground)
         app.router.add_static("/static/", STATIC_DIR, append_version=False)
@@ -59,12 +61,14 @@ class Routes:
             except ServiceError as exc:
                 exc.param = f"{openai.OWNER}.resume_token"
                 raise
-        model = self.rt.models.for_context(ctx)
-        name = model.manifest.model.name
-        if completion.model not in (None, name):
-            served = f"GET /v1/models: {name!r}"
-            raise InvalidRequest(f"model {quote(completion.model)} is not served here ({served})", param="model")
-        generation = self.front.generate(ctx, completion.request, arrived, model)
+        try:
+            if completion.model is not None:
+                self.rt.models.named(completion.model)  # JSON's "" is a name, not protobuf's unset
+            generation = self.front.generate(ctx, completion.request, arrived, completion.model)
+        except (ModelNotFound, ForeignToken) as exc:
+            named = isinstance(exc, ModelNotFound) or completion.model is not None
+            exc.param = "model" if named else f"{openai.OWNER}.resume_token"
+            raise
         try:
             if completion.stream:
                 return await self._events(request, completion, generation)
@@ -80,8 +84,7 @@ class Routes:
             if completion.request.watch:
                 extension["values"] = openai.rounded(np.concatenate([chunk.values for chunk in chunks]))
             choice = openai.choice("".join(chunk.text for chunk in chunks), finished.reason.value)
-            name = model.manifest.model.name
-            body = openai.body(openai.completion_id(), openai.now(), name, [choice], usage=openai.usage(finished))
+            body = openai.body(openai.completion_id(), openai.now(), model.name, [choice], usage=openai.usage(finished))
             return web.json_response({**body, openai.OWNER: extension})
 
         return await generation.whole(render)
@@ -91,7 +94,7 @@ class Routes:
     ) -> web.StreamResponse:
         model = generation.model
         response = web.StreamResponse(headers={"Content-Type": sse.CONTENT_TYPE, **sse.HEADERS})
-        cid, created, name = openai.completion_id(), openai.now(), model.manifest.model.name
+        cid, created, name = openai.completion_id(), openai.now(), model.name
         watching = bool(completion.request.watch)
 
         def render(chunk: Chunk) -> list[bytes]:
@@ -127,8 +130,21 @@ class Routes:
         return response
 
     async def models(self, request: web.Request) -> web.Response:
-        card = openai.model_card(self.rt.models.current.manifest, self.rt.limits)
-        return web.json_response({"object": "list", "data": [card]})
+        """Every served model's card, the default first (clients that take the first one get the default)."""
+        models = self.rt.models
+        ordered = sorted(models.served(), key=lambda m: m is not models.current)
+        return web.json_response({"object": "list", "data": [self._card(m) for m in ordered]})
+
+    async def model(self, request: web.Request) -> web.Response:
+        """One served model's card (its units for the playground's picker); 404 listing the served names."""
+        try:
+            return web.json_response(self._card(self.rt.models.named(request.match_info["model"])))
+        except ModelNotFound as exc:
+            exc.param = "model"
+            raise
+
+    def _card(self, model: LoadedModel) -> dict[str, Any]:
+        return openai.model_card(model, default=model is self.rt.models.current)
 
     async def health(self, request: web.Request) -> web.Response:
         """The gRPC health service's overall status for HTTP probes: 200 SERVING once the model is warm, 503

@@ -25,6 +25,7 @@ from tests.service.tinymodel import TinySpec, export
 
 COUNTS: Counter[str] = Counter()
 FUZZ_SPEC = TinySpec(policy="refuse", seed=1)  # the fuzzed server's model
+FUZZ_MODEL = "model"  # its served name (its folder's)
 # Small limits keep valid requests cheap; the fuzzer still reaches every limit. Requests the fuzz draws as
 # valid ask for at most CHEAP_CHARS; the request limit is higher so that the bystanders' streams are long.
 CHEAP_CHARS = 24
@@ -60,7 +61,7 @@ def examples(default_cases: int, per_example: int) -> int:
 def fuzz_artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("fuzz-artifacts")
     return {
-        "model": export(FUZZ_SPEC, root / "model"),
+        "model": export(FUZZ_SPEC, root / FUZZ_MODEL),
         "other": export(TinySpec(policy="refuse", seed=8), root / "other"),  # same shapes, another hash
     }
 
@@ -89,9 +90,9 @@ def rss_kb(pid: int) -> int:
 def metric(server: ServerProcess, name: str) -> float:
     port = int((server.port_file.parent / "metrics").read_text())
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    match = re.search(rf"^{name} (\S+)$", body, re.MULTILINE)
-    assert match is not None, f"no series {name} on /metrics"
-    return float(match.group(1))
+    values = re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", body, re.MULTILINE)  # summed over its models
+    assert values, f"no series {name} on /metrics"
+    return sum(float(v) for v in values)
 
 
 def scored_tokens(target: str, texts: list[str]) -> list[bytes]:

@@ -288,14 +288,14 @@ def _in_range(w: Web, body: dict[str, Any], has_state: bool) -> bool:
 
 def expect_body(w: Web, body: Any) -> int:
     """The status a parsed body gets: types first (400), then the token (400 or 409 for another model's),
-    the model's name (400), then the ranges (400)."""
+    the model's name (404 unless the served one), then the ranges (400)."""
     if not isinstance(body, dict) or not _typed(w, body):
         return 400
     token = (body.get("charrnn") or {}).get("resume_token")
     if token is not None and token not in w.tokens:
         return 409 if token in w.foreign else 400
-    if body.get("model") not in (None, w.info.name):
-        return 400
+    if body.get("model") not in (None, w.info.served_name):
+        return 404
     return 200 if _in_range(w, body, token is not None) else 400
 
 
@@ -454,7 +454,7 @@ def _materialise(w: Web, body: dict[str, Any]) -> dict[str, Any]:
     """Markers replaced by the live server's values: the served model's name, its tokens."""
     body = dict(body)
     if body.get("model") == "SERVED":
-        body["model"] = w.info.name
+        body["model"] = w.info.served_name
     ext = body.get("charrnn")
     if isinstance(ext, dict) and isinstance(ext.get("resume_token"), tuple):
         kind, index = ext["resume_token"]

@@ -40,6 +40,7 @@ from tests.fuzz.conftest import (
     CHEAP_CHARS,
     COUNTS,
     FUZZ_LIMITS,
+    FUZZ_MODEL,
     FUZZ_SPEC,
     check_bystanders,
     examples,
@@ -200,13 +201,20 @@ def _generation_ok(t: Target, msg: pb.GenerateRequest | pb.GenerateAction, has_s
     return ok
 
 
+def _model(t: Target, model: str) -> grpc.StatusCode | None:
+    """An unknown model is NOT_FOUND (after the start's refusals); empty is the default, the only one here."""
+    return None if model in ("", t.info.served_name) else C.NOT_FOUND
+
+
 def expect_generate(t: Target, msg: pb.GenerateRequest) -> grpc.StatusCode:
     refused, has_state = _start(t, msg)
+    refused = refused or _model(t, msg.model)
     return refused or (C.OK if _generation_ok(t, msg, has_state) else C.INVALID_ARGUMENT)
 
 
 def expect_score(t: Target, msg: pb.ScoreRequest) -> grpc.StatusCode:
     refused, _ = _start(t, msg)
+    refused = refused or _model(t, msg.model)
     return refused or (C.OK if msg.text and _text_ok(t, msg.text, MAX_SCORE) else C.INVALID_ARGUMENT)
 
 
@@ -216,11 +224,18 @@ def expect_session(t: Target, messages: list[bytes]) -> tuple[grpc.StatusCode, i
     Returns the code and how many messages the server must read to decide it.
     """
     has_state = False
+    bound: str | None = None  # the first message's model
     for read, raw in enumerate(messages, 1):
         try:
             request = pb.SessionRequest.FromString(raw)
         except DecodeError:
             return C.INVALID_ARGUMENT, read
+        if bound is None:
+            if _model(t, request.model) is not None:
+                return C.NOT_FOUND, read
+            bound = request.model
+        elif request.model and request.model != bound:
+            return C.INVALID_ARGUMENT, read  # a Session's model cannot change
         action = request.WhichOneof("action")
         if action is None:
             return C.INVALID_ARGUMENT, read
@@ -335,6 +350,8 @@ activations = _units(
     st.one_of(st.integers(0, FUZZ_SPEC.hidden + 2), st.just(2**32 - 1)),
     MAX_WATCHED + 2,
 )
+# A model's name: the served one, the default (empty), another, or one far over any quoting bound.
+models = st.one_of(st.sampled_from(["", FUZZ_MODEL, "other", FUZZ_MODEL.upper()]), st.text(max_size=20), long_text)
 checkpoint_every = st.one_of(st.just(0), st.integers(1, 2 * MIN_CHECKPOINT), st.just(2**32 - 1))
 # A start: none, random bytes, a session id (never a live one), or the target's valid / foreign token i.
 starts = st.one_of(
@@ -363,6 +380,7 @@ good = {
     "checkpoint_every_chars": st.one_of(st.just(0), st.integers(MIN_CHECKPOINT, 4 * MIN_CHECKPOINT)),
     "start": st.one_of(st.just(("none", None)), st.tuples(st.just("valid"), st.integers(0, 3))),
     "text": st.text(alphabet=in_vocab, min_size=1, max_size=MAX_SCORE),
+    "model": st.sampled_from(["", FUZZ_MODEL]),
 }
 hostile = {
     "prompt": texts,
@@ -374,6 +392,7 @@ hostile = {
     "checkpoint_every_chars": checkpoint_every,
     "start": starts,
     "text": texts,
+    "model": models,
 }
 
 
@@ -395,7 +414,7 @@ def _with_start(t: Target, msg: Any, start: tuple[str, Any]) -> Any:
 
 
 GENERATE_FIELDS: tuple[str, ...] = ("prompt", "max_chars", "sampling", "stop", "create_session", "activations")
-GENERATE_FIELDS += ("checkpoint_every_chars", "start")
+GENERATE_FIELDS += ("checkpoint_every_chars", "start", "model")
 
 
 @st.composite
@@ -415,10 +434,10 @@ def generate_cases(draw: st.DrawFn) -> Case:
 
 @st.composite
 def score_cases(draw: st.DrawFn) -> Case:
-    fields = draw(request_fields(("text", "start")))
+    fields = draw(request_fields(("text", "start", "model")))
 
     def build(t: Target) -> tuple[str, bytes, grpc.StatusCode]:
-        msg = _with_start(t, pb.ScoreRequest(text=fields["text"]), fields["start"])
+        msg = _with_start(t, pb.ScoreRequest(text=fields["text"], model=fields["model"]), fields["start"])
         return "Score", msg.SerializeToString(), expect_score(t, msg)
 
     return build
@@ -497,8 +516,20 @@ actions = st.one_of(
     st.binary(max_size=40).map(lambda b: pb.SessionRequest(load=pb.LoadAction(resume_token=b))),
     st.one_of(st.text(max_size=30), long_text).map(lambda s: pb.SessionRequest(load=pb.LoadAction(session_id=s))),
 )
+
+
+def _named(request: pb.SessionRequest, model: str) -> pb.SessionRequest:
+    request.model = model
+    return request
+
+
 session_messages = st.lists(
-    st.one_of(actions.map(lambda a: a.SerializeToString()), st.binary(max_size=16)), min_size=1, max_size=6
+    st.one_of(
+        st.tuples(actions, st.one_of(good["model"], models)).map(lambda am: _named(*am).SerializeToString()),
+        st.binary(max_size=16),
+    ),
+    min_size=1,
+    max_size=6,
 )
 # Loads of the target's own tokens (valid or foreign), which random bytes never are.
 token_loads = st.tuples(st.sampled_from(["valid", "foreign"]), st.integers(0, 3), st.integers(0, 5))

@@ -15,12 +15,12 @@ from tests.service.harness import ServerThread, make_config
 from tests.service.tinymodel import TinySpec, export
 
 PROMPT = "def main(argv):\n    "
-MODEL = "tiny-lstm"  # the tiny artifact's name (tests/service/tinymodel.py)
+MODEL = "tiny-lstm"  # the served name: the artifact's folder (the manifest's name is the same)
 
 
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return export(TinySpec(), tmp_path_factory.mktemp("http-artifact") / "lstm")
+    return export(TinySpec(), tmp_path_factory.mktemp("http-artifact") / MODEL)
 
 
 def base_url(server: ServerThread) -> str:

@@ -10,6 +10,7 @@ import openai
 
 from charrnn.client import Client
 from tests.http.conftest import MODEL, PROMPT, base_url
+from tests.observability.scrape import value
 from tests.service.harness import ServerThread, make_config
 
 CHARS = 1500
@@ -51,9 +52,8 @@ def _share_and_agree(server: ServerThread) -> None:
         alone = sdk.completions.create(model=MODEL, prompt=PROMPT, max_tokens=CHARS, temperature=0.9, seed=21)
     assert server.server is not None
     registry = server.server.metrics.registry
-    steps = registry.get_sample_value("charrnn_batch_size_count")
-    alone_steps = registry.get_sample_value("charrnn_batch_size_bucket", {"le": "1.0"})
-    assert steps is not None and alone_steps is not None
+    steps = value(registry, "charrnn_batch_size_count")
+    alone_steps = value(registry, "charrnn_batch_size_bucket", le="1.0")
     assert steps - alone_steps > 0, "no decode step advanced the HTTP and the gRPC stream together"
     assert texts["http"] == texts["grpc"] == alone.choices[0].text
     assert len(texts["http"]) == CHARS

@@ -77,6 +77,6 @@ def test_refusals_are_sdk_errors_naming_the_parameter(server: ServerThread) -> N
     with pytest.raises(openai.BadRequestError) as bad:
         client.completions.create(model=MODEL, prompt=PROMPT, temperature=101.0)
     assert bad.value.body["param"] == "temperature" and "temperature must be in" in bad.value.body["message"]  # type: ignore[index]
-    with pytest.raises(openai.BadRequestError) as wrong_model:
+    with pytest.raises(openai.NotFoundError) as wrong_model:
         client.completions.create(model="gpt-4", prompt=PROMPT)
     assert wrong_model.value.body["param"] == "model"  # type: ignore[index]

@@ -1,11 +1,13 @@
 """The playground in a real browser: Debian's chromium and chromium-driver, driven headless by selenium.
 
-The page is loaded from a real server on the shipped default model; it streams a seeded generation that
+The page is loaded from a real server on the shipped repository (models/: default and shakespeare, as
+`make serve` serves it); on the default model it streams a seeded generation that
 must match the same request over gRPC, character by character and value by value; every character's
 background must be the colour the terminal's `--watch` gives its unit's value (charrnn/client/heatmap.py),
 and its text must contrast with that background as rendered by a WCAG ratio of 4.5 or more; Stop must
-cancel the stream on the server. The
-screenshot goes to CHARRNN_SCREENSHOT_DIR when set (docs/img/ for the docs), else to the test's tmp dir.
+cancel the stream on the server; picking the other model in the picker must show that model's units and
+stream its text. The screenshot goes to CHARRNN_SCREENSHOT_DIR when set (docs/img/ for the docs), else to
+the test's tmp dir.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ CHARS = 400
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServerThread]:
-    config = make_config(REPO / "models" / "default", http_port=0, metrics_port=0)
+    config = make_config(None, model_repository=REPO / "models", http_port=0, metrics_port=0)
     with ServerThread(config) as srv:
         yield srv
 
@@ -141,14 +143,41 @@ def test_the_page_streams_the_seeded_text_coloured_by_the_unit(browser: Any, ser
 
 def test_stop_cancels_the_stream_on_the_server(browser: Any, server: ServerThread) -> None:
     _open(browser, server)
-    cancelled = _metric(server, "charrnn_streams_finished_total", reason="cancelled")
+    cancelled = _metric(server, "charrnn_streams_finished_total", model="default", reason="cancelled")
     _fill(browser, "length", "20000")
     _fill(browser, "seed", "")
     browser.find_element("id", "generate").click()
     assert wait_until(lambda: browser.execute_script("return window.playground.text.length") >= 200, 30)
-    assert _metric(server, "charrnn_live_streams") == 1
+    assert _metric(server, "charrnn_live_streams", model="default") == 1
     browser.find_element("id", "stop").click()
-    assert wait_until(lambda: _metric(server, "charrnn_live_streams") == 0, 10)
-    assert _metric(server, "charrnn_streams_finished_total", reason="cancelled") == cancelled + 1
+    assert wait_until(lambda: _metric(server, "charrnn_live_streams", model="default") == 0, 10)
+    assert _metric(server, "charrnn_streams_finished_total", model="default", reason="cancelled") == cancelled + 1
     assert browser.execute_script("return window.playground.finish") == "stopped"
     assert "stopped after" in browser.find_element("id", "status").text
+
+
+def test_the_picker_switches_the_model_its_units_and_its_text(browser: Any, server: ServerThread) -> None:
+    from selenium.webdriver.support.select import Select
+
+    _open(browser, server)
+    picker = Select(browser.find_element("id", "model-picker"))
+    assert [o.get_attribute("value") for o in picker.options] == ["default", "shakespeare"]
+    assert picker.first_selected_option.text == "default (default)"
+    picker.select_by_value("shakespeare")
+    assert wait_until(lambda: browser.execute_script("return window.playground.model.id") == "shakespeare", 30)
+    unit = Select(browser.find_element("id", "unit"))
+    with Client(server.target) as client:
+        info = client.info("shakespeare")
+        assert len(unit.options) == 5 + 2 * info.layers * info.hidden_size, "the picked model's units (512 wide)"
+        assert info.hidden_size != client.info().hidden_size
+        unit.select_by_value("h1:300")  # only the wider model has it
+        _fill(browser, "prompt", "ROMEO:\n")
+        _fill(browser, "length", "200")
+        _fill(browser, "seed", "5")
+        browser.find_element("id", "generate").click()
+        assert wait_until(lambda: browser.execute_script("return window.playground.finish") == "length", 60)
+        text = browser.execute_script("return window.playground.text")
+        gen = client.generate("ROMEO:\n", max_chars=200, temperature=0.6, seed=5, model="shakespeare")
+        assert text == gen.text(), "the page streams the picked model's text"
+        assert text != client.generate("ROMEO:\n", max_chars=200, temperature=0.6, seed=5).text()
+    assert "shakespeare" in browser.find_element("id", "model").text

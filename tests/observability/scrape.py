@@ -18,10 +18,16 @@ class MissingSeries(AssertionError):
 
 
 def value(registry: CollectorRegistry, name: str, **labels: str) -> float:
-    """A sample's value; MissingSeries (naming the series that do exist under `name`) when there is none."""
-    got = registry.get_sample_value(name, labels)
-    if got is not None:
-        return got
+    """The sum of the samples named `name` whose labels include `labels` (one series, or a metric's series
+    of every model when `model` is left out); MissingSeries (naming the series that do exist) when none does."""
+    matching = [
+        s.value
+        for family in registry.collect()
+        for s in family.samples
+        if s.name == name and labels.items() <= s.labels.items()
+    ]
+    if matching:
+        return sum(matching)
     present = sorted(str(s.labels) for family in registry.collect() for s in family.samples if s.name == name)
     where = f"series of {name}: {', '.join(present[:8])}" if present else f"no sample is named {name}"
     raise MissingSeries(f"no series {name}{labels} ({where})")

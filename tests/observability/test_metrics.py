@@ -196,7 +196,8 @@ def test_model_info_serving_and_http_endpoint(server: ServerThread, model_dir: P
     url = f"http://127.0.0.1:{server.server.metrics_http.port}/metrics"
     samples = scrape(url)
     m = load_manifest(model_dir)
-    labels = {"name": m.model.name, "version": m.model.version, "sha256": m.onnx.sha256, "precision": "fp32"}
+    labels = {"model": model_dir.name, "name": m.model.name, "version": m.model.version, "sha256": m.onnx.sha256,
+              "precision": "fp32"}  # fmt: skip
     info = frozenset(labels.items())
     assert samples[("charrnn_model_info", info)] == 1
     assert samples[("charrnn_serving", frozenset())] == 1

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from service.metrics import Metrics
 from tests.observability.scrape import MissingSeries, series, value
 
 
+def _registry() -> CollectorRegistry:
+    metrics = Metrics()
+    metrics.model("m")  # a served model's series start at 0
+    return metrics.registry
+
+
 def test_a_missing_series_fails_and_an_existing_zero_reads_zero() -> None:
-    reg = Metrics().registry
-    assert value(reg, "charrnn_rejections_total", reason="queue_full") == 0  # created at start, not counted yet
+    reg = _registry()
+    assert value(reg, "charrnn_rejections_total", model="m", reason="queue_full") == 0  # not counted yet
     with pytest.raises(MissingSeries, match="no sample is named charrnn_rejection_total"):
         value(reg, "charrnn_rejection_total", reason="queue_full")  # misspelt name
     with pytest.raises(MissingSeries, match=r"series of charrnn_rejections_total: .*queue_full"):
@@ -18,8 +25,8 @@ def test_a_missing_series_fails_and_an_existing_zero_reads_zero() -> None:
 
 
 def test_series_lists_none_before_the_first_event_and_fails_on_an_unknown_name() -> None:
-    reg = Metrics().registry
+    reg = _registry()
     assert series(reg, "grpc_server_started_total") == []  # registered, no call yet
-    assert {"reason": "queue_full"} in series(reg, "charrnn_rejections_total")
+    assert {"model": "m", "reason": "queue_full"} in series(reg, "charrnn_rejections_total")
     with pytest.raises(MissingSeries, match="no metric has samples named grpc_server_started_totl"):
         series(reg, "grpc_server_started_totl")

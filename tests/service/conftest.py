@@ -14,6 +14,8 @@ SPECS = {
     "lstm_other": TinySpec(seed=7),  # same shapes, different weights: another model's hash
     "gru": TinySpec(cell="gru", seed=2),
     "rnn": TinySpec(cell="rnn", layers=1, seed=3),
+    # Another shape and vocabulary (no unknown character): a second model of a repository.
+    "gru_small": TinySpec(cell="gru", layers=1, hidden=16, embedding=8, policy="refuse", seed=5),
 }
 
 

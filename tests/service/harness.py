@@ -30,8 +30,9 @@ REPO = Path(__file__).resolve().parents[2]
 TEST_KEY = "test-hmac-key"
 
 
-def make_config(model_dir: Path, **overrides: Any) -> ServerConfig:
-    """A loopback test server's config; `overrides` are settings by name, nested or not (max_sessions=2)."""
+def make_config(model_dir: Path | None, **overrides: Any) -> ServerConfig:
+    """A loopback test server's config; `overrides` are settings by name, nested or not (max_sessions=2).
+    `model_dir` None: pass `model_repository=`."""
     paths = {s.name: s.path for s in settings_of(ServerConfig)}
     values: dict[tuple[str, ...], Any] = {("flush", "flush_interval_ms"): 10.0, ("metrics_port",): -1}
     values |= {paths[name]: value for name, value in overrides.items()}
@@ -228,10 +229,12 @@ def charrnn_cmd(*args: str) -> list[str]:
 class ServerProcess:
     """`charrnn serve` in a subprocess on port 0; the port comes back through --port-file."""
 
-    def __init__(self, model_dir: Path, tmp: Path, *extra: str, env: dict[str, str] | None = None):
+    def __init__(
+        self, model_dir: Path, tmp: Path, *extra: str, env: dict[str, str] | None = None, flag: str = "--model"
+    ):
         self.port_file = tmp / f"port-{time.monotonic_ns()}"
         self.log = tmp / f"server-{time.monotonic_ns()}.log"
-        args = ["serve", "--model", str(model_dir), "--host", "127.0.0.1", "--port", "0"]
+        args = ["serve", flag, str(model_dir), "--host", "127.0.0.1", "--port", "0"]
         args += ["--port-file", str(self.port_file), "--hmac-key", TEST_KEY, "--metrics-port", "0", *extra]
         full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
         self._log_file = open(self.log, "wb")  # noqa: SIM115 (closed in stop)

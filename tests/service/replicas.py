@@ -42,7 +42,8 @@ class Replica(ServerProcess):
 
     def live(self) -> float:
         port = int(self.metrics_port_file.read_text())
-        return scrape(f"http://127.0.0.1:{port}/metrics")[("charrnn_live_streams", frozenset())]
+        samples = scrape(f"http://127.0.0.1:{port}/metrics")
+        return sum(v for (name, _), v in samples.items() if name == "charrnn_live_streams")  # over its models
 
 
 def start_replicas(model_dir: Path, tmp: Path, n: int, *extra: str) -> list[Replica]:

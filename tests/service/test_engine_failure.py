@@ -81,7 +81,7 @@ def run(model_dir: Path, jobs: list[Job], fault: Callable[[int], None], health: 
     run after health came back."""
 
     async def main() -> list[Outcome]:
-        sched = Scheduler(spec(model_dir, engine_stall_seconds=STALL_S), 2, metrics)
+        sched = Scheduler(spec(model_dir, engine_stall_seconds=STALL_S), 2, metrics.model("tiny"))
         sched.on_health = health.append
         await sched.start()
         try:
@@ -111,7 +111,7 @@ def check(model_dir: Path, outcomes: list[Outcome], jobs: list[Job], metrics: Me
         assert error.retry_pushback_ms == PUSHBACK_MS
     assert [streams[1], streams[3]] == [(alone(model_dir, jobs[1]), None), (alone(model_dir, jobs[3]), None)]
     assert after == (alone(model_dir, jobs[0]), None), "the engine's successor serves"
-    assert metrics.registry.get_sample_value("charrnn_engine_restarts_total", {"reason": reason}) == 1
+    assert metrics.registry.get_sample_value("charrnn_engine_restarts_total", {"model": "tiny", "reason": reason}) == 1
 
 
 def jobs_for(model_dir: Path) -> list[Job]:
@@ -177,7 +177,8 @@ def test_a_killed_engine_reads_unavailable_health_recovers_and_a_checkpointed_st
             assert "".join(parts) == expected, "resumed from its checkpoint: the same text as unbroken"
         finally:
             failover.close()
-        assert srv.registry.get_sample_value("charrnn_engine_restarts_total", {"reason": "died"}) == 2
+        restarts = {"model": lstm_dir.name, "reason": "died"}
+        assert srv.registry.get_sample_value("charrnn_engine_restarts_total", restarts) == 2
 
 
 def _children(pid: int) -> list[int]:

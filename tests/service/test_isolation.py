@@ -64,7 +64,7 @@ def run(
 
     async def main() -> list[Outcome]:
         launch = thread_launcher(engine) if threads else start_process
-        sched = Scheduler(spec(engine), workers, metrics, launch)
+        sched = Scheduler(spec(engine), workers, metrics.model("tiny") if metrics is not None else None, launch)
         await sched.start()
         started()  # the engines have warmed up
         try:
@@ -100,7 +100,7 @@ def alone(engine: Engine, jobs: list[Job]) -> list[str]:
 
 
 def failures(metrics: Metrics, name: str, phase: str) -> float:
-    value = metrics.registry.get_sample_value(name, {"phase": phase})
+    value = metrics.registry.get_sample_value(name, {"model": "tiny", "phase": phase})
     assert value is not None
     return value
 

@@ -147,4 +147,5 @@ def test_enums_start_unspecified_and_service_shape() -> None:
         "Session": (True, True),
         "Score": (False, False),
         "GetModelInfo": (False, False),
+        "ListModels": (False, False),
     }

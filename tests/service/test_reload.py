@@ -26,7 +26,9 @@ def _install(src: Path, dst: Path) -> None:
 
 def _reloads(srv: ServerThread, result: str) -> float | None:
     assert srv.server is not None
-    return srv.server.metrics.registry.get_sample_value("charrnn_model_reloads_total", {"result": result})
+    return srv.server.metrics.registry.get_sample_value(
+        "charrnn_model_reloads_total", {"model": "model", "result": result}
+    )
 
 
 def test_reload_keeps_live_streams_on_their_model(artifacts: dict[str, Path], tmp_path: Path) -> None:
@@ -43,7 +45,7 @@ def test_reload_keeps_live_streams_on_their_model(artifacts: dict[str, Path], tm
             head += next(live)
         assert srv.live == 1
         _install(artifacts["lstm_other"], model_dir)
-        assert srv.call(srv.server.reload()) == "loaded"
+        assert srv.call(srv.server.reload()) == {"model": "loaded"}
         assert len(srv.server.runtime.models) == 2, "the old model retired while its stream was live"
         new_sha = c.info().sha256
         assert new_sha != old_sha
@@ -69,18 +71,18 @@ def test_refused_artifacts_leave_the_old_model_serving(artifacts: dict[str, Path
     with ServerThread(make_config(model_dir)) as srv, Client(srv.target, timeout=30) as c:
         assert srv.server is not None
         sha = c.info().sha256
-        assert srv.call(srv.server.reload()) == "unchanged"
+        assert srv.call(srv.server.reload()) == {"model": "unchanged"}
         with open(model_dir / "model.onnx", "r+b") as f:  # bad hash
             f.seek(200)
             f.write(b"\xff\xfe\xfd")
-        assert srv.call(srv.server.reload()) == "refused"
+        assert srv.call(srv.server.reload()) == {"model": "refused"}
         _install(artifacts["lstm_other"], model_dir)
         manifest = json.loads((model_dir / "manifest.json").read_text())
         manifest["model"]["hidden_size"] += 8  # bad shapes: the graph's states don't fit the manifest
         (model_dir / "manifest.json").write_text(json.dumps(manifest))
-        assert srv.call(srv.server.reload()) == "refused"
+        assert srv.call(srv.server.reload()) == {"model": "refused"}
         (model_dir / "manifest.json").unlink()  # unreadable
-        assert srv.call(srv.server.reload()) == "refused"
+        assert srv.call(srv.server.reload()) == {"model": "refused"}
         assert c.info().sha256 == sha and len(c.generate(PROMPT, max_chars=50, seed=1).text()) == 50
         assert (_reloads(srv, "refused"), _reloads(srv, "unchanged"), _reloads(srv, "loaded")) == (3, 1, 0)
 

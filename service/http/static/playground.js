@@ -97,6 +97,7 @@ function option(value, label) {
 function fillUnits(card) {
   const info = card.charrnn;
   const select = $("unit");
+  select.replaceChildren();
   if (info.units.length) {
     const group = document.createElement("optgroup");
     group.label = "Interpretable units (charrnn analyze units)";
@@ -128,14 +129,29 @@ function describeUnit() {
   if (!playground.controller) showScale(kind, 0); // a running stream keeps its own unit's legend
 }
 
-async function loadModel() {
-  const response = await fetch("/v1/models", { headers: headers() });
+async function getJSON(url) {
+  const response = await fetch(url, { headers: headers() });
   const body = await response.json();
   if (!response.ok) throw new Error(body.error ? body.error.message : response.statusText);
-  const card = body.data[0];
+  return body;
+}
+
+// The served models in the picker (the default first, as /v1/models lists them), then the picked one's card.
+async function loadModels() {
+  const body = await getJSON("/v1/models");
+  const picker = $("model-picker");
+  picker.replaceChildren(...body.data.map((card) => option(card.id, card.charrnn.default ? `${card.id} (default)` : card.id)));
+  await loadModel();
+}
+
+// The picked model's card: its shape, its limits and its units (GET /v1/models/{id}).
+async function loadModel() {
+  const id = $("model-picker").value;
+  const card = await getJSON(`/v1/models/${encodeURIComponent(id)}`);
+  if ($("model-picker").value !== id) return; // picked again meanwhile: that load shows its own
   playground.model = card;
   const info = card.charrnn;
-  $("model").textContent = `${card.id} ${info.version}: ${info.cell} ${info.layers}×${info.hidden_size}`;
+  $("model").textContent = `${card.id} (${info.name} ${info.version}): ${info.cell} ${info.layers}×${info.hidden_size}`;
   $("length").max = info.limits.max_tokens;
   fillUnits(card);
 }
@@ -241,5 +257,6 @@ async function generate(e) {
 $("controls").addEventListener("submit", generate);
 $("stop").addEventListener("click", () => playground.controller && playground.controller.abort());
 $("unit").addEventListener("change", describeUnit);
-$("token").addEventListener("change", () => { if (!playground.model) loadModel().catch((e) => setStatus(e.message, true)); });
-loadModel().catch((err) => setStatus(`cannot load the model: ${err.message}`, true));
+$("model-picker").addEventListener("change", () => loadModel().catch((e) => setStatus(e.message, true)));
+$("token").addEventListener("change", () => { if (!playground.model) loadModels().catch((e) => setStatus(e.message, true)); });
+loadModels().catch((err) => setStatus(`cannot load the models: ${err.message}`, true));
