@@ -173,7 +173,7 @@ class Metrics:
         )
         self.engine_restarts = Counter(
             "charrnn_engine_restarts_total",
-            "Decode workers replaced, by reason: died (its loop failed) or wedged (no iteration for the stall).",
+            "Engine processes replaced, by reason: died (it exited) or wedged (work, and nothing sent for the stall).",
             (*MODEL, "reason"),
             registry=r,
         )
