@@ -93,6 +93,24 @@ def register(sub: Any) -> None:
     s.add_argument("--skip-interference", action="store_true", help="skip the Score/feed interference case")
     s.set_defaults(handler=_lazy("bench.serve:main"))
 
+    fa = which.add_parser(
+        "fairness",
+        help="one model's load vs another's time to first character, on one server",
+        formatter_class=_DEFAULTS,
+    )
+    fa.add_argument("--a-model", type=Path, default=Path("models/default"), help="the loaded model's artifact")
+    fa.add_argument("--b-model", type=Path, default=Path("models/shakespeare"), help="the measured model's artifact")
+    fa.add_argument("--a-name", default="default", help="A's name in the repository (the default model)")
+    fa.add_argument("--b-name", default="shakespeare", help="B's name in the repository")
+    fa.add_argument("--a-streams", type=int, default=64, help="concurrent streams on A")
+    fa.add_argument("--b-chars", type=int, default=200, help="characters per request on B (short: many first chars)")
+    fa.add_argument("--rounds", type=int, default=3, help="interleaved rounds of B alone, then B beside A")
+    fa.add_argument("--warmup", type=float, default=4.0, help="seconds of load before each measured window")
+    fa.add_argument("--duration", type=float, default=15.0, help="seconds in each measured window")
+    fa.add_argument("--server-flags", type=shlex.split, default=[], help="extra `charrnn serve` flags (one string)")
+    fa.add_argument("--out", type=Path, default=Path("bench-results/fairness"), help="directory for the JSON")
+    fa.set_defaults(handler=_lazy("bench.fairness:main"))
+
     e = which.add_parser("sse", help="server CPU per character: SSE (HTTP) vs gRPC streams", formatter_class=_DEFAULTS)
     e.add_argument("--model", type=Path, default=Path("models/default"), help="model artifact directory")
     e.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")

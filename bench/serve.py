@@ -86,8 +86,9 @@ class _Tally:
     done: bool = False
 
 
-async def _streams(stub: Any, n: int, max_chars: int, tally: _Tally) -> None:
-    """`n` concurrent Generate streams, each issuing calls back to back until the tally is done."""
+async def _streams(stub: Any, n: int, max_chars: int, tally: _Tally, model: str = "") -> None:
+    """`n` concurrent Generate streams on `model` (the default: ""), each issuing calls back to back until the
+    tally is done."""
     from charrnn.v1 import charrnn_pb2 as pb
 
     async def one(i: int) -> None:
@@ -95,7 +96,7 @@ async def _streams(stub: Any, n: int, max_chars: int, tally: _Tally) -> None:
         await asyncio.sleep(RAMP_S * i / n)  # independent clients arrive spread out, not all in one instant
         while not tally.done:
             seed += 1
-            request = pb.GenerateRequest(prompt=PROMPT, max_chars=max_chars,
+            request = pb.GenerateRequest(prompt=PROMPT, max_chars=max_chars, model=model,
                                          sampling=pb.SamplingParams(temperature=1.0, seed=seed))  # fmt: skip
             sent, sent_open = time.perf_counter(), tally.open
             last = None
@@ -161,10 +162,11 @@ async def _window(tally: _Tally, warmup: float, duration: float, server_pid: int
 
 
 def drive(target: str, mode: str, streams: int, duration: float, max_chars: int, background: str = "",
-          text: str = "", max_feed: int = 8192, *, warmup: float = 0.0,
-          server_pid: int | None = None) -> LoadResult:  # fmt: skip
-    """`streams` concurrent streams (beside a `background` Score/feed loop, if set) for `warmup` + `duration`
-    seconds, measured over the last `duration`; with `server_pid`, the server tree's CPU time over it too."""
+          text: str = "", max_feed: int = 8192, *, warmup: float = 0.0, server_pid: int | None = None,
+          model: str = "") -> LoadResult:  # fmt: skip
+    """`streams` concurrent streams on `model` (beside a `background` Score/feed loop, if set) for `warmup` +
+    `duration` seconds, measured over the last `duration`; with `server_pid`, the server tree's CPU time over
+    it too."""
     tally = _Tally()
     measured: tuple[float, ...] = ()
 
@@ -173,7 +175,7 @@ def drive(target: str, mode: str, streams: int, duration: float, max_chars: int,
         async with grpc.aio.insecure_channel(target) as channel:
             stub = pb_grpc.CharRNNStub(channel)
             window = asyncio.ensure_future(_window(tally, warmup, duration, server_pid))
-            jobs: list[Awaitable[object]] = [_streams(stub, streams, max_chars, tally)]
+            jobs: list[Awaitable[object]] = [_streams(stub, streams, max_chars, tally, model)]
             if background:
                 jobs.append(_background(stub, background, text, tally, max_feed))
             await asyncio.gather(*jobs)
@@ -223,7 +225,14 @@ class ServerProcess:
     on a free port, at `http_url`."""
 
     def __init__(
-        self, model: Path, workdir: Path, name: str, flags: list[str], metrics: bool = False, http: bool = False
+        self,
+        model: Path,
+        workdir: Path,
+        name: str,
+        flags: list[str],
+        metrics: bool = False,
+        http: bool = False,
+        repository: bool = False,
     ):
         port_file = workdir / f"port-{name}"
         metrics_file = workdir / f"metrics-port-{name}"
@@ -231,9 +240,9 @@ class ServerProcess:
         metrics_flags = ["--metrics-port", "0", "--metrics-port-file", str(metrics_file)] if metrics else []
         http_flags = ["--http-port", "0", "--http-port-file", str(http_file)] if http else []
         cmd = [
-            sys.executable, "-m", "charrnn.cli", "serve", "--model", str(model), "--host", "127.0.0.1",
-            "--port", "0", "--port-file", str(port_file), "--metrics-port", "-1", *metrics_flags, *http_flags,
-            "--dev", *flags,
+            sys.executable, "-m", "charrnn.cli", "serve", "--model-repository" if repository else "--model",
+            str(model), "--host", "127.0.0.1", "--port", "0", "--port-file", str(port_file), "--metrics-port", "-1",
+            *metrics_flags, *http_flags, "--dev", *flags,
         ]  # fmt: skip
         self.log = open(workdir / f"server-{name}.log", "wb")  # noqa: SIM115 (closed in close)
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=os.environ.copy())
