@@ -41,14 +41,14 @@ MAX_BACKOFF_S = 2.0  # cap on a refused client's wait, whatever the hint says
 
 
 def scrape(url: str, names: tuple[str, ...] = GAUGES) -> dict[str, float]:
-    """The unlabelled samples `names` from a Prometheus text page."""
+    """The samples `names` from a Prometheus text page, each summed over its label sets (every model's)."""
     with urllib.request.urlopen(url, timeout=10) as response:
         text = response.read().decode()
     values = {}
     for name in names:
-        match = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
-        if match:
-            values[name] = float(match[1])
+        found = re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.MULTILINE)
+        if found:
+            values[name] = sum(float(v) for v in found)
     return values
 
 

@@ -25,7 +25,7 @@ from tests.containers.engine import Engine, EngineError
 from tests.containers.images import COMPOSE_OVERRIDE, build_prometheus_standin, torch_build_args
 from tests.deploy import tools
 from tests.http import sse
-from tests.observability.scrape import scrape
+from tests.observability.scrape import scrape, total
 
 pytestmark = [pytest.mark.containers, pytest.mark.timeout(900)]
 log = logging.getLogger(__name__)
@@ -124,17 +124,17 @@ def test_compose_up_serves_and_prometheus_scrapes_the_server(stack: Stack) -> No
 
 def test_the_load_profile_drives_the_server_and_leaves_its_report_in_a_volume(stack: Stack, load_image: str) -> None:
     metrics = f"http://{stack.address('server', 9464)}/metrics"
-    before = scrape(metrics)[("charrnn_generated_chars_total", frozenset())]
+    before = total(scrape(metrics), "charrnn_generated_chars_total")
     stack.compose(
         "--profile", "load", "run", "--rm", "locust", "--headless", "--host", "server:50051",
         "--http-host", "http://server:8000", "--users", "4", "--spawn-rate", "4", "--run-time", "10s",
         "--csv", "/results/compose", "--html", "/results/compose.html",
     )  # fmt: skip
-    after = scrape(metrics)[("charrnn_generated_chars_total", frozenset())]
+    after = total(scrape(metrics), "charrnn_generated_chars_total")
     assert after > before, "Locust's requests did not reach the server"
     rows = list(csv.DictReader(io.StringIO(stack.volume_file("load-results", "compose_stats.csv", load_image))))
-    (total,) = [r for r in rows if r["Name"] == "Aggregated"]
-    assert int(total["Request Count"]) > 0 and int(total["Failure Count"]) == 0, total
+    (aggregated,) = [r for r in rows if r["Name"] == "Aggregated"]
+    assert int(aggregated["Request Count"]) > 0 and int(aggregated["Failure Count"]) == 0, aggregated
     (http,) = [r for r in rows if r["Type"] == "http" and r["Name"] == "Completion stream"]
     assert int(http["Request Count"]) > 0, "the HTTP user streamed over the project network"
     assert "<html" in stack.volume_file("load-results", "compose.html", load_image).lower()

@@ -23,7 +23,7 @@ from tests.containers.engine import Engine
 from tests.containers.running import Container
 from tests.deploy.tools import MAX_SERVE_ENV_BYTES, REPO
 from tests.http import sse
-from tests.observability.scrape import scrape
+from tests.observability.scrape import scrape, total
 from tests.test_locks import pinned, read_lock
 
 pytestmark = [pytest.mark.containers, pytest.mark.timeout(900)]
@@ -151,7 +151,7 @@ def test_the_server_runs_under_the_deployment_constraints(
     with urllib.request.urlopen(f"http://127.0.0.1:{server.port(probe['port'])}{probe['path']}", timeout=10) as r:
         assert r.status == 200 and json.loads(r.read()) == {"status": "SERVING"}
     sse.check_stream("127.0.0.1", server.port("http"), "def main():\n", max_tokens=2000)
-    assert scrape(server.metrics_url)[("charrnn_generated_chars_total", frozenset())] >= 2300
+    assert total(scrape(server.metrics_url), "charrnn_generated_chars_total") >= 2300
     want = _expected(spec, pod)
     seen = json.loads(server.exec_python(OBSERVE))
     assert (seen["uid"], seen["gid"]) == (want["uid"], want["gid"]) and want["fs_group"] in seen["groups"]

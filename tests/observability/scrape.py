@@ -54,3 +54,12 @@ def scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
         for family in text_string_to_metric_families(text)
         for s in family.samples
     }
+
+
+def total(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str) -> float:
+    """The sum of a scraped page's samples named `name` over every label set (each served model's, say);
+    MissingSeries when there is none."""
+    values = [v for (n, _), v in samples.items() if n == name]
+    if not values:
+        raise MissingSeries(f"no sample is named {name}")
+    return sum(values)
