@@ -81,6 +81,9 @@ class Channel:
         self.sock = sock
         self._buffer = bytearray()
         self.closed = False  # the front closed its end
+        # Asked once per iteration: poll(0) answers "nothing new" without a failed recv's exception.
+        self._readable = select.poll()
+        self._readable.register(sock, select.POLLIN)
 
     def send(self, message: object) -> None:
         self.sock.sendall(frame(message))
@@ -91,6 +94,8 @@ class Channel:
 
     def receive(self) -> list[object]:
         """Every whole message that has arrived, without waiting."""
+        if not self._readable.poll(0):
+            return []
         while True:
             try:
                 data = self.sock.recv(_RECV_BYTES, socket.MSG_DONTWAIT)
@@ -229,7 +234,8 @@ def serve(sock: socket.socket, engine: Engine | None = None) -> int:
     spec = channel.receive_one()
     assert isinstance(spec, EngineSpec)
     try:
-        if engine is None:
+        if engine is None:  # a process of its own: it yields to the front (see SchedulingOptions.engine_niceness)
+            os.nice(spec.scheduling.engine_niceness)
             engine = Engine(spec.model_dir, spec.engine)
         if engine.sha256 != spec.sha256:
             raise RuntimeError(

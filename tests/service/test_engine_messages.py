@@ -5,13 +5,16 @@ Frames arrive whole however the socket splits them, and an error that cannot cro
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from charrnn.artifact import load_manifest
 from charrnn.vocab import Vocabulary
+from service.config import SchedulingOptions
 from service.context import Context
 from service.engine_loop import Channel
 from service.engines import EngineHandle
@@ -156,3 +159,19 @@ def test_the_steps_reported_match_the_characters(lstm_dir: Path) -> None:
 
     # Each row takes one step per character (sampled, then run through the model with the others).
     assert asyncio.run(main()) == sum(500 + s for s in range(6))
+
+
+def test_engine_processes_run_nicer_than_the_front(lstm_dir: Path) -> None:
+    """The front's I/O must not queue behind model steps: its engines yield to it (engine_niceness)."""
+
+    async def main() -> list[int]:
+        options = SchedulingOptions(engine_niceness=5)
+        sched = Scheduler(replace(spec(lstm_dir), scheduling=options), 2)
+        await sched.start()
+        try:
+            return [os.getpriority(os.PRIO_PROCESS, pid) for pid in sched.pids()]
+        finally:
+            await sched.close()
+
+    front = os.getpriority(os.PRIO_PROCESS, 0)
+    assert asyncio.run(main()) == [min(19, front + 5)] * 2
