@@ -45,7 +45,7 @@ class TextRun:
         self.first_scored = 0 if context.logits is not None else 1
         self.logprobs = np.empty(max(0, len(ids) - self.first_scored), np.float64) if logprobs else None
         self.cancelled = False
-        self.error: BaseException | None = None  # set when the worker failed before the run was done
+        self.error: BaseException | None = None  # set when its engine failed before the run was done
         self.on_done: Callable[[TextRun], None] | None = None
 
     @property

@@ -1,8 +1,9 @@
 """A generation as its two sides see it: the job going in, the chunks coming out, and when chunks go out.
 
-The scheduler's worker thread produces a stream's `Chunk`s; the consumer (a gRPC or HTTP edge on the event
-loop) reads them with `await stream.next_chunk()`. A chunk is immutable once handed over, so the two
-threads share nothing mutable but the outbox (a deque: appends and pops are atomic) and two flags.
+A stream has two handles of this class. In its engine process, the engine's core puts `Chunk`s on one and the
+engine drains them into its next message (`drain`); in the front, the scheduler puts what arrives on the
+other, whose consumer (a gRPC or HTTP edge on the event loop) reads them with `await stream.next_chunk()`.
+A chunk is immutable once handed over.
 
 `FlushPolicy.due` is the one place that decides when a stream's characters leave: the first character at
 once, then whatever accumulated every `flush_interval_ms` or as soon as `max_chunk_chars` wait, and always
@@ -108,7 +109,8 @@ class FlushPolicy:
 
 
 class Stream:
-    """A generation's handle: the scheduler's worker puts chunks; one consumer on the event loop reads them."""
+    """A generation's handle: its producer puts chunks (an engine's core, or the front's scheduler as they arrive);
+    in the front one consumer on the event loop reads them."""
 
     def __init__(self, job: Job, on_cancel: Callable[[Stream], None]):
         self.job = job
@@ -121,10 +123,10 @@ class Stream:
         self._error: BaseException | None = None
         self._event = asyncio.Event()
 
-    # --- the worker's side (any thread) ---------------------------------------------------------
+    # --- the producer's side ------------------------------------------------------------------------
     def put(self, chunk: Chunk) -> None:
         """Queue a chunk; the caller wakes the consumer (`wake`, on the event loop) afterwards. A failed
-        stream takes no more (its worker may have been given up on while it still ran)."""
+        stream takes no more (its engine may have been given up on while it still ran)."""
         if self._error is not None:
             return
         if chunk.finished is not None:
