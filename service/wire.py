@@ -119,9 +119,6 @@ class Outputs:
     events: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)  # observer calls, in order
     rows: int = 0  # the batch's size now
 
-    def __bool__(self) -> bool:
-        return bool(self.streams or self.feeds)
-
 
 def frame(message: object) -> bytes:
     payload = pickle.dumps(message, protocol=5)

@@ -18,6 +18,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from bench.proctree import tree
 from charrnn.artifact import load_manifest
 from charrnn.client import CharRNNError, Client, FailoverClient
 from charrnn.vocab import Vocabulary
@@ -181,11 +182,6 @@ def test_a_killed_engine_reads_unavailable_health_recovers_and_a_checkpointed_st
         assert srv.registry.get_sample_value("charrnn_engine_restarts_total", restarts) == 2
 
 
-def _children(pid: int) -> list[int]:
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True, check=False)
-    return [int(p) for p in out.stdout.split()]
-
-
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -204,7 +200,7 @@ def test_killing_the_front_leaves_no_engine_behind(lstm_dir: Path, tmp_path: Pat
     )  # fmt: skip
     try:
         assert wait_until(port_file.exists, 60), "the server came up"
-        engines = _children(front.pid)
+        engines = tree(front.pid)[1:]
         assert len(engines) == 2, engines
         for pid in engines:  # stopped, they cannot see their sockets close: only the kernel's signal reaches them
             os.kill(pid, signal.SIGSTOP)
