@@ -25,6 +25,7 @@ from charrnn.vocab import Vocabulary
 from service.config import Limits
 from service.context import Context
 from service.errors import ForeignToken, ModelNotFound
+from service.repository import ModelServing
 from service.scheduler import Scheduler
 from service.tokens import TokenCodec, token_model
 
@@ -33,19 +34,23 @@ log = logging.getLogger(__name__)
 
 @dataclass(eq=False)  # identity: two loads of one file are two models
 class LoadedModel:
-    """One loaded artifact and everything bound to it: its served name, vocabulary, token codec, limits and
-    scheduler."""
+    """One loaded artifact and everything bound to it: its served name, vocabulary, token codec, scheduler, and
+    what serving it takes (limits, engine count)."""
 
     name: str
     manifest: Manifest
     vocab: Vocabulary
     codec: TokenCodec
     scheduler: Scheduler
-    limits: Limits
+    serving: ModelServing
 
     @property
     def sha256(self) -> str:
         return self.manifest.onnx.sha256
+
+    @property
+    def limits(self) -> Limits:
+        return self.serving.limits
 
 
 class ModelRegistry:

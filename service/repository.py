@@ -4,7 +4,8 @@ A repository is a directory whose sub-folders each hold one artifact (`model.onn
 model is served under its folder's name, not the manifest's `model.name` (exports often share one, such as
 `charrnn`; folder names are unique by construction and the operator chooses them). `--model DIR` is a
 repository of one: DIR's own name. An optional `serving.json` beside a manifest overrides some of the
-server's `Limits` for that model alone. Light on purpose (no onnxruntime): it only reads the file system.
+server's `Limits` for that model alone, and its number of engine processes. Light on purpose (no
+onnxruntime): it only reads the file system.
 """
 
 from __future__ import annotations
@@ -40,7 +41,18 @@ PER_MODEL_LIMITS = (
     "max_watched_units",
     "min_checkpoint_chars",
 )
-_MINIMUM = {"max_live_streams": 1, "default_max_chars": 1, "min_checkpoint_chars": 1}
+# serving.json's other key: how many engine processes step this model's rows (else --engines). Each engine
+# holds its own copy of the graph, so a small or rarely used model beside a busy one can be given one.
+ENGINES_KEY = "engines"
+_MINIMUM = {"max_live_streams": 1, "default_max_chars": 1, "min_checkpoint_chars": 1, ENGINES_KEY: 1}
+
+
+@dataclass(frozen=True)
+class ModelServing:
+    """What serving one model takes: its limits, and its engine processes."""
+
+    limits: Limits
+    engines: int
 
 
 @dataclass(frozen=True)
@@ -90,31 +102,34 @@ def choose_default(names: list[str], wanted: str | None) -> str:
     raise ConfigError(f"{len(names)} models and none is named {DEFAULT_NAME!r}: pass --default-model (one of {served})")
 
 
-def model_limits(folder: Path, base: Limits) -> Limits:
-    """`base` with the overrides of `folder`'s serving.json (none when absent); ArtifactError in one line
-    naming the file and the field when it is not a JSON object of known per-model limits in range."""
+def model_serving(folder: Path, base: Limits, engines: int) -> ModelServing:
+    """`base` limits and `engines` with the overrides of `folder`'s serving.json (none when absent); ArtifactError
+    in one line naming the file and the field when it is not a JSON object of known keys in range."""
     path = folder / SERVING_FILE
     if not path.is_file():
-        return base
+        return ModelServing(base, engines)
     try:
         data: Any = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ArtifactError(f"{path} is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise ArtifactError(f'{path} must hold a JSON object of limits, e.g. {{"max_live_streams": 8}}')
-    limits = dataclasses.replace(base, **_overrides(path, data))
+    overrides = _overrides(path, data)
+    engines = overrides.pop(ENGINES_KEY, engines)
+    limits = dataclasses.replace(base, **overrides)
     if limits.default_max_chars > limits.max_request_chars:
         raise ArtifactError(
             f"{path}: default_max_chars {limits.default_max_chars} exceeds max_request_chars {limits.max_request_chars}"
         )
-    return limits
+    return ModelServing(limits, engines)
 
 
 def _overrides(path: Path, data: Mapping[str, Any]) -> dict[str, int]:
     out = {}
     for key, value in data.items():
-        if key not in PER_MODEL_LIMITS:
-            raise ArtifactError(f"{path}: {quote(key)} is not a per-model limit (one of {', '.join(PER_MODEL_LIMITS)})")
+        if key not in PER_MODEL_LIMITS and key != ENGINES_KEY:
+            known = ", ".join((*PER_MODEL_LIMITS, ENGINES_KEY))
+            raise ArtifactError(f"{path}: {quote(key)} is not a per-model setting (one of {known})")
         if isinstance(value, bool) or not isinstance(value, int) or value < _MINIMUM.get(key, 0):
             raise ArtifactError(f"{path}: {key} must be an integer >= {_MINIMUM.get(key, 0)}, got {value!r}"[:300])
         out[key] = value

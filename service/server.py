@@ -24,7 +24,7 @@ from prometheus_client import REGISTRY
 from charrnn.artifact import load_manifest
 from charrnn.v1 import charrnn_pb2, charrnn_pb2_grpc
 from charrnn.vocab import Vocabulary
-from service.config import ConfigError, Limits, ServerConfig
+from service.config import ConfigError, ServerConfig
 from service.engines import Launcher, start_process
 from service.front import Runtime
 from service.http import HttpFace
@@ -32,7 +32,7 @@ from service.interceptors import BearerAuthInterceptor, DecodeGuardInterceptor, 
 from service.metrics import Metrics, MetricsHTTPServer
 from service.ports import bind_error, check_bindable
 from service.registry import LoadedModel, ModelRegistry
-from service.repository import Repository, choose_default, fingerprint, model_limits
+from service.repository import ModelServing, Repository, choose_default, fingerprint, model_serving
 from service.scheduler import Scheduler
 from service.servicer import CharRNNServicer
 from service.sessions import SessionStore
@@ -65,21 +65,24 @@ def load_model(
     load is refused when the scheduler's engines start. Blocking: at start-up, or off the event loop for a rescan.
     """
     manifest = load_manifest(folder)
-    limits = model_limits(folder, config.limits)
-    spec = EngineSpec(Path(folder), manifest.onnx.sha256, config.engine, limits, config.flush, config.scheduling)
+    serving = model_serving(folder, config.limits, config.scheduling.engine_count())
+    spec = EngineSpec(
+        Path(folder), manifest.onnx.sha256, config.engine, serving.limits, config.flush, config.scheduling
+    )
     observer = metrics.model(name) if metrics is not None else None
-    scheduler = Scheduler(spec, config.scheduling.engine_count(), observer, launch)
+    scheduler = Scheduler(spec, serving.engines, observer, launch)
     on_refuse = observer.on_token_refused if observer is not None else None
     layers, hidden = manifest.state_shape
     codec = TokenCodec(
         key, manifest.onnx.sha256, len(manifest.onnx.states), layers, hidden, manifest.model.vocab_size, on_refuse
     )
-    return LoadedModel(name, manifest, Vocabulary.from_spec(manifest.vocabulary), codec, scheduler, limits)
+    return LoadedModel(name, manifest, Vocabulary.from_spec(manifest.vocabulary), codec, scheduler, serving)
 
 
-def _identity(folder: Path, base: Limits) -> tuple[str, Limits]:
-    """What decides whether a folder changed: its graph's sha256 (verified) and its limits."""
-    return load_manifest(folder).onnx.sha256, model_limits(folder, base)
+def _identity(folder: Path, config: ServerConfig) -> tuple[str, ModelServing]:
+    """What decides whether a folder changed: its graph's sha256 (verified), its limits and its engine count."""
+    serving = model_serving(folder, config.limits, config.scheduling.engine_count())
+    return load_manifest(folder).onnx.sha256, serving
 
 
 def build_runtime(config: ServerConfig, metrics: Metrics | None = None, launch: Launcher = start_process) -> Runtime:
@@ -258,13 +261,13 @@ class CharRNNServer:
         served = next((m for m in models.served() if m.name == name), None)
         before = f"still serving {served.sha256[:12]}…" if served is not None else "not served"
         try:
-            sha, limits = await asyncio.to_thread(_identity, folder, self.config.limits)
+            sha, serving = await asyncio.to_thread(_identity, folder, self.config)
         except Exception as exc:
             log.error("model %s refused, %s: %s", name, before, exc)
             return "refused"
-        if served is not None and (served.sha256, served.limits) == (sha, limits):
+        if served is not None and (served.sha256, served.serving) == (sha, serving):
             return "unchanged"
-        model = next((m for m in models if (m.name, m.sha256, m.limits) == (name, sha, limits)), None)
+        model = next((m for m in models if (m.name, m.sha256, m.serving) == (name, sha, serving)), None)
         if model is None:  # not a model that is still retiring under this name
             try:
                 key = self.config.resume_key()

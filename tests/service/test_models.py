@@ -8,6 +8,7 @@ model call, and a text one accepts the other may refuse.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -20,7 +21,7 @@ import pytest
 from charrnn.artifact import ArtifactError
 from charrnn.client import CharRNNError, Client
 from service.config import ConfigError
-from service.repository import Repository, choose_default, model_limits
+from service.repository import Repository, choose_default, model_serving
 from tests.observability.scrape import series, value
 from tests.service.harness import (
     REPO,
@@ -137,11 +138,29 @@ def test_limits_are_per_model_from_serving_json(repo: Path, tmp_path: Path) -> N
         assert len(c.generate(PROMPT, max_chars=51, seed=1).text()) == 51
 
 
+def test_a_models_engine_count_comes_from_serving_json_and_a_change_reloads_it(repo: Path) -> None:
+    (repo / "small" / "serving.json").write_text(json.dumps({"engines": 1}))
+    with ServerThread(make_config(None, model_repository=repo, engines=2)) as srv, Client(srv.target) as c:
+        assert srv.server is not None
+        models = srv.server.runtime.models
+        pids = {name: models.get(name).scheduler.pids() for name in ("default", "small")}
+        assert (len(pids["default"]), len(pids["small"])) == (2, 1), pids
+        assert os.getpid() not in pids["default"] + pids["small"], "an engine is not a process of its own"
+        assert len(c.generate(PROMPT, max_chars=30, seed=1, model="small").text()) == 30
+        (repo / "small" / "serving.json").write_text(json.dumps({"engines": 2}))
+        assert srv.call(srv.server.reload()) == {"default": "unchanged", "small": "loaded"}
+        assert (
+            len(models.get("small").scheduler.pids()) == 2 and models.get("default").scheduler.pids() == pids["default"]
+        )
+        assert len(c.generate(PROMPT, max_chars=30, seed=1, model="small").text()) == 30
+
+
 @pytest.mark.parametrize(
     ("content", "words"),
     [
         ("[1]", "must hold a JSON object"),
-        ('{"max_sessions": 3}', "'max_sessions' is not a per-model limit"),
+        ('{"max_sessions": 3}', "'max_sessions' is not a per-model setting"),
+        ('{"engines": 0}', "engines must be an integer >= 1"),
         ('{"max_live_streams": 0}', "max_live_streams must be an integer >= 1"),
         ('{"max_prompt_chars": "8"}', "max_prompt_chars must be an integer"),
         ('{"default_max_chars": 30000}', "default_max_chars 30000 exceeds max_request_chars 20000"),
@@ -153,7 +172,7 @@ def test_a_bad_serving_json_is_one_line_naming_the_file(repo: Path, content: str
 
     (repo / "small" / "serving.json").write_text(content)
     with pytest.raises(ArtifactError) as err:
-        model_limits(repo / "small", Limits())
+        model_serving(repo / "small", Limits(), engines=2)
     message = str(err.value)
     assert "serving.json" in message and words in message and "\n" not in message, message
 
