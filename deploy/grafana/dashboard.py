@@ -11,14 +11,28 @@ from typing import Any
 
 OUT = Path(__file__).resolve().parent / "dashboards" / "charrnn.json"
 SEL = 'job=~"$job"'
+MODEL_SEL = 'model=~"$model"'
 RATE = "[$__rate_interval]"
 QUANTILES = (0.5, 0.9, 0.99)
+# charrnn_ series without a `model` label: the server's own (sessions are shared by its models). Every other
+# charrnn_ series is the served model's, so the dashboard's model picker filters it.
+SERVER_WIDE = ("charrnn_sessions", "charrnn_session_streams", "charrnn_session_evictions_total", "charrnn_serving")
+
+
+def selector(metric: str, extra: str = "") -> str:
+    """`{job=~"$job"[,model=~"$model"][,extra]}` for `metric` (a bucket, sum or count series included)."""
+    per_model = metric.startswith("charrnn_") and not metric.startswith(SERVER_WIDE)
+    return "{" + ",".join(filter(None, [SEL, MODEL_SEL if per_model else "", extra])) + "}"
 
 
 def rate(metric: str, by: str = "", extra: str = "") -> str:
-    selector = f"{{{SEL}{',' + extra if extra else ''}}}"
     grouping = f" by ({by})" if by else ""
-    return f"sum{grouping} (rate({metric}{selector}{RATE}))"
+    return f"sum{grouping} (rate({metric}{selector(metric, extra)}{RATE}))"
+
+
+def gauge(metric: str, by: str = "") -> str:
+    grouping = f" by ({by})" if by else ""
+    return f"sum{grouping} ({metric}{selector(metric)})"
 
 
 def quantile(q: float, histogram: str, by: str = "") -> str:
@@ -55,7 +69,7 @@ def panel(
 
 
 def quantile_panel(title: str, histogram: str, description: str, by: str = "") -> dict[str, Any]:
-    label = f"{{{{{by}}}}} " if by else ""
+    label = " ".join(f"{{{{{name.strip()}}}}}" for name in by.split(",")) + " " if by else ""
     return panel(
         title,
         [(quantile(q, histogram, by), f"{label}p{round(q * 100)}") for q in QUANTILES],
@@ -83,18 +97,19 @@ def panels() -> list[dict[str, Any]]:
             panel(
                 "Characters/s",
                 [
-                    (rate("charrnn_generated_chars_total"), "generated"),
-                    (rate("charrnn_prefilled_chars_total"), "prefilled"),
+                    (rate("charrnn_generated_chars_total", "model"), "{{model}} generated"),
+                    (rate("charrnn_prefilled_chars_total", "model"), "{{model}} prefilled"),
                 ],
                 "short",
-                "Throughput: characters sampled, and prompt characters run through the model.",
+                "Throughput by model: characters sampled, and prompt characters run through the model.",
             ),
         ],
         [
             quantile_panel(
                 "Time to first character",
                 "charrnn_time_to_first_char_seconds",
-                "Submission to first character, queueing and prefill included.",
+                "Submission to first character, queueing and prefill included, by model.",
+                by="model",
             ),
             quantile_panel(
                 "Inter-chunk gap",
@@ -107,21 +122,24 @@ def panels() -> list[dict[str, Any]]:
             panel(
                 "Live and queued streams",
                 [
-                    ("sum(charrnn_live_streams{" + SEL + "})", "live"),
-                    ("sum(charrnn_queued_streams{" + SEL + "})", "queued"),
+                    (gauge("charrnn_live_streams", "model"), "{{model}} live"),
+                    (gauge("charrnn_queued_streams", "model"), "{{model}} queued"),
                 ],
                 "short",
-                "Queued > 0 for long means every slot is busy (CharRNNSaturated).",
+                "By model (each has its own slots). Queued > 0 for long means every slot is busy (CharRNNSaturated).",
             ),
             panel(
                 "Batch size per step",
                 [
-                    (quantile(0.5, "charrnn_batch_size"), "p50"),
-                    (rate("charrnn_batch_size_sum") + " / " + rate("charrnn_batch_size_count"), "mean"),
-                    (quantile(0.99, "charrnn_batch_size"), "p99"),
+                    (quantile(0.5, "charrnn_batch_size", "model"), "{{model}} p50"),
+                    (
+                        rate("charrnn_batch_size_sum", "model") + " / " + rate("charrnn_batch_size_count", "model"),
+                        "{{model}} mean",
+                    ),
+                    (quantile(0.99, "charrnn_batch_size", "model"), "{{model}} p99"),
                 ],
                 "short",
-                "Rows advanced together by one decode step.",
+                "Rows advanced together by one decode step, by model (rows of different models never share one).",
             ),
             quantile_panel(
                 "Step time by phase",
@@ -133,16 +151,19 @@ def panels() -> list[dict[str, Any]]:
         [
             panel(
                 "Rejections/s by reason",
-                [(rate("charrnn_rejections_total", "reason"), "{{reason}}")],
+                [(rate("charrnn_rejections_total", "model, reason"), "{{model}} {{reason}}")],
                 "reqps",
-                "Streams refused at admission.",
+                "Streams refused at admission, by model.",
             ),
             panel(
                 "Sessions",
                 [
-                    ("sum(charrnn_sessions{" + SEL + "})", "open"),
+                    (gauge("charrnn_sessions"), "open"),
                     (rate("charrnn_session_evictions_total", "reason"), "evicted/s {{reason}}"),
-                    (rate("charrnn_resume_tokens_refused_total", "reason"), "tokens refused/s {{reason}}"),
+                    (
+                        rate("charrnn_resume_tokens_refused_total", "model, reason"),
+                        "tokens refused/s {{model}} {{reason}}",
+                    ),
                 ],
                 "short",
                 "Server-side sessions, evictions and refused resume tokens.",
@@ -157,9 +178,9 @@ def panels() -> list[dict[str, Any]]:
         [
             panel(
                 "Model",
-                [("charrnn_model_info{" + SEL + "}", "")],
+                [("charrnn_model_info" + selector("charrnn_model_info"), "")],
                 "none",
-                "The served model on each replica.",
+                "The served models on each replica.",
                 kind="table",
                 instant=True,
                 format="table",
@@ -194,6 +215,18 @@ def dashboard() -> dict[str, Any]:
                     "datasource": {"type": "prometheus", "uid": "${datasource}"},
                     "query": {"query": "label_values(charrnn_model_info, job)", "refId": "job"},
                     "definition": "label_values(charrnn_model_info, job)",
+                    "includeAll": True,
+                    "multi": True,
+                    "current": {"text": "All", "value": "$__all"},
+                    "refresh": 2,
+                },
+                {
+                    "name": "model",
+                    "label": "Model",
+                    "type": "query",
+                    "datasource": {"type": "prometheus", "uid": "${datasource}"},
+                    "query": {"query": 'label_values(charrnn_model_info{job=~"$job"}, model)', "refId": "model"},
+                    "definition": 'label_values(charrnn_model_info{job=~"$job"}, model)',
                     "includeAll": True,
                     "multi": True,
                     "current": {"text": "All", "value": "$__all"},

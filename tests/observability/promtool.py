@@ -13,7 +13,8 @@ PROMETHEUS_DIR = REPO / "deploy" / "prometheus"
 DASHBOARD = REPO / "deploy" / "grafana" / "dashboards" / "charrnn.json"
 
 # Grafana's variables, replaced by values Prometheus accepts so the PromQL itself can be checked.
-GRAFANA_VARS = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "5m", "$job": ".*"}
+# `$model` as Grafana's "All" expands it, an alternation of the values: it matches no series without the label.
+GRAFANA_VARS = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "5m", "$job": ".*", "$model": ".+"}
 
 
 def require(binary: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,29 @@ def test_dashboard_json_is_generated_and_fresh() -> None:
         assert wanted in titles
     ids = [p["id"] for p in data["panels"]]
     assert len(ids) == len(set(ids))
+
+
+def test_every_per_model_series_on_the_dashboard_follows_the_model_picker() -> None:
+    """A series the server labels by model is filtered by the dashboard's `$model` and a server-wide one is not
+    (it has no such label: the filter would empty its panel). Which is which comes from the server's metrics."""
+    from prometheus_client import CollectorRegistry
+
+    from service.metrics import Metrics
+
+    per_model = {d.name for family in Metrics(CollectorRegistry())._per_model() for d in family.describe()}
+    data = json.loads(DASHBOARD.read_text())
+    assert {v["name"] for v in data["templating"]["list"]} >= {"job", "model"}
+    checked = set()
+    for panel in data["panels"]:
+        for target in panel["targets"]:
+            for metric, labels in re.findall(r"(charrnn_\w+)\{([^}]*)\}", target["expr"]):
+                name = re.sub(r"(_total|_bucket|_sum|_count)$", "", metric)
+                if name in per_model:
+                    assert 'model=~"$model"' in labels, (panel["title"], target["expr"])
+                else:
+                    assert "model" not in labels, (panel["title"], target["expr"])
+                checked.add(name)
+    assert len(checked & per_model) >= 8 and checked - per_model, checked
 
 
 def test_every_dashboard_query_parses(tmp_path: Path) -> None:
