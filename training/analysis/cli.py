@@ -43,8 +43,10 @@ def _text_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--text", type=Path, action="append", help="Python file(s) to analyze (default: the corpus' held-out split)"
     )
+    # 100 k, not less: the best unit is chosen on one half and scored on the other, and on 24 k characters of
+    # the default model the string unit's choice flipped between two units (held-out AUC 0.75 vs 0.94).
     parser.add_argument(
-        "--chars", type=positive_int, default=24_000, help="held-out characters to use (default %(default)s)"
+        "--chars", type=positive_int, default=100_000, help="held-out characters to use (default %(default)s)"
     )
 
 
