@@ -57,6 +57,11 @@ def lr_at(step: int, config: TrainingConfig, time_fraction: float = 0.0) -> floa
     return floor + 0.5 * (o.lr - floor) * (1.0 + math.cos(math.pi * progress))
 
 
+def _native_bf16() -> bool:
+    """Whether oneDNN runs bf16 natively on this CPU (else it emulates it, slower than fp32)."""
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def build_optimizer(model: CharRNN, config: TrainingConfig) -> torch.optim.AdamW:
     """AdamW; weight decay on matrices only (not biases or the embedding), as nanoGPT does."""
     decay: list[torch.nn.Parameter] = []
@@ -206,6 +211,8 @@ class Trainer:
         self.dist = dist or Distributed(device=training_device(config.run))
         self.out_dir = Path(config.run.out_dir)
         torch.backends.mkldnn.enabled = config.run.mkldnn == "on"  # type: ignore[assignment]
+        if config.run.precision == "bf16" and self.dist.device.type == "cpu" and not _native_bf16():
+            log.warning("run.precision=bf16 on a CPU without native bf16 (AVX-512 BF16 or AMX): slower than fp32")
         if config.run.threads:
             torch.set_num_threads(config.run.threads)
         self._seed(config.run.seed)
@@ -326,10 +333,11 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         device = self.dist.device
-        logits, state = self.forward(torch.from_numpy(x).to(device), self.state)
-        self.state = detach_state(state)
+        with self._precision():
+            logits, state = self.forward(torch.from_numpy(x).to(device), self.state)
+        self.state = tuple(s.float() for s in detach_state(state))  # carried (and checkpointed) in fp32
         # The mean over this process' rows; DDP's average over processes makes it the mean over the batch.
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), torch.from_numpy(y).to(device).reshape(-1))
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), torch.from_numpy(y).to(device).reshape(-1))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         norm, clipped = clip_gradients(self.model, self.config)  # gradients are already averaged: global norm
@@ -337,6 +345,12 @@ class Trainer:
         self.step += 1
         self.clipped_steps += int(clipped)
         return float(loss.detach()), norm, clipped
+
+    def _precision(self) -> contextlib.AbstractContextManager[Any]:
+        """The training forward's autocast (run.precision); fp32 runs it as it is."""
+        if self.config.run.precision == "bf16":
+            return torch.autocast(self.dist.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     def _add_time(self, seconds: float) -> None:
         """Count wall time; with a budget, every process takes the slowest one's, so all stop together

@@ -123,3 +123,22 @@ def test_a_format_1_checkpoint_still_resumes(tiny_config: ConfigFactory, tmp_pat
     torch.save(old, tmp_path / "old.pt")
     resumed = Trainer(config, resume=tmp_path / "old.pt")
     assert resumed.step == 20 and resumed.train().steps == 30
+
+
+def test_bf16_precision_runs_the_training_forward_in_bf16_and_keeps_the_rest_fp32(tiny_config: ConfigFactory) -> None:
+    """run.precision=bf16 autocasts the training step's forward only: the head sees bf16 there, while the
+    weights, the carried state and evaluation stay fp32, and the model still learns."""
+    with pytest.raises(ValueError, match="run.precision must be fp32 or bf16"):
+        apply_overrides(TrainingConfig(), ["run.precision=fp16"]).validate()
+    config = apply_overrides(tiny_config(), ["run.precision=bf16"])
+    trainer = Trainer(config)
+    seen: list[torch.dtype] = []
+    trainer.model.head.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    first, _, _ = trainer._train_step()
+    assert seen == [torch.bfloat16], "the training forward did not run under bf16 autocast"
+    assert all(s.dtype == torch.float32 for s in trainer.state)
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+    trainer._validate()
+    assert seen[-1] == torch.float32, "evaluation ran in bf16"
+    result = trainer.train()
+    assert result.best_val_loss < first, (result.best_val_loss, first)
