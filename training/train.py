@@ -420,8 +420,6 @@ class Trainer:
                         self.best_val, self.evals_without_gain = val, 0
                     else:
                         self.evals_without_gain += 1
-                    if c.run.sample_interval and self.step % c.run.sample_interval == 0 and main:
-                        self._sample(samples_path)
                     self._add_time(time.perf_counter() - t0)
                     payload = self._checkpoint_payload()
                     if main:
@@ -432,6 +430,11 @@ class Trainer:
                     patience = c.run.early_stop_patience
                     if patience and self.evals_without_gain >= patience:
                         stop_reason = f"early stop: no gain in {patience} evaluations"
+                if c.run.sample_interval and self.step % c.run.sample_interval == 0:  # evaluated or not
+                    t0 = time.perf_counter()
+                    if main:
+                        self._sample(samples_path)
+                    self._add_time(time.perf_counter() - t0)  # on every process: it agrees on the elapsed time
                 if record and metrics is not None:
                     record.update(step=self.step, wall_time_s=round(self.elapsed, 3))
                     metrics.write(json.dumps(record) + "\n")

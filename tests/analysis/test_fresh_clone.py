@@ -48,7 +48,7 @@ def test_progression_of_the_shipped_models_works_from_the_clone_alone(clone: Pat
     for model in ("default", "shakespeare"):
         manifest = json.loads((clone / "models" / model / "manifest.json").read_text())
         steps = [sample["step"] for sample in manifest["training"]["samples"]]
-        assert len(steps) >= 10 and steps[0] == 0, steps
+        assert steps[0] == 0 and len(steps) >= 2 and steps == sorted(steps), steps  # from noise, then on
         out = clone / "runs" / "analysis" / f"progression-{model}"
         shown = charrnn(clone, "analyze", "progression", "--model", f"models/{model}", "--out", str(out))
         assert shown.returncode == 0, shown.stderr

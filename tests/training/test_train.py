@@ -128,7 +128,7 @@ def test_a_format_1_checkpoint_still_resumes(tiny_config: ConfigFactory, tmp_pat
 def test_bf16_precision_runs_the_training_forward_in_bf16_and_keeps_the_rest_fp32(tiny_config: ConfigFactory) -> None:
     """run.precision=bf16 autocasts the training step's forward only: the head sees bf16 there, while the
     weights, the carried state and evaluation stay fp32, and the model still learns."""
-    with pytest.raises(ValueError, match="run.precision must be fp32 or bf16"):
+    with pytest.raises(ValueError, match=r"run\.precision must be fp32 or bf16"):
         apply_overrides(TrainingConfig(), ["run.precision=fp16"]).validate()
     config = apply_overrides(tiny_config(), ["run.precision=bf16"])
     trainer = Trainer(config)
@@ -142,3 +142,10 @@ def test_bf16_precision_runs_the_training_forward_in_bf16_and_keeps_the_rest_fp3
     assert seen[-1] == torch.float32, "evaluation ran in bf16"
     result = trainer.train()
     assert result.best_val_loss < first, (result.best_val_loss, first)
+
+
+def test_samples_follow_their_own_interval_not_the_evaluations(tiny_config: ConfigFactory) -> None:
+    config = apply_overrides(tiny_config(), ["run.eval_interval=20", "run.sample_interval=15"])
+    Trainer(config).train()
+    samples = [json.loads(line) for line in (Path(config.run.out_dir) / "samples.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in samples] == [0, 15, 30]
