@@ -66,7 +66,8 @@ class RunConfig:
     threads: int = 0  # torch intra-op threads; 0 = torch's default
     mkldnn: str = "on"  # oneDNN kernels "on" or "off": on was faster or equal in every cell (bench train-kernels)
     # "bf16": the training step's forward under autocast (weights, optimiser, carried state and evaluation stay
-    # fp32); about 2x the steps on a CPU with native bf16 (AVX-512 BF16, AMX), slower than fp32 on one without.
+    # fp32): a faster step on a CPU with native bf16 (AVX-512 BF16, AMX; docs/training.md has the figures), a
+    # slower one without.
     precision: str = "fp32"
     progress: bool = True  # progress bar on stderr
     device: str = "cpu"  # "cpu" or "cuda" (under torchrun, each process takes the GPU of its LOCAL_RANK)
