@@ -184,8 +184,10 @@ def test_refusals_name_the_problem(tiny_artifact: Path, int8_artifact: Path, tmp
 
 
 def test_manifests_without_precision_load_as_fp32_and_records_must_match(int8_artifact: Path) -> None:
-    old = json.loads((DEFAULT_MODEL / "manifest.json").read_text(encoding="utf-8"))
-    assert "precision" not in old["onnx"] and "quantization" not in old  # written before int8 existed
+    current = json.loads((DEFAULT_MODEL / "manifest.json").read_text(encoding="utf-8"))
+    assert current["onnx"]["precision"] == "fp32" and "quantization" not in current
+    # A manifest written before int8 existed: no precision field.
+    old = {**current, "onnx": {k: v for k, v in current["onnx"].items() if k != "precision"}}
     assert Manifest.from_dict(old).precision == "fp32"
     data = json.loads((int8_artifact / "manifest.json").read_text(encoding="utf-8"))
     assert Manifest.from_dict(json.loads(Manifest.from_dict(data).to_json())) == Manifest.from_dict(data)
