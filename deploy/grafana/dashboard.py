@@ -195,6 +195,22 @@ def panels() -> list[dict[str, Any]]:
     return out
 
 
+def label_variable(name: str, label: str, query: str) -> dict[str, Any]:
+    """A dashboard variable over a label's values, multi-select with "All" (as a regex of every value)."""
+    return {
+        "name": name,
+        "label": label,
+        "type": "query",
+        "datasource": {"type": "prometheus", "uid": "${datasource}"},
+        "query": {"query": query, "refId": name},
+        "definition": query,
+        "includeAll": True,
+        "multi": True,
+        "current": {"text": "All", "value": "$__all"},
+        "refresh": 2,
+    }
+
+
 def dashboard() -> dict[str, Any]:
     return {
         "uid": "charrnn",
@@ -208,30 +224,8 @@ def dashboard() -> dict[str, Any]:
         "templating": {
             "list": [
                 {"name": "datasource", "label": "Data source", "type": "datasource", "query": "prometheus"},
-                {
-                    "name": "job",
-                    "label": "Job",
-                    "type": "query",
-                    "datasource": {"type": "prometheus", "uid": "${datasource}"},
-                    "query": {"query": "label_values(charrnn_model_info, job)", "refId": "job"},
-                    "definition": "label_values(charrnn_model_info, job)",
-                    "includeAll": True,
-                    "multi": True,
-                    "current": {"text": "All", "value": "$__all"},
-                    "refresh": 2,
-                },
-                {
-                    "name": "model",
-                    "label": "Model",
-                    "type": "query",
-                    "datasource": {"type": "prometheus", "uid": "${datasource}"},
-                    "query": {"query": 'label_values(charrnn_model_info{job=~"$job"}, model)', "refId": "model"},
-                    "definition": 'label_values(charrnn_model_info{job=~"$job"}, model)',
-                    "includeAll": True,
-                    "multi": True,
-                    "current": {"text": "All", "value": "$__all"},
-                    "refresh": 2,
-                },
+                label_variable("job", "Job", "label_values(charrnn_model_info, job)"),
+                label_variable("model", "Model", 'label_values(charrnn_model_info{job=~"$job"}, model)'),
             ]
         },
         "panels": panels(),

@@ -37,3 +37,12 @@ def test_it_writes_python_like_text() -> None:
     stepper = OnnxStepper(DEFAULT)
     text = generate(stepper, stepper.vocab, "def ", 300, ReferenceSampling(temperature=0.5, seed=0))
     assert "(" in text and ":" in text and "\n" in text
+
+
+def test_the_shipped_models_together_stay_under_20_mb() -> None:
+    """Every shipped artifact is committed (weights included), so git carries their sum: the bound is 20 MB."""
+    models = REPO_ROOT / "models"
+    folders = [p for p in models.iterdir() if (p / "manifest.json").is_file()]
+    assert {p.name for p in folders} >= {"default", "shakespeare"}
+    total = sum(f.stat().st_size for p in folders for f in p.iterdir() if f.is_file())
+    assert total <= 20 * 1024 * 1024, f"models/ holds {total} bytes (limit 20 MB)"
