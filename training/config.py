@@ -32,6 +32,9 @@ class ModelConfig:
     hidden_size: int = 256  # units per layer
     embedding_size: int = 64  # 0 = one-hot input vectors (the lecture's encoding)
     dropout: float = 0.0  # between layers and before the output head
+    # DropConnect on the recurrent (hidden-to-hidden) matrices while training, one mask per step (AWD-LSTM's
+    # weight drop): regularises the recurrence itself. Training only: the exported model is unchanged.
+    weight_drop: float = 0.0
     tie_weights: bool = False  # share embedding and output matrices (needs embedding_size == hidden_size)
 
 
@@ -49,6 +52,9 @@ class OptimConfig:
     beta2: float = 0.99
     clip_mode: str = "norm"  # "norm" (global L2 norm), "value" (char-rnn style, element-wise) or "none"
     clip: float = 1.0  # the norm or value limit
+    # A running average of the weights, avg = d * avg + (1 - d) * weights after each step (d warms up to this):
+    # evaluated, sampled, and exported in place of the last step's weights. 0 = off.
+    ema_decay: float = 0.0
 
 
 @dataclass
@@ -88,6 +94,7 @@ class TrainingConfig:
             (m.layers >= 1 and m.hidden_size >= 1, "model.layers and model.hidden_size must be >= 1"),
             (m.embedding_size >= 0, "model.embedding_size must be >= 0 (0 = one-hot)"),
             (0.0 <= m.dropout < 1.0, "model.dropout must be in [0, 1)"),
+            (0.0 <= m.weight_drop < 1.0, "model.weight_drop must be in [0, 1)"),
             (
                 not m.tie_weights or m.embedding_size == m.hidden_size,
                 "model.tie_weights needs model.embedding_size == model.hidden_size",
@@ -96,6 +103,7 @@ class TrainingConfig:
             (d.vocab_policy in ("replace", "refuse"), "data.vocab_policy must be replace or refuse"),
             (o.batch_size >= 1 and o.seq_len >= 1, "optim.batch_size and optim.seq_len must be >= 1"),
             (o.clip_mode in ("norm", "value", "none"), "optim.clip_mode must be norm, value or none"),
+            (0.0 <= o.ema_decay < 1.0, "optim.ema_decay must be in [0, 1) (0 = no average)"),
             (o.max_steps >= 1, "optim.max_steps must be >= 1"),
             (self.run.mkldnn in ("on", "off"), "run.mkldnn must be on or off"),
             (self.run.precision in ("fp32", "bf16"), "run.precision must be fp32 or bf16"),

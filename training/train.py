@@ -26,6 +26,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from charrnn.vocab import Vocabulary
+from training.averaging import WeightAverage
 from training.config import TrainingConfig
 from training.data import BpttBatches, Dataset, eval_streams
 from training.distributed import Distributed, training_device
@@ -187,7 +188,7 @@ def model_from_checkpoint(data: dict[str, Any]) -> tuple[CharRNN, Vocabulary, Tr
     config = TrainingConfig.from_dict(data["config"])
     vocab = Vocabulary(tuple(data["vocab"]["chars"]), data["vocab"]["unknown_policy"], data["vocab"]["unknown_char"])
     model = CharRNN(config.model, len(vocab))
-    model.load_state_dict(data["model"])
+    model.load_state_dict(data.get("averaged_model", data["model"]))  # what the run evaluated
     model.eval()
     return model, vocab, config
 
@@ -225,6 +226,8 @@ class Trainer:
         )
         self.model = CharRNN(config.model, len(self.vocab)).to(self.dist.device)
         self.optimizer = build_optimizer(self.model, config)
+        ema = config.optim.ema_decay
+        self.average = WeightAverage(self.model, ema) if ema else None
         # What the training step calls: DDP averages the gradients over the processes during backward().
         self.forward: nn.Module = self.model
         if self.dist.enabled:
@@ -262,6 +265,12 @@ class Trainer:
             raise ValueError("the checkpoint was trained on a different corpus (sha256 mismatch)")
         self.model.load_state_dict(data["model"])
         self.optimizer.load_state_dict(data["optimizer"])
+        if self.average is not None:
+            if "averaged_model" in data:
+                self.average.load_state_dict(data["averaged_model"])
+            else:
+                log.warning("the checkpoint has no averaged weights: the average starts from its weights")
+                self.average = WeightAverage(self.model, self.average.decay)
         self.step = int(data["step"])
         self.best_val = float(data["best_val_loss"])
         self.evals_without_gain = int(data["evals_without_gain"])
@@ -285,8 +294,10 @@ class Trainer:
 
     def _checkpoint_payload(self) -> dict[str, Any]:
         """Called by every process (the carried state and RNG states are gathered); rank 0 saves it."""
+        averaged = {} if self.average is None else {"averaged_model": self.average.state_dict()}
         return {
-            "model": self.model.state_dict(),
+            "model": self.model.state_dict(),  # the trained weights, which a resumed run goes on from
+            **averaged,
             "optimizer": self.optimizer.state_dict(),
             "config": self.config.to_dict(),
             "vocab": {
@@ -313,13 +324,14 @@ class Trainer:
         was_training = self.model.training
         self.model.eval()
         prime = r.sample_prime or "\n"
-        text = generate(
-            TorchStepper(self.model),
-            self.vocab,
-            prime,
-            r.sample_chars,
-            ReferenceSampling(temperature=0.8, seed=r.sample_seed),
-        )
+        with self._scored_weights():
+            text = generate(
+                TorchStepper(self.model),
+                self.vocab,
+                prime,
+                r.sample_chars,
+                ReferenceSampling(temperature=0.8, seed=r.sample_seed),
+            )
         self.model.train(was_training)
         with open(log_file, "a", encoding="utf-8") as f:
             f.write(json.dumps({"step": self.step, "prime": prime, "text": text}, ensure_ascii=False) + "\n")
@@ -342,6 +354,8 @@ class Trainer:
         loss.backward()
         norm, clipped = clip_gradients(self.model, self.config)  # gradients are already averaged: global norm
         self.optimizer.step()
+        if self.average is not None:
+            self.average.update(self.step)
         self.step += 1
         self.clipped_steps += int(clipped)
         return float(loss.detach()), norm, clipped
@@ -352,6 +366,10 @@ class Trainer:
             return torch.autocast(self.dist.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    def _scored_weights(self) -> contextlib.AbstractContextManager[Any]:
+        """The weights evaluations and samples use, and best.pt exports: the average when optim.ema_decay is set."""
+        return self.average.applied() if self.average is not None else contextlib.nullcontext()
+
     def _add_time(self, seconds: float) -> None:
         """Count wall time; with a budget, every process takes the slowest one's, so all stop together
         and follow the same time-driven learning-rate decay."""
@@ -360,7 +378,8 @@ class Trainer:
             self.elapsed = self.dist.max(self.elapsed)
 
     def _validate(self) -> float:
-        nats, chars = evaluate(self.model, self.dataset.val_ids, self.config.run.eval_max_chars, self.dist.part)
+        with self._scored_weights():
+            nats, chars = evaluate(self.model, self.dataset.val_ids, self.config.run.eval_max_chars, self.dist.part)
         total, count = self.dist.sum(nats, chars)
         return total / max(1.0, count)
 

@@ -42,3 +42,50 @@ def test_weight_tying_shares_the_matrix() -> None:
     assert model.head.weight is model.embedding.weight
     with pytest.raises(ValueError, match="tie_weights"):
         CharRNN(ModelConfig(embedding_size=8, hidden_size=16, tie_weights=True), vocab_size=7)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_weight_drop_masks_only_the_recurrent_matrices(cell: str) -> None:
+    """Weight drop is DropConnect on W_hh: one mask per window, shared by every row and step. Rebuilt from the
+    gradient's zeros, that mask applied by hand to a plain torch RNN reproduces the training forward; the
+    input matrices keep every entry; eval mode is the plain model, which is what gets exported."""
+    torch.manual_seed(0)
+    p, hidden = 0.5, 32
+    config = ModelConfig(cell=cell, layers=2, hidden_size=hidden, embedding_size=8, weight_drop=p)
+    model = CharRNN(config, vocab_size=9)
+    tokens = torch.randint(0, 9, (3, 7))
+    logits, _ = model.train()(tokens)
+    logits.sum().backward()
+    grads = {name: param.grad for name, param in model.rnn.named_parameters()}
+    for name, grad in grads.items():
+        assert grad is not None
+        zeros = float((grad == 0).float().mean())
+        if name.startswith("weight_hh_"):  # about p of the entries dropped (binomial sd ~0.004 here)
+            assert abs(zeros - p) < 0.05, (name, zeros)
+        elif name.startswith("weight_ih_"):
+            assert zeros < 0.01, (name, zeros)
+
+    reference = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell](8, hidden, 2, batch_first=True)
+    reference.load_state_dict(model.rnn.state_dict())
+    with torch.no_grad():
+        for name, param in reference.named_parameters():
+            if name.startswith("weight_hh_"):
+                param.mul_((grads[name] != 0).float() / (1 - p))
+        assert model.embedding is not None
+        expected = model.head(reference(model.embedding(tokens))[0])
+    torch.testing.assert_close(logits.detach(), expected, rtol=1e-5, atol=1e-5)
+
+    plain = CharRNN(ModelConfig(cell=cell, layers=2, hidden_size=hidden, embedding_size=8), vocab_size=9)
+    plain.load_state_dict(model.state_dict())
+    model.eval()
+    plain.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(tokens)[0], plain(tokens)[0])
+        assert not torch.allclose(model.train()(tokens)[0], plain(tokens)[0])  # masked while training
+
+
+def test_weight_drop_is_validated() -> None:
+    from training.config import TrainingConfig, apply_overrides
+
+    with pytest.raises(ValueError, match=r"model\.weight_drop must be in"):
+        apply_overrides(TrainingConfig(), ["model.weight_drop=1.0"])

@@ -89,8 +89,15 @@ def test_same_seed_same_result(tiny_config: ConfigFactory, tmp_path: Path) -> No
 
 
 def test_resume_continues_exactly(tiny_config: ConfigFactory, tmp_path: Path) -> None:
-    """40 steps straight == 20 steps, stop, resume from last.pt, 20 more (dropout RNG included)."""
-    extra = ["model.layers=2", "model.dropout=0.1", "optim.max_steps=40"]
+    """40 steps straight == 20 steps, stop, resume from last.pt, 20 more (the dropout and weight-drop masks'
+    RNG and the weights' average included)."""
+    extra = [
+        "model.layers=2",
+        "model.dropout=0.1",
+        "model.weight_drop=0.2",
+        "optim.ema_decay=0.9",
+        "optim.max_steps=40",
+    ]
     straight = Trainer(tiny_config(*extra, f"run.out_dir={tmp_path / 'straight'}"))
     straight.train()
     paused_config = tiny_config(*extra, f"run.out_dir={tmp_path / 'paused'}")
@@ -101,6 +108,9 @@ def test_resume_continues_exactly(tiny_config: ConfigFactory, tmp_path: Path) ->
     assert resumed.step == 40
     for (name, p), q in zip(straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
         assert torch.equal(p, q), name
+    assert straight.average is not None and resumed.average is not None
+    for p, q in zip(straight.average.averaged, resumed.average.averaged, strict=True):
+        assert torch.equal(p, q)
 
 
 def test_value_clipping_and_early_stop(tiny_config: ConfigFactory) -> None:
