@@ -42,6 +42,20 @@ def register(sub: Any) -> None:
     k.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     k.set_defaults(handler=_kernels)
 
+    o = which.add_parser(
+        "train-options",
+        help="training step time of bf16, weight drop and the weights' average against fp32",
+        formatter_class=_DEFAULTS,
+    )
+    o.add_argument("--layers", type=int, default=2)
+    o.add_argument("--hidden", type=int, default=512)
+    o.add_argument("--embedding", type=int, default=128)
+    o.add_argument("--batch", type=int, default=8, help="streams (one process' share of the lecture's 16)")
+    o.add_argument("--seq-len", type=int, default=128)
+    o.add_argument("--rounds", type=int, default=7, help="steps per option, interleaved")
+    o.add_argument("--threads", type=int, default=1, help="torch threads (0 = torch's default)")
+    o.set_defaults(handler=_train_options)
+
     t = which.add_parser(
         "train-processes",
         help="training chars/s of one process against N under torchrun (one thread each)",
@@ -256,6 +270,23 @@ def _kernels(args: argparse.Namespace) -> int:
         f"{torch.get_num_threads()} torch threads"
     )
     print_table(run(args.layers, args.hidden, args.batch or [16, 64], args.seq_len, args.repeats))
+    return 0
+
+
+def _train_options(args: argparse.Namespace) -> int:
+    import torch
+
+    from bench.train_options import run
+    from training.config import ModelConfig
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = ModelConfig(cell="lstm", layers=args.layers, hidden_size=args.hidden, embedding_size=args.embedding)
+    print(
+        f"LSTM {args.layers}x{args.hidden}, embedding {args.embedding}, {args.batch} x {args.seq_len} characters a "
+        f"step, median of {args.rounds} interleaved steps, {torch.get_num_threads()} torch threads"
+    )
+    print_table(run(config, args.batch, args.seq_len, args.rounds))
     return 0
 
 

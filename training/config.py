@@ -72,8 +72,8 @@ class RunConfig:
     threads: int = 0  # torch intra-op threads; 0 = torch's default
     mkldnn: str = "on"  # oneDNN kernels "on" or "off": on was faster or equal in every cell (bench train-kernels)
     # "bf16": the training step's forward under autocast (weights, optimiser, carried state and evaluation stay
-    # fp32): a faster step on a CPU with native bf16 (AVX-512 BF16, AMX; docs/training.md has the figures), a
-    # slower one without.
+    # fp32): a faster step on a CPU with native bf16 (AVX-512 BF16, AMX) on a good day, a slower one without;
+    # measure it here first with `charrnn bench train-options` (docs/benchmarks.md).
     precision: str = "fp32"
     progress: bool = True  # progress bar on stderr
     device: str = "cpu"  # "cpu" or "cuda" (under torchrun, each process takes the GPU of its LOCAL_RANK)
