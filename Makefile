@@ -113,7 +113,8 @@ TINY_SHAKESPEARE_URL := https://raw.githubusercontent.com/karpathy/char-rnn/mast
 # process (and one torch thread) per core, a 27-minute budget (about 28 minutes with the evaluations and the
 # export), then its interpretable units written into its manifest. A small global batch (16 x 128) for many
 # updates, strong regularisation (dropout 0.5, weight decay 0.1) because it over-fits the 1 M characters, and
-# bf16 autocast for a faster step on a CPU with native bf16 (docs/training.md). Not in CI.
+# bf16 autocast, for a faster step where the CPU's native bf16 is faster: time it first with
+# `charrnn bench train-options`, and pass SHAKESPEARE_ARGS=run.precision=fp32 where it is not. Not in CI.
 SHAKESPEARE_CONFIG := model.hidden_size=512 model.embedding_size=128 model.dropout=0.5 optim.weight_decay=0.1 \
 	optim.batch_size=16 optim.seq_len=128 optim.lr=0.002 optim.warmup_steps=150 optim.max_steps=20000 \
 	optim.max_minutes=27 run.eval_interval=1000 run.sample_interval=250 run.threads=1 run.precision=bf16 \
