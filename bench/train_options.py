@@ -1,27 +1,26 @@
 """`charrnn bench train-options`: what the training options that change a step's cost cost, against the plain
 fp32 step, timed back to back in one run so the ratios survive this machine's drift.
 
-The step is the trainer's: forward (under bf16 autocast for `run.precision=bf16`), cross-entropy on fp32
-logits, backward, AdamW, and the weights' average when `optim.ema_decay` is set. The options are timed in
-rounds (every option once per round, the order rotating) and each option's time is its median step.
+Each option gets its own Trainer on a synthetic corpus, and the benchmark times `Trainer.train_step`, the
+step a real run takes: forward (under autocast for bf16), loss, backward, clipping, AdamW and the average's
+update. The options are timed in rounds (every option once per round, the order rotating) and each option's
+time is its median step.
 """
 
 from __future__ import annotations
 
-import contextlib
+import random
 import statistics
+import tempfile
 import time
 from dataclasses import dataclass, replace
-from typing import Any
+from pathlib import Path
 
-import torch
-import torch.nn.functional as F
+from training.config import ModelConfig, TrainingConfig
+from training.train import Trainer
 
-from training.averaging import WeightAverage
-from training.config import ModelConfig
-from training.model import CharRNN
-
-VOCAB = 66  # tiny shakespeare's
+# 65 characters and the unknown one: tiny shakespeare's vocabulary size (66), so the output layer is the lecture's
+ALPHABET = "".join(chr(c) for c in range(33, 98))
 
 
 @dataclass(frozen=True)
@@ -41,52 +40,45 @@ OPTIONS = [
 ]
 
 
-class Stepper:
-    """One model and optimiser for one option; `step()` times one training step."""
-
-    def __init__(self, option: Option, config: ModelConfig, batch: int, seq_len: int):
-        torch.manual_seed(0)
-        self.option = option
-        self.model = CharRNN(replace(config, weight_drop=option.weight_drop), VOCAB).train()
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-3)
-        self.average = WeightAverage(self.model, option.ema_decay) if option.ema_decay else None
-        self.tokens = torch.randint(0, VOCAB, (batch, seq_len))
-        self.steps = 0
-
-    def step(self) -> float:
-        autocast: Any = (
-            torch.autocast("cpu", dtype=torch.bfloat16) if self.option.precision == "bf16" else contextlib.nullcontext()
-        )
-        t0 = time.perf_counter()
-        with autocast:
-            logits, _ = self.model(self.tokens)
-        loss = F.cross_entropy(logits.float().reshape(-1, VOCAB), self.tokens.reshape(-1))
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        if self.average is not None:
-            self.average.update(self.steps)
-        self.steps += 1
-        return time.perf_counter() - t0
+def trainer_for(option: Option, model: ModelConfig, batch: int, seq_len: int, corpus: Path, out: Path) -> Trainer:
+    config = TrainingConfig()
+    config.data.corpus = str(corpus)
+    config.model = replace(model, weight_drop=option.weight_drop)
+    config.optim.batch_size, config.optim.seq_len, config.optim.ema_decay = batch, seq_len, option.ema_decay
+    config.run.precision, config.run.out_dir, config.run.progress = option.precision, str(out), False
+    return Trainer(config)
 
 
-def run(config: ModelConfig, batch: int, seq_len: int, rounds: int) -> list[dict[str, object]]:
-    steppers = [Stepper(option, config, batch, seq_len) for option in OPTIONS]
-    for stepper in steppers:  # the first step warms up kernels and allocations
-        stepper.step()
-    times: list[list[float]] = [[] for _ in steppers]
-    for r in range(rounds):
-        order = list(range(len(steppers)))
-        order = order[r % len(order) :] + order[: r % len(order)]
-        for i in order:
-            times[i].append(steppers[i].step())
+def synthetic_corpus(path: Path, batch: int, seq_len: int) -> Path:
+    """Every character of ALPHABET, then random text long enough for a few windows of every stream after the
+    90/10 split."""
+    rng = random.Random(0)
+    path.write_text(ALPHABET + "".join(rng.choices(ALPHABET, k=12 * batch * (seq_len + 1))), encoding="utf-8")
+    return path
+
+
+def run(model: ModelConfig, batch: int, seq_len: int, rounds: int) -> list[dict[str, object]]:
+    with tempfile.TemporaryDirectory(prefix="charrnn-train-options-") as tmp:
+        corpus = synthetic_corpus(Path(tmp) / "corpus.txt", batch, seq_len)
+        trainers = [
+            trainer_for(option, model, batch, seq_len, corpus, Path(tmp) / str(i)) for i, option in enumerate(OPTIONS)
+        ]
+        for trainer in trainers:  # the first step warms up kernels and allocations
+            trainer.train_step()
+        times: list[list[float]] = [[] for _ in trainers]
+        for r in range(rounds):
+            order = list(range(len(trainers)))
+            for i in order[r % len(order) :] + order[: r % len(order)]:
+                t0 = time.perf_counter()
+                trainers[i].train_step()
+                times[i].append(time.perf_counter() - t0)
     base = statistics.median(times[0])
     rows: list[dict[str, object]] = []
-    for stepper, measured in zip(steppers, times, strict=True):
+    for option, measured in zip(OPTIONS, times, strict=True):
         median = statistics.median(measured)
         rows.append(
             {
-                "option": stepper.option.name,
+                "option": option.name,
                 "ms/step": round(median * 1e3, 1),
                 "kchars/s": round(batch * seq_len / median / 1e3, 2),
                 "time / fp32": round(median / base, 2),

@@ -336,7 +336,9 @@ class Trainer:
         with open(log_file, "a", encoding="utf-8") as f:
             f.write(json.dumps({"step": self.step, "prime": prime, "text": text}, ensure_ascii=False) + "\n")
 
-    def _train_step(self) -> tuple[float, float, bool]:
+    def train_step(self) -> tuple[float, float, bool]:
+        """One optimiser step on the next window: (loss, pre-clip gradient norm, clipped). The loop around it
+        does the timing, evaluations and checkpoints; `charrnn bench train-options` times this alone."""
         x, y, starts_epoch = self.batches.window(self.step)
         if starts_epoch:
             self.state = self.model.initial_state(self.batches.rows, self.dist.device)
@@ -413,7 +415,7 @@ class Trainer:
             metrics = stack.enter_context(open(metrics_path, "a", encoding="utf-8")) if main else None
             while self.step < end:
                 t0 = time.perf_counter()
-                loss, norm, _ = self._train_step()
+                loss, norm, _ = self.train_step()
                 self._add_time(time.perf_counter() - t0)
                 window_steps += 1
                 loss_sum += loss

@@ -1,23 +1,22 @@
 from __future__ import annotations
 
-from bench.train_options import OPTIONS, Stepper, run
+from pathlib import Path
+
+from bench.train_options import OPTIONS, run, synthetic_corpus, trainer_for
 from training.config import ModelConfig
 
 TINY = ModelConfig(cell="lstm", layers=1, hidden_size=16, embedding_size=8)
 
 
-def test_each_option_times_the_step_it_names() -> None:
-    steppers = {option.name: Stepper(option, TINY, batch=2, seq_len=8) for option in OPTIONS}
-    baseline = steppers["fp32 (baseline)"]
-    assert baseline.model.config.weight_drop == 0.0 and baseline.average is None
-    assert steppers["weight_drop 0.4"].model.config.weight_drop == 0.4
-    averaged = steppers["ema_decay 0.999"]
-    assert averaged.average is not None
-    averaged.step()
-    assert averaged.steps == 1  # the average was updated after the optimiser step
-    assert not all(
-        bool((a == p).all()) for a, p in zip(averaged.average.averaged, averaged.model.parameters(), strict=True)
-    )
+def test_each_option_configures_the_trainer_it_names(tmp_path: Path) -> None:
+    corpus = synthetic_corpus(tmp_path / "corpus.txt", batch=2, seq_len=8)
+    trainers = {o.name: trainer_for(o, TINY, 2, 8, corpus, tmp_path / str(i)) for i, o in enumerate(OPTIONS)}
+    baseline = trainers["fp32 (baseline)"]
+    assert baseline.config.model.weight_drop == 0.0 and baseline.average is None
+    assert baseline.config.run.precision == "fp32" and trainers["bf16"].config.run.precision == "bf16"
+    assert trainers["weight_drop 0.4"].model.config.weight_drop == 0.4
+    assert trainers["ema_decay 0.999"].average is not None
+    assert len(baseline.vocab) == 66  # tiny shakespeare's, so the output layer is the lecture's
 
 
 def test_the_table_has_every_option_against_the_fp32_baseline() -> None:

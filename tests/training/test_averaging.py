@@ -10,6 +10,7 @@ from torch import nn
 
 from training.averaging import WeightAverage
 from training.config import TrainingConfig
+from training.prepared import load_dataset
 from training.train import Trainer, evaluate, load_checkpoint, model_from_checkpoint
 
 ConfigFactory = Callable[..., TrainingConfig]
@@ -64,8 +65,7 @@ def test_a_run_with_an_average_evaluates_and_exports_the_average(tiny_config: Co
     assert set(data["averaged_model"]) == set(data["model"])
     logged = [json.loads(line) for line in (Path(config.run.out_dir) / "metrics.jsonl").read_text().splitlines()]
     val_loss = next(r["val_loss"] for r in logged if r["step"] == 40)
-    trainer = Trainer(config)  # the same split, to score against
-    val_ids = trainer.dataset.val_ids
+    val_ids = load_dataset(config.data).val_ids  # the split the run scored
 
     model, _, _ = model_from_checkpoint(data)
     nats, chars = evaluate(model, val_ids)

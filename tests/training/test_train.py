@@ -144,7 +144,7 @@ def test_bf16_precision_runs_the_training_forward_in_bf16_and_keeps_the_rest_fp3
     trainer = Trainer(config)
     seen: list[torch.dtype] = []
     trainer.model.head.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
-    first, _, _ = trainer._train_step()
+    first, _, _ = trainer.train_step()
     assert seen == [torch.bfloat16], "the training forward did not run under bf16 autocast"
     assert all(s.dtype == torch.float32 for s in trainer.state)
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
