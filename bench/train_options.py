@@ -29,6 +29,8 @@ class Option:
     precision: str = "fp32"
     weight_drop: float = 0.0
     ema_decay: float = 0.0
+    dropout: float = 0.0
+    dropout_mask: str = "step"
 
 
 OPTIONS = [
@@ -37,13 +39,17 @@ OPTIONS = [
     Option("weight_drop 0.4", weight_drop=0.4),
     Option("ema_decay 0.999", ema_decay=0.999),
     Option("bf16 + weight_drop 0.4", precision="bf16", weight_drop=0.4),
+    Option("dropout 0.4, step masks", dropout=0.4),
+    Option("dropout 0.4, window masks", dropout=0.4, dropout_mask="window"),
 ]
 
 
 def trainer_for(option: Option, model: ModelConfig, batch: int, seq_len: int, corpus: Path, out: Path) -> Trainer:
     config = TrainingConfig()
     config.data.corpus = str(corpus)
-    config.model = replace(model, weight_drop=option.weight_drop)
+    config.model = replace(
+        model, weight_drop=option.weight_drop, dropout=option.dropout, dropout_mask=option.dropout_mask
+    )
     config.optim.batch_size, config.optim.seq_len, config.optim.ema_decay = batch, seq_len, option.ema_decay
     config.run.precision, config.run.out_dir, config.run.progress = option.precision, str(out), False
     return Trainer(config)

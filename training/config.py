@@ -32,6 +32,10 @@ class ModelConfig:
     hidden_size: int = 256  # units per layer
     embedding_size: int = 64  # 0 = one-hot input vectors (the lecture's encoding)
     dropout: float = 0.0  # between layers and before the output head
+    # How dropout masks are drawn while training: "step", a fresh mask at every time step (torch's RNN dropout);
+    # "window", one mask per stream for a whole training window (variational or locked dropout, as in AWD-LSTM),
+    # so a dropped unit stays dropped for the window. Training only: the exported model is unchanged.
+    dropout_mask: str = "step"
     # DropConnect on the recurrent (hidden-to-hidden) matrices while training, one mask per step (AWD-LSTM's
     # weight drop): regularises the recurrence itself. Training only: the exported model is unchanged.
     weight_drop: float = 0.0
@@ -95,6 +99,7 @@ class TrainingConfig:
             (m.embedding_size >= 0, "model.embedding_size must be >= 0 (0 = one-hot)"),
             (0.0 <= m.dropout < 1.0, "model.dropout must be in [0, 1)"),
             (0.0 <= m.weight_drop < 1.0, "model.weight_drop must be in [0, 1)"),
+            (m.dropout_mask in ("step", "window"), f"model.dropout_mask must be step or window: {m.dropout_mask!r}"),
             (
                 not m.tie_weights or m.embedding_size == m.hidden_size,
                 "model.tie_weights needs model.embedding_size == model.hidden_size",

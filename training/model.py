@@ -44,6 +44,12 @@ class CharRNN(nn.Module):
             dropout=config.dropout if config.layers > 1 else 0.0,
         )
         self.dropout = nn.Dropout(config.dropout)
+        # One-layer stand-ins (on the meta device: no storage, and not submodules, so not in the state dict) that
+        # run one layer of `self.rnn` with its own weights, for the window dropout between layers.
+        self._layer_shells: list[nn.RNNBase] = [
+            rnn_cls(size, config.hidden_size, batch_first=True, device="meta")
+            for size in [input_size] + [config.hidden_size] * (config.layers - 1)
+        ]
         self.head = nn.Linear(config.hidden_size, vocab_size)
         if config.tie_weights:
             if self.embedding is None or config.embedding_size != config.hidden_size:
@@ -65,15 +71,38 @@ class CharRNN(nn.Module):
         x = self.encode(tokens)
         if state is None:
             state = self.initial_state(tokens.shape[0], tokens.device)
+        if self.training and self.config.dropout_mask == "window" and self.config.dropout > 0.0:
+            out, new_state = self._layer_by_layer(x, state)
+            return self.head(self._window_dropout(out)), new_state
         rnn_state = (state[0], state[1]) if self.config.cell == "lstm" else state[0]
         if self.training and self.config.weight_drop > 0.0:
-            out, new_state = torch.func.functional_call(self.rnn, self._dropped_recurrent_weights(), (x, rnn_state))
+            out, rnn_out = torch.func.functional_call(self.rnn, self._dropped_recurrent_weights(), (x, rnn_state))
         else:
-            out, new_state = self.rnn(x, rnn_state)
-        logits = self.head(self.dropout(out))
-        if isinstance(new_state, tuple):
-            return logits, tuple(new_state)
-        return logits, (new_state,)
+            out, rnn_out = self.rnn(x, rnn_state)
+        return self.head(self.dropout(out)), tuple(rnn_out) if isinstance(rnn_out, tuple) else (rnn_out,)
+
+    def _window_dropout(self, x: Tensor) -> Tensor:
+        """x [B, T, F] with one mask per row, the same at every time step (variational / locked dropout)."""
+        keep = 1.0 - self.config.dropout
+        return x * ((torch.rand(x.shape[0], 1, x.shape[2], device=x.device) < keep) / keep)
+
+    def _layer_by_layer(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        """The stack one layer at a time (each still one fused RNN call), so that the dropout between layers
+        can keep its mask for the window; weight drop applies as in the whole-stack call."""
+        weights: dict[str, Tensor] = dict(self.rnn.named_parameters())
+        if self.config.weight_drop > 0.0:
+            weights.update(self._dropped_recurrent_weights())
+        outputs: list[State] = []
+        for layer, shell in enumerate(self._layer_shells):
+            if layer > 0:
+                x = self._window_dropout(x)
+            suffix = f"_l{layer}"
+            own = {name.removesuffix(suffix) + "_l0": w for name, w in weights.items() if name.endswith(suffix)}
+            layer_state = tuple(s[layer : layer + 1] for s in state)
+            shell_state = layer_state if len(layer_state) > 1 else layer_state[0]
+            x, layer_out = torch.func.functional_call(shell, own, (x, shell_state))
+            outputs.append(tuple(layer_out) if isinstance(layer_out, tuple) else (layer_out,))
+        return x, tuple(torch.cat(parts) for parts in zip(*outputs, strict=True))
 
     def _dropped_recurrent_weights(self) -> dict[str, Tensor]:
         """Each W_hh with one DropConnect mask for the whole window (every row and time step), so the

@@ -16,6 +16,9 @@ def test_each_option_configures_the_trainer_it_names(tmp_path: Path) -> None:
     assert baseline.config.run.precision == "fp32" and trainers["bf16"].config.run.precision == "bf16"
     assert trainers["weight_drop 0.4"].model.config.weight_drop == 0.4
     assert trainers["ema_decay 0.999"].average is not None
+    assert baseline.config.model.dropout == 0.0
+    step, window = trainers["dropout 0.4, step masks"].config.model, trainers["dropout 0.4, window masks"].config.model
+    assert (step.dropout, step.dropout_mask, window.dropout, window.dropout_mask) == (0.4, "step", 0.4, "window")
     assert len(baseline.vocab) == 66  # tiny shakespeare's, so the output layer is the lecture's
 
 

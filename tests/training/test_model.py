@@ -89,3 +89,57 @@ def test_weight_drop_is_validated() -> None:
 
     with pytest.raises(ValueError, match=r"model\.weight_drop must be in"):
         apply_overrides(TrainingConfig(), ["model.weight_drop=1.0"])
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("weight_drop", [0.0, 0.3])
+def test_window_dropout_keeps_one_mask_per_row_for_the_window(cell: str, weight_drop: float) -> None:
+    """dropout_mask=window: between the layers and before the head, a unit is dropped for every step of the
+    window or for none. With one row, each mask is the set of input columns whose weight gradient is zero (a unit
+    dropped at only some steps would still have a gradient); those masks, applied by hand to plain one-layer torch
+    RNNs, reproduce the training forward and its state. Rows draw their own masks; eval mode is the plain model."""
+    torch.manual_seed(0)
+    p, hidden, embed = 0.5, 256, 8
+    config = ModelConfig(cell=cell, layers=2, hidden_size=hidden, embedding_size=embed, dropout=p,
+                         dropout_mask="window", weight_drop=weight_drop)  # fmt: skip
+    model = CharRNN(config, vocab_size=9)
+    tokens = torch.randint(0, 9, (1, 7))
+    logits, state = model.train()(tokens)
+    logits.sum().backward()
+    grad = {name: param.grad for name, param in model.named_parameters()}
+    between = (grad["rnn.weight_ih_l1"] != 0).any(dim=0).float()
+    before_head = (grad["head.weight"] != 0).any(dim=0).float()
+    for mask in (between, before_head):  # binomial sd 0.03 at 256 units
+        assert abs(float(mask.mean()) - (1 - p)) < 0.15
+
+    layer_cls = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell]
+    layers = [layer_cls(embed, hidden, batch_first=True), layer_cls(hidden, hidden, batch_first=True)]
+    with torch.no_grad():
+        for index, layer in enumerate(layers):
+            for name, param in layer.named_parameters():
+                own = f"rnn.{name[:-1]}{index}"
+                param.copy_(dict(model.named_parameters())[own])
+                if name.startswith("weight_hh_") and weight_drop:
+                    param.mul_((grad[own] != 0).float() / (1 - weight_drop))
+        assert model.embedding is not None
+        first, first_state = layers[0](model.embedding(tokens))
+        second, second_state = layers[1](first * between / (1 - p))
+        expected = model.head(second * before_head / (1 - p))
+    torch.testing.assert_close(logits.detach(), expected, rtol=1e-5, atol=1e-5)
+    states = [first_state, second_state] if cell == "lstm" else [(first_state,), (second_state,)]
+    for kind, got in enumerate(state):
+        torch.testing.assert_close(got.detach(), torch.cat([s[kind] for s in states]), rtol=1e-5, atol=1e-5)
+
+    with torch.no_grad():
+        twin, _ = model.train()(tokens.repeat(2, 1))
+        assert not torch.allclose(twin[0], twin[1])  # each row its own masks
+        plain = CharRNN(ModelConfig(cell=cell, layers=2, hidden_size=hidden, embedding_size=embed), vocab_size=9)
+        plain.load_state_dict(model.state_dict())
+        torch.testing.assert_close(model.eval()(tokens)[0], plain.eval()(tokens)[0])
+
+
+def test_dropout_mask_is_validated() -> None:
+    from training.config import TrainingConfig, apply_overrides
+
+    with pytest.raises(ValueError, match=r"model\.dropout_mask must be step or window"):
+        apply_overrides(TrainingConfig(), ["model.dropout_mask=locked"])

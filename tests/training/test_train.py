@@ -89,12 +89,13 @@ def test_same_seed_same_result(tiny_config: ConfigFactory, tmp_path: Path) -> No
 
 
 def test_resume_continues_exactly(tiny_config: ConfigFactory, tmp_path: Path) -> None:
-    """40 steps straight == 20 steps, stop, resume from last.pt, 20 more (the dropout and weight-drop masks'
-    RNG and the weights' average included)."""
+    """40 steps straight == 20 steps, stop, resume from last.pt, 20 more (the window dropout and weight-drop
+    masks' RNG and the weights' average included)."""
     extra = [
         "model.layers=2",
         "model.dropout=0.1",
         "model.weight_drop=0.2",
+        "model.dropout_mask=window",
         "optim.ema_decay=0.9",
         "optim.max_steps=40",
     ]
