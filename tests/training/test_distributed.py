@@ -35,10 +35,10 @@ PARAM_TOLERANCE = 1e-5
 FAIL_BOUND_S = 30.0  # a job with a dead rank must be over well within this
 EQUIVALENCE = [*TINY_OVERRIDES, "optim.max_steps=30", "run.log_interval=1", "run.eval_interval=15",
                "run.sample_interval=10"]  # fmt: skip
-# Slow enough (a few seconds) to be stopped mid-run; dropout and weight drop exercise each rank's own random
-# stream (weight drop also DDP's gradient hooks through the masked recurrent matrices).
-LONG = [*TINY_OVERRIDES, "model.hidden_size=64", "model.layers=2", "model.dropout=0.1", "model.weight_drop=0.2",
-        "optim.max_steps=300",
+# Slow enough (a few seconds) to be stopped mid-run; window dropout and weight drop exercise each rank's own
+# random stream, and DDP's gradient hooks through the layer-by-layer calls and the masked recurrent matrices.
+LONG = [*TINY_OVERRIDES, "model.hidden_size=64", "model.layers=2", "model.dropout=0.1", "model.dropout_mask=window",
+        "model.weight_drop=0.2", "optim.max_steps=300",
         "run.eval_interval=50", "run.sample_interval=0", "run.log_interval=5"]  # fmt: skip
 
 
