@@ -110,8 +110,8 @@ TINY_SHAKESPEARE ?= data/tinyshakespeare.txt
 TINY_SHAKESPEARE_URL := https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt
 
 # The lecture's model, models/shakespeare: tiny shakespeare on the standard 90/10 split, torchrun with one
-# process (and one torch thread) per core, a 28-minute budget (about 29 minutes with the evaluations, the export
-# and the units), then its interpretable units written into its manifest. A small global batch (16 x 128) for
+# process (and one torch thread) per core, a 28-minute budget (28.3 minutes of torchrun with the evaluations
+# and the export), then its interpretable units written into its manifest (a minute or two more). A small global batch (16 x 128) for
 # many updates; dropout 0.4 with one mask per stream for each window (model.dropout_mask=window), which learns
 # as fast as light dropout and over-fits the 1 M characters as little as heavy dropout; weight decay 0.1; the
 # weights' running average (optim.ema_decay) is what gets evaluated and exported; the cosine decays to 2% of
