@@ -12,6 +12,7 @@ the test's tmp dir.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -168,7 +169,8 @@ def test_the_picker_switches_the_model_its_units_and_its_text(browser: Any, serv
     unit = Select(browser.find_element("id", "unit"))
     with Client(server.target) as client:
         info = client.info("shakespeare")
-        assert len(unit.options) == 5 + 2 * info.layers * info.hidden_size, "the picked model's units (512 wide)"
+        annotated = len(json.loads((REPO / "models" / "shakespeare" / "manifest.json").read_text())["units"])
+        assert len(unit.options) == annotated + 2 * info.layers * info.hidden_size, "the picked model's units"
         assert info.hidden_size != client.info().hidden_size
         unit.select_by_value("h1:300")  # only the wider model has it
         _fill(browser, "prompt", "ROMEO:\n")
