@@ -74,12 +74,11 @@ class CharRNN(nn.Module):
         if self.training and self.config.dropout_mask == "window" and self.config.dropout > 0.0:
             out, new_state = self._layer_by_layer(x, state)
             return self.head(self._window_dropout(out)), new_state
-        rnn_state = (state[0], state[1]) if self.config.cell == "lstm" else state[0]
         if self.training and self.config.weight_drop > 0.0:
-            out, rnn_out = torch.func.functional_call(self.rnn, self._dropped_recurrent_weights(), (x, rnn_state))
+            out, hx = torch.func.functional_call(self.rnn, self._dropped_recurrent_weights(), (x, _to_hx(state)))
         else:
-            out, rnn_out = self.rnn(x, rnn_state)
-        return self.head(self.dropout(out)), tuple(rnn_out) if isinstance(rnn_out, tuple) else (rnn_out,)
+            out, hx = self.rnn(x, _to_hx(state))
+        return self.head(self.dropout(out)), _from_hx(hx)
 
     def _window_dropout(self, x: Tensor) -> Tensor:
         """x [B, T, F] with one mask per row, the same at every time step (variational / locked dropout)."""
@@ -99,9 +98,8 @@ class CharRNN(nn.Module):
             suffix = f"_l{layer}"
             own = {name.removesuffix(suffix) + "_l0": w for name, w in weights.items() if name.endswith(suffix)}
             layer_state = tuple(s[layer : layer + 1] for s in state)
-            shell_state = layer_state if len(layer_state) > 1 else layer_state[0]
-            x, layer_out = torch.func.functional_call(shell, own, (x, shell_state))
-            outputs.append(tuple(layer_out) if isinstance(layer_out, tuple) else (layer_out,))
+            x, hx = torch.func.functional_call(shell, own, (x, _to_hx(layer_state)))
+            outputs.append(_from_hx(hx))
         return x, tuple(torch.cat(parts) for parts in zip(*outputs, strict=True))
 
     def _dropped_recurrent_weights(self) -> dict[str, Tensor]:
@@ -117,6 +115,16 @@ class CharRNN(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def _to_hx(state: State) -> Tensor | tuple[Tensor, Tensor]:
+    """Our state tuple as torch's RNN modules take it: (h, c) for an LSTM, h alone otherwise."""
+    return (state[0], state[1]) if len(state) == 2 else state[0]
+
+
+def _from_hx(hx: Tensor | tuple[Tensor, ...]) -> State:
+    """What torch's RNN modules return as the state, back to our tuple."""
+    return tuple(hx) if isinstance(hx, tuple) else (hx,)
 
 
 def detach_state(state: State) -> State:
