@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from training.config import ModelConfig, TrainingConfig
-from training.train import Trainer
+from training.train import Trainer, build_optimizer
 
 # 65 characters and the unknown one: tiny shakespeare's vocabulary size (66), so the output layer is the lecture's
 ALPHABET = "".join(chr(c) for c in range(33, 98))
@@ -31,6 +31,7 @@ class Option:
     ema_decay: float = 0.0
     dropout: float = 0.0
     dropout_mask: str = "step"
+    fused_adamw: bool = True  # False: torch's per-tensor AdamW loop, which training used before
 
 
 OPTIONS = [
@@ -41,6 +42,7 @@ OPTIONS = [
     Option("bf16 + weight_drop 0.4", precision="bf16", weight_drop=0.4),
     Option("dropout 0.4, step masks", dropout=0.4),
     Option("dropout 0.4, window masks", dropout=0.4, dropout_mask="window"),
+    Option("AdamW per-tensor loop", fused_adamw=False),
 ]
 
 
@@ -52,7 +54,10 @@ def trainer_for(option: Option, model: ModelConfig, batch: int, seq_len: int, co
     )
     config.optim.batch_size, config.optim.seq_len, config.optim.ema_decay = batch, seq_len, option.ema_decay
     config.run.precision, config.run.out_dir, config.run.progress = option.precision, str(out), False
-    return Trainer(config)
+    trainer = Trainer(config)
+    if not option.fused_adamw:
+        trainer.optimizer = build_optimizer(trainer.model, config, fused=False)
+    return trainer
 
 
 def synthetic_corpus(path: Path, batch: int, seq_len: int) -> Path:

@@ -19,6 +19,8 @@ def test_each_option_configures_the_trainer_it_names(tmp_path: Path) -> None:
     assert baseline.config.model.dropout == 0.0
     step, window = trainers["dropout 0.4, step masks"].config.model, trainers["dropout 0.4, window masks"].config.model
     assert (step.dropout, step.dropout_mask, window.dropout, window.dropout_mask) == (0.4, "step", 0.4, "window")
+    fused = {o.name: bool(t.optimizer.defaults["fused"]) for o, t in zip(OPTIONS, trainers.values(), strict=True)}
+    assert fused == {o.name: o.name != "AdamW per-tensor loop" for o in OPTIONS}  # training's default is fused
     assert len(baseline.vocab) == 66  # tiny shakespeare's, so the output layer is the lecture's
 
 
