@@ -36,6 +36,9 @@ class ModelConfig:
     # "window", one mask per stream for a whole training window (variational or locked dropout, as in AWD-LSTM),
     # so a dropped unit stays dropped for the window. Training only: the exported model is unchanged.
     dropout_mask: str = "step"
+    # Dropout on the encoded input characters, before the first layer (AWD-LSTM's dropouti), with masks drawn as
+    # dropout_mask says. Training only: the exported model is unchanged.
+    input_dropout: float = 0.0
     # DropConnect on the recurrent (hidden-to-hidden) matrices while training, one mask per step (AWD-LSTM's
     # weight drop): regularises the recurrence itself. Training only: the exported model is unchanged.
     weight_drop: float = 0.0
@@ -46,6 +49,9 @@ class ModelConfig:
 class OptimConfig:
     batch_size: int = 64  # parallel contiguous streams (B)
     seq_len: int = 128  # truncated-BPTT window (T); state carries across windows
+    # Each epoch after the first starts every stream 0..T-1 characters later (drawn from run.seed), so the
+    # truncation points move between passes over the text, as AWD-LSTM's varying window length makes them.
+    epoch_shift: bool = False
     max_steps: int = 3000  # optimiser steps (upper bound)
     max_minutes: float = 0.0  # wall-clock budget in minutes; 0 = no budget
     lr: float = 3e-3  # peak learning rate (AdamW)
@@ -99,6 +105,7 @@ class TrainingConfig:
             (m.embedding_size >= 0, "model.embedding_size must be >= 0 (0 = one-hot)"),
             (0.0 <= m.dropout < 1.0, "model.dropout must be in [0, 1)"),
             (0.0 <= m.weight_drop < 1.0, "model.weight_drop must be in [0, 1)"),
+            (0.0 <= m.input_dropout < 1.0, "model.input_dropout must be in [0, 1)"),
             (m.dropout_mask in ("step", "window"), f"model.dropout_mask must be step or window: {m.dropout_mask!r}"),
             (
                 not m.tie_weights or m.embedding_size == m.hidden_size,

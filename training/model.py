@@ -71,18 +71,26 @@ class CharRNN(nn.Module):
         x = self.encode(tokens)
         if state is None:
             state = self.initial_state(tokens.shape[0], tokens.device)
+        if self.training and self.config.input_dropout > 0.0:
+            x = self._input_dropout(x)
         if self.training and self.config.dropout_mask == "window" and self.config.dropout > 0.0:
             out, new_state = self._layer_by_layer(x, state)
-            return self.head(self._window_dropout(out)), new_state
+            return self.head(self._window_dropout(out, self.config.dropout)), new_state
         if self.training and self.config.weight_drop > 0.0:
             out, hx = torch.func.functional_call(self.rnn, self._dropped_recurrent_weights(), (x, _to_hx(state)))
         else:
             out, hx = self.rnn(x, _to_hx(state))
         return self.head(self.dropout(out)), _from_hx(hx)
 
-    def _window_dropout(self, x: Tensor) -> Tensor:
+    def _input_dropout(self, x: Tensor) -> Tensor:
+        """The encoded input [B, T, E] with model.input_dropout, masked as model.dropout_mask says."""
+        p = self.config.input_dropout
+        return self._window_dropout(x, p) if self.config.dropout_mask == "window" else F.dropout(x, p)
+
+    @staticmethod
+    def _window_dropout(x: Tensor, p: float) -> Tensor:
         """x [B, T, F] with one mask per row, the same at every time step (variational / locked dropout)."""
-        keep = 1.0 - self.config.dropout
+        keep = 1.0 - p
         return x * ((torch.rand(x.shape[0], 1, x.shape[2], device=x.device) < keep) / keep)
 
     def _layer_by_layer(self, x: Tensor, state: State) -> tuple[Tensor, State]:
@@ -94,7 +102,7 @@ class CharRNN(nn.Module):
         outputs: list[State] = []
         for layer, shell in enumerate(self._layer_shells):
             if layer > 0:
-                x = self._window_dropout(x)
+                x = self._window_dropout(x, self.config.dropout)
             suffix = f"_l{layer}"
             own = {name.removesuffix(suffix) + "_l0": w for name, w in weights.items() if name.endswith(suffix)}
             layer_state = tuple(s[layer : layer + 1] for s in state)

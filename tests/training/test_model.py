@@ -138,6 +138,63 @@ def test_window_dropout_keeps_one_mask_per_row_for_the_window(cell: str, weight_
         torch.testing.assert_close(model.eval()(tokens)[0], plain.eval()(tokens)[0])
 
 
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_window_input_dropout_masks_each_input_feature_for_the_window(cell: str) -> None:
+    """input_dropout with window masks: one mask per row over the encoded input's features, read back (one row)
+    from the zero columns of the first layer's input-matrix gradient; applied by hand to the embedding in front of
+    a plain torch RNN, it reproduces the training forward. Rows draw their own masks; eval mode is the plain model."""
+    torch.manual_seed(0)
+    p, hidden, embed = 0.3, 16, 256
+    config = ModelConfig(cell=cell, layers=1, hidden_size=hidden, embedding_size=embed, input_dropout=p,
+                         dropout_mask="window")  # fmt: skip
+    model = CharRNN(config, vocab_size=9)
+    tokens = torch.randint(0, 9, (1, 7))
+    logits, _ = model.train()(tokens)
+    logits.sum().backward()
+    grad = model.rnn.weight_ih_l0.grad
+    assert grad is not None
+    kept = (grad != 0).any(dim=0).float()
+    assert abs(float(kept.mean()) - (1 - p)) < 0.15  # binomial sd 0.03 at 256 features
+    reference = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell](embed, hidden, batch_first=True)
+    reference.load_state_dict(model.rnn.state_dict())
+    with torch.no_grad():
+        assert model.embedding is not None
+        expected = model.head(reference(model.embedding(tokens) * kept / (1 - p))[0])
+        torch.testing.assert_close(logits.detach(), expected, rtol=1e-5, atol=1e-5)
+        twin, _ = model.train()(tokens.repeat(2, 1))
+        assert not torch.allclose(twin[0], twin[1])
+        plain = CharRNN(ModelConfig(cell=cell, layers=1, hidden_size=hidden, embedding_size=embed), vocab_size=9)
+        plain.load_state_dict(model.state_dict())
+        torch.testing.assert_close(model.eval()(tokens)[0], plain.eval()(tokens)[0])
+
+
+def test_step_input_dropout_draws_a_fresh_mask_at_every_step() -> None:
+    """With step masks the first layer's input loses about p of its entries, scaled by 1/(1-p), and a feature
+    dropped at one step is not dropped at every step (the input the recurrent layer receives, captured)."""
+    torch.manual_seed(0)
+    p, embed = 0.3, 64
+    config = ModelConfig(layers=1, hidden_size=8, embedding_size=embed, input_dropout=p, dropout_mask="step")
+    model = CharRNN(config, vocab_size=9).train()
+    seen: list[torch.Tensor] = []
+    model.rnn.register_forward_pre_hook(lambda _module, args: seen.append(args[0].detach()))
+    tokens = torch.zeros(1, 50, dtype=torch.long)  # one character repeated: the same embedding at every step
+    model(tokens)
+    assert model.embedding is not None
+    clean = model.embedding(tokens).detach()
+    dropped = seen[0] == 0
+    assert abs(float(dropped.float().mean()) - p) < 0.05  # 3200 entries: sd 0.008
+    torch.testing.assert_close(seen[0][~dropped], (clean / (1 - p))[~dropped])
+    per_feature = dropped[0].float().mean(dim=0)  # the fraction of steps each feature was dropped at
+    assert bool(((per_feature > 0) & (per_feature < 1)).all())
+
+
+def test_input_dropout_is_validated() -> None:
+    from training.config import TrainingConfig, apply_overrides
+
+    with pytest.raises(ValueError, match=r"model\.input_dropout must be in"):
+        apply_overrides(TrainingConfig(), ["model.input_dropout=1.0"])
+
+
 def test_dropout_mask_is_validated() -> None:
     from training.config import TrainingConfig, apply_overrides
 
