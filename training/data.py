@@ -214,9 +214,20 @@ class BpttBatches:
 
     `part=(p, n)` keeps rows [p*B/n, (p+1)*B/n) of that same layout: n processes of B/n rows
     each see exactly the windows one process of B rows sees (distributed training).
+
+    With `shift_seed`, every epoch after the first starts each stream 0 to T-1 characters later (one draw per
+    epoch from the seed, the same for every row and process), so the truncation points, where no gradient
+    flows back, fall elsewhere on each pass; an epoch then has room for one window fewer.
     """
 
-    def __init__(self, ids: np.ndarray, batch_size: int, seq_len: int, part: tuple[int, int] = (0, 1)):
+    def __init__(
+        self,
+        ids: np.ndarray,
+        batch_size: int,
+        seq_len: int,
+        part: tuple[int, int] = (0, 1),
+        shift_seed: int | None = None,
+    ):
         index, parts = part
         if batch_size % parts:
             raise ValueError(f"optim.batch_size={batch_size} does not split evenly over {parts} processes")
@@ -224,7 +235,10 @@ class BpttBatches:
         if stream_len < 1:
             raise ValueError(f"{ids.size} tokens cannot fill {batch_size} streams; lower optim.batch_size")
         self.seq_len = min(seq_len, stream_len)
-        self.windows_per_epoch = max(1, stream_len // self.seq_len)
+        spare = self.seq_len - 1 if shift_seed is not None else 0
+        self.windows_per_epoch = max(1, (stream_len - spare) // self.seq_len)
+        self.shift_seed = shift_seed
+        self.max_shift = min(self.seq_len - 1, stream_len - self.windows_per_epoch * self.seq_len)
         self.rows = batch_size // parts
         usable = stream_len * batch_size
         rows = slice(index * self.rows, (index + 1) * self.rows)
@@ -234,9 +248,16 @@ class BpttBatches:
 
     def window(self, index: int) -> tuple[np.ndarray, np.ndarray, bool]:
         """(inputs [B/n, T], targets [B/n, T], starts_epoch) as int64. Reset the state when starts_epoch."""
-        k = index % self.windows_per_epoch
-        cols = slice(k * self.seq_len, (k + 1) * self.seq_len)
+        epoch, k = divmod(index, self.windows_per_epoch)
+        start = self.shift(epoch) + k * self.seq_len
+        cols = slice(start, start + self.seq_len)
         return self.inputs[:, cols].astype(np.int64), self.targets[:, cols].astype(np.int64), k == 0
+
+    def shift(self, epoch: int) -> int:
+        """How many characters into each stream `epoch`'s first window starts: 0 without a shift seed."""
+        if self.shift_seed is None or epoch == 0 or self.max_shift == 0:
+            return 0
+        return int(np.random.default_rng([self.shift_seed, epoch]).integers(0, self.max_shift + 1))
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray, bool]]:
         for k in range(self.windows_per_epoch):

@@ -122,6 +122,32 @@ def test_bptt_windows_continue_each_stream() -> None:
     assert batches.window(batches.windows_per_epoch)[2]  # wraps to a new epoch
 
 
+def test_epoch_shift_starts_each_later_epoch_elsewhere_in_the_streams() -> None:
+    """With a shift seed, epoch 0 is the plain layout and each later epoch starts every stream 0..T-1
+    characters in (the ids are positions, so a window's first value says where it starts); the windows still
+    continue each other and stay inside their streams, and the draw is a pure function of the step."""
+    ids = np.arange(4 * 1000 + 1, dtype=np.int64)  # 4 streams of 1000 characters
+    plain, shifted = BpttBatches(ids, 4, 10), BpttBatches(ids, 4, 10, shift_seed=3)
+    n = shifted.windows_per_epoch
+    assert n == plain.windows_per_epoch - 1  # room for the shift
+    for k in range(n):
+        np.testing.assert_array_equal(shifted.window(k)[0], plain.window(k)[0])
+    shifts = []
+    for epoch in range(1, 21):
+        x, y, first = shifted.window(epoch * n)
+        shift = int(x[0, 0])
+        assert first and 0 <= shift <= 9
+        np.testing.assert_array_equal(x[:, 0], np.arange(4) * 1000 + shift)
+        np.testing.assert_array_equal(y, x + 1)
+        last, _, _ = shifted.window(epoch * n + n - 1)
+        np.testing.assert_array_equal(last[:, 0], x[:, 0] + (n - 1) * 10)
+        assert int(last[0, -1]) < 1000  # still in row 0's stream
+        shifts.append(shift)
+    assert len(set(shifts)) > 3  # 20 draws of 10 values
+    again = BpttBatches(ids, 4, 10, shift_seed=3, part=(1, 2))
+    np.testing.assert_array_equal(again.window(5 * n + 7)[0], shifted.window(5 * n + 7)[0][2:])
+
+
 def test_eval_streams_score_every_character_once() -> None:
     ids = np.arange(103, dtype=np.int64)
     targets = np.concatenate([y.reshape(-1) for _, y in eval_streams(ids, streams=4, seq_len=7, min_stream_len=10)])

@@ -89,18 +89,24 @@ def test_same_seed_same_result(tiny_config: ConfigFactory, tmp_path: Path) -> No
 
 
 def test_resume_continues_exactly(tiny_config: ConfigFactory, tmp_path: Path) -> None:
-    """40 steps straight == 20 steps, stop, resume from last.pt, 20 more (the window dropout and weight-drop
-    masks' RNG and the weights' average included)."""
+    """40 steps straight == 20 steps, stop, resume from last.pt, 20 more (the window dropout, input dropout and
+    weight-drop masks' RNG, the epochs' shifts and the weights' average included)."""
     extra = [
         "model.layers=2",
         "model.dropout=0.1",
+        "model.input_dropout=0.1",
         "model.weight_drop=0.2",
         "model.dropout_mask=window",
+        "optim.epoch_shift=true",
+        "optim.batch_size=16",  # epochs of 29 windows: the second one, shifted, starts after the pause
         "optim.ema_decay=0.9",
         "optim.max_steps=40",
     ]
     straight = Trainer(tiny_config(*extra, f"run.out_dir={tmp_path / 'straight'}"))
     straight.train()
+    batches = straight.batches
+    epochs_after_20 = range(20 // batches.windows_per_epoch + 1, 40 // batches.windows_per_epoch + 1)
+    assert any(batches.shift(epoch) for epoch in epochs_after_20)  # the resumed half has shifted epochs
     paused_config = tiny_config(*extra, f"run.out_dir={tmp_path / 'paused'}")
     Trainer(paused_config).train(stop_at=20)
     assert load_checkpoint(tmp_path / "paused" / "last.pt")["step"] == 20
