@@ -36,6 +36,10 @@ class ModelConfig:
     # "window", one mask per stream for a whole training window (variational or locked dropout, as in AWD-LSTM),
     # so a dropped unit stays dropped for the window. Training only: the exported model is unchanged.
     dropout_mask: str = "step"
+    # A dropout schedule: training starts at this rate and moves linearly to model.dropout by the end of the run
+    # (the clock of the learning-rate schedule: steps or the time budget), so a model that over-fits late can
+    # learn fast early. None = model.dropout throughout.
+    dropout_start: float | None = None
     # Dropout on the encoded input characters, before the first layer (AWD-LSTM's dropouti), with masks drawn as
     # dropout_mask says. Training only: the exported model is unchanged.
     input_dropout: float = 0.0
@@ -106,6 +110,7 @@ class TrainingConfig:
             (0.0 <= m.dropout < 1.0, "model.dropout must be in [0, 1)"),
             (0.0 <= m.weight_drop < 1.0, "model.weight_drop must be in [0, 1)"),
             (0.0 <= m.input_dropout < 1.0, "model.input_dropout must be in [0, 1)"),
+            (m.dropout_start is None or 0.0 <= m.dropout_start < 1.0, "model.dropout_start must be in [0, 1)"),
             (m.dropout_mask in ("step", "window"), f"model.dropout_mask must be step or window: {m.dropout_mask!r}"),
             (
                 not m.tie_weights or m.embedding_size == m.hidden_size,
@@ -145,6 +150,8 @@ def _coerce(raw: Any, annotation: Any, key: str) -> Any:
     """Convert a CLI string (or JSON value) to the field's declared type, strictly."""
     target = annotation if isinstance(annotation, type) else typing.get_origin(annotation) or annotation
     if isinstance(annotation, types.UnionType):
+        if raw is None or (isinstance(raw, str) and raw.lower() == "none"):
+            return None  # an optional setting left unset (JSON null, or `none` on the command line)
         target = next(a for a in typing.get_args(annotation) if a is not type(None))
     if not isinstance(raw, str):
         if target is float and isinstance(raw, int) and not isinstance(raw, bool):

@@ -58,6 +58,16 @@ def lr_at(step: int, config: TrainingConfig, time_fraction: float = 0.0) -> floa
     return floor + 0.5 * (o.lr - floor) * (1.0 + math.cos(math.pi * progress))
 
 
+def dropout_at(step: int, config: TrainingConfig, time_fraction: float = 0.0) -> float:
+    """model.dropout_start moving linearly to model.dropout over the run (by steps, or by the time budget when
+    that is further on); model.dropout without a schedule."""
+    m = config.model
+    if m.dropout_start is None:
+        return m.dropout
+    fraction = min(1.0, max(step / config.optim.max_steps, time_fraction))
+    return m.dropout_start + (m.dropout - m.dropout_start) * fraction
+
+
 def _native_bf16() -> bool:
     """Whether oneDNN runs bf16 natively on this CPU (else it emulates it, slower than fp32)."""
     return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
@@ -345,9 +355,12 @@ class Trainer:
         if starts_epoch:
             self.state = self.model.initial_state(self.batches.rows, self.dist.device)
         budget_s = self.config.optim.max_minutes * 60.0
-        lr = lr_at(self.step, self.config, self.elapsed / budget_s if budget_s else 0.0)
+        time_fraction = self.elapsed / budget_s if budget_s else 0.0
+        lr = lr_at(self.step, self.config, time_fraction)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        if self.config.model.dropout_start is not None:
+            self.model.set_dropout(dropout_at(self.step, self.config, time_fraction))
         device = self.dist.device
         with self._precision():
             logits, state = self.forward(torch.from_numpy(x).to(device), self.state)
@@ -432,6 +445,8 @@ class Trainer:
                         lr=self.optimizer.param_groups[0]["lr"], chars_per_s=chars_per_s,
                         clipped_fraction=self.clipped_steps / self.step,
                     )  # fmt: skip
+                    if c.model.dropout_start is not None:
+                        record.update(dropout=self.model.dropout_p)
                     window_start, window_steps, loss_sum = now, 0, 0.0
                 last = self.step == end or (budget_s and self.elapsed >= budget_s)
                 if self.step % c.run.eval_interval == 0 or last:

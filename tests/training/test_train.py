@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 from training.config import TrainingConfig, apply_overrides
-from training.train import Trainer, load_checkpoint, lr_at
+from training.train import Trainer, dropout_at, load_checkpoint, lr_at
 
 ConfigFactory = Callable[..., TrainingConfig]
 
@@ -40,6 +41,38 @@ def test_schedule_warms_up_then_decays() -> None:
     # a wall-clock budget that binds first anneals the rate by elapsed time instead
     assert lr_at(20, config, time_fraction=1.0) == pytest.approx(config.optim.min_lr_ratio)
     assert lr_at(20, config, time_fraction=0.5) < lr_at(20, config)
+
+
+def test_dropout_schedule_moves_linearly_from_start_to_dropout() -> None:
+    config = apply_overrides(TrainingConfig(), ["model.dropout=0.5", "optim.max_steps=100"])
+    assert dropout_at(0, config) == dropout_at(100, config) == 0.5  # no schedule
+    config = apply_overrides(config, ["model.dropout_start=0.1"])
+    assert [dropout_at(step, config) for step in (0, 50, 100)] == pytest.approx([0.1, 0.3, 0.5])
+    assert dropout_at(10, config, time_fraction=0.75) == pytest.approx(0.4)  # the budget's clock when further on
+    assert apply_overrides(config, ["model.dropout_start=none"]).model.dropout_start is None
+    with pytest.raises(ValueError, match=r"model\.dropout_start must be in"):
+        apply_overrides(TrainingConfig(), ["model.dropout_start=1.0"])
+
+
+@pytest.mark.parametrize("mask", ["step", "window"])
+def test_the_trainer_applies_the_dropout_schedule_to_every_step(tiny_config: ConfigFactory, mask: str) -> None:
+    """The units dropped before the head (zeros in what the head receives) follow the schedule from 0 to 0.6:
+    none at the first step, about 0.6 of them at the last."""
+    config = tiny_config("model.hidden_size=256", "model.dropout=0.6", "model.dropout_start=0.0",
+                         f"model.dropout_mask={mask}", "optim.max_steps=12", "run.sample_interval=0")  # fmt: skip
+    trainer = Trainer(config)
+    dropped: list[float] = []
+    trainer.model.head.register_forward_pre_hook(
+        lambda module, args: dropped.append(float((args[0] == 0).float().mean())) if module.training else None
+    )
+    trainer.train()
+    assert len(dropped) == 12
+    assert dropped[0] == 0.0
+    assert dropped[-1] == pytest.approx(0.6 * 11 / 12, abs=0.05)  # step 11 of 12; 256 units x 8 rows x 32 steps
+    assert max(earlier - later for earlier, later in itertools.pairwise(dropped)) < 0.03  # no real drop
+    rows = [json.loads(line) for line in (Path(config.run.out_dir) / "metrics.jsonl").read_text().splitlines()]
+    logged = [row["dropout"] for row in rows if "train_loss" in row]
+    assert logged and logged == sorted(logged) and logged[-1] <= 0.6  # the rate is in the training log
 
 
 def test_tiny_model_overfits_a_short_text(tmp_path: Path) -> None:
@@ -89,11 +122,12 @@ def test_same_seed_same_result(tiny_config: ConfigFactory, tmp_path: Path) -> No
 
 
 def test_resume_continues_exactly(tiny_config: ConfigFactory, tmp_path: Path) -> None:
-    """40 steps straight == 20 steps, stop, resume from last.pt, 20 more (the window dropout, input dropout and
-    weight-drop masks' RNG, the epochs' shifts and the weights' average included)."""
+    """40 steps straight == 20 steps, stop, resume from last.pt, 20 more (the window dropout and its schedule, the
+    input dropout and weight-drop masks' RNG, the epochs' shifts and the weights' average included)."""
     extra = [
         "model.layers=2",
         "model.dropout=0.1",
+        "model.dropout_start=0.0",
         "model.input_dropout=0.1",
         "model.weight_drop=0.2",
         "model.dropout_mask=window",
