@@ -43,8 +43,7 @@ class CharRNN(nn.Module):
             batch_first=True,
             dropout=config.dropout if config.layers > 1 else 0.0,
         )
-        self.dropout = nn.Dropout(config.dropout)
-        self.dropout_p = config.dropout  # the rate in use between layers and before the head (set_dropout moves it)
+        self.dropout = nn.Dropout(config.dropout)  # its p is the rate in use (set_dropout moves it)
         # One-layer stand-ins (on the meta device: no storage, and not submodules, so not in the state dict) that
         # run one layer of `self.rnn` with its own weights, for the window dropout between layers.
         self._layer_shells: list[nn.RNNBase] = [
@@ -74,9 +73,9 @@ class CharRNN(nn.Module):
             state = self.initial_state(tokens.shape[0], tokens.device)
         if self.training and self.config.input_dropout > 0.0:
             x = self._input_dropout(x)
-        if self.training and self.config.dropout_mask == "window" and self.dropout_p > 0.0:
+        if self.training and self.config.dropout_mask == "window" and self.dropout.p > 0.0:
             out, new_state = self._layer_by_layer(x, state)
-            return self.head(self._window_dropout(out, self.dropout_p)), new_state
+            return self.head(self._window_dropout(out, self.dropout.p)), new_state
         if self.training and self.config.weight_drop > 0.0:
             out, hx = torch.func.functional_call(self.rnn, self._dropped_recurrent_weights(), (x, _to_hx(state)))
         else:
@@ -86,7 +85,6 @@ class CharRNN(nn.Module):
     def set_dropout(self, p: float) -> None:
         """Use dropout rate p between the layers and before the head from now on, with either mask (a training
         schedule, model.dropout_start, moves it); the exported model has no dropout either way."""
-        self.dropout_p = p
         self.dropout.p = p
         if self.config.layers > 1:
             self.rnn.dropout = p
@@ -111,7 +109,7 @@ class CharRNN(nn.Module):
         outputs: list[State] = []
         for layer, shell in enumerate(self._layer_shells):
             if layer > 0:
-                x = self._window_dropout(x, self.dropout_p)
+                x = self._window_dropout(x, self.dropout.p)
             suffix = f"_l{layer}"
             own = {name.removesuffix(suffix) + "_l0": w for name, w in weights.items() if name.endswith(suffix)}
             layer_state = tuple(s[layer : layer + 1] for s in state)

@@ -446,7 +446,7 @@ class Trainer:
                         clipped_fraction=self.clipped_steps / self.step,
                     )  # fmt: skip
                     if c.model.dropout_start is not None:
-                        record.update(dropout=self.model.dropout_p)
+                        record.update(dropout=self.model.dropout.p)
                     window_start, window_steps, loss_sum = now, 0, 0.0
                 last = self.step == end or (budget_s and self.elapsed >= budget_s)
                 if self.step % c.run.eval_interval == 0 or last:

@@ -6,6 +6,9 @@ import torch
 from training.config import ModelConfig
 from training.model import CharRNN
 
+# torch's own modules, named here rather than taken from training.model: the reference the tests check against
+TORCH_CELLS = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}
+
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
 @pytest.mark.parametrize("embedding", [0, 8])
@@ -65,7 +68,7 @@ def test_weight_drop_masks_only_the_recurrent_matrices(cell: str) -> None:
         elif name.startswith("weight_ih_"):
             assert zeros < 0.01, (name, zeros)
 
-    reference = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell](8, hidden, 2, batch_first=True)
+    reference = TORCH_CELLS[cell](8, hidden, 2, batch_first=True)
     reference.load_state_dict(model.rnn.state_dict())
     with torch.no_grad():
         for name, param in reference.named_parameters():
@@ -112,7 +115,7 @@ def test_window_dropout_keeps_one_mask_per_row_for_the_window(cell: str, weight_
     for mask in (between, before_head):  # binomial sd 0.03 at 256 units
         assert abs(float(mask.mean()) - (1 - p)) < 0.15
 
-    layer_cls = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell]
+    layer_cls = TORCH_CELLS[cell]
     layers = [layer_cls(embed, hidden, batch_first=True), layer_cls(hidden, hidden, batch_first=True)]
     with torch.no_grad():
         for index, layer in enumerate(layers):
@@ -155,7 +158,7 @@ def test_window_input_dropout_masks_each_input_feature_for_the_window(cell: str)
     assert grad is not None
     kept = (grad != 0).any(dim=0).float()
     assert abs(float(kept.mean()) - (1 - p)) < 0.15  # binomial sd 0.03 at 256 features
-    reference = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell](embed, hidden, batch_first=True)
+    reference = TORCH_CELLS[cell](embed, hidden, batch_first=True)
     reference.load_state_dict(model.rnn.state_dict())
     with torch.no_grad():
         assert model.embedding is not None
